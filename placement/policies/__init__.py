@@ -1,0 +1,45 @@
+"""The placement policies and their registry.
+
+`POLICIES` maps a policy's name to its factory (the class; keyword options go to its constructor).
+The CLI's `--policy` choices come from it, so registering a policy is one line here.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+from switchyard.placement.errors import PlacementError
+from switchyard.placement.policies.base import Policy
+from switchyard.placement.policies.eplb import EplbPolicy
+from switchyard.placement.policies.linear import LinearPolicy
+from switchyard.placement.policies.round_robin import RoundRobinPolicy
+
+__all__ = ["POLICIES", "Policy", "get_policy", "policy_names"]
+
+POLICIES: dict[str, Callable[..., Policy]] = {
+    LinearPolicy.name: LinearPolicy,
+    RoundRobinPolicy.name: RoundRobinPolicy,
+    EplbPolicy.name: EplbPolicy,
+}
+
+
+def policy_names() -> list[str]:
+    """The registered names, sorted."""
+    return sorted(POLICIES)
+
+
+def get_policy(name: str, **options: object) -> Policy:
+    """The policy registered as `name`, built with `options`; `PlacementError` for an unknown name
+    or option, naming the choices."""
+    factory = POLICIES.get(name)
+    if factory is None:
+        raise PlacementError(f"unknown policy {name!r}; choose one of {', '.join(policy_names())}")
+    accepted = inspect.signature(factory).parameters
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        choices = ", ".join(accepted) or "none"
+        raise PlacementError(
+            f"policy {name!r} takes no option(s) {', '.join(unknown)}; its options: {choices}"
+        )
+    return factory(**options)

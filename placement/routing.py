@@ -1,0 +1,143 @@
+"""The replica-choice rule: which slot serves each token's pick of each expert.
+
+A plan may hold several replicas of a hot expert; every token that picks it must be sent to one. The
+evaluation here and the runtime's per-batch dispatch call this same function, so what it does *is* the
+rule. It is applied to each layer independently, with the load counters of that layer's slots starting
+at zero in every call (for the runtime: every batch):
+
+1. A pick of an expert with one replica goes to that replica.
+2. Picks of replicated experts are then resolved one by one: token by token (row 0 of `topk_ids`
+   first) and, within a token, in top-k order (position 0 first). Each goes to, among the expert's
+   replicas, the best by this order:
+     a. a replica on a GPU the same token already uses at this layer (the GPUs of its single-replica
+        picks and of its replicated picks resolved before this one): no extra hidden-state transfer;
+     b. otherwise a replica on the token's home node: the transfer stays on NVLink;
+     c. otherwise any replica.
+   Within the best non-empty tier, the replica with the fewest tokens assigned so far (counting every
+   pick resolved before this one, in the order above) wins; ties go to the lowest slot id.
+
+Why this order: the hidden state goes once to every distinct GPU a token uses, so reusing a GPU is free
+and the home node is cheap, while least-loaded keeps the replicas of a hot expert evenly busy, which
+is what the replicas are for.
+
+Speed: picks of single-replica experts are one gather. Only picks of replicated experts are resolved
+in a Python loop over plain lists (their tiers a/b against the single-replica GPUs are precomputed with
+numpy). On half the ESFT trace (4k tokens x 26 layers x top-6) with 8 redundant slots per layer
+holding second replicas of the 8 busiest experts, as EPLB would (~205k of 641k picks replicated), that
+is ~0.25 s on one core.
+
+`first_occurrence` and `gpu_load` read routed picks for `evaluate` and `cost`: distinct GPUs (nodes)
+per token-layer, and the picks every GPU serves.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from switchyard.placement.errors import PlacementError
+from switchyard.placement.plan import Plan
+from switchyard.placement.topology import Topology
+
+_SAME_GPU, _HOME_NODE, _ELSEWHERE = 0, 1, 2  # tiers a, b, c of the rule
+
+
+def assign_slots(plan: Plan, topk_ids: np.ndarray, home_node: np.ndarray) -> np.ndarray:
+    """The slot serving every pick, by the rule in the module docstring.
+
+    topk_ids: `[T, L, k]` int, logical expert ids in `[0, E)`; L must be the plan's layer count.
+    home_node: `[T]` int, each token's home node in `[0, N)` (`RoutingTrace.home_node_of_token`).
+    Returns `[T, L, k]` int64 slot ids in `[0, P)`; slot `[t, l, j]` holds expert `topk_ids[t, l, j]`.
+    """
+    ids, home = _checked(plan, topk_ids, home_node)
+    layers = np.arange(plan.num_layers)[None, :, None]
+    slots = plan.logical_to_physical[layers, ids, 0]  # [T, L, k] each expert's first replica
+    replicated = plan.replica_count[layers, ids] > 1  # [T, L, k] picks the loop must resolve
+    if replicated.any():
+        _resolve_replicated(plan, ids, home, slots, replicated)
+    return slots
+
+
+def first_occurrence(values: np.ndarray) -> np.ndarray:
+    """`[T, L, k]` bool: True at the first pick of every distinct value within each token-layer.
+
+    values: `[T, L, k]` int, e.g. the GPU or node of every pick. Summing the result over k counts the
+    distinct GPUs (nodes) a token uses at a layer; masking with it counts one transfer per destination.
+    """
+    k = values.shape[2]
+    earlier = np.tril(np.ones((k, k), dtype=bool), -1)  # [k, k] position i vs an earlier position j
+    repeated = ((values[..., :, None] == values[..., None, :]) & earlier).any(axis=3)
+    return ~repeated
+
+
+def gpu_load(topology: Topology, slots: np.ndarray) -> np.ndarray:
+    """`[L, G]` int64: picks served by every GPU at every layer, from `[T, L, k]` slot ids."""
+    num_layers, num_gpus = slots.shape[1], topology.num_gpus
+    layer = np.broadcast_to(np.arange(num_layers)[None, :, None], slots.shape)
+    index = (layer * num_gpus + topology.gpu_of_slot[slots]).ravel()
+    return np.bincount(index, minlength=num_layers * num_gpus).reshape(num_layers, num_gpus)
+
+
+def _checked(plan: Plan, topk_ids: np.ndarray, home_node: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.asarray(topk_ids)
+    if ids.ndim != 3 or not np.issubdtype(ids.dtype, np.integer):
+        raise PlacementError(f"topk_ids must be integer [tokens, layers, k], got {ids.dtype} {ids.shape}")
+    plan.check_matches(ids.shape[1], plan.num_logical_experts, "topk_ids")
+    if ids.size and (ids.min() < 0 or ids.max() >= plan.num_logical_experts):
+        bad = ids.min() if ids.min() < 0 else ids.max()
+        raise PlacementError(f"topk_ids holds expert id {bad}, outside [0, {plan.num_logical_experts})")
+    home = np.asarray(home_node)
+    if home.shape != ids.shape[:1] or not np.issubdtype(home.dtype, np.integer):
+        raise PlacementError(f"home_node must be integer [{ids.shape[0]}], got {home.dtype} {home.shape}")
+    num_nodes = plan.topology.num_nodes
+    if home.size and (home.min() < 0 or home.max() >= num_nodes):
+        bad = home.min() if home.min() < 0 else home.max()
+        raise PlacementError(f"home_node holds node {bad}, outside [0, {num_nodes})")
+    return ids.astype(np.int64, copy=False), home.astype(np.int64, copy=False)
+
+
+def _resolve_replicated(plan: Plan, ids: np.ndarray, home: np.ndarray, slots: np.ndarray,
+                        replicated: np.ndarray) -> None:
+    """Overwrite `slots` at the `replicated` picks with the rule's choice (steps 2a-c)."""
+    topology = plan.topology
+    num_tokens, num_layers, _ = ids.shape
+    num_slots = topology.num_slots
+    # The picks to resolve, in the rule's order: layer by layer, then token, then top-k position.
+    layer, token, position = np.nonzero(replicated.transpose(1, 0, 2))  # each [n]
+    expert = ids[token, layer, position]
+    candidates = plan.logical_to_physical[layer, expert]  # [n, R] slots, -1 padded
+    valid = candidates >= 0
+    candidate_gpu = np.where(valid, topology.gpu_of_slot[candidates], -1)  # [n, R]
+    single_gpu = np.where(replicated, -2, topology.gpu_of_slot[slots])  # [T, L, k], -2 at replicated picks
+    on_used_gpu = (candidate_gpu[:, :, None] == single_gpu[token, layer][:, None, :]).any(axis=2)
+    on_home = topology.node_of_slot[candidates] == home[token][:, None]
+    static_tier = np.where(on_used_gpu, _SAME_GPU, np.where(on_home, _HOME_NODE, _ELSEWHERE))  # [n, R]
+
+    # Load counters are indexed by layer * P + slot so one flat list serves every layer, and hold
+    # load * slot_bound. A candidate's sort key (tier, load, slot) is packed into one int,
+    # (tier * load_bound + load) * slot_bound + slot; `base` is that key at load 0 and the static tier.
+    # Candidates are flattened row-major (padding dropped): pick i owns [start[i], start[i] + count[i]).
+    load_bound = num_tokens * ids.shape[2] + 1
+    slot_bound = num_layers * num_slots
+    flat_slot = (candidates + (layer * num_slots)[:, None])[valid]
+    base = (static_tier[valid] * load_bound) * slot_bound + flat_slot
+    count = valid.sum(axis=1)
+    start = np.cumsum(count) - count
+    flat_slot, flat_gpu, base = flat_slot.tolist(), candidate_gpu[valid].tolist(), base.tolist()
+    load = [0] * slot_bound
+    chosen: list[int] = []
+    current_row = -1
+    for row, first, stop in zip((layer * num_tokens + token).tolist(), start.tolist(),
+                                (start + count).tolist()):
+        if row != current_row:  # a new token-layer: no replicated pick resolved yet
+            current_row, used_gpus = row, set()
+        best_key = best_index = -1
+        for index in range(first, stop):
+            slot = flat_slot[index]
+            key = (slot if flat_gpu[index] in used_gpus else base[index]) + load[slot]
+            if best_key < 0 or key < best_key:
+                best_key, best_index = key, index
+        best_slot = flat_slot[best_index]
+        load[best_slot] += slot_bound
+        used_gpus.add(flat_gpu[best_index])
+        chosen.append(best_slot)
+    slots[token, layer, position] = np.asarray(chosen, dtype=np.int64) - layer * num_slots

@@ -1,0 +1,1 @@
+"""`.proto` files (package `switchyard.v1`) and their generated Python code."""

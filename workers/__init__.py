@@ -1,0 +1,1 @@
+"""Expert workers: expert compute and expert weights, loaded, dropped and copied at run time."""
