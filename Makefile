@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := build/demo
 
-.PHONY: setup run test bench protos clean
+.PHONY: setup run placement-demo test bench protos clean
 
 setup: $(STAMP)
 
@@ -20,7 +20,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec
 	touch $(STAMP)
 
+# The main job on the embedded default: a local Ray cluster of 2 simulated nodes x 2 expert workers
+# serving a small generated Mixtral (skewed router) and printing the tokens and the traffic counters.
 run: setup
+	mkdir -p $(DEMO)
+	test -f $(DEMO)/mixtral-tiny/config.json || $(BIN)/switchyard model init --arch mixtral --size tiny --skew 1 --seed 0 --out $(DEMO)/mixtral-tiny
+	$(BIN)/switchyard generate --model $(DEMO)/mixtral-tiny --prompt-ids 1,2,3,4 --prompt-ids 5,6,7 --max-new-tokens 16 --nodes 2 --workers-per-node 2 --json
+
+# Offline placement comparison on a synthetic trace the project generates (no Ray).
+placement-demo: setup
 	mkdir -p $(DEMO)
 	$(BIN)/switchyard trace synth --out $(DEMO)/trace.npz --layers 8 --experts 32 --top-k 4 --tokens 8192 --skew 1.2 --seed 0
 	$(BIN)/switchyard placement compare --trace $(DEMO)/trace.npz --nodes 2 --gpus-per-node 4 --slots-per-gpu 5

@@ -16,6 +16,7 @@ import click
 
 from switchyard.cluster.cli_params import is_verbose, verbose_option
 from switchyard.cluster.cli_placement import placement
+from switchyard.cluster.cli_runtime import register as register_runtime
 from switchyard.cluster.cli_trace import trace
 from switchyard.placement.errors import PlacementError
 
@@ -47,9 +48,11 @@ class _Root(click.Group):
 def main() -> None:
     """Switchyard: Mixture-of-Experts serving with traffic-driven expert placement.
 
-    Today: plan, evaluate, compare and export expert placements from routing traces.
+    Generate with a model's experts spread over Ray workers; plan, evaluate, compare and export
+    expert placements from routing traces.
     """
 
 
 main.add_command(placement)
 main.add_command(trace)
+register_runtime(main)

@@ -1,0 +1,120 @@
+"""CLI commands of the runtime: `switchyard model init` and `switchyard generate`.
+
+Register them on the main group with `register(main)`. Formatting is pure (`format_outputs`); bad
+input (a missing model directory, ids outside the vocabulary, a plan that does not fit the model)
+is reported in one line with exit code 2, before any Ray process starts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from switchyard.cluster.sampling import SamplingParams
+from switchyard.placement.errors import PlacementError
+from switchyard.workers.checkpoints import init_checkpoint, load_spec
+from switchyard.workers.errors import CheckpointError
+from switchyard.workers.families import FAMILIES, SIZES
+
+
+class InputError(click.ClickException):
+    """Bad user input: one line on stderr, exit code 2."""
+
+    exit_code = 2
+
+
+class OneLineCommand(click.Command):
+    """A command whose usage errors (bad option values) are one line with exit code 2 too."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as error:
+            raise InputError(error.format_message()) from None
+
+
+def _prompt_ids(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[list[int]]:
+    prompts = []
+    for value in values:
+        try:
+            prompts.append([int(token) for token in value.split(",") if token.strip()])
+        except ValueError:
+            raise InputError(f"--prompt-ids must be comma-separated integers, got {value!r}") from None
+        if not prompts[-1]:
+            raise InputError("--prompt-ids needs at least one token id")
+    return prompts
+
+
+@click.group("model")
+def model() -> None:
+    """Model checkpoints."""
+
+
+@model.command("init", cls=OneLineCommand)
+@click.option("--arch", type=click.Choice(list(FAMILIES)), required=True, help="Model family.")
+@click.option("--size", type=click.Choice(list(SIZES)), default="tiny", show_default=True,
+              help="tiny: tests (a few MB); small: benchmarks (~240M parameters).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output directory.")
+@click.option("--skew", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Router bias: hot experts and experts picked together (0: none).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def init(arch: str, size: str, out: Path, skew: float, seed: int) -> None:
+    """Write a random-weight checkpoint with transformers' own model classes."""
+    try:
+        path = init_checkpoint(arch, size, out, skew=skew, seed=seed)
+        spec = load_spec(path)
+    except CheckpointError as error:
+        raise InputError(str(error)) from None
+    click.echo(f"wrote {arch} ({size}) to {path}: {spec.num_layers} MoE layers x {spec.num_experts} experts, "
+               f"top-{spec.top_k}, hidden {spec.hidden_size}")
+
+
+def format_outputs(outputs: list[list[int]], traffic: dict[str, Any], as_json: bool) -> str:
+    """The text `generate` prints: one comma-separated line per prompt, or one JSON object."""
+    if as_json:
+        return json.dumps({"outputs": outputs, **traffic})
+    return "\n".join(",".join(str(token) for token in output) for output in outputs)
+
+
+@click.command("generate", cls=OneLineCommand)
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), required=True, help="Checkpoint directory.")
+@click.option("--prompt-ids", "prompts", multiple=True, required=True, callback=_prompt_ids,
+              help="Comma-separated token ids of one prompt; repeat for more prompts.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True, help="Simulated Ray nodes.")
+@click.option("--workers-per-node", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--plan", "plan_path", type=click.Path(path_type=Path), default=None,
+              help="Plan JSON (physical_to_logical_map, num_nodes, gpus_per_node); default: linear.")
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True, help="0: greedy.")
+@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--stop-id", "stop_ids", type=int, multiple=True, help="A token id that ends generation.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with outputs and traffic counters.")
+def generate(model_dir: Path, prompts: list[list[int]], max_new_tokens: int, nodes: int, workers_per_node: int,
+             plan_path: Path | None, temperature: float, top_p: float, seed: int, stop_ids: tuple[int, ...],
+             as_json: bool) -> None:
+    """Serve a model on an ephemeral local Ray cluster, print the generated ids, shut down."""
+    from switchyard.cluster.runtime import Runtime, local_cluster, resolve_plan  # Ray only when serving
+
+    try:
+        spec = load_spec(model_dir)
+        plan = resolve_plan(spec, plan_path if plan_path is not None else "linear", nodes, workers_per_node)
+    except (CheckpointError, PlacementError) as error:
+        raise InputError(str(error)) from None
+    for prompt in prompts:
+        if min(prompt) < 0 or max(prompt) >= spec.vocab_size:
+            raise InputError(f"prompt ids must be in [0, {spec.vocab_size}) for {model_dir}, got {prompt}")
+    params = SamplingParams(max_new_tokens, temperature, top_p, seed, stop_ids)
+    with local_cluster(nodes), Runtime.start(model_dir, nodes, workers_per_node, plan) as runtime:
+        outputs = runtime.generate(prompts, params)
+        traffic = runtime.traffic()
+    click.echo(format_outputs(outputs, traffic, as_json))
+
+
+def register(group: click.Group) -> None:
+    """Add the runtime's commands to the main CLI group."""
+    group.add_command(model)
+    group.add_command(generate)

@@ -1,0 +1,164 @@
+"""Start a model on a Ray cluster: expert workers and engines pinned to the plan's nodes.
+
+Plan node n is the n-th alive Ray node (in `ray.nodes()` order, the head first), and every actor is
+pinned to its node with `NodeAffinitySchedulingStrategy`, so a plan's "same node" is a real Ray node.
+Worker g (plan GPU g) runs on plan node `g // workers_per_node`; each node runs `engines_per_node`
+engines, whose tokens' home node is that node. Actors ask for no CPUs (they share the machine's
+cores) and, with `gpus_per_worker`, for a GPU each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from switchyard.cluster.engine import Engine
+from switchyard.cluster.sampling import SamplingParams
+from switchyard.cluster.traffic import merge_traffic
+from switchyard.placement.errors import PlacementError
+from switchyard.placement.plan import Plan
+from switchyard.placement.policies import get_policy
+from switchyard.placement.stats import RoutingStats
+from switchyard.placement.topology import Topology
+from switchyard.workers.checkpoints import ModelSpec, load_spec
+from switchyard.workers.expert_worker import ExpertWorker
+
+_RemoteWorker = ray.remote(ExpertWorker)
+_RemoteEngine = ray.remote(Engine)
+
+
+def resolve_plan(spec: ModelSpec, plan: Plan | str | Path, num_nodes: int, workers_per_node: int) -> Plan:
+    """The plan to serve: a `Plan`, a plan JSON file, or a policy name (placed on uniform load).
+
+    Raises `PlacementError` when the plan does not fit the model or the requested nodes and workers.
+    """
+    if isinstance(plan, Path) or (isinstance(plan, str) and plan.endswith(".json")):
+        try:
+            plan = Plan.from_dict(json.loads(Path(plan).read_text()))
+        except (OSError, json.JSONDecodeError) as error:
+            raise PlacementError(f"cannot read the plan {plan}: {error}") from None
+    elif isinstance(plan, str):
+        uniform = RoutingStats.from_load(np.ones((spec.num_layers, spec.num_experts)))
+        plan = get_policy(plan).place(uniform, Topology.for_experts(spec.num_experts, num_nodes, workers_per_node))
+    plan.check_matches(spec.num_layers, spec.num_experts, f"the model {spec.model_dir}")
+    topology = plan.topology
+    if (topology.num_nodes, topology.gpus_per_node) != (num_nodes, workers_per_node):
+        raise PlacementError(
+            f"the plan is for {topology.num_nodes} nodes x {topology.gpus_per_node} workers, "
+            f"but {num_nodes} x {workers_per_node} were asked for")
+    return plan
+
+
+class Runtime:
+    """Expert workers and engines on the connected Ray cluster, serving one model under one plan.
+
+    Use `Runtime.start(...)`, then `generate`, `routing_stats`, `traffic`, and `shutdown` (or `with`).
+    `load` switches to another model or plan between requests, keeping the actors (and their processes).
+    """
+
+    def __init__(self, spec: ModelSpec, plan: Plan, workers: list[Any], engines: list[Any], device: str) -> None:
+        self.spec, self.plan = spec, plan
+        self.workers, self.engines, self.device = workers, engines, device
+
+    @classmethod
+    def start(cls, model_dir: str | Path, num_nodes: int = 1, workers_per_node: int = 1,
+              plan: Plan | str | Path = "linear", engines_per_node: int = 1, max_batch: int = 64,
+              gpus_per_worker: float = 0.0) -> Runtime:
+        spec = load_spec(model_dir)
+        resolved = resolve_plan(spec, plan, num_nodes, workers_per_node)  # bad input fails before any actor
+        node_ids = [node["NodeID"] for node in ray.nodes() if node["Alive"]]
+        if len(node_ids) < num_nodes:
+            raise PlacementError(f"the plan needs {num_nodes} nodes but the Ray cluster has {len(node_ids)}")
+
+        def pinned(node: int) -> NodeAffinitySchedulingStrategy:
+            return NodeAffinitySchedulingStrategy(node_ids[node], soft=False)
+
+        device = "cuda" if gpus_per_worker > 0 else "cpu"
+        workers = [
+            _RemoteWorker.options(num_cpus=0, num_gpus=gpus_per_worker,
+                                  scheduling_strategy=pinned(gpu // workers_per_node))
+            .remote(str(spec.model_dir), resolved.gpu_experts[:, gpu], device)
+            for gpu in range(resolved.topology.num_gpus)
+        ]
+        # Engine e sits on node e % num_nodes, so round-robin prompts go round the nodes.
+        engines = [
+            _RemoteEngine.options(num_cpus=0, max_concurrency=max_batch + 4,
+                                  scheduling_strategy=pinned(index % num_nodes))
+            .remote(workers, index % num_nodes, max_batch)
+            for index in range(num_nodes * engines_per_node)
+        ]
+        ray.get([engine.load.remote(str(spec.model_dir), resolved.to_dict()) for engine in engines])
+        return cls(spec, resolved, workers, engines, device)
+
+    def load(self, model_dir: str | Path, plan: Plan | str | Path = "linear") -> None:
+        """Serve another model or plan with the same actors (between requests only)."""
+        spec = load_spec(model_dir)
+        topology = self.plan.topology
+        resolved = resolve_plan(spec, plan, topology.num_nodes, topology.gpus_per_node)
+        ray.get([worker.load.remote(str(spec.model_dir), resolved.gpu_experts[:, gpu], self.device)
+                 for gpu, worker in enumerate(self.workers)])
+        ray.get([engine.load.remote(str(spec.model_dir), resolved.to_dict()) for engine in self.engines])
+        self.spec, self.plan = spec, resolved
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[int]]:
+        """Generated ids of every prompt, in prompt order; prompt s goes to engine s % engines."""
+        num_engines = len(self.engines)
+        calls = [self.engines[e].generate.remote(prompts[e::num_engines], params) for e in range(num_engines)]
+        per_engine = ray.get(calls)
+        outputs: list[list[int]] = [[] for _ in prompts]
+        for engine, results in enumerate(per_engine):
+            outputs[engine::num_engines] = results
+        return outputs
+
+    def routing_stats(self) -> RoutingStats:
+        """All engines' routing statistics, merged."""
+        stats = ray.get([engine.routing_stats.remote() for engine in self.engines])
+        merged = stats[0]
+        for other in stats[1:]:
+            merged = merged.merge(other)
+        return merged
+
+    def traffic(self) -> dict[str, Any]:
+        """All engines' traffic counters: per worker and total, same-node and cross-node."""
+        return merge_traffic(ray.get([engine.traffic.remote() for engine in self.engines]))
+
+    def timings(self) -> dict[str, Any]:
+        """Profile since the last `load`: engine steps and dispatch time (summed), each worker's busy time."""
+        engines = ray.get([engine.timings.remote() for engine in self.engines])
+        workers = ray.get([worker.timings.remote() for worker in self.workers])
+        return {**{key: sum(e[key] for e in engines) for key in engines[0]},
+                "worker_busy_seconds": [w["busy_seconds"] for w in workers]}
+
+    def shutdown(self) -> None:
+        for actor in self.engines + self.workers:
+            ray.kill(actor)
+        self.engines, self.workers = [], []
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+
+@contextlib.contextmanager
+def local_cluster(num_nodes: int) -> Iterator[None]:
+    """An ephemeral Ray cluster on this machine with `num_nodes` simulated nodes; shut down on exit."""
+    from ray.cluster_utils import Cluster  # only the ephemeral cluster needs the simulator
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        for _ in range(num_nodes - 1):
+            cluster.add_node(num_cpus=1)
+        ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
+        yield
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

@@ -1,0 +1,89 @@
+"""The MoE rendezvous and the routing recorder, without Ray: one dispatch per layer per step."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from switchyard.cluster.rendezvous import MoeRendezvous
+from switchyard.cluster.routing_recorder import RoutingRecorder
+
+
+def test_one_dispatch_per_layer_for_all_requests():
+    calls = []
+
+    def dispatch(layer, hidden, ids, weights):
+        calls.append((layer, hidden.shape[0]))
+        return hidden * (layer + 1)
+
+    rendezvous = MoeRendezvous(dispatch)
+    sizes = [3, 1, 2]
+    results = {}
+
+    def request(index: int, layers: int) -> None:
+        try:
+            hidden = torch.full((sizes[index], 4), float(index))
+            for layer in range(layers):
+                hidden = rendezvous.submit(layer, hidden, torch.zeros(sizes[index], 2, dtype=torch.long),
+                                           torch.ones(sizes[index], 2))
+            results[index] = hidden
+        finally:
+            rendezvous.leave()
+
+    rendezvous.begin_step(len(sizes))
+    # request 2 stops after one layer (e.g. it failed); the others must not wait for it
+    threads = [threading.Thread(target=request, args=(i, 1 if i == 2 else 2)) for i in range(len(sizes))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert calls == [(0, 6), (1, 4)]
+    assert torch.equal(results[0], torch.full((3, 4), 0.0))
+    assert torch.equal(results[1], torch.full((1, 4), 2.0))
+    assert torch.equal(results[2], torch.full((2, 4), 2.0))
+
+
+def test_dispatch_error_reaches_every_request():
+    def dispatch(layer, hidden, ids, weights):
+        raise RuntimeError("worker died")
+
+    rendezvous = MoeRendezvous(dispatch)
+    rendezvous.begin_step(2)
+    errors = []
+
+    def request() -> None:
+        try:
+            rendezvous.submit(0, torch.zeros(1, 4), torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 2))
+        except RuntimeError as error:
+            errors.append(str(error))
+        finally:
+            rendezvous.leave()
+
+    threads = [threading.Thread(target=request) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert errors == ["worker died", "worker died"]
+
+
+@pytest.mark.parametrize("sample_every", [1, 3], ids=["all", "every-3rd"])
+def test_recorder_counts_every_token_and_samples(sample_every):
+    rng = np.random.default_rng(0)
+    recorder = RoutingRecorder(num_layers=2, num_experts=6, top_k=2, sample_every=sample_every, window=5)
+    batches = [np.stack([np.stack([rng.choice(6, 2, replace=False) for _ in range(2)]) for _ in range(n)])
+               for n in (4, 3, 2)]
+    for ids in batches:
+        recorder.record(ids)
+    stats = recorder.stats()
+    all_ids = np.concatenate(batches)
+    assert stats.num_tokens == 9
+    for layer in range(2):
+        np.testing.assert_array_equal(stats.load[layer], np.bincount(all_ids[:, layer].ravel(), minlength=6))
+    sampled = all_ids[::sample_every][-5:]
+    assert recorder.num_sampled == len(all_ids[::sample_every])
+    np.testing.assert_array_equal(stats.topk_sets[0], np.unique(np.sort(sampled[:, 0], axis=1), axis=0))
+    assert stats.set_counts[0].sum() == pytest.approx(9)  # scaled up to every token
