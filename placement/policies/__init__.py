@@ -10,6 +10,7 @@ import inspect
 from collections.abc import Callable
 
 from switchyard.placement.errors import PlacementError
+from switchyard.placement.policies.affinity import AffinityPolicy
 from switchyard.placement.policies.base import Policy
 from switchyard.placement.policies.eplb import EplbPolicy
 from switchyard.placement.policies.linear import LinearPolicy
@@ -21,6 +22,7 @@ POLICIES: dict[str, Callable[..., Policy]] = {
     LinearPolicy.name: LinearPolicy,
     RoundRobinPolicy.name: RoundRobinPolicy,
     EplbPolicy.name: EplbPolicy,
+    AffinityPolicy.name: AffinityPolicy,
 }
 
 

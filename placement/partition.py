@@ -1,0 +1,218 @@
+"""Swap refinement of one layer's replica layout: fewer GPUs and nodes per token at a load cap.
+
+The affinity policy's optimiser. A layout puts V replicas (vertices; V = P, the layer's slots) on GPUs,
+exactly S per GPU. Its cost on a layer's top-k sets (`LayerRows`), with each pick routed to a replica
+by the runtime's rule (`set_routing.route_sets`), is
+
+    cost = sum over rows of weight * (distinct GPUs) + node_weight * (remote nodes)
+
+which for rows without replicated experts is the connectivity (KM1) objective of hypergraph
+partitioning, on two levels. Load enters as a cap: no GPU may serve more than `cap` picks.
+
+Moves are swaps of two replicas on different GPUs, so every GPU keeps exactly S slots; a swap may not
+put two replicas of one expert on one GPU. Each round computes the exact change of the cost for every
+swap at once (for the current routing of picks to replicas), takes the best non-overlapping swaps as
+a batch, and keeps the batch only if the re-routed layout really is better: less overload, or the same
+overload and a lower cost. A batch that fails is cut to its best swap, then to the next best few,
+before the search stops. Every kept step strictly improves (overload, cost), so a prefix of the path
+is never worse than the start, which the migration budget relies on.
+
+Delta of moving vertex v from GPU A to GPU g, over the rows m that use v (C[m, x]: picks of row m on
+GPU x): w_m * ([C[m, g] == 0] - [C[m, A] == 1]). A swap is the two moves plus a correction for rows
+holding both vertices (their counts do not change): w_m * ([C[m, A] == 1] + [C[m, B] == 1]). The node
+term is the same with node counts, the row's home node counted as a pick, between different nodes only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from switchyard.placement.set_routing import route_sets
+from switchyard.placement.topology import Topology
+
+_TOLERANCE = 1e-9
+_SINGLE_TRIES = 8  # best single swaps tried when a batch fails
+
+
+@dataclass(frozen=True, eq=False)
+class LayerRows:
+    """One layer's top-k sets as the optimiser scores them.
+
+    sets: `[M, k]` int64 expert ids of each row, distinct within a row.
+    weight: `[M]` float64 tokens behind each row (the weight of its GPU count).
+    home: `[M]` int64 the row's home node, or -1 when unknown.
+    node_weight: `[M]` float64 the weight of the row's remote-node count.
+    """
+
+    sets: np.ndarray
+    weight: np.ndarray
+    home: np.ndarray
+    node_weight: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class Score:
+    """A layout's cost on its rows. overload: picks above the cap, summed over GPUs (0 when within).
+    pins: `[M, k]` int64 the vertex serving each pick; vertex_load: `[V]` float64."""
+
+    overload: float
+    cost: float
+    pins: np.ndarray
+    vertex_load: np.ndarray
+
+    def better_than(self, other: Score) -> bool:
+        """Less overload, or as little and a lower cost."""
+        if self.overload < other.overload - _TOLERANCE * (1 + other.overload):
+            return True
+        return (self.overload <= other.overload + _TOLERANCE * (1 + other.overload)
+                and self.cost < other.cost - _TOLERANCE * (1 + abs(other.cost)))
+
+
+def expert_vertices(expert_of_vertex: np.ndarray, num_experts: int) -> np.ndarray:
+    """`[E, R]` int64 the vertices of each expert in vertex order, -1 padded."""
+    order = np.argsort(expert_of_vertex, kind="stable")
+    counts = np.bincount(expert_of_vertex, minlength=num_experts)
+    rank = np.arange(len(order)) - np.repeat(np.cumsum(counts) - counts, counts)
+    table = np.full((num_experts, max(int(counts.max()), 1)), -1, dtype=np.int64)
+    table[expert_of_vertex[order], rank] = order
+    return table
+
+
+def score(rows: LayerRows, vertices: np.ndarray, gpu_of_vertex: np.ndarray, topology: Topology,
+          cap: float) -> Score:
+    """Route the rows' picks to replicas and measure the layout.
+
+    vertices: `[E, R]` int64 from `expert_vertices`; gpu_of_vertex: `[V]` int64.
+    """
+    pins, vertex_load = route_sets(rows.sets, rows.weight, rows.home, vertices, gpu_of_vertex,
+                                   topology.node_of_gpu)
+    gpu_counts, node_counts = _counts(rows, pins, gpu_of_vertex, topology)
+    home_known = (rows.home >= 0).astype(np.float64)
+    cost = (rows.weight @ (gpu_counts > 0).sum(axis=1)
+            + rows.node_weight @ ((node_counts > 0).sum(axis=1) - home_known))
+    gpu_load = np.bincount(gpu_of_vertex, weights=vertex_load, minlength=topology.num_gpus)
+    return Score(float(np.maximum(gpu_load - cap, 0).sum()), float(cost), pins, vertex_load)
+
+
+def refine(rows: LayerRows, expert_of_vertex: np.ndarray, gpu_of_vertex: np.ndarray,
+           topology: Topology, cap: float, max_rounds: int) -> list[tuple[np.ndarray, Score]]:
+    """Improve a layout by swaps; returns the path: the start and every kept step, with its score.
+
+    expert_of_vertex: `[V]` int64 the expert each vertex replicates (fixed: swaps move vertices).
+    gpu_of_vertex: `[V]` int64 the start layout, exactly S vertices per GPU, no expert twice on a GPU.
+    cap: the most picks a GPU should serve. max_rounds: batches tried at most.
+    The last element of the path is the best layout found.
+    """
+    num_experts = int(expert_of_vertex.max()) + 1
+    vertices = expert_vertices(expert_of_vertex, num_experts)
+    current = gpu_of_vertex.copy()
+    best = score(rows, vertices, current, topology, cap)
+    path = [(current.copy(), best)]
+    for _ in range(max_rounds):
+        swaps = _ranked_swaps(rows, best, expert_of_vertex, current, topology, cap)
+        if not swaps:
+            break
+        batch = _disjoint(swaps, current)
+        trials = ([batch] if len(batch) > 1 else []) + [[swap] for swap in swaps[:_SINGLE_TRIES]]
+        for trial in trials:
+            layout = current.copy()
+            for a, b in trial:
+                layout[a], layout[b] = current[b], current[a]
+            result = score(rows, vertices, layout, topology, cap)
+            if result.better_than(best):
+                current, best = layout, result
+                path.append((current.copy(), best))
+                break
+        else:
+            break
+    return path
+
+
+def _counts(rows: LayerRows, pins: np.ndarray, gpu_of_vertex: np.ndarray, topology: Topology
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """`[M, G]` picks of each row per GPU and `[M, N]` per node, the row's home node counted once."""
+    num_rows = len(pins)
+    row = np.arange(num_rows)[:, None]
+    gpu = gpu_of_vertex[pins]
+    gpu_counts = np.bincount((row * topology.num_gpus + gpu).ravel(),
+                             minlength=num_rows * topology.num_gpus).reshape(num_rows, topology.num_gpus)
+    node = topology.node_of_gpu[gpu]
+    node_counts = np.bincount((row * topology.num_nodes + node).ravel(),
+                              minlength=num_rows * topology.num_nodes).reshape(num_rows, topology.num_nodes)
+    known = rows.home >= 0
+    node_counts[np.nonzero(known)[0], rows.home[known]] += 1
+    return gpu_counts, node_counts
+
+
+def _ranked_swaps(rows: LayerRows, current: Score, expert_of_vertex: np.ndarray,
+                  gpu_of_vertex: np.ndarray, topology: Topology, cap: float) -> list[tuple[int, int]]:
+    """The improving swaps (vertex pairs) for the current routing, best first."""
+    delta = swap_deltas(rows, current.pins, gpu_of_vertex, topology)
+    gpu = gpu_of_vertex
+    gpu_load = np.bincount(gpu, weights=current.vertex_load, minlength=topology.num_gpus)
+    shift = current.vertex_load[None, :] - current.vertex_load[:, None]  # [a, b]: b's load minus a's
+    over = np.maximum(gpu_load - cap, 0)
+    overload = (np.maximum(gpu_load[gpu][:, None] + shift - cap, 0)
+                + np.maximum(gpu_load[gpu][None, :] - shift - cap, 0)
+                - over[gpu][:, None] - over[gpu][None, :])
+    # Allowed: different GPUs, different experts, neither expert already on the other's GPU.
+    experts_on_gpu = np.zeros((int(expert_of_vertex.max()) + 1, topology.num_gpus), dtype=bool)
+    experts_on_gpu[expert_of_vertex, gpu] = True
+    blocked = experts_on_gpu[expert_of_vertex][:, gpu]  # [a, b]: a's expert already on b's GPU
+    allowed = ~(blocked | blocked.T) & np.triu(np.ones(delta.shape, dtype=bool), 1)
+    improving = (overload < -_TOLERANCE) | ((overload <= _TOLERANCE) & (delta < -_TOLERANCE))
+    a, b = np.nonzero(allowed & improving)
+    # Rank: swaps that cut overload first, cheapest cost per token of overload cut; then by cost.
+    cut = -overload[a, b]
+    relieves = cut > _TOLERANCE
+    rank = np.where(relieves, delta[a, b] / np.where(relieves, cut, 1.0), delta[a, b])
+    order = np.lexsort((rank, ~relieves))
+    return list(zip(a[order].tolist(), b[order].tolist()))
+
+
+def swap_deltas(rows: LayerRows, pins: np.ndarray, gpu_of_vertex: np.ndarray, topology: Topology
+                ) -> np.ndarray:
+    """`[V, V]` float64 the cost change of swapping the GPUs of two vertices, picks staying pinned."""
+    num_vertices = len(gpu_of_vertex)
+    gpu_counts, node_counts = _counts(rows, pins, gpu_of_vertex, topology)
+    gpu, node = gpu_of_vertex, topology.node_of_gpu[gpu_of_vertex]
+    node_of_gpu = topology.node_of_gpu
+    num_rows, width = pins.shape
+    pin_row = np.repeat(np.arange(num_rows), width)  # [M * k] the row of every pin
+    pin_vertex = pins.ravel()
+    first, second = np.triu_indices(width, 1)  # the pairs of picks within a row
+    pair_a, pair_b = pins[:, first].ravel(), pins[:, second].ravel()  # [M * k(k-1)/2]
+    pair_row = np.repeat(np.arange(num_rows), len(first))
+
+    def level(counts: np.ndarray, weight: np.ndarray, block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Move deltas `[V, blocks]` and swap corrections `[V, V]` at one level (GPU or node)."""
+        alone = (counts == 1) * weight[:, None]  # [M, blocks] weight of rows with one pick there
+        empty = (counts == 0) * weight[:, None]  # [M, blocks] weight of rows with none there
+        gain = np.stack([np.bincount(pin_vertex, weights=empty[pin_row, b], minlength=num_vertices)
+                         for b in range(counts.shape[1])], axis=1)
+        loss = np.bincount(pin_vertex, weights=alone[pin_row, block[pin_vertex]], minlength=num_vertices)
+        both = alone[pair_row, block[pair_a]] + alone[pair_row, block[pair_b]]
+        fix = np.bincount(pair_a * num_vertices + pair_b, weights=both, minlength=num_vertices ** 2)
+        fix = fix.reshape(num_vertices, num_vertices)
+        return gain - loss[:, None], fix + fix.T
+
+    move_gpu, fix_gpu = level(gpu_counts, rows.weight, gpu)
+    move_node, fix_node = level(node_counts, rows.node_weight, node)
+    cross = node[:, None] != node[None, :]  # [V, V] pairs on different nodes
+    move = move_gpu + np.where(node_of_gpu[None, :] != node[:, None], move_node[:, node_of_gpu], 0.0)
+    return move[:, gpu] + move[:, gpu].T + fix_gpu + np.where(cross, fix_node, 0.0)
+
+
+def _disjoint(swaps: list[tuple[int, int]], gpu_of_vertex: np.ndarray) -> list[tuple[int, int]]:
+    """The best swaps that share no GPU, greedily: their deltas then add up except through rows."""
+    taken: set[int] = set()
+    batch = []
+    for a, b in swaps:
+        ga, gb = int(gpu_of_vertex[a]), int(gpu_of_vertex[b])
+        if ga in taken or gb in taken:
+            continue
+        batch.append((a, b))
+        taken.update((ga, gb))
+    return batch

@@ -1,0 +1,170 @@
+"""The affinity policy: experts picked together share a GPU and a node, at EPLB's load balance.
+
+EPLB balances load and ignores which experts a token picks together, so a token's k experts land on
+almost as many GPUs as a random layout gives. This policy places, per layer, the replicas that
+`seeding.replica_counts` asks for (EPLB's rule: spare slots to the busiest experts) so that:
+
+- no GPU serves more than `(1 + max_imbalance)` times the mean load on the statistics' window;
+- within that, a token's picks touch as few GPUs, and nodes other than its home node, as possible:
+  the cost `distinct GPUs + node_weight * remote nodes`, summed over the window's top-k sets, with
+  each pick routed to a replica by the runtime's own rule (`set_routing`);
+- every GPU holds exactly `slots_per_gpu` slots and never one expert twice.
+
+Per layer: METIS on the co-activation graph, nodes first and then the GPUs of each node, gives every
+expert a GPU; the replicas are seeded there one by one (`seeding`); swap refinement (`partition`)
+then brings load under the cap and lowers the cost. Layers with more than `_REFINED_SLOTS` slots
+(DeepSeek-V3 on 256 GPUs has 2304) are planned by the seeding alone, under the cap: refinement there
+would cost seconds per layer. Replicas of hot experts spread over nodes, and their picks go to the
+replica on a GPU the token already uses, so replication serves locality as well as balance.
+
+Migration-aware: with `max_moves` and the plan in service, each layer offers the layouts on the
+path of refinement started from the current layout, and the fresh plan renumbered to keep what it
+can; `budget.allocate` spends at most `max_moves` copies across layers where they gain the most.
+Budget 0 returns the current plan; a larger budget never scores worse on the window.
+
+Statistics without co-activation (load only, e.g. from vLLM) give every expert a row of its own: the
+policy then balances load, and spreads replicas over nodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from switchyard.placement.budget import allocate, copies_needed, relabel_gpus
+from switchyard.placement.errors import PlacementError
+from switchyard.placement.migration import plan_migration
+from switchyard.placement.partition import LayerRows, Score, expert_vertices, refine, score
+from switchyard.placement.plan import Plan
+from switchyard.placement.policies.base import check_capacity
+from switchyard.placement.seeding import graph_partition, initial_layout, replica_counts
+from switchyard.placement.stats import RoutingStats
+from switchyard.placement.topology import Topology
+
+_REFINED_SLOTS = 1024  # layers with more slots are seeded only (the fast path)
+_MAX_ROUNDS = 64  # refinement batches per layer at most; ESFT-sized layers settle in ~15
+_ROW_PIECES = 512  # rows heavier than 1/512 of a layer's tokens are split, as the rule splits tokens
+_OVERLOAD_VALUE = 1e6  # a token of overload weighs this much cost when steps are compared
+
+
+@dataclass(frozen=True)
+class AffinityPolicy:
+    """Co-activation-aware placement (module docstring).
+
+    max_imbalance: the busiest GPU may carry up to this fraction above the mean load.
+    node_weight: what one remote node per token costs, in distinct GPUs per token.
+    max_moves: with a current plan, the most expert copies the new plan may need (None: plan afresh).
+    seed: METIS's seed and the model's random top-k order and home nodes.
+    """
+
+    max_imbalance: float = 0.02
+    node_weight: float = 1.0
+    max_moves: int | None = None
+    seed: int = 0
+    name: ClassVar[str] = "affinity"
+
+    def __post_init__(self) -> None:
+        for option in ("max_imbalance", "node_weight"):
+            value = getattr(self, option)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise PlacementError(f"{option} must be a non-negative number, got {value!r}")
+        for option in ("max_moves", "seed"):
+            value = getattr(self, option)
+            if value is None and option == "max_moves":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise PlacementError(f"{option} must be a non-negative integer, got {value!r}")
+
+    def place(self, stats: RoutingStats, topology: Topology, current: Plan | None = None) -> Plan:
+        """A plan for `stats`; with `max_moves` set and `current` given, one reachable from `current`
+        with at most `max_moves` expert copies."""
+        check_capacity(stats.num_experts, topology)
+        budgeted = current is not None and self.max_moves is not None
+        if budgeted:
+            current.check_matches(stats.num_layers, stats.num_experts, "the statistics")
+            if current.topology != topology:
+                raise PlacementError(
+                    f"the current plan is for {current.topology.describe()}, not {topology.describe()}"
+                )
+        layers = [self._layer_candidates(stats, layer, topology, current if budgeted else None)
+                  for layer in range(stats.num_layers)]
+        if not budgeted:
+            table = np.stack([candidates[-1][0] for candidates in layers])
+            return Plan(table, topology, stats.num_experts)
+        current_gpu_experts = current.gpu_experts
+        moves = [np.array([copies_needed(current_gpu_experts[layer], table.reshape(topology.num_gpus, -1),
+                                         stats.num_experts) for table, _ in candidates])
+                 for layer, candidates in enumerate(layers)]
+        values = [np.array([_value(result) for _, result in candidates]) for candidates in layers]
+        chosen = allocate(moves, values, self.max_moves)
+        table = np.stack([candidates[index][0] for candidates, index in zip(layers, chosen)])
+        return plan_migration(current, Plan(table, topology, stats.num_experts)).aligned
+
+    def _layer_candidates(self, stats: RoutingStats, layer: int, topology: Topology,
+                          current: Plan | None) -> list[tuple[np.ndarray, Score | None]]:
+        """`[P]` tables (slot -> expert) with their scores: the fresh plan last; with `current`, the
+        current table first and the path refined from it before the fresh one."""
+        load = stats.load[layer]
+        cap = load.sum() / topology.num_gpus * (1 + self.max_imbalance)
+        rng = np.random.default_rng([self.seed, layer])
+        refined = topology.num_slots <= _REFINED_SLOTS
+        rows = (layer_rows(stats, layer, topology, self.node_weight, rng)
+                if refined or current is not None else None)
+        pairs = stats.pair_counts[layer] if stats.pair_counts is not None else np.zeros((len(load),) * 2)
+        replicas = replica_counts(load, topology.num_slots, topology.num_gpus)
+        preferred = graph_partition(pairs, load, topology, self.seed)
+        # Refinement balances load itself, better from a start that follows co-activation alone.
+        experts, gpus = initial_layout(pairs, load, replicas, preferred, topology,
+                                       np.inf if refined else cap)
+        fresh = refine(rows, experts, gpus, topology, cap, _MAX_ROUNDS)[-1] if refined else (gpus, None)
+        fresh_table = _table(experts, fresh[0])
+        if current is None:
+            return [(fresh_table, fresh[1])]
+        current_table = current.physical_to_logical[layer]
+        path = refine(rows, current_table, topology.gpu_of_slot, topology, cap,
+                      _MAX_ROUNDS if refined else 0)
+        candidates = [(_table(current_table, gpus), result) for gpus, result in path]
+        gpu_experts = relabel_gpus(current.gpu_experts[layer], fresh_table.reshape(topology.num_gpus, -1),
+                                   topology).reshape(-1)
+        vertices = expert_vertices(gpu_experts, stats.num_experts)
+        candidates.append((gpu_experts, score(rows, vertices, topology.gpu_of_slot, topology, cap)))
+        return candidates
+
+
+def layer_rows(stats: RoutingStats, layer: int, topology: Topology, node_weight: float,
+               rng: np.random.Generator) -> LayerRows:
+    """One layer's top-k sets as rows for the optimiser (load-only stats: one row per expert).
+
+    Rows heavier than 1/_ROW_PIECES of the layer are split into equal pieces, the picks of each row
+    are put in a random order (the rule resolves picks in top-k order, which ids do not give) and
+    every row gets a random home node (a token's home is its sequence's, unrelated to its picks);
+    rows of load-only stats get none, so replicas share their expert's load evenly.
+    """
+    if stats.topk_sets is None:
+        sets = np.arange(stats.num_experts)[:, None]
+        weight = stats.load[layer].astype(np.float64)
+    else:
+        sets, weight = stats.topk_sets[layer], stats.set_counts[layer]
+    keep = weight > 0
+    sets, weight = sets[keep], weight[keep]
+    piece = weight.sum() / _ROW_PIECES
+    if piece > 0:
+        pieces = np.ceil(weight / piece).astype(np.int64)
+        sets, weight = np.repeat(sets, pieces, axis=0), np.repeat(weight / pieces, pieces)
+    sets = np.take_along_axis(sets, np.argsort(rng.random(sets.shape), axis=1), axis=1)
+    home = rng.integers(topology.num_nodes, size=len(sets))
+    if stats.topk_sets is None:
+        home[:] = -1  # one row per expert says nothing about homes: replicas share its load evenly
+    return LayerRows(sets, weight, home, node_weight * weight * (topology.num_nodes > 1))
+
+
+def _table(expert_of_vertex: np.ndarray, gpu_of_vertex: np.ndarray) -> np.ndarray:
+    """`[P]` the expert of every slot: each GPU's vertices in vertex order fill its slots."""
+    return expert_of_vertex[np.lexsort((np.arange(len(gpu_of_vertex)), gpu_of_vertex))]
+
+
+def _value(result: Score | None) -> float:
+    """A layout's worth for the budget (higher is better): overload first, then cost."""
+    return -(result.overload * _OVERLOAD_VALUE + result.cost)

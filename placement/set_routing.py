@@ -1,0 +1,146 @@
+"""The replica-choice rule applied to weighted top-k sets: what a planner can predict from statistics.
+
+`routing.assign_slots` routes real tokens one by one. A planner only has `RoutingStats`: the distinct
+top-k sets of a layer and how many tokens picked each, without token order or top-k order. This module
+applies the same rule to those sets so that a candidate placement can be scored (GPUs per token, nodes
+per token, load of every replica) many times while it is being optimised:
+
+1. A pick of an expert with one replica goes to it.
+2. Picks of replicated experts are resolved column by column (a set's experts in ascending id, the
+   stand-in for top-k order). Each goes to the best tier of the expert's replicas: (a) on a GPU the
+   set already uses, (b) on the set's home node, (c) any. Within the tier, the runtime gives each
+   token to the replica with the fewest tokens so far; with many tokens that evens the replicas out,
+   so here the tier's picks of one column are spread over its replicas by water-filling: each
+   replica receives what brings the lowest ones up to a common level. Picks are handed out in row
+   order by cumulative weight, so a set with weight w may be given whole to one replica.
+
+The result is exact for single-replica experts and, for replicated ones, the expected outcome of the
+rule when tokens arrive in random order. Vectorised per column: a handful of numpy calls per layer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_SAME_GPU, _HOME_NODE, _ANYWHERE, _NOT_A_REPLICA = 0, 1, 2, 3
+# Fixed odd 31-bit multipliers for hashing which replicas of an expert are eligible (one per replica
+# position; an expert has at most G replicas). Sums stay far below 2**63.
+_HASH = np.random.default_rng(20240531).integers(1, 1 << 31, size=1 << 16) | 1
+
+
+def route_sets(sets: np.ndarray, weight: np.ndarray, home: np.ndarray, expert_vertices: np.ndarray,
+               gpu_of_vertex: np.ndarray, node_of_gpu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The replica (vertex) every pick of every set goes to, and each replica's load.
+
+    sets: `[M, k]` int64 expert ids of each row (a top-k set), distinct within a row.
+    weight: `[M]` float64 tokens behind each row.
+    home: `[M]` int64 home node of each row, or -1 where unknown (then tier (b) never applies).
+    expert_vertices: `[E, R]` int64 the vertices (replicas) of each expert, -1 padded; every expert
+        has at least one.
+    gpu_of_vertex: `[V]` int64 the GPU of every vertex. node_of_gpu: `[G]` int64.
+    Returns pins `[M, k]` int64 (the vertex serving each pick) and vertex_load `[V]` float64 (the
+    tokens each vertex serves).
+    """
+    num_rows, top_k = sets.shape
+    num_vertices, num_gpus = len(gpu_of_vertex), len(node_of_gpu)
+    replicas = (expert_vertices >= 0).sum(axis=1)  # [E]
+    pins = expert_vertices[sets, 0]  # [M, k] first replica: final for single-replica experts
+    replicated = replicas[sets] > 1  # [M, k]
+    row_weight = np.broadcast_to(weight[:, None], sets.shape)
+    load = np.bincount(pins[~replicated], weights=row_weight[~replicated],
+                       minlength=num_vertices).astype(np.float64)
+    if not replicated.any():
+        return pins, load
+    single_rows = np.nonzero(~replicated)[0]
+    single_gpus = gpu_of_vertex[pins[~replicated]]
+    # Pass 1 estimates the load of picks left a single eligible replica (tier a usually) over the
+    # whole layer; pass 2 then spreads every other pick on top of that estimate, so that, as with the
+    # runtime's least-loaded choice over the whole stream, replicas end up even where they can.
+    forced_load = np.zeros(num_vertices)
+    for final in (False, True):
+        used = np.zeros((num_rows, num_gpus), dtype=bool)  # [M, G] GPUs each row uses so far
+        used[single_rows, single_gpus] = True
+        spread_load = np.zeros(num_vertices)
+        for column in range(top_k):
+            rows = np.nonzero(replicated[:, column])[0]
+            if not len(rows):
+                continue
+            eligible = _best_tier(expert_vertices[sets[rows, column]], used[rows], home[rows],
+                                  gpu_of_vertex, node_of_gpu)  # [n, R]
+            forced = (eligible >= 0).sum(axis=1) == 1
+            chosen = eligible.max(axis=1)
+            if not final:
+                forced_load += np.bincount(chosen[forced], weights=weight[rows[forced]],
+                                           minlength=num_vertices)
+            if not forced.all():
+                spread = ~forced
+                chosen[spread] = _water_fill(eligible[spread], weight[rows[spread]],
+                                             load + forced_load + spread_load)
+                spread_load += np.bincount(chosen[spread], weights=weight[rows[spread]],
+                                           minlength=num_vertices)
+            used[rows, gpu_of_vertex[chosen]] = True
+            if final:
+                pins[rows, column] = chosen
+    load += np.bincount(pins[replicated], weights=row_weight[replicated], minlength=num_vertices)
+    return pins, load
+
+
+def _best_tier(candidates: np.ndarray, used: np.ndarray, home: np.ndarray, gpu_of_vertex: np.ndarray,
+               node_of_gpu: np.ndarray) -> np.ndarray:
+    """`[n, R]` the candidates in each pick's best tier of the rule, -1 elsewhere.
+
+    candidates: `[n, R]` vertex ids of the picked expert's replicas, -1 padded; used: `[n, G]` bool
+    GPUs the pick's row uses so far; home: `[n]` home node or -1.
+    """
+    valid = candidates >= 0
+    gpu = gpu_of_vertex[np.maximum(candidates, 0)]
+    tier = np.where(np.take_along_axis(used, gpu, axis=1), _SAME_GPU,
+                    np.where(node_of_gpu[gpu] == home[:, None], _HOME_NODE, _ANYWHERE))
+    tier[~valid] = _NOT_A_REPLICA
+    return np.where(tier == tier.min(axis=1, keepdims=True), candidates, -1)
+
+
+def _water_fill(eligible: np.ndarray, weight: np.ndarray, load: np.ndarray) -> np.ndarray:
+    """`[n]` the vertex each pick goes to: picks with the same eligible replicas form a group, and
+    each group's weight raises its least loaded replicas to a common level (least-loaded, in bulk).
+
+    eligible: `[n, R]` vertex ids of the replicas each pick may use, -1 elsewhere (at least one per
+    row); weight: `[n]` float64; load: `[V]` float64 the vertices' load so far.
+    """
+    num_picks, width = eligible.shape
+    # Groups: identical rows of `eligible`, found by a key: the row's largest vertex (which names the
+    # expert) and a 32-bit hash of which of its replicas are eligible. [n] group of each pick.
+    mask_hash = (eligible >= 0).astype(np.int64) @ _HASH[:width] % (1 << 32)
+    key = eligible.max(axis=1) * (1 << 32) + mask_hash
+    _, first_pick, group_of_pick = np.unique(key, return_index=True, return_inverse=True)
+    groups = eligible[first_pick]  # [Q, R]
+    num_groups = len(groups)
+    total = np.bincount(group_of_pick, weights=weight, minlength=num_groups)  # [Q]
+    base = np.where(groups >= 0, load[np.maximum(groups, 0)], np.inf)  # [Q, R]
+    # Water level: with replicas sorted by load, the first n of them reach level (total + sum) / n.
+    order = np.argsort(base, axis=1, kind="stable")
+    sorted_base = np.take_along_axis(base, order, axis=1)
+    finite = np.where(np.isfinite(sorted_base), sorted_base, 0.0)
+    filled = np.arange(1, width + 1)
+    levels = (total[:, None] + np.cumsum(finite, axis=1)) / filled  # [Q, R] level with n filled
+    next_base = np.concatenate([sorted_base[:, 1:], np.full((num_groups, 1), np.inf)], axis=1)
+    reached = levels <= next_base  # the level stops below the next replica's load
+    level = levels[np.arange(num_groups), reached.argmax(axis=1)]  # first n where it stops
+    share = np.maximum(level[:, None] - base, 0.0)  # [Q, R] weight each replica receives
+    share = np.where(np.isfinite(share), share, 0.0)
+    weightless = total <= 0  # all picks of zero weight: the least loaded replica takes them
+    share[weightless, order[weightless, 0]] = 1.0
+    bounds = np.cumsum(share, axis=1) / share.sum(axis=1, keepdims=True)  # [Q, R] cumulative share
+    # The last replica with a share closes its group's range, whatever the rounding.
+    last = width - 1 - np.argmax(share[:, ::-1] > 0, axis=1)
+    bounds[np.arange(width)[None, :] >= last[:, None]] = np.inf
+    # Hand picks out in row order within each group: the midpoint of a pick's weight in its group's
+    # cumulative weight falls into one replica's share.
+    by_group = np.argsort(group_of_pick, kind="stable")
+    cumulative = np.cumsum(weight[by_group])
+    group_start = np.concatenate([[0.0], np.cumsum(total)])[group_of_pick[by_group]]
+    midpoint = np.empty(num_picks)
+    midpoint[by_group] = (cumulative - group_start - weight[by_group] / 2) / np.maximum(
+        total[group_of_pick[by_group]], 1e-300)
+    slot = (bounds[group_of_pick] <= midpoint[:, None]).sum(axis=1)  # first replica past the midpoint
+    return groups[group_of_pick, slot]
