@@ -20,12 +20,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec
 	touch $(STAMP)
 
-# The main job on the embedded default: a local Ray cluster of 2 simulated nodes x 2 expert workers
-# serving a small generated Mixtral (skewed router) and printing the tokens and the traffic counters.
+# The main job on the embedded default: generate a small Mixtral (skewed router) once, serve it with
+# `switchyard serve` on a local Ray cluster of 2 simulated nodes, wait until its health is SERVING, ask
+# it for two prompts with `switchyard generate --server` (one JSON line), then SIGTERM it and wait for
+# its drain (cluster/demo.py; the server never outlives make).
 run: setup
 	mkdir -p $(DEMO)
 	test -f $(DEMO)/mixtral-tiny/config.json || $(BIN)/switchyard model init --arch mixtral --size tiny --skew 1 --seed 0 --out $(DEMO)/mixtral-tiny
-	$(BIN)/switchyard generate --model $(DEMO)/mixtral-tiny --prompt-ids 1,2,3,4 --prompt-ids 5,6,7 --max-new-tokens 16 --nodes 2 --workers-per-node 2 --json
+	$(BIN)/python -m switchyard.cluster.demo --model $(DEMO)/mixtral-tiny --nodes 2 --port 50051 -- --prompt-ids 1,2,3,4 --prompt-ids 5,6,7 --max-new-tokens 16 --json
 
 # Offline placement comparison on a synthetic trace the project generates (no Ray).
 placement-demo: setup
@@ -38,6 +40,10 @@ test: setup
 
 bench: setup
 	$(BIN)/python bench/placement.py --out docs/benchmarks/placement.md
+
+# The gRPC code in protos/generated/ (tests/test_protos.py checks it is current).
+protos: setup
+	$(BIN)/python protos/generate.py
 
 clean:
 	rm -rf $(VENV) build

@@ -1,10 +1,12 @@
 """The `switchyard` command: parse, call the library, format, print.
 
-Commands live in one module per group (`cli_placement`, `cli_trace`); this module is the root and the
-one place errors become exit codes. Input that click can check (paths, ranges, choices) is rejected
-while parsing, with a usage error and exit code 2. The library raises `PlacementError` for everything
-else a user can get wrong (file contents, shapes, ids, topologies); it is caught here and printed as
-one line `Error: ...` with exit code 2. Any other exception is a bug and keeps its traceback.
+Commands live in one module per group (`cli_placement`, `cli_trace`, `cli_runtime`, `cli_serve`); this
+module is the root and the one place errors become exit codes. Input that click can check (paths,
+ranges, choices) is rejected while parsing, with a usage error and exit code 2. The library raises
+`PlacementError` for everything else a user can get wrong (file contents, shapes, ids, topologies); it
+is caught here and printed as one line `Error: ...` with exit code 2. Any other exception is a bug and
+keeps its traceback. (`generate --server` prints a gRPC error as `STATUS_NAME: message` instead, see
+`cli_serve`.)
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import click
 from switchyard.cluster.cli_params import is_verbose, verbose_option
 from switchyard.cluster.cli_placement import placement
 from switchyard.cluster.cli_runtime import register as register_runtime
+from switchyard.cluster.cli_serve import register as register_serve
 from switchyard.cluster.cli_trace import trace
 from switchyard.placement.errors import PlacementError
 
@@ -48,11 +51,12 @@ class _Root(click.Group):
 def main() -> None:
     """Switchyard: Mixture-of-Experts serving with traffic-driven expert placement.
 
-    Generate with a model's experts spread over Ray workers; plan, evaluate, compare and export
-    expert placements from routing traces.
+    Generate with a model's experts spread over Ray workers, serve it over gRPC; plan, evaluate,
+    compare and export expert placements from routing traces.
     """
 
 
 main.add_command(placement)
 main.add_command(trace)
 register_runtime(main)
+register_serve(main)

@@ -1,8 +1,10 @@
 """CLI commands of the runtime: `switchyard model init` and `switchyard generate`.
 
-Register them on the main group with `register(main)`. Formatting is pure (`format_outputs`); bad
-input (a missing model directory, ids outside the vocabulary, a plan that does not fit the model)
-is reported in one line with exit code 2, before any Ray process starts.
+Register them on the main group with `register(main)`. `generate --model` serves on an ephemeral local
+Ray cluster; `generate --server` asks a running gateway (`switchyard serve`) through the client
+(`cli_serve.run_remote_generate`). Formatting is pure (`format_outputs`); bad input (a missing model
+directory, ids outside the vocabulary, a plan that does not fit the model, neither or both of
+`--model` and `--server`) is reported in one line with exit code 2, before any Ray process starts.
 """
 
 from __future__ import annotations
@@ -79,8 +81,28 @@ def format_outputs(outputs: list[list[int]], traffic: dict[str, Any], as_json: b
     return "\n".join(",".join(str(token) for token in output) for output in outputs)
 
 
+LOCAL_ONLY = ("nodes", "workers_per_node", "plan_path")
+"""`generate` options that configure the local cluster, so meaningless with `--server`."""
+REMOTE_ONLY = ("token", "tls_ca", "timeout_s")
+"""`generate` options of the client, so meaningless without `--server`."""
+
+
+def _check_mode(ctx: click.Context, model_dir: Path | None, server: str | None) -> None:
+    """Exactly one of `--model` and `--server`, and only the options of that mode (usage error otherwise)."""
+    if (model_dir is None) == (server is None):
+        raise InputError("give --model DIR (serve locally) or --server HOST:PORT (a running gateway)"
+                         + (", not both" if server is not None else ""))
+    wrong = REMOTE_ONLY if server is None else LOCAL_ONLY
+    flags = [param.opts[0] for param in ctx.command.params if param.name in wrong
+             and ctx.get_parameter_source(param.name) is click.core.ParameterSource.COMMANDLINE]
+    if flags:
+        raise InputError(f"{', '.join(flags)}: only {'with' if server is None else 'without'} --server")
+
+
 @click.command("generate", cls=OneLineCommand)
-@click.option("--model", "model_dir", type=click.Path(path_type=Path), required=True, help="Checkpoint directory.")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
+              help="Checkpoint directory: serve it on an ephemeral local Ray cluster.")
+@click.option("--server", default=None, help="A running gateway (switchyard serve), HOST:PORT; not with --model.")
 @click.option("--prompt-ids", "prompts", multiple=True, required=True, callback=_prompt_ids,
               help="Comma-separated token ids of one prompt; repeat for more prompts.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=16, show_default=True)
@@ -92,11 +114,28 @@ def format_outputs(outputs: list[list[int]], traffic: dict[str, Any], as_json: b
 @click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--stop-id", "stop_ids", type=int, multiple=True, help="A token id that ends generation.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with outputs and traffic counters.")
-def generate(model_dir: Path, prompts: list[list[int]], max_new_tokens: int, nodes: int, workers_per_node: int,
-             plan_path: Path | None, temperature: float, top_p: float, seed: int, stop_ids: tuple[int, ...],
-             as_json: bool) -> None:
-    """Serve a model on an ephemeral local Ray cluster, print the generated ids, shut down."""
+@click.option("--token", envvar="SWITCHYARD_TOKEN", default=None,
+              help="With --server: the gateway's bearer token.")
+@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="With --server: PEM of the gateway's CA (TLS).")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="With --server: deadline of the call in seconds.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object: outputs and traffic counters (with --server: finish details).")
+@click.pass_context
+def generate(ctx: click.Context, model_dir: Path | None, server: str | None, prompts: list[list[int]],
+             max_new_tokens: int, nodes: int, workers_per_node: int, plan_path: Path | None,
+             temperature: float, top_p: float, seed: int, stop_ids: tuple[int, ...], token: str | None,
+             tls_ca: Path | None, timeout_s: float | None, as_json: bool) -> None:
+    """Generate for the prompts and print the ids: on a local Ray cluster started for the call (--model)
+    or on a running gateway (--server)."""
+    _check_mode(ctx, model_dir, server)
+    if server is not None:
+        from switchyard.cluster.cli_serve import run_remote_generate  # gRPC only with --server
+
+        run_remote_generate(server, prompts, as_json, token, tls_ca, timeout_s, max_new_tokens=max_new_tokens,
+                            temperature=temperature, top_p=top_p, seed=seed, stop_ids=stop_ids)
+        return
     from switchyard.cluster.runtime import Runtime, local_cluster, resolve_plan  # Ray only when serving
 
     try:

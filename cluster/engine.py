@@ -6,6 +6,9 @@ step meet at every MoE layer (`MoeRendezvous`), so every expert worker gets one 
 layer per step. New requests join between steps; finished ones leave. The class is plain Python;
 `switchyard.cluster.runtime` wraps it with `ray.remote` (threaded, so `submit` and `result` run while
 the step loop does).
+
+Streaming callers (the gateway) use `poll`, which reports the new tokens of many requests in one call
+and wakes after every step, and `cancel`, which frees a request's batch slot and KV cache.
 """
 
 from __future__ import annotations
@@ -29,6 +32,10 @@ from switchyard.placement.stats import RoutingStats
 from switchyard.workers.checkpoints import load_spec
 
 
+class RequestCancelled(Exception):
+    """The request was cancelled (its caller went away or its deadline passed)."""
+
+
 @dataclass(eq=False)
 class _Request:
     request_id: int
@@ -46,7 +53,8 @@ class Engine:
 
     workers: `[G]` Ray handles of the `ExpertWorker`s, in plan GPU order.  home_node: this engine's plan
     node.  max_batch: most requests in one step.  stats_sample_every: see `RoutingRecorder`.
-    `load` picks the model and plan; `submit` / `result` / `generate` serve requests.
+    `load` picks the model and plan; `submit` / `result` / `generate` serve requests, `poll` / `cancel`
+    stream them, `queue_depth` counts them.
     """
 
     def __init__(self, workers: list[Any], home_node: int, max_batch: int = 64,
@@ -57,7 +65,7 @@ class Engine:
         self.step_seconds = 0.0
         self._routing = threading.local()  # per forward thread: the top-k ids of each layer so far
         self._pool = ThreadPoolExecutor(max_batch, thread_name_prefix="forward")
-        self._condition = threading.Condition()
+        self._condition = threading.Condition()  # guards the requests; notified on submit, cancel, each step
         self._pending: list[_Request] = []
         self._requests: dict[int, _Request] = {}
         self._next_id = 0
@@ -104,10 +112,54 @@ class Engine:
         """Block until request `request_id` is done; its generated ids (the prompt not included)."""
         request = self._requests[request_id]
         request.done.wait()
-        del self._requests[request_id]
+        with self._condition:
+            self._requests.pop(request_id, None)  # gone already if it was cancelled
         if request.error is not None:
             raise request.error
         return request.output
+
+    def poll(self, seen: dict[int, int], timeout_s: float = 1.0
+             ) -> dict[int, tuple[list[int], bool, Exception | None]]:
+        """New tokens of many requests in one call: request id -> (tokens after `seen[id]`, done, error).
+
+        Waits up to `timeout_s` until one of them has a new token or is done (a gateway polls each engine
+        once per step, not once per request). A request reported done is collected, as by `result`;
+        `error` is its exception if it failed, or a `KeyError` if the id is unknown (collected or cancelled).
+        """
+        with self._condition:
+            requests = {request_id: self._requests.get(request_id) for request_id in seen}
+            self._condition.wait_for(lambda: any(
+                request is None or request.done.is_set() or len(request.output) > seen[request_id]
+                for request_id, request in requests.items()), timeout_s)
+            report: dict[int, tuple[list[int], bool, Exception | None]] = {}
+            for request_id, request in requests.items():
+                if request is None:
+                    report[request_id] = ([], True, KeyError(f"no request {request_id} on this engine"))
+                    continue
+                done = request.done.is_set()  # read before the tokens: every token is appended before `done`
+                error = request.error if done else None
+                report[request_id] = (request.output[seen[request_id]:], done, error)
+                if done:
+                    self._requests.pop(request_id, None)  # unless `result` collected it meanwhile
+        return report
+
+    def cancel(self, request_id: int) -> bool:
+        """Stop request `request_id`: it leaves the batch after the current step. False if unknown."""
+        with self._condition:
+            request = self._requests.pop(request_id, None)
+            if request is None:
+                return False
+            if request in self._pending:
+                self._pending.remove(request)
+            request.error = RequestCancelled(f"request {request_id} was cancelled")
+            request.cache = None
+            request.done.set()
+            self._condition.notify_all()
+        return True
+
+    def queue_depth(self) -> int:
+        """Requests submitted and not yet collected (running or waiting for a batch slot)."""
+        return len(self._requests)
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[int]]:
         """Submit every prompt at once and wait for all; outputs in prompt order."""
@@ -146,6 +198,8 @@ class Engine:
                 for request in active:
                     request.error = error
                     request.done.set()
+            with self._condition:
+                self._condition.notify_all()  # wake pollers: new tokens or finished requests
             active = [request for request in active if not request.done.is_set()]
 
     def _step(self, active: list[_Request]) -> None:

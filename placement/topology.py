@@ -48,7 +48,7 @@ class Topology:
             if num_experts % num_gpus:
                 raise PlacementError(
                     f"{num_experts} experts do not divide over {num_gpus} GPUs; "
-                    f"pass slots_per_gpu (at least {-(-num_experts // num_gpus)})"
+                    f"set the slots per GPU (at least {-(-num_experts // num_gpus)})"
                 )
             slots_per_gpu = num_experts // num_gpus
         topology = cls(num_nodes, gpus_per_node, slots_per_gpu)

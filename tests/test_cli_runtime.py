@@ -55,6 +55,16 @@ def test_bad_input_is_one_line_exit_2(cli, model_dir, tmp_path):
     assert "do not divide" in _error(cli, base + ["--model", str(model_dir), "--prompt-ids", "1", "--nodes", "3"])
 
 
+def test_generate_needs_model_or_server(cli, model_dir):
+    base = ["generate", "--prompt-ids", "1"]
+    assert "give --model DIR (serve locally) or --server HOST:PORT" in _error(cli, base)
+    assert "not both" in _error(cli, base + ["--model", str(model_dir), "--server", "127.0.0.1:1"])
+    remote, local = base + ["--server", "127.0.0.1:1"], base + ["--model", str(model_dir)]
+    message = _error(cli, remote + ["--nodes", "2", "--plan", "p.json"])
+    assert message == "Error: --nodes, --plan: only without --server"
+    assert _error(cli, local + ["--timeout", "1"]) == "Error: --timeout: only with --server"
+
+
 @pytest.mark.ray
 def test_generate_json_on_two_nodes(cli, model_dir):
     prompts = [[3, 1, 4, 1, 5], [9, 2, 6]]

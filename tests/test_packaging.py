@@ -24,6 +24,7 @@ EXPECTED_IN_WHEEL = (
     "switchyard/cluster/cli.py",
     "switchyard/workers/__init__.py",
     "switchyard/protos/__init__.py",
+    "switchyard/protos/generated/serving_pb2_grpc.py",
 )
 
 

@@ -1,0 +1,168 @@
+"""CLI of the gateway: `switchyard serve`, and `run_remote_generate` (`switchyard generate --server`).
+
+Register `serve` with `register(main)`. In `generate --server`, a gRPC error prints one line
+`STATUS_NAME: message` on stderr and exits with 2 when the request was at fault
+(`client.is_client_error`), 1 otherwise. gRPC, Ray and the gateway are imported only when used, so
+that every other `switchyard` command starts without them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from switchyard.cluster.cli_runtime import InputError, OneLineCommand
+from switchyard.placement.errors import PlacementError
+from switchyard.workers.checkpoints import load_spec
+from switchyard.workers.errors import CheckpointError
+
+log = logging.getLogger("switchyard.serve")
+
+
+def _ray_cluster(nodes: int, address: str | None) -> contextlib.AbstractContextManager[None]:
+    """Join the Ray cluster at `address`, or start an ephemeral one with `nodes` simulated nodes."""
+    import ray
+
+    from switchyard.cluster.runtime import local_cluster
+
+    if address is None:
+        return local_cluster(nodes)
+
+    @contextlib.contextmanager
+    def joined():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        try:
+            yield
+        finally:
+            ray.shutdown()
+
+    return joined()
+
+
+async def serve_until_signalled(config: Any, start_backend: Any) -> None:
+    """Listen at once (health NOT_SERVING), build the backend (`start_backend()` in a thread), serve
+    until SIGINT or SIGTERM, then drain: health NOT_SERVING, in-flight calls get `config.grace_s`.
+
+    config: a `GatewayConfig`.
+    """
+    from switchyard.cluster.gateway import Gateway
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    gateway = Gateway(config)
+    port = await gateway.start()
+    backend, shutdown = await asyncio.to_thread(start_backend)
+    try:
+        await gateway.attach(backend)
+        log.info("serving %s on %s:%d", backend.model.model_dir, config.host, port)
+        await stop.wait()
+        log.info("draining (grace %.0f s)", config.grace_s)
+        await gateway.drain()
+    finally:
+        shutdown()
+    log.info("stopped")
+
+
+@click.command("serve", cls=OneLineCommand)
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), required=True, help="Checkpoint directory.")
+@click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Plan nodes; without --address, simulated Ray nodes on this machine.")
+@click.option("--address", default=None, help="Join this Ray cluster (ray://... or HOST:PORT) instead.")
+@click.option("--workers-per-node", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--engines-per-node", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--plan", "plan_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Plan JSON; default: linear.")
+@click.option("--tokenizer", "tokenizer_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="Tokenizer for text prompts; default: the checkpoint's, if it ships one.")
+@click.option("--redis", default=None, help="State store URL (not used yet: the state store is not built).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=50051, show_default=True)
+@click.option("--token", envvar="SWITCHYARD_TOKEN", default=None, help="Require 'authorization: Bearer TOKEN'.")
+@click.option("--admin-token", envvar="SWITCHYARD_ADMIN_TOKEN", default=None, help="Required by Rebalance.")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
+@click.option("--max-queue", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Requests in flight per engine before RESOURCE_EXHAUSTED.")
+@click.option("--max-batch-requests", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Prompts in one GenerateBatch call.")
+@click.option("--max-message-bytes", type=click.IntRange(min=1024), default=16 * 1024 * 1024, show_default=True)
+@click.option("--grace", "grace_s", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="Seconds in-flight calls get to finish on SIGINT/SIGTERM.")
+def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: int, engines_per_node: int,
+          plan_path: Path | None, tokenizer_dir: Path | None, redis: str | None, host: str, port: int, token: str | None,
+          admin_token: str | None, tls_cert: Path | None, tls_key: Path | None, max_queue: int,
+          max_batch_requests: int, max_message_bytes: int, grace_s: float) -> None:
+    """Start the engines and workers on a Ray cluster and serve them over gRPC until SIGINT/SIGTERM."""
+    from switchyard.cluster.gateway import GatewayConfig  # gRPC and Ray only when serving
+    from switchyard.cluster.runtime import Runtime, resolve_plan
+    from switchyard.cluster.serving import RuntimeBackend
+
+    try:
+        spec = load_spec(model_dir)
+        plan = resolve_plan(spec, plan_path if plan_path is not None else "linear", nodes, workers_per_node)
+        config = GatewayConfig(host=host, port=port, token=token, admin_token=admin_token, tls_cert=tls_cert,
+                               tls_key=tls_key, max_message_bytes=max_message_bytes,
+                               max_batch_requests=max_batch_requests, grace_s=grace_s)
+    except (CheckpointError, PlacementError, ValueError) as error:
+        raise InputError(str(error)) from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if redis is not None:
+        log.warning("--redis %s is not used yet: the state store is not built", redis)
+
+    def start_backend() -> tuple[RuntimeBackend, Any]:
+        runtime = Runtime.start(model_dir, num_nodes=nodes, workers_per_node=workers_per_node, plan=plan,
+                                engines_per_node=engines_per_node)
+        return RuntimeBackend(runtime, max_queue, tokenizer_dir=tokenizer_dir), runtime.shutdown
+
+    with _ray_cluster(nodes, address):
+        asyncio.run(serve_until_signalled(config, start_backend))
+
+
+def format_result(results: list[Any], as_json: bool) -> str:
+    """One comma-separated line per prompt, or one JSON object with outputs and finish details.
+
+    results: `serving_pb2.GenerateResult`s, in prompt order.
+    """
+    from switchyard.protos.generated import serving_pb2 as pb
+
+    if as_json:
+        return json.dumps({"outputs": [list(r.token_ids) for r in results],
+                           "finished": [{"reason": pb.FinishReason.Name(r.finished.reason),
+                                         "engine": r.finished.engine, "node": r.finished.node,
+                                         "time_to_first_token_seconds": r.finished.time_to_first_token_seconds,
+                                         "total_seconds": r.finished.total_seconds} for r in results]})
+    return "\n".join(",".join(str(token) for token in r.token_ids) for r in results)
+
+
+def run_remote_generate(server: str, prompts: list[list[int]], as_json: bool, token: str | None = None,
+                        tls_ca: Path | None = None, timeout_s: float | None = None, **sampling: Any) -> None:
+    """Generate on a running gateway and print like `generate`; a gRPC error exits 2 or 1 (one line)."""
+    import grpc
+
+    from switchyard.cluster.client import Client, is_client_error
+
+    with Client(server, token=token, tls_ca=tls_ca, timeout_s=timeout_s) as client:
+        try:
+            if len(prompts) == 1:
+                results = [client.generate(prompts[0], **sampling)]
+            else:
+                results = client.generate_batch(prompts, **sampling)
+        except grpc.RpcError as error:
+            click.echo(f"{error.code().name}: {error.details()}", err=True)
+            sys.exit(2 if is_client_error(error) else 1)
+    click.echo(format_result(results, as_json))
+
+
+def register(group: click.Group) -> None:
+    """Add `serve` to the main CLI group (`generate --server` is part of `cli_runtime.generate`)."""
+    group.add_command(serve)

@@ -1,0 +1,307 @@
+"""What the gateway serves from: the `Backend` interface, its errors, and `RuntimeBackend` over a `Runtime`.
+
+The gateway (`switchyard.cluster.gateway`) only translates protos; everything it asks of the cluster
+goes through `Backend`. `RuntimeBackend` sends each request to the engine replica with the fewest
+requests in flight from this gateway (ties go round the engines, so round the nodes: engine e sits on
+node e % num_nodes), streams its tokens with `Engine.poll` (one call per engine
+covers all of its requests, `EnginePoller`), and stops it with `Engine.cancel` when the
+caller goes away (deadline, cancellation, any error), which frees its batch slot and KV cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import ray
+
+from switchyard.cluster.runtime import Runtime
+from switchyard.cluster.sampling import SamplingParams
+from switchyard.placement.plan import Plan
+from switchyard.placement.stats import RoutingStats
+from switchyard.workers.checkpoints import ModelSpec
+
+# ---- errors: one kind per status code (`gateway.status_of` maps them) ----
+
+
+class ServingError(Exception):
+    """Base of the errors a caller can act on; the message names the cause."""
+
+
+class InvalidRequest(ServingError, ValueError):
+    """Bad input: INVALID_ARGUMENT."""
+
+
+class QueueFull(ServingError):
+    """Every engine has its configured bound of requests in flight: RESOURCE_EXHAUSTED."""
+
+
+class NotReady(ServingError):
+    """No engine can take the request (starting, draining, an engine gone): UNAVAILABLE."""
+
+
+# ---- domain objects ----
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The served model, as requests are checked against it."""
+
+    model_dir: str
+    family: str
+    num_layers: int
+    num_experts: int
+    top_k: int
+    vocab_size: int
+    max_context: int  # prompt + generated tokens at most
+    has_tokenizer: bool
+
+    @classmethod
+    def of_spec(cls, spec: ModelSpec, has_tokenizer: bool) -> ModelInfo:
+        return cls(str(spec.model_dir), spec.family.name, spec.num_layers, spec.num_experts, spec.top_k,
+                   spec.vocab_size, int(spec.config.max_position_embeddings), has_tokenizer)
+
+
+def check_request(prompt: list[int], params: SamplingParams, model: ModelInfo) -> None:
+    """Raise `InvalidRequest` naming the first problem of one request against the model."""
+    if not prompt:
+        raise InvalidRequest("the prompt is empty: send at least one token id")
+    for token in prompt:
+        if not 0 <= token < model.vocab_size:
+            raise InvalidRequest(f"token id {token} is outside the vocabulary ({model.vocab_size})")
+    if len(prompt) + params.max_new_tokens > model.max_context:
+        raise InvalidRequest(
+            f"prompt ({len(prompt)} tokens) + max_new_tokens ({params.max_new_tokens}) exceeds the model's "
+            f"context of {model.max_context} tokens")
+
+
+def make_params(max_new_tokens: int, temperature: float, top_p: float, seed: int,
+                stop_ids: list[int]) -> SamplingParams:
+    """`SamplingParams`, with its `ValueError` turned into `InvalidRequest`."""
+    try:
+        return SamplingParams(max_new_tokens, temperature, top_p, seed, tuple(stop_ids))
+    except ValueError as error:
+        raise InvalidRequest(str(error)) from None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Routing statistics since the model was loaded, and the engines' traffic counters."""
+
+    stats: RoutingStats
+    traffic: dict[str, Any]
+    balancedness: float
+
+
+def expected_balancedness(plan: Plan, load: np.ndarray) -> float:
+    """vLLM's balancedness of `plan` on `load` `[L, E]`, each expert's load split over its replicas.
+
+    GPU load `[L, G]`: sum over a GPU's slots of load / replica count; the figure is
+    `sum_l mean_g / sum_l max_g` (1 is perfect balance; 1 with no load at all).
+    """
+    physical_to_logical = plan.physical_to_logical  # [L, P]
+    per_slot = np.take_along_axis(load, physical_to_logical, axis=1) / np.take_along_axis(
+        plan.replica_count, physical_to_logical, axis=1)
+    gpu_load = per_slot.reshape(plan.num_layers, plan.topology.num_gpus, -1).sum(axis=2)  # [L, G]
+    top = gpu_load.max(axis=1).sum()
+    return float(gpu_load.mean(axis=1).sum() / top) if top > 0 else 1.0
+
+
+def load_tokenizer(directory: str | Path) -> Any:
+    """The tokenizer saved in `directory` (transformers `AutoTokenizer`), or None where there is none."""
+    directory = Path(directory)
+    if not ((directory / "tokenizer.json").is_file() or (directory / "tokenizer_config.json").is_file()):
+        return None
+    import transformers  # only checkpoints with a tokenizer need it here
+
+    return transformers.AutoTokenizer.from_pretrained(directory)
+
+
+class Backend(Protocol):
+    """What the gateway needs from the cluster; one backend serves one gateway (one event loop)."""
+
+    model: ModelInfo
+    tokenizer: Any  # the checkpoint's transformers tokenizer, or None where it ships none
+
+    def open(self, prompt: list[int], params: SamplingParams) -> contextlib.AbstractAsyncContextManager[
+            TokenStream]:
+        """Reserve an engine for one checked request (`QueueFull`, `NotReady`); the stream yields tokens."""
+
+    def queue_depths(self) -> list[int]:
+        """Requests in flight per engine replica."""
+
+    async def placement(self) -> tuple[int, Plan]:
+        """The active plan and its epoch."""
+
+    async def snapshot(self) -> Snapshot: ...
+
+    async def cluster_info(self) -> dict[str, Any]:
+        """`nodes` (index, ray_node_id, address), `engines` (index, node), `workers` (index, node), `device`."""
+
+
+class _Subscription:
+    __slots__ = ("seen", "queue")
+
+    def __init__(self) -> None:
+        self.seen = 0
+        self.queue: asyncio.Queue[tuple[list[int], bool, BaseException | None]] = asyncio.Queue()
+
+
+class EnginePoller:
+    """One engine's token feed: one `Engine.poll` call at a time covers every request streaming from it.
+
+    Runs as an asyncio task while it has subscribers; each subscriber's queue gets (tokens, done, error).
+    """
+
+    def __init__(self, engine: Any, timeout_s: float) -> None:
+        self.engine, self.timeout_s = engine, timeout_s
+        self._subscriptions: dict[int, _Subscription] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def subscribe(self, request_id: int) -> asyncio.Queue[tuple[list[int], bool, BaseException | None]]:
+        subscription = self._subscriptions[request_id] = _Subscription()
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        return subscription.queue
+
+    def unsubscribe(self, request_id: int) -> None:
+        self._subscriptions.pop(request_id, None)
+
+    async def _run(self) -> None:
+        while self._subscriptions:
+            seen = {request_id: sub.seen for request_id, sub in self._subscriptions.items()}
+            try:
+                report = await self.engine.poll.remote(seen, self.timeout_s)
+            except Exception as error:  # noqa: BLE001 - the engine is gone or broken: every stream gets it
+                for subscription in self._subscriptions.values():
+                    subscription.queue.put_nowait(([], True, error))
+                self._subscriptions.clear()
+                return
+            for request_id, (tokens, done, error) in report.items():
+                subscription = self._subscriptions.get(request_id)
+                if subscription is None:  # cancelled meanwhile
+                    continue
+                subscription.seen += len(tokens)
+                if tokens or done:
+                    subscription.queue.put_nowait((tokens, done, error))
+                if done:
+                    del self._subscriptions[request_id]
+
+
+class TokenStream:
+    """One request on one engine: iterate for lists of new token ids; `output` has them all."""
+
+    def __init__(self, engine: Any, poller: EnginePoller, engine_index: int, node: int, prompt: list[int],
+                 params: SamplingParams) -> None:
+        self.engine, self.poller, self.engine_index, self.node = engine, poller, engine_index, node
+        self.prompt, self.params = prompt, params
+        self.output: list[int] = []
+        self.done = False
+        self._submitted: Any = None  # the ObjectRef of the submit call
+
+    async def __aiter__(self) -> AsyncIterator[list[int]]:
+        self._submitted = self.engine.submit.remote(self.prompt, self.params)
+        request_id = await self._submitted
+        queue = self.poller.subscribe(request_id)
+        try:
+            while not self.done:
+                tokens, self.done, error = await queue.get()
+                if error is not None:
+                    raise error
+                if tokens:
+                    self.output += tokens
+                    yield tokens
+        finally:
+            self.poller.unsubscribe(request_id)
+
+    def cancel(self) -> None:
+        """Stop the request in the engine unless it finished (no wait: safe while being cancelled)."""
+        if self.done or self._submitted is None:
+            return
+        engine, submitted = self.engine, self._submitted
+
+        def cancel_when_submitted(ref: Any) -> None:
+            with contextlib.suppress(Exception):  # a failed submit left nothing to cancel
+                engine.cancel.remote(ray.get(ref))
+
+        # The submit call may still be on its way; cancel as soon as its id is known.
+        submitted.future().add_done_callback(lambda _: cancel_when_submitted(submitted))
+
+
+class RuntimeBackend:
+    """`Backend` over a started `Runtime`, streaming with `Engine.poll` and stopping with `Engine.cancel`.
+
+    max_queue_per_engine: requests in flight per engine before `QueueFull`.  poll_timeout_s: how long
+    one `Engine.poll` waits for a token (a request that joins meanwhile waits for the next step).
+    tokenizer_dir: where the tokenizer for text prompts is saved; default: the checkpoint directory.
+    """
+
+    def __init__(self, runtime: Runtime, max_queue_per_engine: int = 64, poll_timeout_s: float = 0.5,
+                 tokenizer_dir: str | Path | None = None) -> None:
+        if max_queue_per_engine < 1:
+            raise ValueError(f"max_queue_per_engine must be at least 1, got {max_queue_per_engine}")
+        self.runtime = runtime
+        self.tokenizer = load_tokenizer(runtime.spec.model_dir if tokenizer_dir is None else tokenizer_dir)
+        self.model = ModelInfo.of_spec(runtime.spec, self.tokenizer is not None)
+        self.max_queue_per_engine, self.poll_timeout_s = max_queue_per_engine, poll_timeout_s
+        self.epoch = 1
+        self._in_flight = [0] * len(runtime.engines)
+        self._pollers = [EnginePoller(engine, poll_timeout_s) for engine in runtime.engines]
+        self._next = 0  # where the search for the least-loaded engine starts: ties go round the engines
+
+    @property
+    def num_nodes(self) -> int:
+        return self.runtime.plan.topology.num_nodes
+
+    def queue_depths(self) -> list[int]:
+        return list(self._in_flight)
+
+    def _pick_engine(self) -> int:
+        if not self._in_flight:
+            raise NotReady("no engine is running")
+        order = [(self._next + i) % len(self._in_flight) for i in range(len(self._in_flight))]
+        engine = min(order, key=lambda e: self._in_flight[e])
+        if self._in_flight[engine] >= self.max_queue_per_engine:
+            raise QueueFull(f"every engine has {self.max_queue_per_engine} requests in flight; retry later")
+        self._next = (engine + 1) % len(self._in_flight)
+        return engine
+
+    @contextlib.asynccontextmanager
+    async def open(self, prompt: list[int], params: SamplingParams) -> AsyncIterator[TokenStream]:
+        check_request(prompt, params, self.model)
+        engine = self._pick_engine()
+        self._in_flight[engine] += 1
+        stream = TokenStream(self.runtime.engines[engine], self._pollers[engine], engine,
+                             engine % self.num_nodes, prompt, params)
+        try:
+            yield stream
+        except ray.exceptions.RayActorError as error:
+            raise NotReady(f"engine {engine} on node {stream.node} is gone: {error}") from error
+        finally:
+            stream.cancel()
+            self._in_flight[engine] -= 1
+
+    async def placement(self) -> tuple[int, Plan]:
+        return self.epoch, self.runtime.plan
+
+    async def snapshot(self) -> Snapshot:
+        stats, traffic = await asyncio.gather(asyncio.to_thread(self.runtime.routing_stats),
+                                              asyncio.to_thread(self.runtime.traffic))
+        return Snapshot(stats, traffic, expected_balancedness(self.runtime.plan, stats.load))
+
+    async def cluster_info(self) -> dict[str, Any]:
+        topology = self.runtime.plan.topology
+        nodes = [node for node in await asyncio.to_thread(ray.nodes) if node["Alive"]][:topology.num_nodes]
+        return {
+            "nodes": [{"index": i, "ray_node_id": node["NodeID"], "address": node.get("NodeManagerAddress", "")}
+                      for i, node in enumerate(nodes)],
+            "engines": [{"index": e, "node": e % topology.num_nodes} for e in range(len(self.runtime.engines))],
+            "workers": [{"index": g, "node": g // topology.gpus_per_node} for g in range(topology.num_gpus)],
+            "device": self.runtime.device,
+        }
+

@@ -1,0 +1,243 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FINISH_REASON_UNSPECIFIED: _ClassVar[FinishReason]
+    FINISH_REASON_LENGTH: _ClassVar[FinishReason]
+    FINISH_REASON_STOP: _ClassVar[FinishReason]
+FINISH_REASON_UNSPECIFIED: FinishReason
+FINISH_REASON_LENGTH: FinishReason
+FINISH_REASON_STOP: FinishReason
+
+class SamplingParams(_message.Message):
+    __slots__ = ("max_new_tokens", "temperature", "top_p", "seed", "stop_ids")
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    TOP_P_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    STOP_IDS_FIELD_NUMBER: _ClassVar[int]
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    seed: int
+    stop_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class GenerateRequest(_message.Message):
+    __slots__ = ("prompt_ids", "text", "sampling")
+    PROMPT_IDS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    prompt_ids: _containers.RepeatedScalarFieldContainer[int]
+    text: str
+    sampling: SamplingParams
+    def __init__(self, prompt_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ...) -> None: ...
+
+class Finished(_message.Message):
+    __slots__ = ("reason", "prompt_tokens", "generated_tokens", "time_to_first_token_seconds", "total_seconds", "engine", "node")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    GENERATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TIME_TO_FIRST_TOKEN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    reason: FinishReason
+    prompt_tokens: int
+    generated_tokens: int
+    time_to_first_token_seconds: float
+    total_seconds: float
+    engine: int
+    node: int
+    def __init__(self, reason: _Optional[_Union[FinishReason, str]] = ..., prompt_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., time_to_first_token_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ..., engine: _Optional[int] = ..., node: _Optional[int] = ...) -> None: ...
+
+class GenerateResponse(_message.Message):
+    __slots__ = ("tokens", "finished")
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    tokens: TokenChunk
+    finished: Finished
+    def __init__(self, tokens: _Optional[_Union[TokenChunk, _Mapping]] = ..., finished: _Optional[_Union[Finished, _Mapping]] = ...) -> None: ...
+
+class TokenChunk(_message.Message):
+    __slots__ = ("token_ids", "text")
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    text: str
+    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ...) -> None: ...
+
+class GenerateBatchRequest(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[GenerateRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[GenerateRequest, _Mapping]]] = ...) -> None: ...
+
+class GenerateResult(_message.Message):
+    __slots__ = ("token_ids", "text", "finished")
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    text: str
+    finished: Finished
+    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., finished: _Optional[_Union[Finished, _Mapping]] = ...) -> None: ...
+
+class GenerateBatchResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[GenerateResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[GenerateResult, _Mapping]]] = ...) -> None: ...
+
+class GetPlacementRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetPlacementResponse(_message.Message):
+    __slots__ = ("epoch", "plan_json", "num_layers", "num_physical_experts", "num_nodes", "gpus_per_node")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    PLAN_JSON_FIELD_NUMBER: _ClassVar[int]
+    NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    NUM_PHYSICAL_EXPERTS_FIELD_NUMBER: _ClassVar[int]
+    NUM_NODES_FIELD_NUMBER: _ClassVar[int]
+    GPUS_PER_NODE_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    plan_json: str
+    num_layers: int
+    num_physical_experts: int
+    num_nodes: int
+    gpus_per_node: int
+    def __init__(self, epoch: _Optional[int] = ..., plan_json: _Optional[str] = ..., num_layers: _Optional[int] = ..., num_physical_experts: _Optional[int] = ..., num_nodes: _Optional[int] = ..., gpus_per_node: _Optional[int] = ...) -> None: ...
+
+class GetStatsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class LayerLoad(_message.Message):
+    __slots__ = ("expert_load",)
+    EXPERT_LOAD_FIELD_NUMBER: _ClassVar[int]
+    expert_load: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, expert_load: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class TrafficCounters(_message.Message):
+    __slots__ = ("tokens_per_worker", "bytes_per_worker", "same_node_bytes", "cross_node_bytes", "same_node_tokens", "cross_node_tokens")
+    TOKENS_PER_WORKER_FIELD_NUMBER: _ClassVar[int]
+    BYTES_PER_WORKER_FIELD_NUMBER: _ClassVar[int]
+    SAME_NODE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CROSS_NODE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SAME_NODE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CROSS_NODE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    tokens_per_worker: _containers.RepeatedScalarFieldContainer[int]
+    bytes_per_worker: _containers.RepeatedScalarFieldContainer[int]
+    same_node_bytes: int
+    cross_node_bytes: int
+    same_node_tokens: int
+    cross_node_tokens: int
+    def __init__(self, tokens_per_worker: _Optional[_Iterable[int]] = ..., bytes_per_worker: _Optional[_Iterable[int]] = ..., same_node_bytes: _Optional[int] = ..., cross_node_bytes: _Optional[int] = ..., same_node_tokens: _Optional[int] = ..., cross_node_tokens: _Optional[int] = ...) -> None: ...
+
+class GetStatsResponse(_message.Message):
+    __slots__ = ("num_tokens", "layers", "balancedness", "traffic")
+    NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    BALANCEDNESS_FIELD_NUMBER: _ClassVar[int]
+    TRAFFIC_FIELD_NUMBER: _ClassVar[int]
+    num_tokens: float
+    layers: _containers.RepeatedCompositeFieldContainer[LayerLoad]
+    balancedness: float
+    traffic: TrafficCounters
+    def __init__(self, num_tokens: _Optional[float] = ..., layers: _Optional[_Iterable[_Union[LayerLoad, _Mapping]]] = ..., balancedness: _Optional[float] = ..., traffic: _Optional[_Union[TrafficCounters, _Mapping]] = ...) -> None: ...
+
+class ClusterInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("model_dir", "family", "num_layers", "num_experts", "top_k", "vocab_size", "max_context", "has_tokenizer")
+    MODEL_DIR_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    NUM_EXPERTS_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    HAS_TOKENIZER_FIELD_NUMBER: _ClassVar[int]
+    model_dir: str
+    family: str
+    num_layers: int
+    num_experts: int
+    top_k: int
+    vocab_size: int
+    max_context: int
+    has_tokenizer: bool
+    def __init__(self, model_dir: _Optional[str] = ..., family: _Optional[str] = ..., num_layers: _Optional[int] = ..., num_experts: _Optional[int] = ..., top_k: _Optional[int] = ..., vocab_size: _Optional[int] = ..., max_context: _Optional[int] = ..., has_tokenizer: _Optional[bool] = ...) -> None: ...
+
+class NodeInfo(_message.Message):
+    __slots__ = ("index", "ray_node_id", "address")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    RAY_NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    ray_node_id: str
+    address: str
+    def __init__(self, index: _Optional[int] = ..., ray_node_id: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
+
+class EngineInfo(_message.Message):
+    __slots__ = ("index", "node", "queue_depth")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    node: int
+    queue_depth: int
+    def __init__(self, index: _Optional[int] = ..., node: _Optional[int] = ..., queue_depth: _Optional[int] = ...) -> None: ...
+
+class WorkerInfo(_message.Message):
+    __slots__ = ("index", "node")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    node: int
+    def __init__(self, index: _Optional[int] = ..., node: _Optional[int] = ...) -> None: ...
+
+class ClusterInfoResponse(_message.Message):
+    __slots__ = ("model", "nodes", "engines", "workers", "device")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    ENGINES_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    model: ModelInfo
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeInfo]
+    engines: _containers.RepeatedCompositeFieldContainer[EngineInfo]
+    workers: _containers.RepeatedCompositeFieldContainer[WorkerInfo]
+    device: str
+    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., engines: _Optional[_Iterable[_Union[EngineInfo, _Mapping]]] = ..., workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., device: _Optional[str] = ...) -> None: ...
+
+class RebalanceRequest(_message.Message):
+    __slots__ = ("dry_run", "policy")
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    dry_run: bool
+    policy: str
+    def __init__(self, dry_run: _Optional[bool] = ..., policy: _Optional[str] = ...) -> None: ...
+
+class RebalanceResponse(_message.Message):
+    __slots__ = ("epoch", "applied", "plan_json", "balancedness_before", "balancedness_after")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    PLAN_JSON_FIELD_NUMBER: _ClassVar[int]
+    BALANCEDNESS_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    BALANCEDNESS_AFTER_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    applied: bool
+    plan_json: str
+    balancedness_before: float
+    balancedness_after: float
+    def __init__(self, epoch: _Optional[int] = ..., applied: _Optional[bool] = ..., plan_json: _Optional[str] = ..., balancedness_before: _Optional[float] = ..., balancedness_after: _Optional[float] = ...) -> None: ...

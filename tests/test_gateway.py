@@ -1,0 +1,321 @@
+"""The gRPC gateway against a real server on 127.0.0.1, over the real runtime on a 2-node Ray cluster.
+
+One Ray cluster, one runtime (2 nodes x 1 worker, one engine per node) and one gateway serve the module;
+gateways with other settings (auth, TLS, a small queue bound, no backend yet) share the same runtime, each
+with its own `RuntimeBackend` (a backend belongs to one gateway's event loop).
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+import ray
+from click.testing import CliRunner
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from switchyard.cluster.cli_runtime import generate
+from switchyard.cluster.client import Client, sampling
+from switchyard.cluster.gateway import BackgroundGateway, GatewayConfig, status_of
+from switchyard.cluster.runtime import Runtime, local_cluster
+from switchyard.cluster.sampling import SamplingParams
+from switchyard.cluster.serving import RuntimeBackend
+from switchyard.protos.generated import serving_pb2 as pb
+from switchyard.workers.checkpoints import init_checkpoint
+
+pytestmark = pytest.mark.ray
+
+PROMPTS = [[1, 5, 9, 33, 100, 7], [4, 8, 15, 16, 23, 42, 99], [300, 2], [77]]
+NEW_TOKENS = 6
+VOCAB, CONTEXT = 512, 512  # the tiny Mixtral's
+LONG = CONTEXT - 8  # a request that runs for many seconds unless stopped
+Code = grpc.StatusCode
+
+
+@pytest.fixture(scope="module")
+def runtime(tmp_path_factory):
+    model_dir = init_checkpoint("mixtral", "tiny", tmp_path_factory.mktemp("gateway") / "mixtral", skew=0.5, seed=7)
+    with local_cluster(2):
+        started = Runtime.start(model_dir, num_nodes=2, workers_per_node=1)
+        try:
+            yield started
+        finally:
+            started.shutdown()
+
+
+def _gateway(backend, **config):
+    gateway = BackgroundGateway(GatewayConfig(port=0, **config))
+    port = gateway.start()
+    if backend is not None:
+        gateway.attach(backend)
+    return gateway, f"127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def backend(runtime):
+    return RuntimeBackend(runtime)
+
+
+@pytest.fixture(scope="module")
+def server(backend):
+    gateway, target = _gateway(backend, max_batch_requests=8)
+    yield target
+    gateway.drain(0)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with Client(server) as connected:
+        yield connected
+
+
+def _code(call) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    return caught.value.code(), caught.value.details()
+
+
+def _wait_idle(runtime, backend, timeout_s: float = 10.0) -> None:
+    """Until every engine has collected its requests (cancelled ones leave after their current step)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if backend.queue_depths() == [0, 0] and ray.get([e.queue_depth.remote() for e in runtime.engines]) == [0, 0]:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"engines still busy: {ray.get([e.queue_depth.remote() for e in runtime.engines])}")
+
+
+def test_stream_and_batch_equal_the_runtime(runtime, client):
+    greedy = SamplingParams(max_new_tokens=NEW_TOKENS)
+    sampled = SamplingParams(max_new_tokens=NEW_TOKENS, temperature=0.8, top_p=0.9, seed=3)
+    for params in (sampled, greedy):  # greedy last: the stop test below uses its output
+        direct = runtime.generate(PROMPTS, params)
+        options = {"max_new_tokens": NEW_TOKENS, "temperature": params.temperature, "top_p": params.top_p,
+                   "seed": params.seed}
+        streamed = [sum(client.stream(prompt, **options), []) for prompt in PROMPTS]
+        assert streamed == direct
+        batch = client.generate_batch(PROMPTS, **options)
+        assert [list(result.token_ids) for result in batch] == direct
+    assert {result.finished.node for result in batch} == {0, 1}  # spread over both nodes
+    result = client.generate(PROMPTS[0], max_new_tokens=NEW_TOKENS, stop_ids=[direct[0][2]])
+    assert pb.FinishReason.Name(result.finished.reason) == "FINISH_REASON_STOP"
+    assert list(result.token_ids) == direct[0][:3] and result.finished.prompt_tokens == len(PROMPTS[0])
+    assert 0 < result.finished.time_to_first_token_seconds <= result.finished.total_seconds
+
+
+def test_placement_stats_and_cluster_info(runtime, client):
+    placement = client.placement()
+    assert placement.epoch == 1 and (placement.num_nodes, placement.gpus_per_node) == (2, 1)
+    assert '"physical_to_logical_map"' in placement.plan_json
+    stats = client.stats()
+    assert stats.num_tokens > 0 and len(stats.layers) == 2 and len(stats.layers[0].expert_load) == 8
+    assert 0 < stats.balancedness <= 1
+    assert stats.traffic.same_node_bytes > 0 and stats.traffic.cross_node_bytes > 0
+    info = client.cluster_info()
+    assert (info.model.vocab_size, info.model.max_context, info.model.family) == (VOCAB, CONTEXT, "mixtral")
+    assert [(e.index, e.node) for e in info.engines] == [(0, 0), (1, 1)]
+    assert len(info.nodes) == 2 and [w.node for w in info.workers] == [0, 1] and info.device == "cpu"
+    code, message = _code(client.rebalance)
+    assert code == Code.UNIMPLEMENTED and "live rebalance is not available yet" in message
+
+
+def test_reflection_lists_every_service(client):
+    stub = reflection_pb2_grpc.ServerReflectionStub(client.channel)
+    (response,) = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    names = {service.name for service in response.list_services_response.service}
+    assert {"switchyard.v1.Switchyard", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names
+
+
+BAD_INPUTS = [
+    pytest.param({"prompt_ids": []}, "the prompt is empty", id="empty-prompt"),
+    pytest.param({"prompt_ids": [1, 99999999]}, "token id 99999999 is outside the vocabulary (512)", id="id-too-big"),
+    pytest.param({"prompt_ids": [-1]}, "token id -1 is outside", id="negative-id"),
+    pytest.param({"max_new_tokens": 0}, "max_new_tokens must be at least 1", id="zero-new-tokens"),
+    pytest.param({"max_new_tokens": -5}, "max_new_tokens must be at least 1", id="negative-new-tokens"),
+    pytest.param({"max_new_tokens": CONTEXT}, "exceeds the model's context of 512", id="beyond-context"),
+    pytest.param({"temperature": -0.5}, "temperature must be >= 0", id="negative-temperature"),
+    pytest.param({"top_p": 0.0}, "top_p must be in (0, 1]", id="top-p-zero"),
+    pytest.param({"top_p": 1.5}, "top_p must be in (0, 1]", id="top-p-above-one"),
+    pytest.param({"prompt_ids": [], "text": "hello"}, "ships none (send prompt_ids)", id="text-without-tokenizer"),
+    pytest.param({"text": "hello"}, "send prompt_ids or text, not both", id="ids-and-text"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), BAD_INPUTS)
+def test_bad_input_is_invalid_argument(client, change, message):
+    fields = {"prompt_ids": [1, 2, 3], "text": "", **change}
+    params = {key: change[key] for key in ("max_new_tokens", "temperature", "top_p") if key in change}
+    request = pb.GenerateRequest(prompt_ids=fields["prompt_ids"], text=fields["text"],
+                                 sampling=sampling(**{"max_new_tokens": 2, **params}))
+    code, details = _code(lambda: list(client.stub.Generate(request, timeout=10)))
+    assert code == Code.INVALID_ARGUMENT and message in details
+    code, details = _code(lambda: client.stub.GenerateBatch(pb.GenerateBatchRequest(requests=[request]), timeout=10))
+    assert code == Code.INVALID_ARGUMENT and details.startswith("request 0: ") and message in details
+
+
+def test_batch_bounds(client):
+    code, details = _code(lambda: client.generate_batch([[1]] * 9, max_new_tokens=1))
+    assert code == Code.INVALID_ARGUMENT and "the batch has 9 requests; at most 8" in details
+    code, details = _code(lambda: client.generate_batch([], max_new_tokens=1))
+    assert code == Code.INVALID_ARGUMENT and "the batch is empty" in details
+
+
+def test_queue_bound_is_resource_exhausted(runtime):
+    small = RuntimeBackend(runtime, max_queue_per_engine=1)
+    gateway, target = _gateway(small)
+    try:
+        with Client(target) as client:
+            streams = [client.stream_responses([1, 2], max_new_tokens=LONG) for _ in range(2)]
+            for stream in streams:  # both engines hold one request
+                assert next(stream).HasField("tokens")
+            code, details = _code(lambda: client.generate([3], max_new_tokens=1))
+            assert code == Code.RESOURCE_EXHAUSTED and "every engine has 1 requests in flight" in details
+            for stream in streams:
+                stream.cancel()
+            _wait_idle(runtime, small)
+            assert len(client.generate([3], max_new_tokens=2).token_ids) == 2
+    finally:
+        gateway.drain(0)
+
+
+def test_deadline_and_cancel_free_the_engine(runtime, backend, client):
+    code, _ = _code(lambda: client.generate([1, 2, 3], max_new_tokens=LONG, timeout_s=1.0))
+    assert code == Code.DEADLINE_EXCEEDED
+    _wait_idle(runtime, backend)
+    stream = client.stream_responses([4, 5, 6], max_new_tokens=LONG)
+    assert next(stream).HasField("tokens")
+    stream.cancel()
+    _wait_idle(runtime, backend)
+    start = time.perf_counter()
+    assert len(client.generate([7, 8], max_new_tokens=2).token_ids) == 2
+    assert time.perf_counter() - start < 5  # served at once, not behind a forgotten request
+
+
+def test_health_through_startup_and_drain(runtime):
+    gateway, target = _gateway(None)
+    with Client(target) as client:
+        assert client.health() == "NOT_SERVING" and client.health("switchyard.v1.Switchyard") == "NOT_SERVING"
+        code, details = _code(lambda: client.generate([1], max_new_tokens=1))
+        assert code == Code.UNAVAILABLE and "not loaded yet" in details
+        gateway.attach(RuntimeBackend(runtime))
+        assert client.health() == "SERVING"
+        watch = client.health_stub.Watch(health_pb2.HealthCheckRequest())
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        in_flight = client.stream_responses([1, 2, 3], max_new_tokens=12)
+        assert next(in_flight).HasField("tokens")
+        with ThreadPoolExecutor(1) as pool:
+            drained = pool.submit(gateway.drain, 30)
+            assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING  # as the drain starts
+            rest = list(in_flight)  # the in-flight call finishes within the grace period
+            drained.result()
+        assert rest[-1].HasField("finished") and rest[-1].finished.generated_tokens == 12
+
+
+def test_auth(runtime):
+    gateway, target = _gateway(RuntimeBackend(runtime), token="user-secret", admin_token="admin-secret")
+    try:
+        for token in (None, "wrong"):
+            with Client(target, token=token) as client:
+                code, details = _code(lambda: client.generate([1], max_new_tokens=1))
+                assert code == Code.UNAUTHENTICATED and "Bearer" in details
+                assert client.health() == "SERVING"  # probes need no token
+                code, _ = _code(lambda: client.rebalance())
+                assert code == Code.UNAUTHENTICATED
+        with Client(target, token="user-secret") as client:
+            assert len(client.generate([1], max_new_tokens=2).token_ids) == 2
+            code, details = _code(lambda: client.rebalance())
+            assert code == Code.PERMISSION_DENIED and "admin token" in details
+        with Client(target, token="admin-secret") as client:
+            assert _code(lambda: client.rebalance())[0] == Code.UNIMPLEMENTED  # past auth
+            assert len(client.cluster_info().engines) == 2
+    finally:
+        gateway.drain(0)
+
+
+def test_tls(runtime, tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    gateway, target = _gateway(RuntimeBackend(runtime), tls_cert=cert, tls_key=key)
+    try:
+        with Client(target, tls_ca=cert) as client:
+            assert len(client.generate([1], max_new_tokens=2).token_ids) == 2
+        with Client(target) as plaintext:
+            assert _code(lambda: plaintext.generate([1], max_new_tokens=1, timeout_s=5))[0] == Code.UNAVAILABLE
+    finally:
+        gateway.drain(0)
+
+
+def test_32_concurrent_streaming_clients(runtime, server):
+    prompts = [[(7 * i + j) % VOCAB for j in range(1 + i % 5)] for i in range(32)]
+    expected = runtime.generate(prompts, SamplingParams(max_new_tokens=4))
+
+    def one(prompt):
+        with Client(server) as client:
+            return sum(client.stream(prompt, max_new_tokens=4, timeout_s=120), [])
+
+    with ThreadPoolExecutor(32) as pool:
+        assert list(pool.map(one, prompts)) == expected
+
+
+def test_internal_errors_carry_a_logged_request_id(caplog):
+    with caplog.at_level(logging.ERROR, logger="switchyard.cluster.gateway"):
+        code, message = status_of(RuntimeError("boom"))
+    request_id = message.split("request id ")[1].split(";")[0]
+    assert code == Code.INTERNAL and "boom" not in message
+    assert request_id in caplog.text and "boom" in caplog.text
+
+
+def test_cli_generate_against_the_server(runtime, server):
+    result = CliRunner().invoke(generate, ["--server", server, "--prompt-ids", "1,5,9", "--max-new-tokens", "3"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == ",".join(map(str, runtime.generate([[1, 5, 9]], SamplingParams(3))[0]))
+    result = CliRunner().invoke(generate, ["--server", server, "--prompt-ids", "1,99999999"])
+    assert result.exit_code == 2
+    assert result.output.strip() == "INVALID_ARGUMENT: token id 99999999 is outside the vocabulary (512)"
+    gateway, starting = _gateway(None)
+    try:
+        result = CliRunner().invoke(generate, ["--server", starting, "--prompt-ids", "1"])
+        assert result.exit_code == 1 and result.output.startswith("UNAVAILABLE: ")
+    finally:
+        gateway.drain(0)
+
+
+def test_max_message_size(runtime):
+    gateway, target = _gateway(RuntimeBackend(runtime), max_message_bytes=1024)
+    try:
+        with Client(target) as client:
+            code, details = _code(lambda: client.generate_batch([[300] * 400] * 2, max_new_tokens=1))
+            assert code == Code.RESOURCE_EXHAUSTED and "larger than max" in details
+            assert len(client.generate([1, 2], max_new_tokens=2).token_ids) == 2
+    finally:
+        gateway.drain(0)
+
+
+def test_text_prompts_with_a_tokenizer(runtime, tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"w{i}": i for i in range(VOCAB - 1)} | {"[UNK]": VOCAB - 1}
+    words = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=words, unk_token="[UNK]").save_pretrained(tmp_path)
+    gateway, target = _gateway(RuntimeBackend(runtime, tokenizer_dir=tmp_path))
+    try:
+        with Client(target) as client:
+            expected = runtime.generate([[1, 5, 9]], SamplingParams(max_new_tokens=4))[0]
+            request = pb.GenerateRequest(text="w1 w5 w9", sampling=sampling(max_new_tokens=4))
+            chunks = [r.tokens for r in client.stub.Generate(request, timeout=60) if r.HasField("tokens")]
+            assert sum((list(c.token_ids) for c in chunks), []) == expected
+            assert "".join(c.text for c in chunks).split() == [f"w{t}" for t in expected]
+            (result,) = client.stub.GenerateBatch(pb.GenerateBatchRequest(requests=[request]), timeout=60).results
+            assert result.text.split() == [f"w{t}" for t in expected]
+            assert client.cluster_info().model.has_tokenizer
+    finally:
+        gateway.drain(0)
