@@ -47,6 +47,15 @@ def _ray_cluster(nodes: int, address: str | None) -> contextlib.AbstractContextM
     return joined()
 
 
+def _deployment(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from switchyard.cluster.state_store import check_deployment
+
+    try:
+        return check_deployment(value)
+    except ValueError as error:
+        raise InputError(str(error)) from None
+
+
 async def serve_until_signalled(config: Any, start_backend: Any) -> None:
     """Listen at once (health NOT_SERVING), build the backend (`start_backend()` in a thread), serve
     until SIGINT or SIGTERM, then drain: health NOT_SERVING, in-flight calls get `config.grace_s`.
@@ -84,7 +93,14 @@ async def serve_until_signalled(config: Any, start_backend: Any) -> None:
               help="Plan JSON; default: linear.")
 @click.option("--tokenizer", "tokenizer_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default=None, help="Tokenizer for text prompts; default: the checkpoint's, if it ships one.")
-@click.option("--redis", default=None, help="State store URL (not used yet: the state store is not built).")
+@click.option("--redis", default=None,
+              help="State store URL redis://HOST:PORT[/DB]; default: $SWITCHYARD_REDIS_URL, else the embedded store.")
+@click.option("--deployment", default="default", show_default=True, callback=_deployment,
+              help="Names this deployment's state in the store (several gateways may share one).")
+@click.option("--stats-interval", "stats_interval_s", type=click.FloatRange(min=0, min_open=True), default=5.0,
+              show_default=True, help="Seconds between the engines' routing statistics entries in the store.")
+@click.option("--stats-window", "stats_window_s", type=click.FloatRange(min=0, min_open=True), default=60.0,
+              show_default=True, help="Seconds of statistics that GetStats reports (merged across engines).")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=50051, show_default=True)
 @click.option("--token", envvar="SWITCHYARD_TOKEN", default=None, help="Require 'authorization: Bearer TOKEN'.")
@@ -99,13 +115,24 @@ async def serve_until_signalled(config: Any, start_backend: Any) -> None:
 @click.option("--grace", "grace_s", type=click.FloatRange(min=0), default=10.0, show_default=True,
               help="Seconds in-flight calls get to finish on SIGINT/SIGTERM.")
 def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: int, engines_per_node: int,
-          plan_path: Path | None, tokenizer_dir: Path | None, redis: str | None, host: str, port: int, token: str | None,
+          plan_path: Path | None, tokenizer_dir: Path | None, redis: str | None, deployment: str,
+          stats_interval_s: float, stats_window_s: float, host: str, port: int, token: str | None,
           admin_token: str | None, tls_cert: Path | None, tls_key: Path | None, max_queue: int,
           max_batch_requests: int, max_message_bytes: int, grace_s: float) -> None:
-    """Start the engines and workers on a Ray cluster and serve them over gRPC until SIGINT/SIGTERM."""
-    from switchyard.cluster.gateway import GatewayConfig  # gRPC and Ray only when serving
+    """Start the engines and workers on a Ray cluster and serve them over gRPC until SIGINT/SIGTERM.
+
+    The state store (Redis with --redis or $SWITCHYARD_REDIS_URL, else in-process) receives the
+    engines' routing statistics every --stats-interval seconds; GetStats reports its window. At start,
+    when the store has no active plan, the served plan is recorded as epoch 1; when it has one, that
+    plan and epoch stay (GetPlacement reports them) and the plan given here is served all the same,
+    with a warning if it differs: switching plans live is the rebalancer's job.
+    """
+    from switchyard.cluster.gateway import GatewayConfig  # gRPC, Ray and Redis only when serving
     from switchyard.cluster.runtime import Runtime, resolve_plan
-    from switchyard.cluster.serving import RuntimeBackend
+    from switchyard.cluster.serving import RuntimeBackend, record_serving_plan
+    from switchyard.cluster.settings import state_store_url
+    from switchyard.cluster.state_store import StateStoreUnavailable, open_state_store
+    from switchyard.cluster.stats_publisher import StatsPublisher
 
     try:
         spec = load_spec(model_dir)
@@ -113,19 +140,35 @@ def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: in
         config = GatewayConfig(host=host, port=port, token=token, admin_token=admin_token, tls_cert=tls_cert,
                                tls_key=tls_key, max_message_bytes=max_message_bytes,
                                max_batch_requests=max_batch_requests, grace_s=grace_s)
+        store = open_state_store(state_store_url(redis), deployment)
     except (CheckpointError, PlacementError, ValueError) as error:
         raise InputError(str(error)) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if redis is not None:
-        log.warning("--redis %s is not used yet: the state store is not built", redis)
+    try:
+        store.ping()
+        record_serving_plan(store, plan)
+    except StateStoreUnavailable as error:
+        store.close()
+        raise click.ClickException(str(error)) from None  # exit code 1: the input was fine
 
     def start_backend() -> tuple[RuntimeBackend, Any]:
         runtime = Runtime.start(model_dir, num_nodes=nodes, workers_per_node=workers_per_node, plan=plan,
                                 engines_per_node=engines_per_node)
-        return RuntimeBackend(runtime, max_queue, tokenizer_dir=tokenizer_dir), runtime.shutdown
+        publisher = StatsPublisher(store, runtime.engines, stats_interval_s).start()
 
-    with _ray_cluster(nodes, address):
-        asyncio.run(serve_until_signalled(config, start_backend))
+        def shutdown() -> None:
+            publisher.stop()  # its last entries before the engines go
+            runtime.shutdown()
+
+        backend = RuntimeBackend(runtime, max_queue, tokenizer_dir=tokenizer_dir, store=store,
+                                 stats_window_s=stats_window_s)
+        return backend, shutdown
+
+    try:
+        with _ray_cluster(nodes, address):
+            asyncio.run(serve_until_signalled(config, start_backend))
+    finally:
+        store.close()
 
 
 def format_result(results: list[Any], as_json: bool) -> str:

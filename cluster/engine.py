@@ -167,7 +167,12 @@ class Engine:
         return [self.result(request_id) for request_id in ids]
 
     def routing_stats(self) -> RoutingStats:
+        """Routing statistics since `load`."""
         return self.recorder.stats()
+
+    def take_routing_stats(self) -> RoutingStats:
+        """Routing statistics since the previous call (or since `load`); `routing_stats` is unaffected."""
+        return self.recorder.take()
 
     def traffic(self) -> dict[str, Any]:
         return self.dispatcher.traffic.to_dict()

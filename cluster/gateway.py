@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 
 from switchyard.cluster.serving import (Backend, InvalidRequest, NotReady, QueueFull, ServingError, TokenStream,
                                         check_request, make_params)
+from switchyard.cluster.state_store import StateStoreUnavailable
 from switchyard.protos.generated import serving_pb2 as pb
 from switchyard.protos.generated import serving_pb2_grpc as pb_grpc
 
@@ -69,7 +70,7 @@ def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.INVALID_ARGUMENT, str(error)
     if isinstance(error, QueueFull):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)
-    if isinstance(error, NotReady):
+    if isinstance(error, (NotReady, StateStoreUnavailable)):
         return grpc.StatusCode.UNAVAILABLE, str(error)
     if isinstance(error, NotImplementedError):
         return grpc.StatusCode.UNIMPLEMENTED, str(error)
@@ -224,7 +225,8 @@ class SwitchyardServicer(pb_grpc.SwitchyardServicer):
         return pb.GetStatsResponse(
             num_tokens=snapshot.stats.num_tokens,
             layers=[pb.LayerLoad(expert_load=row.tolist()) for row in snapshot.stats.load],
-            balancedness=snapshot.balancedness, traffic=pb.TrafficCounters(**traffic))
+            balancedness=snapshot.balancedness, traffic=pb.TrafficCounters(**traffic),
+            window_seconds=snapshot.window_s)
 
     @_guarded
     async def ClusterInfo(self, request: pb.ClusterInfoRequest, context: grpc.aio.ServicerContext

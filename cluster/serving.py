@@ -6,12 +6,18 @@ requests in flight from this gateway (ties go round the engines, so round the no
 node e % num_nodes), streams its tokens with `Engine.poll` (one call per engine
 covers all of its requests, `EnginePoller`), and stops it with `Engine.cancel` when the
 caller goes away (deadline, cancellation, any error), which frees its batch slot and KV cache.
+
+With a state store (`switchyard serve` always passes one), the placement is the store's active plan
+and epoch, and the statistics are the store's time window, merged across every engine that publishes
+there (`StatsPublisher`); without one, the served plan at epoch 1 and the statistics since loading.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +28,14 @@ import ray
 
 from switchyard.cluster.runtime import Runtime
 from switchyard.cluster.sampling import SamplingParams
+from switchyard.cluster.state_store import PlanConflict, StateStore
 from switchyard.placement.plan import Plan
 from switchyard.placement.stats import RoutingStats
 from switchyard.workers.checkpoints import ModelSpec
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STATS_WINDOW_S = 60.0
 
 # ---- errors: one kind per status code (`gateway.status_of` maps them) ----
 
@@ -91,11 +102,15 @@ def make_params(max_new_tokens: int, temperature: float, top_p: float, seed: int
 
 @dataclass(frozen=True)
 class Snapshot:
-    """Routing statistics since the model was loaded, and the engines' traffic counters."""
+    """Routing statistics and the engines' traffic counters (since the model was loaded).
+
+    window_s: the time window the statistics cover, in seconds; 0: since the model was loaded.
+    """
 
     stats: RoutingStats
     traffic: dict[str, Any]
     balancedness: float
+    window_s: float = 0.0
 
 
 def expected_balancedness(plan: Plan, load: np.ndarray) -> float:
@@ -110,6 +125,31 @@ def expected_balancedness(plan: Plan, load: np.ndarray) -> float:
     gpu_load = per_slot.reshape(plan.num_layers, plan.topology.num_gpus, -1).sum(axis=2)  # [L, G]
     top = gpu_load.max(axis=1).sum()
     return float(gpu_load.mean(axis=1).sum() / top) if top > 0 else 1.0
+
+
+def record_serving_plan(store: StateStore, plan: Plan) -> int:
+    """Record `plan` as the active plan (epoch 1) when `store` has none; returns the active epoch.
+
+    When a plan is active already (an earlier run, or another gateway of the deployment) it stays as
+    it is, and a plan other than `plan` is logged as a warning: switching the served plan live is the
+    rebalancer's job, not the start's.
+    """
+    active = store.active_plan()
+    if active is None:
+        try:
+            epoch = store.set_active_plan(plan, 0)
+            log.info("recorded the served plan as the active plan, epoch %d", epoch)
+            return epoch
+        except PlanConflict:  # another gateway of the deployment recorded one meanwhile
+            active = store.active_plan()
+            assert active is not None, "a plan conflict at epoch 0 means a plan is active"
+    active_plan, epoch = active
+    if json.dumps(active_plan.to_dict()) == json.dumps(plan.to_dict()):
+        log.info("the served plan is the active plan, epoch %d", epoch)
+    else:
+        log.warning("the state store's active plan (epoch %d) differs from the plan served here; serving "
+                    "this one, which GetPlacement does not report (rebalance to make them agree)", epoch)
+    return epoch
 
 
 def load_tokenizer(directory: str | Path) -> Any:
@@ -138,7 +178,8 @@ class Backend(Protocol):
     async def placement(self) -> tuple[int, Plan]:
         """The active plan and its epoch."""
 
-    async def snapshot(self) -> Snapshot: ...
+    async def snapshot(self) -> Snapshot:
+        """Routing statistics (of a window, or since loading), balancedness and traffic counters."""
 
     async def cluster_info(self) -> dict[str, Any]:
         """`nodes` (index, ray_node_id, address), `engines` (index, node), `workers` (index, node), `device`."""
@@ -239,13 +280,18 @@ class RuntimeBackend:
     max_queue_per_engine: requests in flight per engine before `QueueFull`.  poll_timeout_s: how long
     one `Engine.poll` waits for a token (a request that joins meanwhile waits for the next step).
     tokenizer_dir: where the tokenizer for text prompts is saved; default: the checkpoint directory.
+    store: the state store the placement and statistics come from (see the module doc); None: the
+    served plan at epoch 1 and the statistics since loading.  stats_window_s: the store's time window.
     """
 
     def __init__(self, runtime: Runtime, max_queue_per_engine: int = 64, poll_timeout_s: float = 0.5,
-                 tokenizer_dir: str | Path | None = None) -> None:
+                 tokenizer_dir: str | Path | None = None, store: StateStore | None = None,
+                 stats_window_s: float = DEFAULT_STATS_WINDOW_S) -> None:
         if max_queue_per_engine < 1:
             raise ValueError(f"max_queue_per_engine must be at least 1, got {max_queue_per_engine}")
-        self.runtime = runtime
+        if not stats_window_s > 0:
+            raise ValueError(f"stats_window_s must be positive, got {stats_window_s!r}")
+        self.runtime, self.store, self.stats_window_s = runtime, store, stats_window_s
         self.tokenizer = load_tokenizer(runtime.spec.model_dir if tokenizer_dir is None else tokenizer_dir)
         self.model = ModelInfo.of_spec(runtime.spec, self.tokenizer is not None)
         self.max_queue_per_engine, self.poll_timeout_s = max_queue_per_engine, poll_timeout_s
@@ -287,12 +333,27 @@ class RuntimeBackend:
             self._in_flight[engine] -= 1
 
     async def placement(self) -> tuple[int, Plan]:
-        return self.epoch, self.runtime.plan
+        if self.store is None:
+            return self.epoch, self.runtime.plan
+        active = await asyncio.to_thread(self.store.active_plan)
+        if active is None:  # the store lost its state (a Redis restart without persistence)
+            return 0, self.runtime.plan
+        plan, epoch = active
+        return epoch, plan
 
     async def snapshot(self) -> Snapshot:
-        stats, traffic = await asyncio.gather(asyncio.to_thread(self.runtime.routing_stats),
-                                              asyncio.to_thread(self.runtime.traffic))
-        return Snapshot(stats, traffic, expected_balancedness(self.runtime.plan, stats.load))
+        if self.store is None:
+            stats, traffic = await asyncio.gather(asyncio.to_thread(self.runtime.routing_stats),
+                                                  asyncio.to_thread(self.runtime.traffic))
+            window_s = 0.0
+        else:
+            stats, traffic = await asyncio.gather(
+                asyncio.to_thread(self.store.window, "time", self.stats_window_s),
+                asyncio.to_thread(self.runtime.traffic))
+            if stats is None:  # nothing published in the window
+                stats = RoutingStats.from_load(np.zeros((self.model.num_layers, self.model.num_experts)), 0.0)
+            window_s = self.stats_window_s
+        return Snapshot(stats, traffic, expected_balancedness(self.runtime.plan, stats.load), window_s)
 
     async def cluster_info(self) -> dict[str, Any]:
         topology = self.runtime.plan.topology

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,7 @@ from switchyard.placement.plan import Plan
 from switchyard.placement.topology import Topology
 
 TRACES_DIR = Path(__file__).resolve().parents[2] / "shared" / "traces"
+REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 @pytest.fixture(scope="session")
@@ -52,3 +56,32 @@ def _random_plan(rng: np.random.Generator, topology: Topology, num_layers: int, 
 def random_plan():
     """`random_plan(rng, topology, num_layers, num_experts) -> Plan`: random valid plans with replicas."""
     return _random_plan
+
+
+@contextlib.contextmanager
+def _fresh_redis_store(name: str) -> Iterator[object]:
+    """A Redis state store under a deployment of its own (`name-<random>`), its keys deleted after;
+    skips the test where no redis-server answers at `REDIS_URL`."""
+    import redis
+
+    from switchyard.cluster.state_store import StateStoreUnavailable, open_state_store
+
+    store = open_state_store(REDIS_URL, f"{name}-{uuid.uuid4().hex[:12]}")
+    try:
+        store.ping()
+    except StateStoreUnavailable:
+        pytest.skip(f"no redis-server answers at {REDIS_URL}")
+    try:
+        yield store
+    finally:
+        client = redis.Redis.from_url(REDIS_URL)
+        keys = list(client.scan_iter(match=store.prefix + "*"))
+        if keys:
+            client.delete(*keys)
+        store.close()
+
+
+@pytest.fixture
+def fresh_redis_store():
+    """`fresh_redis_store(name)`: a context manager giving a Redis store of a fresh deployment."""
+    return _fresh_redis_store

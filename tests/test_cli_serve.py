@@ -1,4 +1,6 @@
-"""`switchyard serve` as a process: listens, turns SERVING once loaded, serves, drains on SIGTERM, exits 0."""
+"""`switchyard serve` as a process: listens, turns SERVING once loaded, serves, publishes routing statistics
+to the state store (embedded, or Redis with `--redis`), drains on SIGTERM, exits 0; a bad or unreachable
+state store stops it at once with one line."""
 
 from __future__ import annotations
 
@@ -10,13 +12,24 @@ import sys
 import time
 
 import pytest
+from click.testing import CliRunner
 
+from switchyard.cluster.cli_serve import serve
 from switchyard.cluster.client import Client
+from switchyard.cluster.settings import REDIS_URL_ENV
 from switchyard.workers.checkpoints import init_checkpoint
 
 pytestmark = pytest.mark.ray
 
 SERVE = "from switchyard.cluster.cli_serve import serve; serve()"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+PROMPT, NEW_TOKENS = [1, 2, 3], 3
+FORWARDED = len(PROMPT) + NEW_TOKENS - 1  # tokens the engines count for the one request
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return init_checkpoint("qwen3-moe", "tiny", tmp_path_factory.mktemp("serve") / "qwen3", seed=1)
 
 
 @contextlib.contextmanager
@@ -34,16 +47,43 @@ def _existing_cluster(num_nodes: int):
         cluster.shutdown()
 
 
-@pytest.mark.parametrize("joins", [False, True], ids=["ephemeral-cluster", "joins-address"])
-def test_serve_until_sigterm(tmp_path, joins: bool):
-    model_dir = init_checkpoint("qwen3-moe", "tiny", tmp_path / "qwen3", seed=1)
-    with _existing_cluster(2) if joins else contextlib.nullcontext([]) as cluster_args:
-        _serve_generate_and_stop(model_dir, cluster_args)
+@pytest.mark.parametrize("joins", [False, pytest.param(True, marks=pytest.mark.redis)],
+                         ids=["ephemeral-cluster", "joins-address-with-redis"])
+def test_serve_until_sigterm(model_dir, joins: bool, fresh_redis_store):
+    if not joins:  # the embedded store, seen through GetStats and GetPlacement
+        _serve_generate_and_stop(model_dir, [])
+        return
+    with fresh_redis_store("test-serve") as store, _existing_cluster(2) as cluster_args:
+        store_args = ["--redis", REDIS_URL, "--deployment", store.deployment]
+        _serve_generate_and_stop(model_dir, cluster_args + store_args)
+        assert store.active_plan()[1] == 1
+        assert store.window("time", 600).num_tokens == FORWARDED  # `stop` published the last entries
 
 
-def _serve_generate_and_stop(model_dir, cluster_args: list[str]) -> None:
+@pytest.mark.parametrize(("url", "code", "message"), [
+    pytest.param("ftp://x", 2, "unsupported state store URL 'ftp://x'", id="bad-url"),
+    pytest.param("redis://127.0.0.1:notaport", 2, "bad Redis URL", id="bad-port"),
+    pytest.param("redis://127.0.0.1:1", 1, "the state store at redis://127.0.0.1:1 is unreachable", id="unreachable"),
+])
+@pytest.mark.parametrize("from_env", [False, True], ids=["option", "env"])
+def test_bad_or_unreachable_store_is_one_line(model_dir, monkeypatch, url: str, code: int, message: str,
+                                              from_env: bool):
+    if from_env:
+        monkeypatch.setenv(REDIS_URL_ENV, url)
+    result = CliRunner().invoke(serve, ["--model", str(model_dir), *([] if from_env else ["--redis", url])])
+    assert result.exit_code == code, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)  # no traceback
+    assert result.output.count("\n") == 1 and message in result.output
+
+
+def test_bad_deployment_is_a_usage_error(model_dir):
+    result = CliRunner().invoke(serve, ["--model", str(model_dir), "--deployment", "a:b"])
+    assert result.exit_code == 2 and "bad deployment name 'a:b'" in result.output
+
+
+def _serve_generate_and_stop(model_dir, extra_args: list[str]) -> None:
     process = subprocess.Popen([sys.executable, "-c", SERVE, "--model", str(model_dir), "--port", "0",
-                                *cluster_args],
+                                "--stats-interval", "0.5", *extra_args],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         log = ""
@@ -56,7 +96,12 @@ def _serve_generate_and_stop(model_dir, cluster_args: list[str]) -> None:
             while client.health() != "SERVING":
                 assert time.monotonic() < deadline, "not SERVING after 120 s"
                 time.sleep(0.5)
-            assert len(client.generate([1, 2, 3], max_new_tokens=3).token_ids) == 3
+            assert len(client.generate(PROMPT, max_new_tokens=NEW_TOKENS).token_ids) == NEW_TOKENS
+            assert client.placement().epoch == 1  # recorded at start
+            while (stats := client.stats()).num_tokens < FORWARDED:  # published within --stats-interval
+                assert time.monotonic() < deadline, f"{stats.num_tokens} of {FORWARDED} tokens published"
+                time.sleep(0.2)
+            assert stats.num_tokens == FORWARDED and stats.window_seconds == 60
         process.send_signal(signal.SIGTERM)
         rest, _ = process.communicate(timeout=60)
         assert process.returncode == 0, log + rest

@@ -7,12 +7,14 @@ with its own `RuntimeBackend` (a backend belongs to one gateway's event loop).
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+import numpy as np
 import pytest
 import ray
 from click.testing import CliRunner
@@ -24,7 +26,9 @@ from switchyard.cluster.client import Client, sampling
 from switchyard.cluster.gateway import BackgroundGateway, GatewayConfig, status_of
 from switchyard.cluster.runtime import Runtime, local_cluster
 from switchyard.cluster.sampling import SamplingParams
-from switchyard.cluster.serving import RuntimeBackend
+from switchyard.cluster.serving import RuntimeBackend, record_serving_plan
+from switchyard.cluster.state_store import EmbeddedStateStore, StateStoreUnavailable
+from switchyard.cluster.stats_publisher import StatsPublisher
 from switchyard.protos.generated import serving_pb2 as pb
 from switchyard.workers.checkpoints import init_checkpoint
 
@@ -319,3 +323,79 @@ def test_text_prompts_with_a_tokenizer(runtime, tmp_path):
             assert client.cluster_info().model.has_tokenizer
     finally:
         gateway.drain(0)
+
+
+@pytest.fixture(params=["embedded", pytest.param("redis", marks=pytest.mark.redis)])
+def state_store(request, fresh_redis_store):
+    """Each test once per store; Redis under a deployment of its own, its keys deleted afterwards."""
+    if request.param == "embedded":
+        yield EmbeddedStateStore()
+        return
+    with fresh_redis_store("test-gateway") as store:
+        yield store
+
+
+def _fresh_engines(runtime, backend) -> None:
+    """Idle engines whose statistics since the last take are empty (earlier tests' are not ours)."""
+    _wait_idle(runtime, backend)
+    ray.get([engine.take_routing_stats.remote() for engine in runtime.engines])
+
+
+def _forwarded(prompts, new_tokens: int) -> int:
+    """Tokens the engines count: each prompt token once, then one per decode step (the last token is
+    not forwarded)."""
+    return sum(len(prompt) + new_tokens - 1 for prompt in prompts)
+
+
+def test_statistics_flow_into_the_store_and_get_stats(runtime, backend, state_store):
+    _fresh_engines(runtime, backend)
+    assert record_serving_plan(state_store, runtime.plan) == 1
+    assert record_serving_plan(state_store, runtime.plan) == 1  # a second gateway keeps the active plan
+    publisher = StatsPublisher(state_store, runtime.engines, interval_s=0.2, source="test").start()
+    gateway, target = _gateway(RuntimeBackend(runtime, store=state_store, stats_window_s=600))
+    try:
+        with Client(target) as client:
+            assert client.stats().num_tokens == 0 and client.stats().window_seconds == 600
+            batch = client.generate_batch(PROMPTS, max_new_tokens=NEW_TOKENS)
+            assert {result.finished.engine for result in batch} == {0, 1}
+            tokens = _forwarded(PROMPTS, NEW_TOKENS)
+            deadline = time.monotonic() + 20
+            while (stats := client.stats()).num_tokens < tokens:
+                assert time.monotonic() < deadline, f"{stats.num_tokens} of {tokens} tokens published"
+                time.sleep(0.1)
+            assert stats.num_tokens == tokens  # each token once, however many rounds it took
+            loads = np.array([layer.expert_load for layer in stats.layers])  # [L, E]
+            np.testing.assert_array_equal(loads.sum(axis=1), tokens * runtime.spec.top_k)
+            assert 0 < stats.balancedness <= 1
+            placement = client.placement()
+            assert placement.epoch == 1 and json.loads(placement.plan_json) == runtime.plan.to_dict()
+        window = state_store.window("time", 600)
+        assert window.num_tokens == tokens and window.topk_sets is not None  # sampled sets travel too
+    finally:
+        publisher.stop()
+        gateway.drain(0)
+
+
+class _FlakyStore(EmbeddedStateStore):
+    """An embedded store whose appends fail while `down`, as Redis' do in an outage."""
+
+    down = False
+
+    def append_stats(self, engine_id, stats, timestamp) -> None:
+        if self.down:
+            raise StateStoreUnavailable("the test's store is down")
+        super().append_stats(engine_id, stats, timestamp)
+
+
+def test_publisher_buffers_through_an_outage(runtime, backend):
+    _fresh_engines(runtime, backend)
+    store = _FlakyStore()
+    publisher = StatsPublisher(store, runtime.engines, interval_s=60, source="test")
+    store.down = True
+    runtime.generate(PROMPTS, SamplingParams(max_new_tokens=2))
+    assert publisher.publish_once() == _forwarded(PROMPTS, 2)
+    assert [writer.pending for writer in publisher.writers] == [1, 1] and store.window("time", 600) is None
+    store.down = False
+    assert publisher.publish_once() == 0  # idle engines still flush what waited
+    assert [writer.pending for writer in publisher.writers] == [0, 0]
+    assert store.window("time", 600).num_tokens == _forwarded(PROMPTS, 2)

@@ -91,7 +91,8 @@ class SwitchyardServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetStats(self, request, context):
-        """Per-layer expert loads, balancedness under the active plan, traffic counters.
+        """Per-layer expert loads (the state store's time window), balancedness under the served plan,
+        traffic counters.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
