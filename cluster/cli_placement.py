@@ -1,23 +1,35 @@
-"""`switchyard placement ...`: plan, evaluate, compare and export expert placements offline."""
+"""`switchyard placement ...`: plan, evaluate, compare and export expert placements offline; show the
+active plan of a running gateway and propose a rebalance for it (`show`, `rebalance`, gRPC imported
+only there).
+
+Against a gateway, a gRPC error prints one line `STATUS_NAME: message` on stderr and exits with 2
+when the request was at fault (`client.is_client_error`), 1 otherwise."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
+import numpy as np
 
 from switchyard.cluster.cli_params import (
     INPUT_FILE, OUTPUT_FILE, TOKEN_RANGE, drop_incomplete_option, topology_options,
     verbose_option,
 )
-from switchyard.cluster.formatting import comparison_table, evaluation_table
+from switchyard.cluster.cli_runtime import InputError
+from switchyard.cluster.formatting import comparison_table, evaluation_table, placement_tables, rebalance_table
 from switchyard.placement.compare import TokenWindow, compare_policies, default_windows, token_window
 from switchyard.placement.cost import PRESETS
 from switchyard.placement.evaluate import evaluate
 from switchyard.placement.formats import (
     EXPORT_FORMATS, export_plan, load_plan, load_stats, load_trace, save_plan,
 )
+from switchyard.placement.plan import Plan
 from switchyard.placement.policies import get_policy, policy_names
 from switchyard.placement.stats import RoutingStats
 from switchyard.placement.topology import Topology
@@ -40,7 +52,8 @@ _json_option = click.option(
 
 @click.group()
 def placement() -> None:
-    """Plan, evaluate, compare and export expert placements from routing traces."""
+    """Plan, evaluate, compare and export expert placements from routing traces; show a running
+    gateway's plan and propose a rebalance for it."""
 
 
 @placement.command("plan")
@@ -139,6 +152,97 @@ def export(plan_path: Path, export_format: str, out: Path, first_moe_layer: int)
     """Write a plan in an inference engine's own format."""
     export_plan(load_plan(plan_path), export_format, out, first_moe_layer=first_moe_layer)
     click.echo(f"wrote {out} ({export_format})")
+
+
+_server_option = click.option("--server", required=True, help="A running gateway (switchyard serve), HOST:PORT.")
+_token_option = click.option("--token", envvar="SWITCHYARD_TOKEN", default=None,
+                             help="The gateway's bearer token (rebalance: the admin token).")
+APPLY_NOT_AVAILABLE = "applying a plan live is not available yet; use --dry-run"
+
+
+@contextlib.contextmanager
+def _gateway(server: str, token: str | None) -> Iterator[Any]:
+    """A `Client` of the gateway; a gRPC error ends the command with one line, exit 2 or 1."""
+    import grpc
+
+    from switchyard.cluster.client import Client, is_client_error
+
+    with Client(server, token=token, timeout_s=60.0) as client:
+        try:
+            yield client
+        except grpc.RpcError as error:
+            click.echo(f"{error.code().name}: {error.details()}", err=True)
+            sys.exit(2 if is_client_error(error) else 1)
+
+
+@placement.command("show")
+@_server_option
+@_token_option
+@_json_option
+@verbose_option
+def show(server: str, token: str | None, as_json: bool) -> None:
+    """The gateway's active plan and epoch: experts and load per GPU, per layer."""
+    from switchyard.placement.proposal import expected_gpu_load
+
+    with _gateway(server, token) as client:
+        answer, stats = client.placement(), client.stats()
+    active = Plan.from_dict(json.loads(answer.plan_json))
+    load = np.array([list(layer.expert_load) for layer in stats.layers], dtype=np.float64)
+    gpu_load = expected_gpu_load(active, load) if load.shape == (active.num_layers, active.num_logical_experts) \
+        else None
+    topology = active.topology
+    click.echo(f"epoch {answer.epoch}: {active.num_logical_experts} experts x {active.num_layers} layers on "
+               f"{topology.describe()}; load: {stats.num_tokens:.0f} tokens "
+               + (f"in the last {stats.window_seconds:g} s" if stats.window_seconds else "since loading")
+               + " (each expert's load split over its replicas)")
+    click.echo(placement_tables(active.gpu_experts, topology.gpus_per_node, gpu_load))
+    if as_json:
+        click.echo(json.dumps({"epoch": answer.epoch, "plan": active.to_dict(),
+                               "gpu_experts": active.gpu_experts.tolist(),
+                               "gpu_load": None if gpu_load is None else gpu_load.tolist(),
+                               "num_tokens": stats.num_tokens, "window_seconds": stats.window_seconds}))
+
+
+@placement.command("rebalance")
+@_server_option
+@click.option("--policy", type=click.Choice(policy_names()), default="affinity", show_default=True,
+              help="Placement policy of the proposal.")
+@click.option("--max-moves", type=click.IntRange(min=0), default=None,
+              help="The most expert copies the proposal may need (migration-aware policies: affinity).")
+@click.option("--dry-run/--apply", "dry_run", default=True, show_default=True,
+              help="Propose and report, move nothing. --apply is not available yet.")
+@_token_option
+@_json_option
+@verbose_option
+def rebalance(server: str, policy: str, max_moves: int | None, dry_run: bool, token: str | None,
+              as_json: bool) -> None:
+    """Propose a new plan from the gateway's statistics window: the diff and the predicted gain."""
+    if not dry_run:
+        raise InputError(APPLY_NOT_AVAILABLE)
+    with _gateway(server, token) as client:
+        answer = client.rebalance(dry_run=True, policy=policy, max_moves=max_moves)
+    summary = rebalance_summary(answer)
+    click.echo(f"dry run: {policy} on {summary['window_tokens']:.0f} tokens of statistics "
+               f"(figures on {summary['evaluated_tokens']} sampled top-k sets, all layers), from epoch {summary['epoch']}")
+    click.echo(rebalance_table(summary))
+    per_layer = ", ".join(str(n) for n in summary["replicas_moved_per_layer"])
+    click.echo(f"diff: {summary['replicas_moved']} replica(s) moved (per layer: {per_layer}), "
+               f"{summary['bytes_to_copy'] / 2**20:.1f} MiB to copy; nothing applied")
+    if as_json:
+        click.echo(json.dumps(summary))
+
+
+def rebalance_summary(answer: Any) -> dict[str, Any]:
+    """A `RebalanceResponse` as `Proposal.to_dict()`'s shape plus `epoch` and `plan` (figures unset: None)."""
+    def metrics(message: Any) -> dict[str, float | None]:
+        return {key: getattr(message, key) if key == "balancedness" or message.HasField(key) else None
+                for key in ("balancedness", "gpus_per_token", "remote_nodes_per_token", "layer_time_s")}
+
+    return {"epoch": answer.epoch, "policy": answer.policy, "replicas_moved": answer.replicas_moved,
+            "replicas_moved_per_layer": list(answer.replicas_moved_per_layer),
+            "bytes_to_copy": answer.bytes_to_copy, "current": metrics(answer.current),
+            "proposed": metrics(answer.proposed), "window_tokens": answer.window_tokens,
+            "evaluated_tokens": answer.evaluated_tokens, "plan": json.loads(answer.plan_json)}
 
 
 def _span(window: TokenWindow, num_tokens: int) -> str:

@@ -103,8 +103,13 @@ class Client:
     def cluster_info(self) -> pb.ClusterInfoResponse:
         return self.stub.ClusterInfo(pb.ClusterInfoRequest(), **self._call(None))
 
-    def rebalance(self, dry_run: bool = True, policy: str = "") -> pb.RebalanceResponse:
-        return self.stub.Rebalance(pb.RebalanceRequest(dry_run=dry_run, policy=policy), **self._call(None))
+    def rebalance(self, dry_run: bool = True, policy: str = "", max_moves: int | None = None
+                  ) -> pb.RebalanceResponse:
+        """A rebalance proposal (admin); `dry_run=False` (apply) is not available yet: UNIMPLEMENTED."""
+        request = pb.RebalanceRequest(dry_run=dry_run, policy=policy)
+        if max_moves is not None:
+            request.max_moves = max_moves
+        return self.stub.Rebalance(request, **self._call(None))
 
     def health(self, service: str = "") -> str:
         """The health status name (`SERVING`, `NOT_SERVING`, ...) of `service` ("" is the server)."""

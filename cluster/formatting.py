@@ -111,3 +111,33 @@ def skew_summary(load: np.ndarray) -> str:
         f"busiest expert / mean expert load per layer: min {skew.min():.2f}, "
         f"median {np.median(skew):.2f}, max {skew.max():.2f} (layer {int(skew.argmax())})"
     )
+
+
+def rebalance_table(summary: dict) -> str:
+    """Current against proposed plan: one row per figure, with the change; `summary` is
+    `Proposal.to_dict()`'s shape (`current` and `proposed` figures, None where unknown)."""
+    rows = []
+    metrics = [m if m[1] != "layer_time_s" else ("MoE time us", "layer_time_s", 1e6, 3) for m in _METRICS]
+    for header, key, scale, digits in metrics:  # windows are small: the layer time in microseconds
+        before, after = summary["current"][key], summary["proposed"][key]
+        if before is None or after is None:
+            continue
+        change = f"{(after - before) / before:+.1%}" if before else "-"
+        rows.append([header, f"{before * scale:.{digits}f}", f"{after * scale:.{digits}f}", change])
+    return markdown_table(["figure", "current", "proposed", "change"], rows)
+
+
+def placement_tables(gpu_experts: np.ndarray, gpus_per_node: int, gpu_load: np.ndarray | None) -> str:
+    """Per layer, one row per GPU: its node, the experts it holds and (when known) its load.
+
+    gpu_experts: `[L, G, S]` int64 expert ids per GPU slot.  gpu_load: `[L, G]` float64 or None.
+    """
+    blocks = []
+    for layer, experts in enumerate(gpu_experts):
+        headers = ["GPU", "node", "experts"] + (["load"] if gpu_load is not None else [])
+        rows = []
+        for gpu, held in enumerate(experts):
+            row = [str(gpu), str(gpu // gpus_per_node), " ".join(str(int(e)) for e in held)]
+            rows.append(row + ([f"{gpu_load[layer, gpu]:.0f}"] if gpu_load is not None else []))
+        blocks.append(f"layer {layer}\n" + markdown_table(headers, rows, numeric_from=3))
+    return "\n\n".join(blocks)

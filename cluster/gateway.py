@@ -23,9 +23,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from switchyard.cluster.serving import (Backend, InvalidRequest, NotReady, QueueFull, ServingError, TokenStream,
-                                        check_request, make_params)
+from switchyard.cluster.serving import (Backend, FailedPrecondition, InvalidRequest, NotReady, QueueFull,
+                                        ServingError, TokenStream, check_request, make_params)
 from switchyard.cluster.state_store import StateStoreUnavailable
+from switchyard.placement.proposal import PlanMetrics
 from switchyard.protos.generated import serving_pb2 as pb
 from switchyard.protos.generated import serving_pb2_grpc as pb_grpc
 
@@ -35,6 +36,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Switchyard"].full_name
 ADMIN_METHODS = frozenset({f"/{SERVICE_NAME}/Rebalance"})
 OPEN_PREFIXES = (f"/{health.SERVICE_NAME}/",)  # probes need no token
 DEFAULT_MAX_NEW_TOKENS = 16
+DEFAULT_POLICY = "affinity"  # Rebalance's policy when the request names none
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,8 @@ def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and message of an exception raised while serving a call (INTERNAL: logged)."""
     if isinstance(error, InvalidRequest):
         return grpc.StatusCode.INVALID_ARGUMENT, str(error)
+    if isinstance(error, FailedPrecondition):
+        return grpc.StatusCode.FAILED_PRECONDITION, str(error)
     if isinstance(error, QueueFull):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)
     if isinstance(error, (NotReady, StateStoreUnavailable)):
@@ -243,9 +247,23 @@ class SwitchyardServicer(pb_grpc.SwitchyardServicer):
     @_guarded
     async def Rebalance(self, request: pb.RebalanceRequest, context: grpc.aio.ServicerContext
                         ) -> pb.RebalanceResponse:
-        self._ready()
-        raise NotImplementedError("live rebalance is not available yet; plan offline with "
-                                  "`switchyard placement plan` and restart with `switchyard serve --plan`")
+        max_moves = request.max_moves if request.HasField("max_moves") else None
+        if max_moves is not None and max_moves < 0:
+            raise InvalidRequest(f"max_moves must be non-negative, got {max_moves}")
+        epoch, proposal = await self._ready().rebalance(request.dry_run, request.policy or DEFAULT_POLICY,
+                                                        max_moves)
+        return pb.RebalanceResponse(
+            epoch=epoch, applied=False, plan_json=json.dumps(proposal.proposed.to_dict()),
+            balancedness_before=proposal.before.balancedness, balancedness_after=proposal.after.balancedness,
+            policy=proposal.policy, replicas_moved=proposal.migration.num_copies,
+            replicas_moved_per_layer=proposal.copies_per_layer.tolist(), bytes_to_copy=proposal.bytes_moved,
+            current=_plan_metrics(proposal.before), proposed=_plan_metrics(proposal.after),
+            window_tokens=proposal.window_tokens, evaluated_tokens=proposal.evaluated_tokens)
+
+
+def _plan_metrics(metrics: PlanMetrics) -> pb.PlanMetrics:
+    """The proto of `metrics`; figures that are None stay unset."""
+    return pb.PlanMetrics(**{key: value for key, value in metrics.to_dict().items() if value is not None})
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):

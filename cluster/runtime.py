@@ -118,8 +118,10 @@ class Runtime:
         return outputs
 
     def routing_stats(self) -> RoutingStats:
-        """All engines' routing statistics, merged."""
+        """All engines' routing statistics, merged; idle engines are left out (their load-only stats would
+        drop the others' top-k sets from the merge)."""
         stats = ray.get([engine.routing_stats.remote() for engine in self.engines])
+        stats = [s for s in stats if s.num_tokens > 0] or stats[:1]
         merged = stats[0]
         for other in stats[1:]:
             merged = merged.merge(other)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -29,7 +30,10 @@ import ray
 from switchyard.cluster.runtime import Runtime
 from switchyard.cluster.sampling import SamplingParams
 from switchyard.cluster.state_store import PlanConflict, StateStore
+from switchyard.placement.cost import PRESETS, ClusterSpec
+from switchyard.placement.errors import PlacementError
 from switchyard.placement.plan import Plan
+from switchyard.placement.proposal import Proposal, expected_gpu_load, propose
 from switchyard.placement.stats import RoutingStats
 from switchyard.workers.checkpoints import ModelSpec
 
@@ -54,6 +58,10 @@ class QueueFull(ServingError):
 
 class NotReady(ServingError):
     """No engine can take the request (starting, draining, an engine gone): UNAVAILABLE."""
+
+
+class FailedPrecondition(ServingError):
+    """The request is fine but the cluster is not in a state to answer it (no statistics yet)."""
 
 
 # ---- domain objects ----
@@ -119,12 +127,23 @@ def expected_balancedness(plan: Plan, load: np.ndarray) -> float:
     GPU load `[L, G]`: sum over a GPU's slots of load / replica count; the figure is
     `sum_l mean_g / sum_l max_g` (1 is perfect balance; 1 with no load at all).
     """
-    physical_to_logical = plan.physical_to_logical  # [L, P]
-    per_slot = np.take_along_axis(load, physical_to_logical, axis=1) / np.take_along_axis(
-        plan.replica_count, physical_to_logical, axis=1)
-    gpu_load = per_slot.reshape(plan.num_layers, plan.topology.num_gpus, -1).sum(axis=2)  # [L, G]
+    gpu_load = expected_gpu_load(plan, load)  # [L, G]
     top = gpu_load.max(axis=1).sum()
     return float(gpu_load.mean(axis=1).sum() / top) if top > 0 else 1.0
+
+
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+def model_cluster(spec: ModelSpec, preset: str = "h100") -> ClusterSpec:
+    """The hardware preset with the model's sizes: what a rebalance's layer time and copy bytes use."""
+    config = spec.config
+    intermediate = getattr(config, "moe_intermediate_size", None) or config.intermediate_size
+    settings = vars(config)  # not getattr: transformers' `torch_dtype` property warns that it is deprecated
+    dtype = str(settings.get("dtype") or settings.get("torch_dtype") or "bfloat16").removeprefix("torch.")
+    return dataclasses.replace(PRESETS[preset], name=f"{preset} ({spec.family.name})",
+                               hidden_size=spec.hidden_size, moe_intermediate_size=int(intermediate),
+                               dtype_bytes=_DTYPE_BYTES.get(dtype, 2))
 
 
 def record_serving_plan(store: StateStore, plan: Plan) -> int:
@@ -183,6 +202,10 @@ class Backend(Protocol):
 
     async def cluster_info(self) -> dict[str, Any]:
         """`nodes` (index, ray_node_id, address), `engines` (index, node), `workers` (index, node), `device`."""
+
+    async def rebalance(self, dry_run: bool, policy: str, max_moves: int | None) -> tuple[int, Proposal]:
+        """The active epoch and a proposal on the statistics window (`InvalidRequest` for a bad policy
+        or budget, `FailedPrecondition` without statistics); applying is not available yet."""
 
 
 class _Subscription:
@@ -354,6 +377,24 @@ class RuntimeBackend:
                 stats = RoutingStats.from_load(np.zeros((self.model.num_layers, self.model.num_experts)), 0.0)
             window_s = self.stats_window_s
         return Snapshot(stats, traffic, expected_balancedness(self.runtime.plan, stats.load), window_s)
+
+    async def rebalance(self, dry_run: bool, policy: str, max_moves: int | None) -> tuple[int, Proposal]:
+        if not dry_run:
+            raise NotImplementedError("applying a plan live is not available yet; use --dry-run")
+        if self.store is None:
+            stats = await asyncio.to_thread(self.runtime.routing_stats)
+        else:
+            stats = await asyncio.to_thread(self.store.window, "time", self.stats_window_s)
+        if stats is None or not stats.num_tokens > 0:
+            where = "since loading" if self.store is None else f"in the last {self.stats_window_s:g} s"
+            raise FailedPrecondition(f"no routing statistics {where}: serve some requests, then rebalance")
+        epoch, current = await self.placement()
+        try:
+            proposal = await asyncio.to_thread(propose, stats, current, policy, max_moves,
+                                               model_cluster(self.runtime.spec))
+        except PlacementError as error:
+            raise InvalidRequest(str(error)) from None
+        return epoch, proposal
 
     async def cluster_info(self) -> dict[str, Any]:
         topology = self.runtime.plan.topology

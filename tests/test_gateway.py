@@ -21,14 +21,16 @@ from click.testing import CliRunner
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from switchyard.cluster.cli import main
 from switchyard.cluster.cli_runtime import generate
 from switchyard.cluster.client import Client, sampling
 from switchyard.cluster.gateway import BackgroundGateway, GatewayConfig, status_of
 from switchyard.cluster.runtime import Runtime, local_cluster
 from switchyard.cluster.sampling import SamplingParams
-from switchyard.cluster.serving import RuntimeBackend, record_serving_plan
+from switchyard.cluster.serving import RuntimeBackend, model_cluster, record_serving_plan
 from switchyard.cluster.state_store import EmbeddedStateStore, StateStoreUnavailable
 from switchyard.cluster.stats_publisher import StatsPublisher
+from switchyard.placement.plan import Plan
 from switchyard.protos.generated import serving_pb2 as pb
 from switchyard.workers.checkpoints import init_checkpoint
 
@@ -124,8 +126,8 @@ def test_placement_stats_and_cluster_info(runtime, client):
     assert (info.model.vocab_size, info.model.max_context, info.model.family) == (VOCAB, CONTEXT, "mixtral")
     assert [(e.index, e.node) for e in info.engines] == [(0, 0), (1, 1)]
     assert len(info.nodes) == 2 and [w.node for w in info.workers] == [0, 1] and info.device == "cpu"
-    code, message = _code(client.rebalance)
-    assert code == Code.UNIMPLEMENTED and "live rebalance is not available yet" in message
+    code, message = _code(lambda: client.rebalance(dry_run=False))
+    assert code == Code.UNIMPLEMENTED and "applying a plan live is not available yet" in message
 
 
 def test_reflection_lists_every_service(client):
@@ -235,7 +237,7 @@ def test_auth(runtime):
             code, details = _code(lambda: client.rebalance())
             assert code == Code.PERMISSION_DENIED and "admin token" in details
         with Client(target, token="admin-secret") as client:
-            assert _code(lambda: client.rebalance())[0] == Code.UNIMPLEMENTED  # past auth
+            assert _code(lambda: client.rebalance(dry_run=False))[0] == Code.UNIMPLEMENTED  # past auth
             assert len(client.cluster_info().engines) == 2
     finally:
         gateway.drain(0)
@@ -399,3 +401,60 @@ def test_publisher_buffers_through_an_outage(runtime, backend):
     assert publisher.publish_once() == 0  # idle engines still flush what waited
     assert [writer.pending for writer in publisher.writers] == [0, 0]
     assert store.window("time", 600).num_tokens == _forwarded(PROMPTS, 2)
+
+
+def test_rebalance_dry_run_proposes_and_apply_is_unimplemented(runtime, client):
+    client.generate_batch(PROMPTS, max_new_tokens=NEW_TOKENS)  # statistics to plan on
+    answer = client.rebalance(dry_run=True, policy="affinity")
+    assert answer.epoch == 1 and not answer.applied and answer.policy == "affinity"
+    proposed = Plan.from_dict(json.loads(answer.plan_json))
+    assert proposed.topology == runtime.plan.topology and (proposed.replica_count >= 1).all()
+    assert answer.bytes_to_copy == answer.replicas_moved * model_cluster(runtime.spec).expert_bytes
+    assert sum(answer.replicas_moved_per_layer) == answer.replicas_moved
+    assert answer.evaluated_tokens > 0 and answer.window_tokens > 0
+    for metrics in (answer.current, answer.proposed):
+        assert 0 < metrics.balancedness <= 1 and metrics.HasField("gpus_per_token")
+        assert metrics.layer_time_s > 0
+    assert answer.balancedness_before == answer.current.balancedness
+    kept = client.rebalance(dry_run=True, max_moves=0)  # the default policy is affinity
+    assert kept.replicas_moved == 0 and kept.current == kept.proposed
+    code, details = _code(lambda: client.rebalance(dry_run=True, policy="eplb", max_moves=1))
+    assert code == Code.INVALID_ARGUMENT and "cannot bound the moves" in details
+    code, details = _code(lambda: client.rebalance(dry_run=False))
+    assert code == Code.UNIMPLEMENTED and "not available yet" in details
+
+
+def test_rebalance_reads_the_store_window(runtime):
+    store = EmbeddedStateStore()
+    record_serving_plan(store, runtime.plan)
+    gateway, target = _gateway(RuntimeBackend(runtime, store=store))
+    try:
+        with Client(target) as client:
+            code, details = _code(lambda: client.rebalance(dry_run=True))
+            assert code == Code.FAILED_PRECONDITION and "serve some requests" in details
+            result = CliRunner().invoke(main, ["placement", "rebalance", "--server", target])
+            assert result.exit_code == 2 and result.stderr.startswith("FAILED_PRECONDITION: ")
+            client.generate_batch(PROMPTS, max_new_tokens=2)  # statistics, however the tests are ordered
+            store.append_stats("engine-0", runtime.routing_stats(), time.time())
+            answer = client.rebalance(dry_run=True, max_moves=1)
+            assert answer.epoch == 1 and answer.replicas_moved <= 1 and answer.evaluated_tokens > 0
+    finally:
+        gateway.drain(0)
+
+
+def test_cli_placement_show_and_rebalance(runtime, server):
+    runner = CliRunner()
+    runner.invoke(generate, ["--server", server, "--prompt-ids", "1,5,9", "--prompt-ids", "4,8",
+                             "--max-new-tokens", "4"])
+    result = runner.invoke(main, ["placement", "show", "--server", server, "--json"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("epoch 1: 8 experts x 2 layers") and "layer 1" in result.output
+    shown = json.loads(result.output.splitlines()[-1])
+    assert shown["epoch"] == 1 and len(shown["gpu_load"]) == 2 and len(shown["gpu_experts"][0]) == 2
+    result = runner.invoke(main, ["placement", "rebalance", "--server", server, "--max-moves", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    assert "| GPUs/token" in result.output and "replica(s) moved" in result.output
+    summary = json.loads(result.output.splitlines()[-1])
+    assert summary["replicas_moved"] <= 2 and summary["policy"] == "affinity" and summary["evaluated_tokens"] > 0
+    result = runner.invoke(main, ["placement", "rebalance", "--server", server, "--apply"])
+    assert result.exit_code == 2 and "not available yet" in result.output

@@ -223,23 +223,53 @@ class ClusterInfoResponse(_message.Message):
     def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., engines: _Optional[_Iterable[_Union[EngineInfo, _Mapping]]] = ..., workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., device: _Optional[str] = ...) -> None: ...
 
 class RebalanceRequest(_message.Message):
-    __slots__ = ("dry_run", "policy")
+    __slots__ = ("dry_run", "policy", "max_moves")
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
+    MAX_MOVES_FIELD_NUMBER: _ClassVar[int]
     dry_run: bool
     policy: str
-    def __init__(self, dry_run: _Optional[bool] = ..., policy: _Optional[str] = ...) -> None: ...
+    max_moves: int
+    def __init__(self, dry_run: _Optional[bool] = ..., policy: _Optional[str] = ..., max_moves: _Optional[int] = ...) -> None: ...
+
+class PlanMetrics(_message.Message):
+    __slots__ = ("balancedness", "gpus_per_token", "remote_nodes_per_token", "layer_time_s")
+    BALANCEDNESS_FIELD_NUMBER: _ClassVar[int]
+    GPUS_PER_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    REMOTE_NODES_PER_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    LAYER_TIME_S_FIELD_NUMBER: _ClassVar[int]
+    balancedness: float
+    gpus_per_token: float
+    remote_nodes_per_token: float
+    layer_time_s: float
+    def __init__(self, balancedness: _Optional[float] = ..., gpus_per_token: _Optional[float] = ..., remote_nodes_per_token: _Optional[float] = ..., layer_time_s: _Optional[float] = ...) -> None: ...
 
 class RebalanceResponse(_message.Message):
-    __slots__ = ("epoch", "applied", "plan_json", "balancedness_before", "balancedness_after")
+    __slots__ = ("epoch", "applied", "plan_json", "balancedness_before", "balancedness_after", "policy", "replicas_moved", "replicas_moved_per_layer", "bytes_to_copy", "current", "proposed", "window_tokens", "evaluated_tokens")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     APPLIED_FIELD_NUMBER: _ClassVar[int]
     PLAN_JSON_FIELD_NUMBER: _ClassVar[int]
     BALANCEDNESS_BEFORE_FIELD_NUMBER: _ClassVar[int]
     BALANCEDNESS_AFTER_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_MOVED_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_MOVED_PER_LAYER_FIELD_NUMBER: _ClassVar[int]
+    BYTES_TO_COPY_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
+    PROPOSED_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    EVALUATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     applied: bool
     plan_json: str
     balancedness_before: float
     balancedness_after: float
-    def __init__(self, epoch: _Optional[int] = ..., applied: _Optional[bool] = ..., plan_json: _Optional[str] = ..., balancedness_before: _Optional[float] = ..., balancedness_after: _Optional[float] = ...) -> None: ...
+    policy: str
+    replicas_moved: int
+    replicas_moved_per_layer: _containers.RepeatedScalarFieldContainer[int]
+    bytes_to_copy: int
+    current: PlanMetrics
+    proposed: PlanMetrics
+    window_tokens: float
+    evaluated_tokens: int
+    def __init__(self, epoch: _Optional[int] = ..., applied: _Optional[bool] = ..., plan_json: _Optional[str] = ..., balancedness_before: _Optional[float] = ..., balancedness_after: _Optional[float] = ..., policy: _Optional[str] = ..., replicas_moved: _Optional[int] = ..., replicas_moved_per_layer: _Optional[_Iterable[int]] = ..., bytes_to_copy: _Optional[int] = ..., current: _Optional[_Union[PlanMetrics, _Mapping]] = ..., proposed: _Optional[_Union[PlanMetrics, _Mapping]] = ..., window_tokens: _Optional[float] = ..., evaluated_tokens: _Optional[int] = ...) -> None: ...
