@@ -16,22 +16,12 @@ from typing import Any
 
 import click
 
-from switchyard.cluster.cli_params import is_verbose, verbose_option
+from switchyard.cluster.cli_params import UserError, is_verbose, verbose_option
 from switchyard.cluster.cli_placement import placement
 from switchyard.cluster.cli_runtime import register as register_runtime
 from switchyard.cluster.cli_serve import register as register_serve
 from switchyard.cluster.cli_trace import trace
 from switchyard.placement.errors import PlacementError
-
-USER_ERROR_EXIT_CODE = 2
-"""The exit code of bad input, the same as click's usage errors."""
-
-
-class UserError(click.ClickException):
-    """A `PlacementError` on its way to the terminal: `Error: <message>`, exit code 2."""
-
-    exit_code = USER_ERROR_EXIT_CODE
-
 
 class _Root(click.Group):
     """The root group: turns the library's `PlacementError` into a `UserError`."""

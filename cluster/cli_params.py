@@ -38,6 +38,16 @@ class TokenRangeType(click.ParamType):
         return start, stop
 
 
+USER_ERROR_EXIT_CODE = 2
+"""The exit code of bad input, the same as click's usage errors."""
+
+
+class UserError(click.ClickException):
+    """Bad user input on its way to the terminal: one line `Error: <message>`, exit code 2."""
+
+    exit_code = USER_ERROR_EXIT_CODE
+
+
 TOKEN_RANGE = TokenRangeType()
 
 # A file the command reads: click reports a missing or unreadable path as a usage error naming it.

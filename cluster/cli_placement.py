@@ -18,10 +18,9 @@ import click
 import numpy as np
 
 from switchyard.cluster.cli_params import (
-    INPUT_FILE, OUTPUT_FILE, TOKEN_RANGE, drop_incomplete_option, topology_options,
+    INPUT_FILE, OUTPUT_FILE, TOKEN_RANGE, UserError, drop_incomplete_option, topology_options,
     verbose_option,
 )
-from switchyard.cluster.cli_runtime import InputError
 from switchyard.cluster.formatting import comparison_table, evaluation_table, placement_tables, rebalance_table
 from switchyard.placement.compare import TokenWindow, compare_policies, default_windows, token_window
 from switchyard.placement.cost import PRESETS
@@ -218,7 +217,7 @@ def rebalance(server: str, policy: str, max_moves: int | None, dry_run: bool, to
               as_json: bool) -> None:
     """Propose a new plan from the gateway's statistics window: the diff and the predicted gain."""
     if not dry_run:
-        raise InputError(APPLY_NOT_AVAILABLE)
+        raise UserError(APPLY_NOT_AVAILABLE)
     with _gateway(server, token) as client:
         answer = client.rebalance(dry_run=True, policy=policy, max_moves=max_moves)
     summary = rebalance_summary(answer)

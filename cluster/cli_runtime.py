@@ -15,17 +15,13 @@ from typing import Any
 
 import click
 
+from switchyard.cluster.cli_params import UserError
+
 from switchyard.cluster.sampling import SamplingParams
 from switchyard.placement.errors import PlacementError
 from switchyard.workers.checkpoints import init_checkpoint, load_spec
 from switchyard.workers.errors import CheckpointError
 from switchyard.workers.families import FAMILIES, SIZES
-
-
-class InputError(click.ClickException):
-    """Bad user input: one line on stderr, exit code 2."""
-
-    exit_code = 2
 
 
 class OneLineCommand(click.Command):
@@ -35,7 +31,7 @@ class OneLineCommand(click.Command):
         try:
             return super().parse_args(ctx, args)
         except click.UsageError as error:
-            raise InputError(error.format_message()) from None
+            raise UserError(error.format_message()) from None
 
 
 def _prompt_ids(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[list[int]]:
@@ -44,9 +40,9 @@ def _prompt_ids(ctx: click.Context, param: click.Parameter, values: tuple[str, .
         try:
             prompts.append([int(token) for token in value.split(",") if token.strip()])
         except ValueError:
-            raise InputError(f"--prompt-ids must be comma-separated integers, got {value!r}") from None
+            raise UserError(f"--prompt-ids must be comma-separated integers, got {value!r}") from None
         if not prompts[-1]:
-            raise InputError("--prompt-ids needs at least one token id")
+            raise UserError("--prompt-ids needs at least one token id")
     return prompts
 
 
@@ -69,7 +65,7 @@ def init(arch: str, size: str, out: Path, skew: float, seed: int) -> None:
         path = init_checkpoint(arch, size, out, skew=skew, seed=seed)
         spec = load_spec(path)
     except CheckpointError as error:
-        raise InputError(str(error)) from None
+        raise UserError(str(error)) from None
     click.echo(f"wrote {arch} ({size}) to {path}: {spec.num_layers} MoE layers x {spec.num_experts} experts, "
                f"top-{spec.top_k}, hidden {spec.hidden_size}")
 
@@ -90,13 +86,13 @@ REMOTE_ONLY = ("token", "tls_ca", "timeout_s")
 def _check_mode(ctx: click.Context, model_dir: Path | None, server: str | None) -> None:
     """Exactly one of `--model` and `--server`, and only the options of that mode (usage error otherwise)."""
     if (model_dir is None) == (server is None):
-        raise InputError("give --model DIR (serve locally) or --server HOST:PORT (a running gateway)"
+        raise UserError("give --model DIR (serve locally) or --server HOST:PORT (a running gateway)"
                          + (", not both" if server is not None else ""))
     wrong = REMOTE_ONLY if server is None else LOCAL_ONLY
     flags = [param.opts[0] for param in ctx.command.params if param.name in wrong
              and ctx.get_parameter_source(param.name) is click.core.ParameterSource.COMMANDLINE]
     if flags:
-        raise InputError(f"{', '.join(flags)}: only {'with' if server is None else 'without'} --server")
+        raise UserError(f"{', '.join(flags)}: only {'with' if server is None else 'without'} --server")
 
 
 @click.command("generate", cls=OneLineCommand)
@@ -142,10 +138,10 @@ def generate(ctx: click.Context, model_dir: Path | None, server: str | None, pro
         spec = load_spec(model_dir)
         plan = resolve_plan(spec, plan_path if plan_path is not None else "linear", nodes, workers_per_node)
     except (CheckpointError, PlacementError) as error:
-        raise InputError(str(error)) from None
+        raise UserError(str(error)) from None
     for prompt in prompts:
         if min(prompt) < 0 or max(prompt) >= spec.vocab_size:
-            raise InputError(f"prompt ids must be in [0, {spec.vocab_size}) for {model_dir}, got {prompt}")
+            raise UserError(f"prompt ids must be in [0, {spec.vocab_size}) for {model_dir}, got {prompt}")
     params = SamplingParams(max_new_tokens, temperature, top_p, seed, stop_ids)
     with local_cluster(nodes), Runtime.start(model_dir, nodes, workers_per_node, plan) as runtime:
         outputs = runtime.generate(prompts, params)

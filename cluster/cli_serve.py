@@ -19,7 +19,8 @@ from typing import Any
 
 import click
 
-from switchyard.cluster.cli_runtime import InputError, OneLineCommand
+from switchyard.cluster.cli_params import UserError
+from switchyard.cluster.cli_runtime import OneLineCommand
 from switchyard.placement.errors import PlacementError
 from switchyard.workers.checkpoints import load_spec
 from switchyard.workers.errors import CheckpointError
@@ -53,7 +54,7 @@ def _deployment(ctx: click.Context, param: click.Parameter, value: str) -> str:
     try:
         return check_deployment(value)
     except ValueError as error:
-        raise InputError(str(error)) from None
+        raise UserError(str(error)) from None
 
 
 async def serve_until_signalled(config: Any, start_backend: Any) -> None:
@@ -142,7 +143,7 @@ def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: in
                                max_batch_requests=max_batch_requests, grace_s=grace_s)
         store = open_state_store(state_store_url(redis), deployment)
     except (CheckpointError, PlacementError, ValueError) as error:
-        raise InputError(str(error)) from None
+        raise UserError(str(error)) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         store.ping()
