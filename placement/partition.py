@@ -207,6 +207,7 @@ def swap_deltas(rows: LayerRows, pins: np.ndarray, gpu_of_vertex: np.ndarray, to
 
 def _disjoint(swaps: list[tuple[int, int]], gpu_of_vertex: np.ndarray) -> list[tuple[int, int]]:
     """The best swaps that share no GPU, greedily: their deltas then add up except through rows."""
+    num_gpus = int(gpu_of_vertex.max()) + 1
     taken: set[int] = set()
     batch = []
     for a, b in swaps:
@@ -215,4 +216,6 @@ def _disjoint(swaps: list[tuple[int, int]], gpu_of_vertex: np.ndarray) -> list[t
             continue
         batch.append((a, b))
         taken.update((ga, gb))
+        if len(taken) >= num_gpus - 1:  # no two GPUs left: the rest of the list cannot join
+            break
     return batch

@@ -122,18 +122,24 @@ def initial_layout(pair_counts: np.ndarray, load: np.ndarray, replicas: np.ndarr
     # -inf where the GPU already holds the expert.
     preference = np.zeros((num_experts, num_gpus))
     shared = pair_counts / replicas[None, :]
+    shared_by_partner = np.ascontiguousarray(shared.T)  # row e: column e of `shared`, contiguous
     per_replica = load / replicas
+    room = cap - per_replica  # [E] the most load a GPU may carry before taking a replica
+    # The loop below runs once per slot (2304 times a layer for DeepSeek-V3 on 256 GPUs): its scalar
+    # look-ups go to Python lists, cheaper to index than numpy arrays (~12 % of the seeding's time there).
+    expert_list, first_list, preferred_list = expert_of_vertex.tolist(), first.tolist(), preferred_gpu.tolist()
+    node_list = node_of_gpu.tolist()
 
     def put(vertex: int, gpu: int, sign: int = 1) -> None:
         """Place `vertex` on `gpu` (sign 1) or take it off (sign -1)."""
-        expert = expert_of_vertex[vertex]
-        node = node_of_gpu[gpu]
+        expert = expert_list[vertex]
+        node = node_list[gpu]
         gpu_of_vertex[vertex] = gpu if sign > 0 else -1
         free[gpu] -= sign
         closed[gpu] = -np.inf if free[gpu] == 0 else 0.0
         gpu_load[gpu] += sign * per_replica[expert]
         held = preference[expert, gpu]
-        preference[:, gpu] += sign * shared[:, expert]
+        preference[:, gpu] += sign * shared_by_partner[expert]
         preference[expert, node * gpus_per_node:(node + 1) * gpus_per_node] -= sign * _NODE_PREFERENCE
         if sign > 0:
             preference[expert, gpu] = -np.inf
@@ -144,13 +150,13 @@ def initial_layout(pair_counts: np.ndarray, load: np.ndarray, replicas: np.ndarr
             preference[expert, gpu] = shared[expert] @ holds - _NODE_PREFERENCE * on_node
 
     for vertex in np.argsort(-per_replica[expert_of_vertex], kind="stable").tolist():
-        expert = expert_of_vertex[vertex]
+        expert = expert_list[vertex]
         options = preference[expert] + closed  # [G], -inf where not allowed
-        fits = np.where(gpu_load <= cap - per_replica[expert], options - gpu_load * _TIE, -np.inf)
+        fits = np.where(gpu_load <= room[expert], options - gpu_load * _TIE, -np.inf)
         best = int(np.argmax(fits))
-        if np.isfinite(fits[best]):
-            wanted = preferred_gpu[expert]
-            put(vertex, int(wanted) if vertex == first[expert] and np.isfinite(fits[wanted]) else best)
+        if fits[best] > -np.inf:
+            wanted = preferred_list[expert]
+            put(vertex, wanted if vertex == first_list[expert] and fits[wanted] > -np.inf else best)
             continue
         best = int(np.argmax(np.where(np.isfinite(options), -gpu_load, -np.inf)))  # the least loaded
         if np.isfinite(options[best]):

@@ -11,9 +11,10 @@ from switchyard.placement.errors import PlacementError
 from switchyard.placement.evaluate import evaluate
 from switchyard.placement.formats import load_trace
 from switchyard.placement.migration import plan_migration
+from switchyard.placement.partition import expert_vertices, score, swap_deltas
 from switchyard.placement.plan import Plan
-from switchyard.placement.policies import get_policy
-from switchyard.placement.policies.affinity import AffinityPolicy
+from switchyard.placement.policies import affinity, get_policy
+from switchyard.placement.policies.affinity import AffinityPolicy, layer_rows
 from switchyard.placement.policies.eplb import EplbPolicy
 from switchyard.placement.seeding import replica_counts
 from switchyard.placement.set_routing import route_sets
@@ -95,6 +96,19 @@ def test_load_only_stats_balance_like_eplb(synthetic) -> None:
         load_only.load, EplbPolicy().place(load_only, topology)) - 0.02
 
 
+def test_fast_path_above_the_work_bound(synthetic, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Layers with more rows x slots than `_REFINED_WORK` (every DeepSeek-V3-sized one) are seeded
+    under the cap without refinement, still with exactly S slots per GPU."""
+    stats, _, _ = synthetic
+    topology = Topology(2, 2, 9)
+    refined = AffinityPolicy().place(stats, topology)
+    monkeypatch.setattr(affinity, "_REFINED_WORK", 0)
+    seeded = AffinityPolicy().place(stats, topology)
+    _assert_valid(seeded, stats, topology)
+    assert (seeded.replica_count == refined.replica_count).all()
+    assert seeded != refined
+
+
 @pytest.mark.parametrize("options, message", [
     pytest.param({"max_imbalance": -0.1}, "max_imbalance must be a non-negative number", id="imbalance"),
     pytest.param({"node_weight": "2"}, "node_weight must be a non-negative number", id="node-weight"),
@@ -174,6 +188,35 @@ def test_replica_counts_follow_eplb() -> None:
     assert replica_counts(np.array([10.0, 4, 2]), 5, 3).tolist() == [3, 1, 1]
     assert replica_counts(np.array([10.0, 4, 2]), 5, 2).tolist() == [2, 2, 1]
     assert replica_counts(np.array([1.0, 1, 1]), 4, 3).tolist() == [2, 1, 1]  # ties: lowest id
+
+
+def test_swap_deltas_match_recounting(synthetic) -> None:
+    """The predicted cost change of a swap equals the cost recounted after it, picks kept pinned."""
+    stats, _, _ = synthetic
+    topology = Topology(2, 2, 9)
+    rng = np.random.default_rng(0)
+    rows = layer_rows(stats, 0, topology, 1.5, rng)
+    replicas = replica_counts(stats.load[0], topology.num_slots, topology.num_gpus)
+    expert_of_vertex = np.repeat(np.arange(stats.num_experts), replicas)
+    gpu_of_vertex = rng.permutation(topology.gpu_of_slot)
+    pins = score(rows, expert_vertices(expert_of_vertex, stats.num_experts), gpu_of_vertex, topology,
+                 np.inf).pins
+    delta = swap_deltas(rows, pins, gpu_of_vertex, topology)
+
+    def cost(layout: np.ndarray) -> float:
+        gpus = np.sort(layout[pins], axis=1)
+        nodes = np.sort(np.concatenate([topology.node_of_gpu[gpus], rows.home[:, None]], axis=1), axis=1)
+        distinct_gpus = 1 + (gpus[:, 1:] != gpus[:, :-1]).sum(axis=1)
+        remote_nodes = (nodes[:, 1:] != nodes[:, :-1]).sum(axis=1)  # distinct nodes less the home one
+        return float(rows.weight @ distinct_gpus + rows.node_weight @ remote_nodes)
+
+    base = cost(gpu_of_vertex)
+    for a, b in rng.integers(topology.num_slots, size=(40, 2)):
+        if gpu_of_vertex[a] == gpu_of_vertex[b]:  # not a swap the refinement makes
+            continue
+        swapped = gpu_of_vertex.copy()
+        swapped[[a, b]] = gpu_of_vertex[[b, a]]
+        assert delta[a, b] == pytest.approx(cost(swapped) - base, abs=1e-6)
 
 
 def test_route_sets_follows_the_rule() -> None:

@@ -12,10 +12,12 @@ almost as many GPUs as a random layout gives. This policy places, per layer, the
 
 Per layer: METIS on the co-activation graph, nodes first and then the GPUs of each node, gives every
 expert a GPU; the replicas are seeded there one by one (`seeding`); swap refinement (`partition`)
-then brings load under the cap and lowers the cost. Layers with more than `_REFINED_SLOTS` slots
-(DeepSeek-V3 on 256 GPUs has 2304) are planned by the seeding alone, under the cap: refinement there
-would cost seconds per layer. Replicas of hot experts spread over nodes, and their picks go to the
-replica on a GPU the token already uses, so replication serves locality as well as balance.
+then brings load under the cap and lowers the cost. A refinement round builds `[rows, GPUs]` and
+`[slots, slots]` tables, so its cost grows with rows x slots: layers where that exceeds
+`_REFINED_WORK` (every DeepSeek-V3-sized case: 4096 rows on 288 slots already needs ~0.7 s per
+layer, against a budget of 5 s for 58 layers) are planned by the seeding alone, under the cap.
+Replicas of hot experts spread over nodes, and their picks go to the replica on a GPU the token
+already uses, so replication serves locality as well as balance.
 
 Migration-aware: with `max_moves` and the plan in service, each layer offers the layouts on the
 path of refinement started from the current layout, and the fresh plan renumbered to keep what it
@@ -43,7 +45,9 @@ from switchyard.placement.seeding import graph_partition, initial_layout, replic
 from switchyard.placement.stats import RoutingStats
 from switchyard.placement.topology import Topology
 
-_REFINED_SLOTS = 1024  # layers with more slots are seeded only (the fast path)
+# Layers with more rows x slots are seeded only (the fast path). ESFT's largest layer has ~3100 rows on
+# 72 slots (225K); 4096 synthetic DeepSeek-V3 rows on 288 slots are 1.2M.
+_REFINED_WORK = 1 << 19
 _MAX_ROUNDS = 64  # refinement batches per layer at most; ESFT-sized layers settle in ~15
 _ROW_PIECES = 512  # rows heavier than 1/512 of a layer's tokens are split, as the rule splits tokens
 _OVERLOAD_VALUE = 1e6  # a token of overload weighs this much cost when steps are compared
@@ -109,9 +113,8 @@ class AffinityPolicy:
         load = stats.load[layer]
         cap = load.sum() / topology.num_gpus * (1 + self.max_imbalance)
         rng = np.random.default_rng([self.seed, layer])
-        refined = topology.num_slots <= _REFINED_SLOTS
-        rows = (layer_rows(stats, layer, topology, self.node_weight, rng)
-                if refined or current is not None else None)
+        rows = layer_rows(stats, layer, topology, self.node_weight, rng)
+        refined = len(rows.sets) * topology.num_slots <= _REFINED_WORK
         pairs = stats.pair_counts[layer] if stats.pair_counts is not None else np.zeros((len(load),) * 2)
         replicas = replica_counts(load, topology.num_slots, topology.num_gpus)
         preferred = graph_partition(pairs, load, topology, self.seed)
