@@ -23,21 +23,27 @@ from switchyard.placement.routing import assign_slots
 class ExpertDispatcher:
     """Sends MoE layers to expert workers under one plan.
 
-    plan: the active placement, `[L, P]`.  workers: `[G]` Ray handles of `ExpertWorker` actors, worker
-    g holding slots `g*S .. g*S + S - 1`.  home_node: the plan node of the calling engine.
+    plan: the active placement, `[L, P]`.  epoch: its version, named in every worker call (workers hold
+    two epochs while a live migration switches engines).  workers: `[G]` Ray handles of `ExpertWorker`
+    actors, worker g holding slots `g*S .. g*S + S - 1`.  home_node: the plan node of the calling engine.
     """
 
-    def __init__(self, plan: Plan, workers: list[Any], home_node: int) -> None:
+    def __init__(self, plan: Plan, epoch: int, workers: list[Any], home_node: int) -> None:
         topology = plan.topology
         assert len(workers) == topology.num_gpus, "one worker per plan GPU"
         self.workers = workers
         self.home_node = home_node
-        self.slots_per_worker = topology.slots_per_gpu
-        # assign_slots works on [T, L, k]; one single-layer plan per layer lets it run layer by layer.
-        self.layer_plans = [Plan(plan.physical_to_logical[layer:layer + 1], topology, plan.num_logical_experts)
-                            for layer in range(plan.num_layers)]
+        self.set_plan(plan, epoch)
         self.traffic = TrafficCounters(topology.node_of_gpu, home_node)
         self.seconds = 0.0  # time in `dispatch`: routing, Ray round trips, workers, combine
+
+    def set_plan(self, plan: Plan, epoch: int) -> None:
+        """Dispatch under `plan` at `epoch` from the next call on (same topology; counters carry on)."""
+        self.plan, self.epoch = plan, epoch
+        self.slots_per_worker = plan.topology.slots_per_gpu
+        # assign_slots works on [T, L, k]; one single-layer plan per layer lets it run layer by layer.
+        self.layer_plans = [Plan(plan.physical_to_logical[layer:layer + 1], plan.topology,
+                                 plan.num_logical_experts) for layer in range(plan.num_layers)]
 
     def dispatch(self, layer: int, hidden: torch.Tensor, topk_ids: torch.Tensor,
                  topk_weights: torch.Tensor) -> torch.Tensor:
@@ -57,7 +63,8 @@ class ExpertDispatcher:
             else:
                 rows_tensor = torch.from_numpy(rows)
                 worker_hidden, worker_weights = hidden[rows_tensor], topk_weights[rows_tensor]
-            calls.append(self.workers[worker].forward.remote(layer, worker_hidden, local_slots, worker_weights))
+            calls.append(self.workers[worker].forward.remote(layer, worker_hidden, local_slots, worker_weights,
+                                                                self.epoch))
             rows_of_call.append(rows_tensor)
             sent = worker_hidden.nbytes + local_slots.nbytes + worker_weights.nbytes
             self.traffic.add(worker, rows.size, sent + worker_hidden.nbytes)  # dispatch + combine

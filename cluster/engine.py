@@ -69,10 +69,11 @@ class Engine:
         self._pending: list[_Request] = []
         self._requests: dict[int, _Request] = {}
         self._next_id = 0
+        self._next_plan: tuple[Plan, int] | None = None  # (plan, epoch) to switch to at the next step boundary
         threading.Thread(target=self._loop, name="engine-steps", daemon=True).start()
 
-    def load(self, model_dir: str, plan: dict[str, Any]) -> None:
-        """Serve `model_dir` under `plan` (`Plan.to_dict()` form); only between requests.
+    def load(self, model_dir: str, plan: dict[str, Any], epoch: int = 1) -> None:
+        """Serve `model_dir` under `plan` (`Plan.to_dict()` form) at `epoch`; only between requests.
 
         The workers must hold the plan's experts already (`ExpertWorker.load`). Routing statistics and
         traffic counters start again from zero.
@@ -81,15 +82,44 @@ class Engine:
             if self._requests:
                 raise RuntimeError(f"the engine still has {len(self._requests)} request(s); load between requests")
             self.spec = load_spec(model_dir)
-            active_plan = Plan.from_dict(plan)
-            active_plan.check_matches(self.spec.num_layers, self.spec.num_experts, "the model")
-            self.dispatcher = ExpertDispatcher(active_plan, self.workers, self.home_node)
-            self.rendezvous = MoeRendezvous(self.dispatcher.dispatch)
+            self.dispatcher = ExpertDispatcher(self._checked_plan(plan), epoch, self.workers, self.home_node)
+            self.rendezvous = MoeRendezvous(lambda *call: self.dispatcher.dispatch(*call))
             self.num_steps, self.step_seconds = 0, 0.0
             self.recorder = RoutingRecorder(self.spec.num_layers, self.spec.num_experts, self.spec.top_k,
                                             self.stats_sample_every)
             self.model = build_engine_model(
                 self.spec, lambda layer: RemoteExperts(layer, self.rendezvous, self._record_routing))
+
+    def switch_plan(self, plan: dict[str, Any], epoch: int, timeout_s: float = 60.0) -> int:
+        """Dispatch under `plan` at `epoch` from the next step boundary on; returns the steps run meanwhile.
+
+        Requests in flight keep going: the step under way finishes with the old plan and the next one
+        uses the new. The workers must hold `epoch` already (`ExpertWorker.stage`) and keep the old epoch
+        until every engine has switched. Blocks until the switch is done; `TimeoutError` after
+        `timeout_s` (the switch then stays queued: switch again, to either plan, to settle it).
+        """
+        checked = self._checked_plan(plan)
+        if checked.topology != self.dispatcher.plan.topology:
+            raise ValueError(f"the plan is for {checked.topology.describe()}, the engine serves "
+                             f"{self.dispatcher.plan.topology.describe()}")
+        with self._condition:
+            steps_before = self.num_steps
+            self._next_plan = (checked, epoch)
+            self._condition.notify_all()
+            if not self._condition.wait_for(lambda: self._next_plan is None, timeout_s):
+                raise TimeoutError(f"the engine did not reach a step boundary within {timeout_s:g} s")
+            return self.num_steps - steps_before
+
+    def epoch(self) -> int:
+        """The epoch of the plan this engine dispatches under."""
+        return self.dispatcher.epoch
+
+    def _checked_plan(self, plan: dict[str, Any]) -> Plan:
+        checked = Plan.from_dict(plan)
+        checked.check_matches(self.spec.num_layers, self.spec.num_experts, "the model")
+        if len(self.workers) != checked.topology.num_gpus:
+            raise ValueError(f"the plan has {checked.topology.num_gpus} GPUs but the engine {len(self.workers)} workers")
+        return checked
 
     # ---- public API (actor methods) ----
     def submit(self, prompt_ids: list[int], params: SamplingParams) -> int:
@@ -190,8 +220,12 @@ class Engine:
         active: list[_Request] = []
         while True:
             with self._condition:
-                while not active and not self._pending:
+                while not active and not self._pending and self._next_plan is None:
                     self._condition.wait()
+                if self._next_plan is not None:  # a step boundary: no forward is in flight
+                    self.dispatcher.set_plan(*self._next_plan)
+                    self._next_plan = None
+                    self._condition.notify_all()
                 joining = self._pending[:self.max_batch - len(active)]
                 del self._pending[:len(joining)]
             active = [request for request in active + joining if not request.done.is_set()]  # cancelled leave

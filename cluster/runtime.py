@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,10 @@ from switchyard.placement.topology import Topology
 from switchyard.workers.checkpoints import ModelSpec, load_spec
 from switchyard.workers.expert_worker import ExpertWorker
 
-_RemoteWorker = ray.remote(ExpertWorker)
+MIGRATION_GROUP = "migration"
+"""The workers' second thread: a live migration's copies run there, beside `forward` (which keeps its
+own thread), so serving does not stall while experts are copied."""
+_RemoteWorker = ray.remote(concurrency_groups={MIGRATION_GROUP: 1})(ExpertWorker)
 _RemoteEngine = ray.remote(Engine)
 
 
@@ -60,17 +64,21 @@ class Runtime:
     """Expert workers and engines on the connected Ray cluster, serving one model under one plan.
 
     Use `Runtime.start(...)`, then `generate`, `routing_stats`, `traffic`, and `shutdown` (or `with`).
-    `load` switches to another model or plan between requests, keeping the actors (and their processes).
+    `load` switches to another model or plan between requests, keeping the actors (and their processes);
+    `switchyard.cluster.live_migration.migrate` switches plans while requests run. `epoch` is the
+    version of `plan` (the state store's epoch when serving with one).
     """
 
-    def __init__(self, spec: ModelSpec, plan: Plan, workers: list[Any], engines: list[Any], device: str) -> None:
-        self.spec, self.plan = spec, plan
+    def __init__(self, spec: ModelSpec, plan: Plan, epoch: int, workers: list[Any], engines: list[Any],
+                 device: str) -> None:
+        self.spec, self.plan, self.epoch = spec, plan, epoch
         self.workers, self.engines, self.device = workers, engines, device
+        self.migration_lock = threading.Lock()  # one live migration at a time
 
     @classmethod
     def start(cls, model_dir: str | Path, num_nodes: int = 1, workers_per_node: int = 1,
               plan: Plan | str | Path = "linear", engines_per_node: int = 1, max_batch: int = 64,
-              gpus_per_worker: float = 0.0) -> Runtime:
+              gpus_per_worker: float = 0.0, epoch: int = 1) -> Runtime:
         spec = load_spec(model_dir)
         resolved = resolve_plan(spec, plan, num_nodes, workers_per_node)  # bad input fails before any actor
         node_ids = [node["NodeID"] for node in ray.nodes() if node["Alive"]]
@@ -84,7 +92,7 @@ class Runtime:
         workers = [
             _RemoteWorker.options(num_cpus=0, num_gpus=gpus_per_worker,
                                   scheduling_strategy=pinned(gpu // workers_per_node))
-            .remote(str(spec.model_dir), resolved.gpu_experts[:, gpu], device)
+            .remote(str(spec.model_dir), resolved.gpu_experts[:, gpu], device, epoch)
             for gpu in range(resolved.topology.num_gpus)
         ]
         # Engine e sits on node e % num_nodes, so round-robin prompts go round the nodes.
@@ -94,17 +102,17 @@ class Runtime:
             .remote(workers, index % num_nodes, max_batch)
             for index in range(num_nodes * engines_per_node)
         ]
-        ray.get([engine.load.remote(str(spec.model_dir), resolved.to_dict()) for engine in engines])
-        return cls(spec, resolved, workers, engines, device)
+        ray.get([engine.load.remote(str(spec.model_dir), resolved.to_dict(), epoch) for engine in engines])
+        return cls(spec, resolved, epoch, workers, engines, device)
 
     def load(self, model_dir: str | Path, plan: Plan | str | Path = "linear") -> None:
         """Serve another model or plan with the same actors (between requests only)."""
         spec = load_spec(model_dir)
         topology = self.plan.topology
         resolved = resolve_plan(spec, plan, topology.num_nodes, topology.gpus_per_node)
-        ray.get([worker.load.remote(str(spec.model_dir), resolved.gpu_experts[:, gpu], self.device)
+        ray.get([worker.load.remote(str(spec.model_dir), resolved.gpu_experts[:, gpu], self.device, self.epoch)
                  for gpu, worker in enumerate(self.workers)])
-        ray.get([engine.load.remote(str(spec.model_dir), resolved.to_dict()) for engine in self.engines])
+        ray.get([engine.load.remote(str(spec.model_dir), resolved.to_dict(), self.epoch) for engine in self.engines])
         self.spec, self.plan = spec, resolved
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[int]]:

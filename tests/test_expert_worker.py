@@ -46,7 +46,7 @@ def test_workers_sum_to_reference(qwen3_dir, layout):
     for worker_experts in layout:
         experts = np.array([worker_experts, worker_experts])  # [L, S], same experts in both layers
         worker = ExpertWorker(str(qwen3_dir), experts)
-        total += worker.forward(1, hidden, _split(ids, experts[1]), weights)
+        total += worker.forward(1, hidden, _split(ids, experts[1]), weights, epoch=1)
     torch.testing.assert_close(total, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -66,3 +66,59 @@ def test_cuda_matches_cpu():
     cuda = ExpertCompute(gate_up, down, "silu", "cuda").forward(0, hidden, slots, weights)
     assert cuda.device.type == "cpu"
     torch.testing.assert_close(cuda, cpu, rtol=1e-4, atol=1e-4)
+
+
+def test_replaced_copies_changed_layers_and_shares_the_rest():
+    gate_up, down = [torch.randn(2, 8, 4), torch.randn(2, 8, 4)], [torch.randn(2, 4, 4), torch.randn(2, 4, 4)]
+    compute = ExpertCompute(gate_up, down, "silu")
+    before = [t.clone() for t in compute.gate_up + compute.down]
+    new_gate_up, new_down = torch.randn(8, 4), torch.randn(4, 4)
+    staged = compute.replaced({(0, 1): (new_gate_up, new_down)})
+    assert torch.equal(staged.gate_up[0][1], new_gate_up) and torch.equal(staged.down[0][1], new_down)
+    assert torch.equal(staged.gate_up[0][0], compute.gate_up[0][0])
+    # The changed layer is a copy (the old compute, still serving, is untouched); the other shares memory.
+    assert staged.gate_up[0].data_ptr() != compute.gate_up[0].data_ptr()
+    assert staged.gate_up[1].data_ptr() == compute.gate_up[1].data_ptr()
+    assert staged.down[1].data_ptr() == compute.down[1].data_ptr()
+    assert all(torch.equal(a, b) for a, b in zip(before, compute.gate_up + compute.down))
+
+
+def _forward_all_slots(worker: ExpertWorker, layer: int, epoch: int) -> torch.Tensor:
+    """One layer's output with every token sent to every slot (so every held expert counts)."""
+    generator = torch.Generator().manual_seed(layer)
+    hidden = torch.randn(6, 128, generator=generator)
+    slots = torch.arange(4).repeat(6, 1)  # [6, S]: every token picks every local slot
+    return worker.forward(layer, hidden, slots, torch.rand(6, 4, generator=generator), epoch=epoch)
+
+
+def test_stage_commit_discard(qwen3_dir):
+    """A staged epoch computes like a worker loaded with its experts; commit and discard keep one epoch."""
+    old = np.array([[0, 1, 2, 3], [0, 1, 2, 3]])
+    new = np.array([[0, 5, 2, 7], [0, 1, 2, 3]])  # layer 0 gains experts 5 and 7; layer 1 is unchanged
+    worker = ExpertWorker(str(qwen3_dir), old)
+    source = ExpertWorker(str(qwen3_dir), np.array([[4, 5, 6, 7], [4, 5, 6, 7]]))
+    copied = source.export_slots([(0, 1), (0, 3)])
+    received = worker.stage(2, new, [[(0, 1), (0, 3)]], copied)
+    assert received == sum(g.nbytes + d.nbytes for g, d in copied) > 0
+    assert worker.held_epochs() == [1, 2]
+    assert worker.slot_experts() == old.tolist()  # epoch 1 still the committed one
+    direct_new, direct_old = ExpertWorker(str(qwen3_dir), new), ExpertWorker(str(qwen3_dir), old)
+    for layer in (0, 1):
+        torch.testing.assert_close(_forward_all_slots(worker, layer, 2), _forward_all_slots(direct_new, layer, 1),
+                                   rtol=0, atol=0)
+        torch.testing.assert_close(_forward_all_slots(worker, layer, 1), _forward_all_slots(direct_old, layer, 1),
+                                   rtol=0, atol=0)
+    assert worker.computes[2].gate_up[1].data_ptr() == worker.computes[1].gate_up[1].data_ptr()
+    assert worker.computes[2].gate_up[0].data_ptr() != worker.computes[1].gate_up[0].data_ptr()
+
+    worker.commit(2)
+    assert worker.held_epochs() == [2] and worker.slot_experts() == new.tolist()
+    with pytest.raises(KeyError, match="holds epochs"):
+        _forward_all_slots(worker, 0, 1)
+
+    worker.stage(3, new, [])  # nothing changes, nothing copied
+    worker.discard(3)
+    worker.discard(2)  # the committed epoch is never discarded
+    assert worker.held_epochs() == [2]
+    with pytest.raises(AssertionError, match="needs copied weights"):
+        worker.stage(4, old, [])  # layer 0 slots 1 and 3 would change without weights

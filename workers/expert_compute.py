@@ -31,7 +31,25 @@ class ExpertCompute:
         self.down = [tensor.to(self.device) for tensor in down]
         if activation not in ACTIVATIONS:
             raise CheckpointError(f"unsupported expert activation {activation!r}; supported: {', '.join(ACTIVATIONS)}")
-        self.act_fn = ACTIVATIONS[activation]
+        self.activation, self.act_fn = activation, ACTIVATIONS[activation]
+
+    def slot_weights(self, layer: int, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One slot's `(gate_up [2F, H], down [H, F])`, copied to the CPU (to send to another worker)."""
+        return self.gate_up[layer][slot].cpu().clone(), self.down[layer][slot].cpu().clone()
+
+    def replaced(self, slot_weights: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]]) -> ExpertCompute:
+        """A compute with the slots `(layer, slot)` of `slot_weights` holding new weights, the rest as here.
+
+        Layers without a replaced slot share this compute's tensors, so a migration only doubles the
+        memory of the layers it changes, and only until the old compute is dropped.
+        """
+        gate_up, down = list(self.gate_up), list(self.down)
+        for layer in sorted({layer for layer, _ in slot_weights}):
+            gate_up[layer], down[layer] = gate_up[layer].clone(), down[layer].clone()
+        for (layer, slot), (new_gate_up, new_down) in slot_weights.items():
+            gate_up[layer][slot] = new_gate_up.to(self.device)
+            down[layer][slot] = new_down.to(self.device)
+        return ExpertCompute(gate_up, down, self.activation, self.device)
 
     @torch.inference_mode()
     def forward(self, layer: int, hidden: torch.Tensor, local_slots: torch.Tensor,

@@ -3,6 +3,13 @@
 The class is plain Python so that it can be tested without Ray; `switchyard.cluster.runtime` wraps it
 with `ray.remote` and pins it to its node. It reads only its own experts from the checkpoint, and
 `load` swaps them for another set (another plan or model) without starting a new process.
+
+Live migration (`switchyard.cluster.live_migration`) keeps experts per plan epoch: `stage` builds the
+next epoch's slots from this worker's current experts and weights copied from other workers
+(`export_slots`), engines name the epoch in every `forward`, so both epochs serve while engines switch
+one by one, and `commit` then drops the old epoch (or `discard` the new one when the migration fails).
+The runtime runs these in a second actor thread beside `forward`; they only add or drop whole epochs
+(one dict operation each under the GIL), never change an epoch `forward` may be using.
 """
 
 from __future__ import annotations
@@ -15,38 +22,93 @@ import torch
 from switchyard.workers.checkpoints import load_spec, read_experts
 from switchyard.workers.expert_compute import ExpertCompute
 
+SlotWeights = tuple[torch.Tensor, torch.Tensor]  # (gate_up [2F, H], down [H, F]) of one slot
+
 
 class ExpertWorker:
-    """The experts of one worker's slots.
+    """The experts of one worker's slots, per plan epoch.
 
     experts: `[L, S]` int64, the logical expert id held by each of this worker's slots, per layer
         (`Plan.gpu_experts[:, g]`).  device: "cpu" or "cuda" (the runtime asks for a GPU for the latter).
+    epoch: the plan epoch these experts serve.
     """
 
-    def __init__(self, model_dir: str, experts: np.ndarray, device: str = "cpu") -> None:
-        self.load(model_dir, experts, device)
+    def __init__(self, model_dir: str, experts: np.ndarray, device: str = "cpu", epoch: int = 1) -> None:
+        self.load(model_dir, experts, device, epoch)
 
-    def load(self, model_dir: str, experts: np.ndarray, device: str = "cpu") -> None:
+    def load(self, model_dir: str, experts: np.ndarray, device: str = "cpu", epoch: int = 1) -> None:
         """Replace every held expert with `experts` of `model_dir` (the process and its imports stay)."""
-        self.compute = None  # drop the old experts before reading the new ones
+        self.computes: dict[int, ExpertCompute] = {}  # drop the old experts before reading the new ones
+        self.experts: dict[int, np.ndarray] = {}
         self.busy_seconds = 0.0  # time spent in `forward` since loading (profiling)
         spec = load_spec(model_dir)
-        self.experts = np.asarray(experts, dtype=np.int64)
-        assert self.experts.shape[0] == spec.num_layers, "one row of slot experts per MoE layer"
-        weights = [read_experts(spec, layer, row.tolist()) for layer, row in enumerate(self.experts)]
-        self.compute = ExpertCompute([w[0] for w in weights], [w[1] for w in weights],
-                                     spec.config.hidden_act, device)
+        experts = np.asarray(experts, dtype=np.int64)
+        assert experts.shape[0] == spec.num_layers, "one row of slot experts per MoE layer"
+        weights = [read_experts(spec, layer, row.tolist()) for layer, row in enumerate(experts)]
+        self.computes[epoch] = ExpertCompute([w[0] for w in weights], [w[1] for w in weights],
+                                             spec.config.hidden_act, device)
+        self.experts[epoch] = experts
+        self.epoch = epoch  # the newest committed epoch
 
     def forward(self, layer: int, hidden: torch.Tensor, local_slots: torch.Tensor,
-                weights: torch.Tensor) -> torch.Tensor:
-        """One layer for the tokens routed here; see `ExpertCompute.forward` for shapes."""
+                weights: torch.Tensor, epoch: int) -> torch.Tensor:
+        """One layer for the tokens routed here under plan `epoch`; see `ExpertCompute.forward` for shapes."""
+        compute = self.computes.get(epoch)
+        if compute is None:
+            raise KeyError(f"this worker holds epochs {sorted(self.computes)}, not {epoch}")
         start = time.perf_counter()
-        output = self.compute.forward(layer, hidden, local_slots, weights)
+        output = compute.forward(layer, hidden, local_slots, weights)
         self.busy_seconds += time.perf_counter() - start
         return output
+
+    def export_slots(self, slots: list[tuple[int, int]]) -> list[SlotWeights]:
+        """The weights of `(layer, slot)` of the committed epoch, in order (the source side of a copy)."""
+        compute = self.computes[self.epoch]
+        return [compute.slot_weights(layer, slot) for layer, slot in slots]
+
+    def stage(self, epoch: int, experts: np.ndarray, targets: list[list[tuple[int, int]]],
+              *copied: list[SlotWeights]) -> int:
+        """Hold `experts` `[L, S]` for `epoch` beside the committed epoch; returns the bytes received.
+
+        targets[i]: the `(layer, slot)` that `copied[i]` (one `export_slots` result, passed as an
+        ObjectRef so Ray moves it from the source worker to here) fills, in order. Every other slot must
+        keep the committed epoch's expert (`migration.plan_migration` aligns plans so that it does).
+        """
+        experts = np.asarray(experts, dtype=np.int64)
+        current = self.experts[self.epoch]
+        assert experts.shape == current.shape, f"staged experts {experts.shape} != held {current.shape}"
+        replaced = {target: weights for slots, weights in zip(targets, copied, strict=True)
+                    for target, weights in zip(slots, weights, strict=True)}
+        changed = experts != current
+        assert {tuple(index) for index in np.argwhere(changed).tolist()} <= set(replaced), \
+            "every slot whose expert changes needs copied weights"
+        self.computes[epoch] = self.computes[self.epoch].replaced(replaced)
+        self.experts[epoch] = experts
+        return sum(gate_up.nbytes + down.nbytes for gate_up, down in replaced.values())
+
+    def commit(self, epoch: int) -> None:
+        """Make the staged `epoch` the committed one and drop every other epoch's experts."""
+        if epoch not in self.computes:
+            raise KeyError(f"this worker holds epochs {sorted(self.computes)}, not {epoch}")
+        self.computes = {epoch: self.computes[epoch]}
+        self.experts = {epoch: self.experts[epoch]}
+        self.epoch = epoch
+
+    def discard(self, epoch: int) -> None:
+        """Drop a staged `epoch` (a failed migration); the committed epoch stays. No-op if absent."""
+        if epoch != self.epoch:
+            self.computes.pop(epoch, None)
+            self.experts.pop(epoch, None)
+
+    def held_epochs(self) -> list[int]:
+        return sorted(self.computes)
+
+    def slot_experts(self) -> list[list[int]]:
+        """`[L, S]` experts of the committed epoch (what this worker serves)."""
+        return self.experts[self.epoch].tolist()
 
     def timings(self) -> dict[str, float]:
         return {"busy_seconds": self.busy_seconds}
 
     def device(self) -> str:
-        return str(self.compute.device)
+        return str(self.computes[self.epoch].device)
