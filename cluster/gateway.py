@@ -23,9 +23,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from switchyard.cluster.serving import (Backend, FailedPrecondition, InvalidRequest, NotReady, QueueFull,
-                                        ServingError, TokenStream, check_request, make_params)
+from switchyard.cluster.rebalancing import RebalanceOutcome
+from switchyard.cluster.serving import Backend, TokenStream, check_request, make_params
+from switchyard.cluster.serving_errors import (Conflict, FailedPrecondition, InvalidRequest, MigrationAborted,
+                                               NotReady, QueueFull, ServingError)
 from switchyard.cluster.state_store import StateStoreUnavailable
+from switchyard.placement.errors import PlacementError
+from switchyard.placement.plan import Plan
 from switchyard.placement.proposal import PlanMetrics
 from switchyard.protos.generated import serving_pb2 as pb
 from switchyard.protos.generated import serving_pb2_grpc as pb_grpc
@@ -33,7 +37,7 @@ from switchyard.protos.generated import serving_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Switchyard"].full_name
-ADMIN_METHODS = frozenset({f"/{SERVICE_NAME}/Rebalance"})
+ADMIN_METHODS = frozenset({f"/{SERVICE_NAME}/Rebalance", f"/{SERVICE_NAME}/Rollback"})
 OPEN_PREFIXES = (f"/{health.SERVICE_NAME}/",)  # probes need no token
 DEFAULT_MAX_NEW_TOKENS = 16
 DEFAULT_POLICY = "affinity"  # Rebalance's policy when the request names none
@@ -44,7 +48,7 @@ class GatewayConfig:
     """How the gateway listens and what it accepts.
 
     token: when set, every call but health needs `authorization: Bearer <token>`.  admin_token: when
-    set, admin calls (Rebalance) need it (PERMISSION_DENIED with another valid token).  tls_cert /
+    set, admin calls (Rebalance, Rollback) need it (PERMISSION_DENIED with another valid token).  tls_cert /
     tls_key: PEM files; both or neither.  max_batch_requests: prompts in one GenerateBatch.
     grace_s: how long a drain waits for in-flight calls.
     """
@@ -72,6 +76,8 @@ def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.INVALID_ARGUMENT, str(error)
     if isinstance(error, FailedPrecondition):
         return grpc.StatusCode.FAILED_PRECONDITION, str(error)
+    if isinstance(error, (Conflict, MigrationAborted)):
+        return grpc.StatusCode.ABORTED, str(error)
     if isinstance(error, QueueFull):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)
     if isinstance(error, (NotReady, StateStoreUnavailable)):
@@ -215,12 +221,13 @@ class SwitchyardServicer(pb_grpc.SwitchyardServicer):
     @_guarded
     async def GetPlacement(self, request: pb.GetPlacementRequest, context: grpc.aio.ServicerContext
                            ) -> pb.GetPlacementResponse:
-        epoch, plan = await self._ready().placement()
+        backend = self._ready()
+        (epoch, plan), engine_epochs = await asyncio.gather(backend.placement(), backend.engine_epochs())
         topology = plan.topology
         return pb.GetPlacementResponse(
             epoch=epoch, plan_json=json.dumps(plan.to_dict()), num_layers=plan.num_layers,
             num_physical_experts=plan.num_physical_experts, num_nodes=topology.num_nodes,
-            gpus_per_node=topology.gpus_per_node)
+            gpus_per_node=topology.gpus_per_node, engine_epochs=engine_epochs)
 
     @_guarded
     async def GetStats(self, request: pb.GetStatsRequest, context: grpc.aio.ServicerContext) -> pb.GetStatsResponse:
@@ -250,15 +257,41 @@ class SwitchyardServicer(pb_grpc.SwitchyardServicer):
         max_moves = request.max_moves if request.HasField("max_moves") else None
         if max_moves is not None and max_moves < 0:
             raise InvalidRequest(f"max_moves must be non-negative, got {max_moves}")
-        epoch, proposal = await self._ready().rebalance(request.dry_run, request.policy or DEFAULT_POLICY,
-                                                        max_moves)
-        return pb.RebalanceResponse(
-            epoch=epoch, applied=False, plan_json=json.dumps(proposal.proposed.to_dict()),
-            balancedness_before=proposal.before.balancedness, balancedness_after=proposal.after.balancedness,
-            policy=proposal.policy, replicas_moved=proposal.migration.num_copies,
-            replicas_moved_per_layer=proposal.copies_per_layer.tolist(), bytes_to_copy=proposal.bytes_moved,
-            current=_plan_metrics(proposal.before), proposed=_plan_metrics(proposal.after),
-            window_tokens=proposal.window_tokens, evaluated_tokens=proposal.evaluated_tokens)
+        plan = _plan_of_json(request.plan_json) if request.plan_json else None
+        expected_epoch = request.expected_epoch if request.HasField("expected_epoch") else None
+        outcome = await self._ready().rebalance(request.dry_run, request.policy or DEFAULT_POLICY, max_moves,
+                                                plan, expected_epoch)
+        return _rebalance_response(outcome)
+
+    @_guarded
+    async def Rollback(self, request: pb.RollbackRequest, context: grpc.aio.ServicerContext
+                       ) -> pb.RebalanceResponse:
+        return _rebalance_response(await self._ready().rollback(request.dry_run))
+
+
+def _plan_of_json(text: str) -> Plan:
+    """The plan a request carries (`InvalidRequest` naming what is wrong with it)."""
+    try:
+        return Plan.from_dict(json.loads(text))
+    except json.JSONDecodeError as error:
+        raise InvalidRequest(f"plan_json is not JSON: {error}") from None
+    except PlacementError as error:
+        raise InvalidRequest(f"plan_json is not a valid plan: {error}") from None
+
+
+def _rebalance_response(outcome: RebalanceOutcome) -> pb.RebalanceResponse:
+    """The proto of a Rebalance or Rollback outcome; the apply fields stay 0 for a dry run."""
+    proposal, report = outcome.proposal, outcome.applied
+    applied = {} if report is None else {
+        "applied_epoch": report.epoch, "bytes_copied": report.bytes_copied, "apply_seconds": report.total_seconds,
+        "steps_during_switch": report.steps_during_switch}
+    return pb.RebalanceResponse(
+        epoch=outcome.epoch, applied=report is not None, plan_json=json.dumps(proposal.proposed.to_dict()),
+        balancedness_before=proposal.before.balancedness, balancedness_after=proposal.after.balancedness,
+        policy=proposal.policy, replicas_moved=proposal.migration.num_copies,
+        replicas_moved_per_layer=proposal.copies_per_layer.tolist(), bytes_to_copy=proposal.bytes_moved,
+        current=_plan_metrics(proposal.before), proposed=_plan_metrics(proposal.after),
+        window_tokens=proposal.window_tokens, evaluated_tokens=proposal.evaluated_tokens, **applied)
 
 
 def _plan_metrics(metrics: PlanMetrics) -> pb.PlanMetrics:
@@ -360,6 +393,8 @@ class Gateway:
         self.servicer.draining = True
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.config.grace_s if grace_s is None else grace_s)
+        if self.servicer.backend is not None:
+            await self.servicer.backend.close()
 
     async def _set_health(self, status: Any) -> None:
         for service in ("", SERVICE_NAME):

@@ -9,7 +9,9 @@ caller goes away (deadline, cancellation, any error), which frees its batch slot
 
 With a state store (`switchyard serve` always passes one), the placement is the store's active plan
 and epoch, and the statistics are the store's time window, merged across every engine that publishes
-there (`StatsPublisher`); without one, the served plan at epoch 1 and the statistics since loading.
+there (`StatsPublisher`); without one, the served plan at the runtime's epoch and the statistics since
+loading. Rebalance and Rollback propose from the plan the engines really serve (`runtime.plan`) and
+apply live through `rebalancing.PlanApplier` (one at a time, committed with the store's epoch).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import contextlib
 import dataclasses
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,42 +29,22 @@ from typing import Any, Protocol
 import numpy as np
 import ray
 
+from switchyard.cluster.rebalancing import DEFAULT_OBSERVE_AFTER_S, PlanApplier, RebalanceOutcome
 from switchyard.cluster.runtime import Runtime
 from switchyard.cluster.sampling import SamplingParams
-from switchyard.cluster.state_store import PlanConflict, StateStore
+from switchyard.cluster.serving_errors import (  # noqa: F401 - the errors are imported from here too
+    Conflict, FailedPrecondition, InvalidRequest, MigrationAborted, NotReady, QueueFull, ServingError)
+from switchyard.cluster.state_store import PlanConflict, StateStore, StateStoreUnavailable
 from switchyard.placement.cost import PRESETS, ClusterSpec
 from switchyard.placement.errors import PlacementError
 from switchyard.placement.plan import Plan
-from switchyard.placement.proposal import Proposal, expected_gpu_load, propose
+from switchyard.placement.proposal import Proposal, evaluate_proposal, expected_gpu_load, propose
 from switchyard.placement.stats import RoutingStats
 from switchyard.workers.checkpoints import ModelSpec
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STATS_WINDOW_S = 60.0
-
-# ---- errors: one kind per status code (`gateway.status_of` maps them) ----
-
-
-class ServingError(Exception):
-    """Base of the errors a caller can act on; the message names the cause."""
-
-
-class InvalidRequest(ServingError, ValueError):
-    """Bad input: INVALID_ARGUMENT."""
-
-
-class QueueFull(ServingError):
-    """Every engine has its configured bound of requests in flight: RESOURCE_EXHAUSTED."""
-
-
-class NotReady(ServingError):
-    """No engine can take the request (starting, draining, an engine gone): UNAVAILABLE."""
-
-
-class FailedPrecondition(ServingError):
-    """The request is fine but the cluster is not in a state to answer it (no statistics yet)."""
-
 
 # ---- domain objects ----
 
@@ -181,6 +163,14 @@ def load_tokenizer(directory: str | Path) -> Any:
     return transformers.AutoTokenizer.from_pretrained(directory)
 
 
+def _expected(active_epoch: int, expected_epoch: int | None) -> int:
+    """`active_epoch`, or `Conflict` when the caller planned from another one."""
+    if expected_epoch is not None and expected_epoch != active_epoch:
+        raise Conflict(f"the active plan is at epoch {active_epoch}, not {expected_epoch}: the placement "
+                       "changed since it was read; read it again and re-plan")
+    return active_epoch
+
+
 class Backend(Protocol):
     """What the gateway needs from the cluster; one backend serves one gateway (one event loop)."""
 
@@ -203,9 +193,23 @@ class Backend(Protocol):
     async def cluster_info(self) -> dict[str, Any]:
         """`nodes` (index, ray_node_id, address), `engines` (index, node), `workers` (index, node), `device`."""
 
-    async def rebalance(self, dry_run: bool, policy: str, max_moves: int | None) -> tuple[int, Proposal]:
-        """The active epoch and a proposal on the statistics window (`InvalidRequest` for a bad policy
-        or budget, `FailedPrecondition` without statistics); applying is not available yet."""
+    async def rebalance(self, dry_run: bool, policy: str, max_moves: int | None, plan: Plan | None = None,
+                        expected_epoch: int | None = None, by: str = "admin") -> RebalanceOutcome:
+        """A proposal on the statistics window from the served plan, planned with `policy` or `plan`
+        itself (then `policy` and `max_moves` are ignored, so a caller can repeat a dry run's arguments
+        with the plan it showed), and unless `dry_run` applied live as a new epoch. `InvalidRequest` for a bad policy,
+        budget or plan; `FailedPrecondition` without statistics to plan on; `Conflict` when the active
+        epoch is not `expected_epoch` or another rebalance runs; `MigrationAborted` when the move failed
+        and was undone; `StateStoreUnavailable` when the store cannot be reached (nothing moved)."""
+
+    async def rollback(self, dry_run: bool = False, by: str = "admin") -> RebalanceOutcome:
+        """Like `rebalance` with the plan active before the current one (`FailedPrecondition`: none)."""
+
+    async def engine_epochs(self) -> list[int]:
+        """The epoch each engine replica dispatches under, in engine order."""
+
+    async def close(self) -> None:
+        """Stop background work (a pending gain observation); the gateway calls it when it drains."""
 
 
 class _Subscription:
@@ -303,13 +307,16 @@ class RuntimeBackend:
     max_queue_per_engine: requests in flight per engine before `QueueFull`.  poll_timeout_s: how long
     one `Engine.poll` waits for a token (a request that joins meanwhile waits for the next step).
     tokenizer_dir: where the tokenizer for text prompts is saved; default: the checkpoint directory.
-    store: the state store the placement and statistics come from (see the module doc); None: the
-    served plan at epoch 1 and the statistics since loading.  stats_window_s: the store's time window.
+    store: the state store the placement and statistics come from, where applied plans are committed
+    and rebalance events recorded (see the module doc); None: the served plan at the runtime's epoch,
+    the statistics since loading, no events.  stats_window_s: the store's time window.
+    observe_after_s: how long after an apply its gain is measured ("observed" event).
     """
 
     def __init__(self, runtime: Runtime, max_queue_per_engine: int = 64, poll_timeout_s: float = 0.5,
                  tokenizer_dir: str | Path | None = None, store: StateStore | None = None,
-                 stats_window_s: float = DEFAULT_STATS_WINDOW_S) -> None:
+                 stats_window_s: float = DEFAULT_STATS_WINDOW_S,
+                 observe_after_s: float = DEFAULT_OBSERVE_AFTER_S) -> None:
         if max_queue_per_engine < 1:
             raise ValueError(f"max_queue_per_engine must be at least 1, got {max_queue_per_engine}")
         if not stats_window_s > 0:
@@ -318,7 +325,7 @@ class RuntimeBackend:
         self.tokenizer = load_tokenizer(runtime.spec.model_dir if tokenizer_dir is None else tokenizer_dir)
         self.model = ModelInfo.of_spec(runtime.spec, self.tokenizer is not None)
         self.max_queue_per_engine, self.poll_timeout_s = max_queue_per_engine, poll_timeout_s
-        self.epoch = 1
+        self.applier = PlanApplier(runtime, store, self.snapshot, observe_after_s)
         self._in_flight = [0] * len(runtime.engines)
         self._pollers = [EnginePoller(engine, poll_timeout_s) for engine in runtime.engines]
         self._next = 0  # where the search for the least-loaded engine starts: ties go round the engines
@@ -357,7 +364,7 @@ class RuntimeBackend:
 
     async def placement(self) -> tuple[int, Plan]:
         if self.store is None:
-            return self.epoch, self.runtime.plan
+            return self.runtime.epoch, self.runtime.plan
         active = await asyncio.to_thread(self.store.active_plan)
         if active is None:  # the store lost its state (a Redis restart without persistence)
             return 0, self.runtime.plan
@@ -378,23 +385,67 @@ class RuntimeBackend:
             window_s = self.stats_window_s
         return Snapshot(stats, traffic, expected_balancedness(self.runtime.plan, stats.load), window_s)
 
-    async def rebalance(self, dry_run: bool, policy: str, max_moves: int | None) -> tuple[int, Proposal]:
-        if not dry_run:
-            raise NotImplementedError("applying a plan live is not available yet; use --dry-run")
+    async def rebalance(self, dry_run: bool, policy: str, max_moves: int | None, plan: Plan | None = None,
+                        expected_epoch: int | None = None, by: str = "admin") -> RebalanceOutcome:
+        if plan is not None:  # applied whole: policy and max_moves only shape planning
+            policy, max_moves = "given", None
+        if dry_run:
+            epoch = _expected(await self._dry_run_epoch(), expected_epoch)
+            return RebalanceOutcome(epoch, await self._proposal(policy, max_moves, plan), None)
+        return await self._apply("rebalance", by, policy, lambda: self._proposal(policy, max_moves, plan),
+                                 expected_epoch)
+
+    async def rollback(self, dry_run: bool = False, by: str = "admin") -> RebalanceOutcome:
+        async def proposal() -> Proposal:
+            return await self._proposal("rollback", None, await self.applier.previous_plan())
+
+        if dry_run:
+            return RebalanceOutcome(await self._dry_run_epoch(), await proposal(), None)
+        return await self._apply("rollback", by, "rollback", proposal, None)
+
+    async def engine_epochs(self) -> list[int]:
+        return list(await asyncio.gather(*[engine.epoch.remote() for engine in self.runtime.engines]))
+
+    async def close(self) -> None:
+        self.applier.stop_observing()
+
+    async def _apply(self, kind: str, by: str, policy: str, proposal: Callable[[], Awaitable[Proposal]],
+                     expected_epoch: int | None) -> RebalanceOutcome:
+        """Plan and apply under the one-rebalance lock, from the active epoch read first (`PlanApplier`);
+        an attempt that fails before the migration moved anything is recorded as "rebalance_failed"."""
+        epoch = None
+        try:
+            async with self.applier.exclusive():
+                epoch = _expected(await self.applier.active_epoch(), expected_epoch)
+                planned = await proposal()
+                return RebalanceOutcome(epoch, planned, await self.applier.apply(planned, epoch, kind, by))
+        except (ServingError, StateStoreUnavailable) as error:
+            await self.applier.record_failure(kind, by, epoch, policy, error)
+            raise
+
+    async def _dry_run_epoch(self) -> int:
+        epoch, _ = await self.placement()
+        return epoch
+
+    async def _proposal(self, policy: str, max_moves: int | None, plan: Plan | None) -> Proposal:
+        """From the served plan (`runtime.plan`) to `policy`'s plan on the window, or to `plan`, which
+        needs no statistics (without any, its figures are those of no load)."""
         if self.store is None:
             stats = await asyncio.to_thread(self.runtime.routing_stats)
         else:
             stats = await asyncio.to_thread(self.store.window, "time", self.stats_window_s)
-        if stats is None or not stats.num_tokens > 0:
-            where = "since loading" if self.store is None else f"in the last {self.stats_window_s:g} s"
-            raise FailedPrecondition(f"no routing statistics {where}: serve some requests, then rebalance")
-        epoch, current = await self.placement()
+        cluster = model_cluster(self.runtime.spec)
         try:
-            proposal = await asyncio.to_thread(propose, stats, current, policy, max_moves,
-                                               model_cluster(self.runtime.spec))
+            if plan is not None:
+                if stats is None:
+                    stats = RoutingStats.from_load(np.zeros((self.model.num_layers, self.model.num_experts)), 0.0)
+                return await asyncio.to_thread(evaluate_proposal, stats, self.runtime.plan, plan, cluster, policy)
+            if stats is None or not stats.num_tokens > 0:
+                where = "since loading" if self.store is None else f"in the last {self.stats_window_s:g} s"
+                raise FailedPrecondition(f"no routing statistics {where}: serve some requests, then rebalance")
+            return await asyncio.to_thread(propose, stats, self.runtime.plan, policy, max_moves, cluster)
         except PlacementError as error:
             raise InvalidRequest(str(error)) from None
-        return epoch, proposal
 
     async def cluster_info(self) -> dict[str, Any]:
         topology = self.runtime.plan.topology

@@ -1,8 +1,9 @@
 """A rebalance proposal: the plan a policy would serve next, what it costs to move, what it gains.
 
-`propose(stats, current, policy_name, max_moves, cluster)` plans on a statistics window, aligns the new
+`propose(stats, current, policy_name, max_moves, cluster)` plans on a statistics window;
+`evaluate_proposal(stats, current, proposed_plan, cluster)` takes a plan from elsewhere instead. Both align the new
 plan to the one in service (`migration.plan_migration`: replicas already in place stay in their
-slots), and predicts both plans' figures on the same window, so the gain is like for like.
+slots), and predict both plans' figures on the same window, so the gain is like for like.
 
 Migration-aware policies (those with a `max_moves` option, e.g. affinity) get the current plan and
 the budget; the others plan afresh, and a `max_moves` for them is refused rather than ignored.
@@ -35,7 +36,9 @@ from switchyard.placement.policies import POLICIES, get_policy
 from switchyard.placement.stats import RoutingStats
 from switchyard.placement.trace import RoutingTrace
 
-__all__ = ["MAX_EVALUATED_TOKENS", "PlanMetrics", "Proposal", "expected_gpu_load", "propose", "set_traces"]
+__all__ = [
+    "MAX_EVALUATED_TOKENS", "PlanMetrics", "Proposal", "evaluate_proposal", "expected_gpu_load", "propose", "set_traces",
+]
 
 MAX_EVALUATED_TOKENS = 50_000
 """One-token sequences rebuilt per layer at most; larger windows are scaled down to this."""
@@ -113,13 +116,28 @@ def propose(stats: RoutingStats, current: Plan, policy_name: str = "affinity", m
         raise PlacementError(f"policy {policy_name!r} plans afresh and cannot bound the moves; leave max_moves "
                              "unset or use a migration-aware policy (affinity)")
     policy = get_policy(policy_name, **({"max_moves": max_moves} if migration_aware else {}))
-    migration = plan_migration(current, policy.place(stats, current.topology, current=current))
+    return evaluate_proposal(stats, current, policy.place(stats, current.topology, current=current), cluster,
+                             policy_name)
+
+
+def evaluate_proposal(stats: RoutingStats, current: Plan, proposed_plan: Plan, cluster: ClusterSpec | None = None,
+                      policy: str = "given") -> Proposal:
+    """Compare `proposed_plan`, aligned to `current`, with `current` on `stats` (module doc).
+
+    What `propose` does once its policy has planned, for a plan from elsewhere (one an operator
+    reviewed, or an earlier plan to roll back to), so both are judged alike. policy: the name the
+    proposal reports. A window without tokens is allowed here: the figures are then those of no load
+    (balancedness 1, per-token figures None), since applying a known plan needs no statistics.
+    Raises `PlacementError` when `proposed_plan` or `stats` do not match `current`.
+    """
+    current.check_matches(stats.num_layers, stats.num_experts, "the statistics")
+    migration = plan_migration(current, proposed_plan)
     traces = set_traces(stats)
     before = _metrics(current, stats, traces, cluster)
     after = _metrics(migration.aligned, stats, traces, cluster)
     bytes_moved = migration.bytes_moved(cluster.expert_bytes) if cluster is not None else 0
     evaluated = sum(trace.num_tokens for trace in traces if trace is not None)
-    return Proposal(policy_name, current, migration.aligned, migration, bytes_moved, before, after,
+    return Proposal(policy, current, migration.aligned, migration, bytes_moved, before, after,
                     float(stats.num_tokens), evaluated)
 
 

@@ -81,7 +81,7 @@ def _fresh_redis_store(name: str) -> Iterator[object]:
         store.close()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def fresh_redis_store():
     """`fresh_redis_store(name)`: a context manager giving a Redis store of a fresh deployment."""
     return _fresh_redis_store

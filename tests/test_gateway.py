@@ -117,6 +117,7 @@ def test_stream_and_batch_equal_the_runtime(runtime, client):
 def test_placement_stats_and_cluster_info(runtime, client):
     placement = client.placement()
     assert placement.epoch == 1 and (placement.num_nodes, placement.gpus_per_node) == (2, 1)
+    assert list(placement.engine_epochs) == [1, 1]
     assert '"physical_to_logical_map"' in placement.plan_json
     stats = client.stats()
     assert stats.num_tokens > 0 and len(stats.layers) == 2 and len(stats.layers[0].expert_load) == 8
@@ -126,8 +127,8 @@ def test_placement_stats_and_cluster_info(runtime, client):
     assert (info.model.vocab_size, info.model.max_context, info.model.family) == (VOCAB, CONTEXT, "mixtral")
     assert [(e.index, e.node) for e in info.engines] == [(0, 0), (1, 1)]
     assert len(info.nodes) == 2 and [w.node for w in info.workers] == [0, 1] and info.device == "cpu"
-    code, message = _code(lambda: client.rebalance(dry_run=False))
-    assert code == Code.UNIMPLEMENTED and "applying a plan live is not available yet" in message
+    code, message = _code(lambda: client.rebalance(dry_run=False, expected_epoch=0))  # moves nothing
+    assert code == Code.ABORTED and "not 0" in message
 
 
 def test_reflection_lists_every_service(client):
@@ -234,10 +235,12 @@ def test_auth(runtime):
                 assert code == Code.UNAUTHENTICATED
         with Client(target, token="user-secret") as client:
             assert len(client.generate([1], max_new_tokens=2).token_ids) == 2
-            code, details = _code(lambda: client.rebalance())
-            assert code == Code.PERMISSION_DENIED and "admin token" in details
-        with Client(target, token="admin-secret") as client:
-            assert _code(lambda: client.rebalance(dry_run=False))[0] == Code.UNIMPLEMENTED  # past auth
+            for call in (client.rebalance, client.rollback):
+                code, details = _code(call)
+                assert code == Code.PERMISSION_DENIED and "admin token" in details
+        with Client(target, token="admin-secret") as client:  # past auth; neither moves anything
+            assert _code(lambda: client.rebalance(dry_run=False, expected_epoch=0))[0] == Code.ABORTED
+            assert _code(client.rollback)[0] == Code.FAILED_PRECONDITION
             assert len(client.cluster_info().engines) == 2
     finally:
         gateway.drain(0)
@@ -403,7 +406,7 @@ def test_publisher_buffers_through_an_outage(runtime, backend):
     assert store.window("time", 600).num_tokens == _forwarded(PROMPTS, 2)
 
 
-def test_rebalance_dry_run_proposes_and_apply_is_unimplemented(runtime, client):
+def test_rebalance_dry_run_proposes(runtime, client):
     client.generate_batch(PROMPTS, max_new_tokens=NEW_TOKENS)  # statistics to plan on
     answer = client.rebalance(dry_run=True, policy="affinity")
     assert answer.epoch == 1 and not answer.applied and answer.policy == "affinity"
@@ -420,8 +423,8 @@ def test_rebalance_dry_run_proposes_and_apply_is_unimplemented(runtime, client):
     assert kept.replicas_moved == 0 and kept.current == kept.proposed
     code, details = _code(lambda: client.rebalance(dry_run=True, policy="eplb", max_moves=1))
     assert code == Code.INVALID_ARGUMENT and "cannot bound the moves" in details
-    code, details = _code(lambda: client.rebalance(dry_run=False))
-    assert code == Code.UNIMPLEMENTED and "not available yet" in details
+    code, details = _code(lambda: client.rebalance(dry_run=True, expected_epoch=2))
+    assert code == Code.ABORTED and "epoch 1, not 2" in details
 
 
 def test_rebalance_reads_the_store_window(runtime):
@@ -456,5 +459,6 @@ def test_cli_placement_show_and_rebalance(runtime, server):
     assert "| GPUs/token" in result.output and "replica(s) moved" in result.output
     summary = json.loads(result.output.splitlines()[-1])
     assert summary["replicas_moved"] <= 2 and summary["policy"] == "affinity" and summary["evaluated_tokens"] > 0
-    result = runner.invoke(main, ["placement", "rebalance", "--server", server, "--apply"])
-    assert result.exit_code == 2 and "not available yet" in result.output
+    runner.invoke(main, ["placement", "rebalance", "--server", server, "--apply"], input="n\n")
+    with Client(server) as client:  # declined, so nothing moved (tests/test_gateway_rebalance.py applies)
+        assert client.placement().epoch == 1

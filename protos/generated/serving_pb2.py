@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bswitchyard/v1/serving.proto\x12\rswitchyard.v1\"\x93\x01\n\x0eSamplingParams\x12\x1b\n\x0emax_new_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x0btemperature\x18\x02 \x01(\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x10\n\x08stop_ids\x18\x05 \x03(\x03\x42\x11\n\x0f_max_new_tokensB\x08\n\x06_top_p\"d\n\x0fGenerateRequest\x12\x12\n\nprompt_ids\x18\x01 \x03(\x03\x12\x0c\n\x04text\x18\x02 \x01(\t\x12/\n\x08sampling\x18\x03 \x01(\x0b\x32\x1d.switchyard.v1.SamplingParams\"\xc2\x01\n\x08\x46inished\x12+\n\x06reason\x18\x01 \x01(\x0e\x32\x1b.switchyard.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x05\x12\x18\n\x10generated_tokens\x18\x03 \x01(\x05\x12#\n\x1btime_to_first_token_seconds\x18\x04 \x01(\x01\x12\x15\n\rtotal_seconds\x18\x05 \x01(\x01\x12\x0e\n\x06\x65ngine\x18\x06 \x01(\x05\x12\x0c\n\x04node\x18\x07 \x01(\x05\"u\n\x10GenerateResponse\x12+\n\x06tokens\x18\x01 \x01(\x0b\x32\x19.switchyard.v1.TokenChunkH\x00\x12+\n\x08\x66inished\x18\x02 \x01(\x0b\x32\x17.switchyard.v1.FinishedH\x00\x42\x07\n\x05\x65vent\"-\n\nTokenChunk\x12\x11\n\ttoken_ids\x18\x01 \x03(\x03\x12\x0c\n\x04text\x18\x02 \x01(\t\"H\n\x14GenerateBatchRequest\x12\x30\n\x08requests\x18\x01 \x03(\x0b\x32\x1e.switchyard.v1.GenerateRequest\"\\\n\x0eGenerateResult\x12\x11\n\ttoken_ids\x18\x01 \x03(\x03\x12\x0c\n\x04text\x18\x02 \x01(\t\x12)\n\x08\x66inished\x18\x03 \x01(\x0b\x32\x17.switchyard.v1.Finished\"G\n\x15GenerateBatchResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.switchyard.v1.GenerateResult\"\x15\n\x13GetPlacementRequest\"\x94\x01\n\x14GetPlacementResponse\x12\r\n\x05\x65poch\x18\x01 \x01(\x03\x12\x11\n\tplan_json\x18\x02 \x01(\t\x12\x12\n\nnum_layers\x18\x03 \x01(\x05\x12\x1c\n\x14num_physical_experts\x18\x04 \x01(\x05\x12\x11\n\tnum_nodes\x18\x05 \x01(\x05\x12\x15\n\rgpus_per_node\x18\x06 \x01(\x05\"\x11\n\x0fGetStatsRequest\" \n\tLayerLoad\x12\x13\n\x0b\x65xpert_load\x18\x01 \x03(\x01\"\xae\x01\n\x0fTrafficCounters\x12\x19\n\x11tokens_per_worker\x18\x01 \x03(\x03\x12\x18\n\x10\x62ytes_per_worker\x18\x02 \x03(\x03\x12\x17\n\x0fsame_node_bytes\x18\x03 \x01(\x03\x12\x18\n\x10\x63ross_node_bytes\x18\x04 \x01(\x03\x12\x18\n\x10same_node_tokens\x18\x05 \x01(\x03\x12\x19\n\x11\x63ross_node_tokens\x18\x06 \x01(\x03\"\xaf\x01\n\x10GetStatsResponse\x12\x12\n\nnum_tokens\x18\x01 \x01(\x01\x12(\n\x06layers\x18\x02 \x03(\x0b\x32\x18.switchyard.v1.LayerLoad\x12\x14\n\x0c\x62\x61lancedness\x18\x03 \x01(\x01\x12/\n\x07traffic\x18\x04 \x01(\x0b\x32\x1e.switchyard.v1.TrafficCounters\x12\x16\n\x0ewindow_seconds\x18\x05 \x01(\x01\"\x14\n\x12\x43lusterInfoRequest\"\xa6\x01\n\tModelInfo\x12\x11\n\tmodel_dir\x18\x01 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x02 \x01(\t\x12\x12\n\nnum_layers\x18\x03 \x01(\x05\x12\x13\n\x0bnum_experts\x18\x04 \x01(\x05\x12\r\n\x05top_k\x18\x05 \x01(\x05\x12\x12\n\nvocab_size\x18\x06 \x01(\x05\x12\x13\n\x0bmax_context\x18\x07 \x01(\x05\x12\x15\n\rhas_tokenizer\x18\x08 \x01(\x08\"?\n\x08NodeInfo\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x13\n\x0bray_node_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\">\n\nEngineInfo\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04node\x18\x02 \x01(\x05\x12\x13\n\x0bqueue_depth\x18\x03 \x01(\x05\")\n\nWorkerInfo\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04node\x18\x02 \x01(\x05\"\xce\x01\n\x13\x43lusterInfoResponse\x12\'\n\x05model\x18\x01 \x01(\x0b\x32\x18.switchyard.v1.ModelInfo\x12&\n\x05nodes\x18\x02 \x03(\x0b\x32\x17.switchyard.v1.NodeInfo\x12*\n\x07\x65ngines\x18\x03 \x03(\x0b\x32\x19.switchyard.v1.EngineInfo\x12*\n\x07workers\x18\x04 \x03(\x0b\x32\x19.switchyard.v1.WorkerInfo\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\"Y\n\x10RebalanceRequest\x12\x0f\n\x07\x64ry_run\x18\x01 \x01(\x08\x12\x0e\n\x06policy\x18\x02 \x01(\t\x12\x16\n\tmax_moves\x18\x03 \x01(\x05H\x00\x88\x01\x01\x42\x0c\n\n_max_moves\"\xbf\x01\n\x0bPlanMetrics\x12\x14\n\x0c\x62\x61lancedness\x18\x01 \x01(\x01\x12\x1b\n\x0egpus_per_token\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12#\n\x16remote_nodes_per_token\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x19\n\x0clayer_time_s\x18\x04 \x01(\x01H\x02\x88\x01\x01\x42\x11\n\x0f_gpus_per_tokenB\x19\n\x17_remote_nodes_per_tokenB\x0f\n\r_layer_time_s\"\xec\x02\n\x11RebalanceResponse\x12\r\n\x05\x65poch\x18\x01 \x01(\x03\x12\x0f\n\x07\x61pplied\x18\x02 \x01(\x08\x12\x11\n\tplan_json\x18\x03 \x01(\t\x12\x1b\n\x13\x62\x61lancedness_before\x18\x04 \x01(\x01\x12\x1a\n\x12\x62\x61lancedness_after\x18\x05 \x01(\x01\x12\x0e\n\x06policy\x18\x06 \x01(\t\x12\x16\n\x0ereplicas_moved\x18\x07 \x01(\x05\x12 \n\x18replicas_moved_per_layer\x18\x08 \x03(\x05\x12\x15\n\rbytes_to_copy\x18\t \x01(\x03\x12+\n\x07\x63urrent\x18\n \x01(\x0b\x32\x1a.switchyard.v1.PlanMetrics\x12,\n\x08proposed\x18\x0b \x01(\x0b\x32\x1a.switchyard.v1.PlanMetrics\x12\x15\n\rwindow_tokens\x18\x0c \x01(\x01\x12\x18\n\x10\x65valuated_tokens\x18\r \x01(\x03*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x02\x32\x83\x04\n\nSwitchyard\x12M\n\x08Generate\x12\x1e.switchyard.v1.GenerateRequest\x1a\x1f.switchyard.v1.GenerateResponse0\x01\x12Z\n\rGenerateBatch\x12#.switchyard.v1.GenerateBatchRequest\x1a$.switchyard.v1.GenerateBatchResponse\x12W\n\x0cGetPlacement\x12\".switchyard.v1.GetPlacementRequest\x1a#.switchyard.v1.GetPlacementResponse\x12K\n\x08GetStats\x12\x1e.switchyard.v1.GetStatsRequest\x1a\x1f.switchyard.v1.GetStatsResponse\x12T\n\x0b\x43lusterInfo\x12!.switchyard.v1.ClusterInfoRequest\x1a\".switchyard.v1.ClusterInfoResponse\x12N\n\tRebalance\x12\x1f.switchyard.v1.RebalanceRequest\x1a .switchyard.v1.RebalanceResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bswitchyard/v1/serving.proto\x12\rswitchyard.v1\"\x93\x01\n\x0eSamplingParams\x12\x1b\n\x0emax_new_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x0btemperature\x18\x02 \x01(\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x10\n\x08stop_ids\x18\x05 \x03(\x03\x42\x11\n\x0f_max_new_tokensB\x08\n\x06_top_p\"d\n\x0fGenerateRequest\x12\x12\n\nprompt_ids\x18\x01 \x03(\x03\x12\x0c\n\x04text\x18\x02 \x01(\t\x12/\n\x08sampling\x18\x03 \x01(\x0b\x32\x1d.switchyard.v1.SamplingParams\"\xc2\x01\n\x08\x46inished\x12+\n\x06reason\x18\x01 \x01(\x0e\x32\x1b.switchyard.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x05\x12\x18\n\x10generated_tokens\x18\x03 \x01(\x05\x12#\n\x1btime_to_first_token_seconds\x18\x04 \x01(\x01\x12\x15\n\rtotal_seconds\x18\x05 \x01(\x01\x12\x0e\n\x06\x65ngine\x18\x06 \x01(\x05\x12\x0c\n\x04node\x18\x07 \x01(\x05\"u\n\x10GenerateResponse\x12+\n\x06tokens\x18\x01 \x01(\x0b\x32\x19.switchyard.v1.TokenChunkH\x00\x12+\n\x08\x66inished\x18\x02 \x01(\x0b\x32\x17.switchyard.v1.FinishedH\x00\x42\x07\n\x05\x65vent\"-\n\nTokenChunk\x12\x11\n\ttoken_ids\x18\x01 \x03(\x03\x12\x0c\n\x04text\x18\x02 \x01(\t\"H\n\x14GenerateBatchRequest\x12\x30\n\x08requests\x18\x01 \x03(\x0b\x32\x1e.switchyard.v1.GenerateRequest\"\\\n\x0eGenerateResult\x12\x11\n\ttoken_ids\x18\x01 \x03(\x03\x12\x0c\n\x04text\x18\x02 \x01(\t\x12)\n\x08\x66inished\x18\x03 \x01(\x0b\x32\x17.switchyard.v1.Finished\"G\n\x15GenerateBatchResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.switchyard.v1.GenerateResult\"\x15\n\x13GetPlacementRequest\"\xab\x01\n\x14GetPlacementResponse\x12\r\n\x05\x65poch\x18\x01 \x01(\x03\x12\x11\n\tplan_json\x18\x02 \x01(\t\x12\x12\n\nnum_layers\x18\x03 \x01(\x05\x12\x1c\n\x14num_physical_experts\x18\x04 \x01(\x05\x12\x11\n\tnum_nodes\x18\x05 \x01(\x05\x12\x15\n\rgpus_per_node\x18\x06 \x01(\x05\x12\x15\n\rengine_epochs\x18\x07 \x03(\x03\"\x11\n\x0fGetStatsRequest\" \n\tLayerLoad\x12\x13\n\x0b\x65xpert_load\x18\x01 \x03(\x01\"\xae\x01\n\x0fTrafficCounters\x12\x19\n\x11tokens_per_worker\x18\x01 \x03(\x03\x12\x18\n\x10\x62ytes_per_worker\x18\x02 \x03(\x03\x12\x17\n\x0fsame_node_bytes\x18\x03 \x01(\x03\x12\x18\n\x10\x63ross_node_bytes\x18\x04 \x01(\x03\x12\x18\n\x10same_node_tokens\x18\x05 \x01(\x03\x12\x19\n\x11\x63ross_node_tokens\x18\x06 \x01(\x03\"\xaf\x01\n\x10GetStatsResponse\x12\x12\n\nnum_tokens\x18\x01 \x01(\x01\x12(\n\x06layers\x18\x02 \x03(\x0b\x32\x18.switchyard.v1.LayerLoad\x12\x14\n\x0c\x62\x61lancedness\x18\x03 \x01(\x01\x12/\n\x07traffic\x18\x04 \x01(\x0b\x32\x1e.switchyard.v1.TrafficCounters\x12\x16\n\x0ewindow_seconds\x18\x05 \x01(\x01\"\x14\n\x12\x43lusterInfoRequest\"\xa6\x01\n\tModelInfo\x12\x11\n\tmodel_dir\x18\x01 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x02 \x01(\t\x12\x12\n\nnum_layers\x18\x03 \x01(\x05\x12\x13\n\x0bnum_experts\x18\x04 \x01(\x05\x12\r\n\x05top_k\x18\x05 \x01(\x05\x12\x12\n\nvocab_size\x18\x06 \x01(\x05\x12\x13\n\x0bmax_context\x18\x07 \x01(\x05\x12\x15\n\rhas_tokenizer\x18\x08 \x01(\x08\"?\n\x08NodeInfo\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x13\n\x0bray_node_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\">\n\nEngineInfo\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04node\x18\x02 \x01(\x05\x12\x13\n\x0bqueue_depth\x18\x03 \x01(\x05\")\n\nWorkerInfo\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04node\x18\x02 \x01(\x05\"\xce\x01\n\x13\x43lusterInfoResponse\x12\'\n\x05model\x18\x01 \x01(\x0b\x32\x18.switchyard.v1.ModelInfo\x12&\n\x05nodes\x18\x02 \x03(\x0b\x32\x17.switchyard.v1.NodeInfo\x12*\n\x07\x65ngines\x18\x03 \x03(\x0b\x32\x19.switchyard.v1.EngineInfo\x12*\n\x07workers\x18\x04 \x03(\x0b\x32\x19.switchyard.v1.WorkerInfo\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\"\x9c\x01\n\x10RebalanceRequest\x12\x0f\n\x07\x64ry_run\x18\x01 \x01(\x08\x12\x0e\n\x06policy\x18\x02 \x01(\t\x12\x16\n\tmax_moves\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x11\n\tplan_json\x18\x04 \x01(\t\x12\x1b\n\x0e\x65xpected_epoch\x18\x05 \x01(\x03H\x01\x88\x01\x01\x42\x0c\n\n_max_movesB\x11\n\x0f_expected_epoch\"\"\n\x0fRollbackRequest\x12\x0f\n\x07\x64ry_run\x18\x01 \x01(\x08\"\xbf\x01\n\x0bPlanMetrics\x12\x14\n\x0c\x62\x61lancedness\x18\x01 \x01(\x01\x12\x1b\n\x0egpus_per_token\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12#\n\x16remote_nodes_per_token\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x19\n\x0clayer_time_s\x18\x04 \x01(\x01H\x02\x88\x01\x01\x42\x11\n\x0f_gpus_per_tokenB\x19\n\x17_remote_nodes_per_tokenB\x0f\n\r_layer_time_s\"\xcd\x03\n\x11RebalanceResponse\x12\r\n\x05\x65poch\x18\x01 \x01(\x03\x12\x0f\n\x07\x61pplied\x18\x02 \x01(\x08\x12\x11\n\tplan_json\x18\x03 \x01(\t\x12\x1b\n\x13\x62\x61lancedness_before\x18\x04 \x01(\x01\x12\x1a\n\x12\x62\x61lancedness_after\x18\x05 \x01(\x01\x12\x0e\n\x06policy\x18\x06 \x01(\t\x12\x16\n\x0ereplicas_moved\x18\x07 \x01(\x05\x12 \n\x18replicas_moved_per_layer\x18\x08 \x03(\x05\x12\x15\n\rbytes_to_copy\x18\t \x01(\x03\x12+\n\x07\x63urrent\x18\n \x01(\x0b\x32\x1a.switchyard.v1.PlanMetrics\x12,\n\x08proposed\x18\x0b \x01(\x0b\x32\x1a.switchyard.v1.PlanMetrics\x12\x15\n\rwindow_tokens\x18\x0c \x01(\x01\x12\x18\n\x10\x65valuated_tokens\x18\r \x01(\x03\x12\x15\n\rapplied_epoch\x18\x0e \x01(\x03\x12\x14\n\x0c\x62ytes_copied\x18\x0f \x01(\x03\x12\x15\n\rapply_seconds\x18\x10 \x01(\x01\x12\x1b\n\x13steps_during_switch\x18\x11 \x01(\x03*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x02\x32\xd1\x04\n\nSwitchyard\x12M\n\x08Generate\x12\x1e.switchyard.v1.GenerateRequest\x1a\x1f.switchyard.v1.GenerateResponse0\x01\x12Z\n\rGenerateBatch\x12#.switchyard.v1.GenerateBatchRequest\x1a$.switchyard.v1.GenerateBatchResponse\x12W\n\x0cGetPlacement\x12\".switchyard.v1.GetPlacementRequest\x1a#.switchyard.v1.GetPlacementResponse\x12K\n\x08GetStats\x12\x1e.switchyard.v1.GetStatsRequest\x1a\x1f.switchyard.v1.GetStatsResponse\x12T\n\x0b\x43lusterInfo\x12!.switchyard.v1.ClusterInfoRequest\x1a\".switchyard.v1.ClusterInfoResponse\x12N\n\tRebalance\x12\x1f.switchyard.v1.RebalanceRequest\x1a .switchyard.v1.RebalanceResponse\x12L\n\x08Rollback\x12\x1e.switchyard.v1.RollbackRequest\x1a .switchyard.v1.RebalanceResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'switchyard.v1.serving_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=2708
-  _globals['_FINISHREASON']._serialized_end=2803
+  _globals['_FINISHREASON']._serialized_start=2932
+  _globals['_FINISHREASON']._serialized_end=3027
   _globals['_SAMPLINGPARAMS']._serialized_start=47
   _globals['_SAMPLINGPARAMS']._serialized_end=194
   _globals['_GENERATEREQUEST']._serialized_start=196
@@ -52,33 +52,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETPLACEMENTREQUEST']._serialized_start=902
   _globals['_GETPLACEMENTREQUEST']._serialized_end=923
   _globals['_GETPLACEMENTRESPONSE']._serialized_start=926
-  _globals['_GETPLACEMENTRESPONSE']._serialized_end=1074
-  _globals['_GETSTATSREQUEST']._serialized_start=1076
-  _globals['_GETSTATSREQUEST']._serialized_end=1093
-  _globals['_LAYERLOAD']._serialized_start=1095
-  _globals['_LAYERLOAD']._serialized_end=1127
-  _globals['_TRAFFICCOUNTERS']._serialized_start=1130
-  _globals['_TRAFFICCOUNTERS']._serialized_end=1304
-  _globals['_GETSTATSRESPONSE']._serialized_start=1307
-  _globals['_GETSTATSRESPONSE']._serialized_end=1482
-  _globals['_CLUSTERINFOREQUEST']._serialized_start=1484
-  _globals['_CLUSTERINFOREQUEST']._serialized_end=1504
-  _globals['_MODELINFO']._serialized_start=1507
-  _globals['_MODELINFO']._serialized_end=1673
-  _globals['_NODEINFO']._serialized_start=1675
-  _globals['_NODEINFO']._serialized_end=1738
-  _globals['_ENGINEINFO']._serialized_start=1740
-  _globals['_ENGINEINFO']._serialized_end=1802
-  _globals['_WORKERINFO']._serialized_start=1804
-  _globals['_WORKERINFO']._serialized_end=1845
-  _globals['_CLUSTERINFORESPONSE']._serialized_start=1848
-  _globals['_CLUSTERINFORESPONSE']._serialized_end=2054
-  _globals['_REBALANCEREQUEST']._serialized_start=2056
-  _globals['_REBALANCEREQUEST']._serialized_end=2145
-  _globals['_PLANMETRICS']._serialized_start=2148
-  _globals['_PLANMETRICS']._serialized_end=2339
-  _globals['_REBALANCERESPONSE']._serialized_start=2342
-  _globals['_REBALANCERESPONSE']._serialized_end=2706
-  _globals['_SWITCHYARD']._serialized_start=2806
-  _globals['_SWITCHYARD']._serialized_end=3321
+  _globals['_GETPLACEMENTRESPONSE']._serialized_end=1097
+  _globals['_GETSTATSREQUEST']._serialized_start=1099
+  _globals['_GETSTATSREQUEST']._serialized_end=1116
+  _globals['_LAYERLOAD']._serialized_start=1118
+  _globals['_LAYERLOAD']._serialized_end=1150
+  _globals['_TRAFFICCOUNTERS']._serialized_start=1153
+  _globals['_TRAFFICCOUNTERS']._serialized_end=1327
+  _globals['_GETSTATSRESPONSE']._serialized_start=1330
+  _globals['_GETSTATSRESPONSE']._serialized_end=1505
+  _globals['_CLUSTERINFOREQUEST']._serialized_start=1507
+  _globals['_CLUSTERINFOREQUEST']._serialized_end=1527
+  _globals['_MODELINFO']._serialized_start=1530
+  _globals['_MODELINFO']._serialized_end=1696
+  _globals['_NODEINFO']._serialized_start=1698
+  _globals['_NODEINFO']._serialized_end=1761
+  _globals['_ENGINEINFO']._serialized_start=1763
+  _globals['_ENGINEINFO']._serialized_end=1825
+  _globals['_WORKERINFO']._serialized_start=1827
+  _globals['_WORKERINFO']._serialized_end=1868
+  _globals['_CLUSTERINFORESPONSE']._serialized_start=1871
+  _globals['_CLUSTERINFORESPONSE']._serialized_end=2077
+  _globals['_REBALANCEREQUEST']._serialized_start=2080
+  _globals['_REBALANCEREQUEST']._serialized_end=2236
+  _globals['_ROLLBACKREQUEST']._serialized_start=2238
+  _globals['_ROLLBACKREQUEST']._serialized_end=2272
+  _globals['_PLANMETRICS']._serialized_start=2275
+  _globals['_PLANMETRICS']._serialized_end=2466
+  _globals['_REBALANCERESPONSE']._serialized_start=2469
+  _globals['_REBALANCERESPONSE']._serialized_end=2930
+  _globals['_SWITCHYARD']._serialized_start=3030
+  _globals['_SWITCHYARD']._serialized_end=3623
 # @@protoc_insertion_point(module_scope)

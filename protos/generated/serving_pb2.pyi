@@ -101,20 +101,22 @@ class GetPlacementRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetPlacementResponse(_message.Message):
-    __slots__ = ("epoch", "plan_json", "num_layers", "num_physical_experts", "num_nodes", "gpus_per_node")
+    __slots__ = ("epoch", "plan_json", "num_layers", "num_physical_experts", "num_nodes", "gpus_per_node", "engine_epochs")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     PLAN_JSON_FIELD_NUMBER: _ClassVar[int]
     NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
     NUM_PHYSICAL_EXPERTS_FIELD_NUMBER: _ClassVar[int]
     NUM_NODES_FIELD_NUMBER: _ClassVar[int]
     GPUS_PER_NODE_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_EPOCHS_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     plan_json: str
     num_layers: int
     num_physical_experts: int
     num_nodes: int
     gpus_per_node: int
-    def __init__(self, epoch: _Optional[int] = ..., plan_json: _Optional[str] = ..., num_layers: _Optional[int] = ..., num_physical_experts: _Optional[int] = ..., num_nodes: _Optional[int] = ..., gpus_per_node: _Optional[int] = ...) -> None: ...
+    engine_epochs: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, epoch: _Optional[int] = ..., plan_json: _Optional[str] = ..., num_layers: _Optional[int] = ..., num_physical_experts: _Optional[int] = ..., num_nodes: _Optional[int] = ..., gpus_per_node: _Optional[int] = ..., engine_epochs: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class GetStatsRequest(_message.Message):
     __slots__ = ()
@@ -223,14 +225,24 @@ class ClusterInfoResponse(_message.Message):
     def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., engines: _Optional[_Iterable[_Union[EngineInfo, _Mapping]]] = ..., workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., device: _Optional[str] = ...) -> None: ...
 
 class RebalanceRequest(_message.Message):
-    __slots__ = ("dry_run", "policy", "max_moves")
+    __slots__ = ("dry_run", "policy", "max_moves", "plan_json", "expected_epoch")
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     MAX_MOVES_FIELD_NUMBER: _ClassVar[int]
+    PLAN_JSON_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_EPOCH_FIELD_NUMBER: _ClassVar[int]
     dry_run: bool
     policy: str
     max_moves: int
-    def __init__(self, dry_run: _Optional[bool] = ..., policy: _Optional[str] = ..., max_moves: _Optional[int] = ...) -> None: ...
+    plan_json: str
+    expected_epoch: int
+    def __init__(self, dry_run: _Optional[bool] = ..., policy: _Optional[str] = ..., max_moves: _Optional[int] = ..., plan_json: _Optional[str] = ..., expected_epoch: _Optional[int] = ...) -> None: ...
+
+class RollbackRequest(_message.Message):
+    __slots__ = ("dry_run",)
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    dry_run: bool
+    def __init__(self, dry_run: _Optional[bool] = ...) -> None: ...
 
 class PlanMetrics(_message.Message):
     __slots__ = ("balancedness", "gpus_per_token", "remote_nodes_per_token", "layer_time_s")
@@ -245,7 +257,7 @@ class PlanMetrics(_message.Message):
     def __init__(self, balancedness: _Optional[float] = ..., gpus_per_token: _Optional[float] = ..., remote_nodes_per_token: _Optional[float] = ..., layer_time_s: _Optional[float] = ...) -> None: ...
 
 class RebalanceResponse(_message.Message):
-    __slots__ = ("epoch", "applied", "plan_json", "balancedness_before", "balancedness_after", "policy", "replicas_moved", "replicas_moved_per_layer", "bytes_to_copy", "current", "proposed", "window_tokens", "evaluated_tokens")
+    __slots__ = ("epoch", "applied", "plan_json", "balancedness_before", "balancedness_after", "policy", "replicas_moved", "replicas_moved_per_layer", "bytes_to_copy", "current", "proposed", "window_tokens", "evaluated_tokens", "applied_epoch", "bytes_copied", "apply_seconds", "steps_during_switch")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     APPLIED_FIELD_NUMBER: _ClassVar[int]
     PLAN_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -259,6 +271,10 @@ class RebalanceResponse(_message.Message):
     PROPOSED_FIELD_NUMBER: _ClassVar[int]
     WINDOW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     EVALUATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    BYTES_COPIED_FIELD_NUMBER: _ClassVar[int]
+    APPLY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    STEPS_DURING_SWITCH_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     applied: bool
     plan_json: str
@@ -272,4 +288,8 @@ class RebalanceResponse(_message.Message):
     proposed: PlanMetrics
     window_tokens: float
     evaluated_tokens: int
-    def __init__(self, epoch: _Optional[int] = ..., applied: _Optional[bool] = ..., plan_json: _Optional[str] = ..., balancedness_before: _Optional[float] = ..., balancedness_after: _Optional[float] = ..., policy: _Optional[str] = ..., replicas_moved: _Optional[int] = ..., replicas_moved_per_layer: _Optional[_Iterable[int]] = ..., bytes_to_copy: _Optional[int] = ..., current: _Optional[_Union[PlanMetrics, _Mapping]] = ..., proposed: _Optional[_Union[PlanMetrics, _Mapping]] = ..., window_tokens: _Optional[float] = ..., evaluated_tokens: _Optional[int] = ...) -> None: ...
+    applied_epoch: int
+    bytes_copied: int
+    apply_seconds: float
+    steps_during_switch: int
+    def __init__(self, epoch: _Optional[int] = ..., applied: _Optional[bool] = ..., plan_json: _Optional[str] = ..., balancedness_before: _Optional[float] = ..., balancedness_after: _Optional[float] = ..., policy: _Optional[str] = ..., replicas_moved: _Optional[int] = ..., replicas_moved_per_layer: _Optional[_Iterable[int]] = ..., bytes_to_copy: _Optional[int] = ..., current: _Optional[_Union[PlanMetrics, _Mapping]] = ..., proposed: _Optional[_Union[PlanMetrics, _Mapping]] = ..., window_tokens: _Optional[float] = ..., evaluated_tokens: _Optional[int] = ..., applied_epoch: _Optional[int] = ..., bytes_copied: _Optional[int] = ..., apply_seconds: _Optional[float] = ..., steps_during_switch: _Optional[int] = ...) -> None: ...

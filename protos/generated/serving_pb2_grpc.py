@@ -64,6 +64,11 @@ class SwitchyardStub:
                 request_serializer=switchyard_dot_v1_dot_serving__pb2.RebalanceRequest.SerializeToString,
                 response_deserializer=switchyard_dot_v1_dot_serving__pb2.RebalanceResponse.FromString,
                 _registered_method=True)
+        self.Rollback = channel.unary_unary(
+                '/switchyard.v1.Switchyard/Rollback',
+                request_serializer=switchyard_dot_v1_dot_serving__pb2.RollbackRequest.SerializeToString,
+                response_deserializer=switchyard_dot_v1_dot_serving__pb2.RebalanceResponse.FromString,
+                _registered_method=True)
 
 
 class SwitchyardServicer:
@@ -106,7 +111,16 @@ class SwitchyardServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Rebalance(self, request, context):
-        """Plan a new placement and (unless dry_run) move experts live. Admin call.
+        """Plan a new placement (or take the one given) and, unless dry_run, move experts live to it while
+        requests keep running: a new epoch. Admin call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Rollback(self, request, context):
+        """Move back to the plan active before the current one, as a new epoch (the history keeps growing).
+        Admin call.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -143,6 +157,11 @@ def add_SwitchyardServicer_to_server(servicer, server):
             'Rebalance': grpc.unary_unary_rpc_method_handler(
                     servicer.Rebalance,
                     request_deserializer=switchyard_dot_v1_dot_serving__pb2.RebalanceRequest.FromString,
+                    response_serializer=switchyard_dot_v1_dot_serving__pb2.RebalanceResponse.SerializeToString,
+            ),
+            'Rollback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rollback,
+                    request_deserializer=switchyard_dot_v1_dot_serving__pb2.RollbackRequest.FromString,
                     response_serializer=switchyard_dot_v1_dot_serving__pb2.RebalanceResponse.SerializeToString,
             ),
     }
@@ -307,6 +326,33 @@ class Switchyard:
             target,
             '/switchyard.v1.Switchyard/Rebalance',
             switchyard_dot_v1_dot_serving__pb2.RebalanceRequest.SerializeToString,
+            switchyard_dot_v1_dot_serving__pb2.RebalanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rollback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchyard.v1.Switchyard/Rollback',
+            switchyard_dot_v1_dot_serving__pb2.RollbackRequest.SerializeToString,
             switchyard_dot_v1_dot_serving__pb2.RebalanceResponse.FromString,
             options,
             channel_credentials,

@@ -1,0 +1,214 @@
+"""Rebalance apply and Rollback through the gateway, over the real runtime on a 2-node Ray cluster.
+
+One Ray cluster and one runtime (2 nodes x 2 workers, one engine per node) serve the module; every case
+runs against both state stores (embedded, and the redis-server on 127.0.0.1:6379 under a deployment of
+its own), each with its own backend and gateway over the same runtime. Cases leave the runtime serving
+some valid plan and assert relative to the epoch they find, so they do not depend on their order.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from switchyard.cluster.client import Client
+from switchyard.cluster.gateway import BackgroundGateway, GatewayConfig
+from switchyard.cluster.redis_state_store import RedisStateStore
+from switchyard.cluster.runtime import Runtime, local_cluster
+from switchyard.cluster.serving import RuntimeBackend
+from switchyard.cluster.state_store import EmbeddedStateStore, StateStoreUnavailable
+from switchyard.placement.plan import Plan
+from switchyard.workers.checkpoints import init_checkpoint
+
+pytestmark = pytest.mark.ray
+
+PROMPTS = [[1, 5, 9, 33, 100, 7], [4, 8, 15, 16, 23, 42, 99], [300, 2], [77]]
+NEW_TOKENS = 6
+OBSERVE_AFTER_S = 0.5
+REDIS_URL = "redis://127.0.0.1:6379/0"
+Code = grpc.StatusCode
+
+
+@pytest.fixture(scope="module")
+def runtime(tmp_path_factory):
+    model_dir = init_checkpoint("mixtral", "tiny", tmp_path_factory.mktemp("rebalance") / "mixtral", skew=0.5,
+                                seed=11)
+    with local_cluster(2):
+        started = Runtime.start(model_dir, num_nodes=2, workers_per_node=2)
+        try:
+            yield started
+        finally:
+            started.shutdown()
+
+
+def _align(store, runtime: Runtime) -> None:
+    """Bring a fresh store to the runtime's epoch, as if it had served this runtime from the start."""
+    epoch = 0 if (active := store.active_plan()) is None else active[1]
+    while epoch < runtime.epoch:
+        epoch = store.set_active_plan(runtime.plan, epoch)
+
+
+@pytest.fixture(scope="module", params=["embedded", "redis"])
+def store(request, runtime, fresh_redis_store):
+    if request.param == "embedded":
+        yield EmbeddedStateStore()
+        return
+    with fresh_redis_store("test-rebalance") as opened:
+        yield opened
+
+
+def _gateway(backend: RuntimeBackend, **config) -> tuple[BackgroundGateway, str]:
+    gateway = BackgroundGateway(GatewayConfig(port=0, **config))
+    port = gateway.start()
+    gateway.attach(backend)
+    return gateway, f"127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def client(runtime, store):
+    _align(store, runtime)
+    gateway, target = _gateway(RuntimeBackend(runtime, store=store, observe_after_s=OBSERVE_AFTER_S))
+    try:
+        with Client(target, timeout_s=120) as connected:
+            yield connected
+    finally:
+        gateway.drain(0)
+
+
+def _code(call) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    return caught.value.code(), caught.value.details()
+
+
+def _greedy(client: Client) -> list[list[int]]:
+    return [list(result.token_ids) for result in client.generate_batch(PROMPTS, max_new_tokens=NEW_TOKENS)]
+
+
+def _moved(plan: Plan) -> Plan:
+    """`plan` with every GPU's experts moved to the next GPU: a valid plan that copies every slot."""
+    slots = plan.topology.slots_per_gpu
+    return Plan(np.roll(plan.physical_to_logical, slots, axis=1), plan.topology, plan.num_logical_experts)
+
+
+def _experts_per_gpu(plan: Plan) -> np.ndarray:
+    """`[L, G, S]`: each GPU's experts, sorted (slot order within a GPU is free)."""
+    return np.sort(plan.gpu_experts, axis=2)
+
+
+def _served(client: Client) -> tuple[int, Plan]:
+    placement = client.placement()
+    assert list(placement.engine_epochs) == [placement.epoch] * 2  # every engine serves the active epoch
+    return placement.epoch, Plan.from_dict(json.loads(placement.plan_json))
+
+
+def test_apply_moves_every_engine_to_a_new_epoch_with_identical_outputs(runtime, store, client):
+    epoch, plan = _served(client)
+    before = _greedy(client)
+    store.append_stats("engine-0", runtime.routing_stats(), time.time())  # a window for the policy
+    planned = client.rebalance(dry_run=False, policy="eplb", expected_epoch=epoch)
+    assert planned.applied and planned.epoch == epoch and planned.applied_epoch == epoch + 1
+    assert planned.policy == "eplb" and planned.apply_seconds > 0
+    assert _served(client)[0] == epoch + 1 == runtime.epoch
+    moved = _moved(plan)
+    answer = client.rebalance(dry_run=False, plan_json=json.dumps(moved.to_dict()))
+    assert answer.applied and answer.policy == "given" and answer.applied_epoch == epoch + 2
+    assert answer.replicas_moved > 0 and answer.bytes_copied > 0
+    served_epoch, served = _served(client)
+    assert served_epoch == epoch + 2
+    np.testing.assert_array_equal(_experts_per_gpu(served), _experts_per_gpu(moved))
+    assert _greedy(client) == before
+
+
+def test_rollback_returns_to_the_previous_plan_as_a_new_epoch(client):
+    epoch, plan = _served(client)
+    client.rebalance(dry_run=False, plan_json=json.dumps(_moved(plan).to_dict()))
+    preview = client.rollback(dry_run=True)
+    assert not preview.applied and preview.epoch == epoch + 1 and preview.policy == "rollback"
+    assert _served(client)[0] == epoch + 1  # a dry run moves nothing
+    answer = client.rollback()
+    assert answer.applied and answer.applied_epoch == epoch + 2
+    served_epoch, served = _served(client)
+    assert served_epoch == epoch + 2
+    np.testing.assert_array_equal(_experts_per_gpu(served), _experts_per_gpu(plan))
+
+
+def _missing_expert(plan: Plan) -> dict:
+    data = plan.to_dict()
+    table = np.array(data["physical_to_logical_map"])
+    table[0][table[0] == 0] = 1  # expert 0 gone from layer 0
+    data["physical_to_logical_map"] = table.tolist()
+    return data
+
+
+def test_invalid_plans_and_stale_epochs_change_nothing(client):
+    epoch, plan = _served(client)
+    other_gpus = {**plan.to_dict(), "gpus_per_node": 1}
+    for bad, message in ((other_gpus, "cannot migrate between topologies"), (_missing_expert(plan), "expert 0"),
+                         ({"physical_to_logical_map": [[0]]}, "lacks the key")):
+        code, details = _code(lambda: client.rebalance(dry_run=False, plan_json=json.dumps(bad)))
+        assert code == Code.INVALID_ARGUMENT and message in details, details
+    code, details = _code(lambda: client.rebalance(dry_run=False, plan_json="{not json"))
+    assert code == Code.INVALID_ARGUMENT and "not JSON" in details
+    moved = json.dumps(_moved(plan).to_dict())
+    code, details = _code(lambda: client.rebalance(dry_run=False, plan_json=moved, expected_epoch=epoch - 1))
+    assert code == Code.ABORTED and f"epoch {epoch}, not {epoch - 1}" in details
+    assert _served(client)[0] == epoch
+
+
+def test_events_record_the_apply_and_its_observed_gain(store, client):
+    epoch, plan = _served(client)
+    answer = client.rebalance(dry_run=False, plan_json=json.dumps(_moved(plan).to_dict()))
+    _greedy(client)  # traffic after the switch
+    deadline = time.monotonic() + 20
+    while not any(e["kind"] == "observed" and e["epoch"] == epoch + 1 for e in store.events()):
+        assert time.monotonic() < deadline, store.events(5)
+        time.sleep(0.1)
+    events = store.events()
+    applied = next(e for e in events if e["kind"] == "rebalance" and e["epoch"] == epoch + 1)
+    assert applied["from_epoch"] == epoch and applied["by"] == "admin" and applied["policy"] == "given"
+    assert applied["copies"] == answer.replicas_moved and applied["bytes_copied"] == answer.bytes_copied
+    assert 0 < applied["predicted_after"]["balancedness"] <= 1 and applied["apply_seconds"] > 0
+    observed = next(e for e in events if e["kind"] == "observed" and e["epoch"] == epoch + 1)
+    assert observed["token_vectors_after"] > 0 and observed["cross_node_bytes_per_token_after"] is not None
+    assert observed["cross_node_bytes_per_token_before"] > 0 and 0 < observed["balancedness"] <= 1
+    _code(lambda: client.rebalance(dry_run=False, plan_json=json.dumps(plan.to_dict()), expected_epoch=0))
+    failed = store.events(1)[0]
+    assert failed["kind"] == "rebalance_failed" and failed["action"] == "rebalance" and "not 0" in failed["error"]
+
+
+class _CommitFailsStore(EmbeddedStateStore):
+    """An embedded store that cannot write a plan while `down`, as when Redis goes down mid-rebalance."""
+
+    down = False
+
+    def set_active_plan(self, plan, expected_epoch) -> int:
+        if self.down:
+            raise StateStoreUnavailable("the test's store went down")
+        return super().set_active_plan(plan, expected_epoch)
+
+
+def test_store_down_is_unavailable_and_the_old_epoch_serves(runtime, store, client):
+    epoch, plan = _served(client)
+    before = _greedy(client)
+    if isinstance(store, RedisStateStore):  # nothing listens there: the first read fails, nothing moves
+        down = RedisStateStore("redis://127.0.0.1:1/0", "down", timeout_s=0.5)
+    else:  # the read works and the migration runs; its commit fails, which undoes it
+        down = _CommitFailsStore()
+        _align(down, runtime)
+        down.down = True
+    gateway, target = _gateway(RuntimeBackend(runtime, store=down))
+    try:
+        with Client(target, timeout_s=120) as admin:
+            moved = json.dumps(_moved(plan).to_dict())
+            code, details = _code(lambda: admin.rebalance(dry_run=False, plan_json=moved))
+            assert code == Code.UNAVAILABLE, details
+    finally:
+        gateway.drain(0)
+    assert runtime.epoch == epoch and _served(client)[0] == epoch
+    np.testing.assert_array_equal(runtime.plan.physical_to_logical, plan.physical_to_logical)
+    assert _greedy(client) == before
