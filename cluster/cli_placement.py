@@ -1,6 +1,8 @@
 """`switchyard placement ...`: plan, evaluate, compare and export expert placements offline; show the
-active plan of a running gateway and propose a rebalance for it (`show`, `rebalance`, gRPC imported
-only there).
+active plan of a running gateway, rebalance it live and roll it back (`show`, `rebalance`, `rollback`;
+gRPC imported only there). A live change always shows its dry run first and asks for confirmation
+unless `--yes`; it then applies exactly the plan shown, pinned to the epoch shown (ABORTED if another
+rebalance came first).
 
 Against a gateway, a gRPC error prints one line `STATUS_NAME: message` on stderr and exits with 2
 when the request was at fault (`client.is_client_error`), 1 otherwise."""
@@ -10,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ import click
 import numpy as np
 
 from switchyard.cluster.cli_params import (
-    INPUT_FILE, OUTPUT_FILE, TOKEN_RANGE, UserError, drop_incomplete_option, topology_options,
+    INPUT_FILE, OUTPUT_FILE, TOKEN_RANGE, drop_incomplete_option, topology_options,
     verbose_option,
 )
 from switchyard.cluster.formatting import comparison_table, evaluation_table, placement_tables, rebalance_table
@@ -156,7 +158,7 @@ def export(plan_path: Path, export_format: str, out: Path, first_moe_layer: int)
 _server_option = click.option("--server", required=True, help="A running gateway (switchyard serve), HOST:PORT.")
 _token_option = click.option("--token", envvar="SWITCHYARD_TOKEN", default=None,
                              help="The gateway's bearer token (rebalance: the admin token).")
-APPLY_NOT_AVAILABLE = "applying a plan live is not available yet; use --dry-run"
+_yes_option = click.option("--yes", is_flag=True, help="Apply without asking for confirmation.")
 
 
 @contextlib.contextmanager
@@ -190,13 +192,15 @@ def show(server: str, token: str | None, as_json: bool) -> None:
     gpu_load = expected_gpu_load(active, load) if load.shape == (active.num_layers, active.num_logical_experts) \
         else None
     topology = active.topology
+    engine_epochs = list(answer.engine_epochs)
     click.echo(f"epoch {answer.epoch}: {active.num_logical_experts} experts x {active.num_layers} layers on "
                f"{topology.describe()}; load: {stats.num_tokens:.0f} tokens "
                + (f"in the last {stats.window_seconds:g} s" if stats.window_seconds else "since loading")
                + " (each expert's load split over its replicas)")
+    click.echo(f"engines dispatch under epoch(s): {', '.join(str(e) for e in engine_epochs)}")
     click.echo(placement_tables(active.gpu_experts, topology.gpus_per_node, gpu_load))
     if as_json:
-        click.echo(json.dumps({"epoch": answer.epoch, "plan": active.to_dict(),
+        click.echo(json.dumps({"epoch": answer.epoch, "engine_epochs": engine_epochs, "plan": active.to_dict(),
                                "gpu_experts": active.gpu_experts.tolist(),
                                "gpu_load": None if gpu_load is None else gpu_load.tolist(),
                                "num_tokens": stats.num_tokens, "window_seconds": stats.window_seconds}))
@@ -208,27 +212,84 @@ def show(server: str, token: str | None, as_json: bool) -> None:
               help="Placement policy of the proposal.")
 @click.option("--max-moves", type=click.IntRange(min=0), default=None,
               help="The most expert copies the proposal may need (migration-aware policies: affinity).")
+@click.option("--plan", "plan_path", type=INPUT_FILE, default=None,
+              help="Propose this plan (JSON, e.g. from `placement plan`) instead of planning with --policy.")
 @click.option("--dry-run/--apply", "dry_run", default=True, show_default=True,
-              help="Propose and report, move nothing. --apply is not available yet.")
+              help="Only propose and report, or then move the experts live.")
+@_yes_option
 @_token_option
 @_json_option
 @verbose_option
-def rebalance(server: str, policy: str, max_moves: int | None, dry_run: bool, token: str | None,
-              as_json: bool) -> None:
-    """Propose a new plan from the gateway's statistics window: the diff and the predicted gain."""
-    if not dry_run:
-        raise UserError(APPLY_NOT_AVAILABLE)
+def rebalance(server: str, policy: str, max_moves: int | None, plan_path: Path | None, dry_run: bool, yes: bool,
+              token: str | None, as_json: bool) -> None:
+    """Propose a new plan from the gateway's statistics window (the diff and the predicted gain) and,
+    with --apply, move the experts live: copies first, then every engine switches, then old copies go."""
+    plan_json = json.dumps(load_plan(plan_path).to_dict()) if plan_path is not None else None
     with _gateway(server, token) as client:
-        answer = client.rebalance(dry_run=True, policy=policy, max_moves=max_moves)
-    summary = rebalance_summary(answer)
-    click.echo(f"dry run: {policy} on {summary['window_tokens']:.0f} tokens of statistics "
-               f"(figures on {summary['evaluated_tokens']} sampled top-k sets, all layers), from epoch {summary['epoch']}")
+        answer = client.rebalance(dry_run=True, policy=policy, max_moves=max_moves, plan_json=plan_json)
+        summary = rebalance_summary(answer)
+        source = f"the plan in {plan_path}" if plan_path is not None else policy
+        _show_then_apply(f"{source} on {summary['window_tokens']:.0f} tokens of statistics", summary,
+                         dry_run, yes, as_json, "rebalance",
+                         lambda: client.rebalance(dry_run=False, policy=policy, max_moves=max_moves,
+                                                  plan_json=answer.plan_json, expected_epoch=answer.epoch))
+
+
+@placement.command("rollback")
+@_server_option
+@click.option("--dry-run/--apply", "dry_run", default=False, show_default=True,
+              help="Only show what returning to the previous plan would move and change.")
+@_yes_option
+@_token_option
+@_json_option
+@verbose_option
+def rollback(server: str, dry_run: bool, yes: bool, token: str | None, as_json: bool) -> None:
+    """Return to the plan before the active one, live and the same way as `rebalance --apply`."""
+    with _gateway(server, token) as client:
+        _show_then_apply("the previous plan", rebalance_summary(client.rollback(dry_run=True)), dry_run, yes,
+                         as_json, "roll back", lambda: client.rollback(dry_run=False))
+
+
+def _show_then_apply(source: str, summary: dict[str, Any], dry_run: bool, yes: bool, as_json: bool, action: str,
+                     apply: Callable[[], Any]) -> None:
+    """Print a proposal, then `apply()` it unless a dry run or not confirmed, then print the outcome."""
+    _echo_proposal(source, summary)
+    applied = None if dry_run or not _confirmed(summary, yes, action) else apply()
+    _echo_result(summary, applied, as_json)
+
+
+def _echo_proposal(source: str, summary: dict[str, Any]) -> None:
+    click.echo(f"proposal: {source} (figures on {summary['evaluated_tokens']} sampled top-k sets, all layers), "
+               f"from epoch {summary['epoch']}")
     click.echo(rebalance_table(summary))
     per_layer = ", ".join(str(n) for n in summary["replicas_moved_per_layer"])
     click.echo(f"diff: {summary['replicas_moved']} replica(s) moved (per layer: {per_layer}), "
-               f"{summary['bytes_to_copy'] / 2**20:.1f} MiB to copy; nothing applied")
+               f"{summary['bytes_to_copy'] / 2**20:.1f} MiB to copy")
+
+
+def _confirmed(summary: dict[str, Any], yes: bool, action: str) -> bool:
+    """Whether to apply: False (and why) when nothing would move; else --yes or the user's answer."""
+    if summary["replicas_moved"] == 0:
+        click.echo("nothing to move: the proposed plan holds the same experts as the active one")
+        return False
+    return yes or click.confirm(f"{action}: move {summary['replicas_moved']} replica(s) live from epoch "
+                                f"{summary['epoch']}?", default=False)
+
+
+def _echo_result(summary: dict[str, Any], applied: Any, as_json: bool) -> None:
+    """The closing line (applied or not) and, with --json, the summary with what was applied."""
+    if applied is None:
+        click.echo("nothing applied")
+    else:
+        click.echo(f"applied: epoch {applied.applied_epoch} is active on every engine; "
+                   f"{applied.replicas_moved} replica(s), {applied.bytes_copied / 2**20:.1f} MiB copied worker to "
+                   f"worker in {applied.apply_seconds:.2f} s; {applied.steps_during_switch} engine step(s) ran "
+                   "during the switch")
     if as_json:
-        click.echo(json.dumps(summary))
+        click.echo(json.dumps({**summary, "applied": applied is not None,
+                               "applied_epoch": applied.applied_epoch if applied is not None else None,
+                               "bytes_copied": applied.bytes_copied if applied is not None else 0,
+                               "apply_seconds": applied.apply_seconds if applied is not None else 0.0}))
 
 
 def rebalance_summary(answer: Any) -> dict[str, Any]:

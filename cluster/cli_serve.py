@@ -57,12 +57,27 @@ def _deployment(ctx: click.Context, param: click.Parameter, value: str) -> str:
         raise UserError(str(error)) from None
 
 
-async def serve_until_signalled(config: Any, start_backend: Any) -> None:
+def _resumed_plan(store: Any, default: Any) -> Any:
+    """The store's active plan when it fits the model and topology of `default` (a restarted gateway
+    resumes what the rebalancer left), else `default`."""
+    active = store.active_plan()
+    if active is None:
+        return default
+    plan, epoch = active
+    if plan.topology != default.topology or plan.physical_to_logical.shape[0] != default.num_layers \
+            or plan.num_logical_experts != default.num_logical_experts:
+        return default
+    log.info("serving the state store's active plan, epoch %d", epoch)
+    return plan
+
+
+async def serve_until_signalled(config: Any, start_backend: Any, auto: Any = None) -> None:
     """Listen at once (health NOT_SERVING), build the backend (`start_backend()` in a thread), serve
     until SIGINT or SIGTERM, then drain: health NOT_SERVING, in-flight calls get `config.grace_s`.
 
-    config: a `GatewayConfig`.
+    config: a `GatewayConfig`.  auto: `AutoRebalanceSettings` to rebalance on its own, or None.
     """
+    from switchyard.cluster.auto_rebalance import AutoRebalancer
     from switchyard.cluster.gateway import Gateway
 
     loop = asyncio.get_running_loop()
@@ -72,11 +87,17 @@ async def serve_until_signalled(config: Any, start_backend: Any) -> None:
     gateway = Gateway(config)
     port = await gateway.start()
     backend, shutdown = await asyncio.to_thread(start_backend)
+    rebalancer = None
     try:
         await gateway.attach(backend)
         log.info("serving %s on %s:%d", backend.model.model_dir, config.host, port)
+        if auto is not None:
+            rebalancer = AutoRebalancer(backend, auto).start()
+            log.info("automatic rebalance on: %s", auto)
         await stop.wait()
         log.info("draining (grace %.0f s)", config.grace_s)
+        if rebalancer is not None:
+            await rebalancer.stop()
         await gateway.drain()
     finally:
         shutdown()
@@ -102,6 +123,17 @@ async def serve_until_signalled(config: Any, start_backend: Any) -> None:
               show_default=True, help="Seconds between the engines' routing statistics entries in the store.")
 @click.option("--stats-window", "stats_window_s", type=click.FloatRange(min=0, min_open=True), default=60.0,
               show_default=True, help="Seconds of statistics that GetStats reports (merged across engines).")
+@click.option("--auto-rebalance/--no-auto-rebalance", default=False, show_default=True,
+              help="Rebalance on its own when the thresholds below are passed.")
+@click.option("--auto-min-balancedness", type=click.FloatRange(0, 1), default=0.8, show_default=True,
+              help="Automatic mode: rebalance when the served plan's balancedness on the window is below this.")
+@click.option("--auto-min-gain", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1,
+              show_default=True, help="Automatic mode: rebalance when the predicted MoE layer time falls by this "
+              "fraction.")
+@click.option("--auto-interval", "auto_interval_s", type=click.FloatRange(min=0, min_open=True), default=300.0,
+              show_default=True, help="Automatic mode: seconds between two rebalance attempts at least.")
+@click.option("--auto-policy", type=click.Choice(["affinity", "eplb"]), default="affinity", show_default=True,
+              help="Automatic mode: the placement policy.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=50051, show_default=True)
 @click.option("--token", envvar="SWITCHYARD_TOKEN", default=None, help="Require 'authorization: Bearer TOKEN'.")
@@ -117,17 +149,21 @@ async def serve_until_signalled(config: Any, start_backend: Any) -> None:
               help="Seconds in-flight calls get to finish on SIGINT/SIGTERM.")
 def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: int, engines_per_node: int,
           plan_path: Path | None, tokenizer_dir: Path | None, redis: str | None, deployment: str,
-          stats_interval_s: float, stats_window_s: float, host: str, port: int, token: str | None,
+          stats_interval_s: float, stats_window_s: float, auto_rebalance: bool, auto_min_balancedness: float,
+          auto_min_gain: float, auto_interval_s: float, auto_policy: str, host: str, port: int, token: str | None,
           admin_token: str | None, tls_cert: Path | None, tls_key: Path | None, max_queue: int,
           max_batch_requests: int, max_message_bytes: int, grace_s: float) -> None:
     """Start the engines and workers on a Ray cluster and serve them over gRPC until SIGINT/SIGTERM.
 
     The state store (Redis with --redis or $SWITCHYARD_REDIS_URL, else in-process) receives the
     engines' routing statistics every --stats-interval seconds; GetStats reports its window. At start,
-    when the store has no active plan, the served plan is recorded as epoch 1; when it has one, that
-    plan and epoch stay (GetPlacement reports them) and the plan given here is served all the same,
-    with a warning if it differs: switching plans live is the rebalancer's job.
+    when the store has no active plan, the served plan is recorded as epoch 1. When it has one that fits
+    the model and nodes, it is served at its epoch (a restart resumes the last rebalance) unless --plan
+    is given; a --plan that differs is served with a warning: switching plans live is the rebalancer's
+    job. With --auto-rebalance the gateway checks the window every 30 s (or --auto-interval, if
+    shorter) and applies a proposal when a threshold is passed, at most once per --auto-interval.
     """
+    from switchyard.cluster.auto_rebalance import AutoRebalanceSettings
     from switchyard.cluster.gateway import GatewayConfig  # gRPC, Ray and Redis only when serving
     from switchyard.cluster.runtime import Runtime, resolve_plan
     from switchyard.cluster.serving import RuntimeBackend, record_serving_plan
@@ -142,19 +178,23 @@ def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: in
                                tls_key=tls_key, max_message_bytes=max_message_bytes,
                                max_batch_requests=max_batch_requests, grace_s=grace_s)
         store = open_state_store(state_store_url(redis), deployment)
+        auto = AutoRebalanceSettings(auto_policy, None, auto_min_balancedness, auto_min_gain, auto_interval_s,
+                                     min(30.0, auto_interval_s)) if auto_rebalance else None
     except (CheckpointError, PlacementError, ValueError) as error:
         raise UserError(str(error)) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         store.ping()
-        record_serving_plan(store, plan)
+        if plan_path is None:
+            plan = _resumed_plan(store, plan)
+        epoch = record_serving_plan(store, plan)
     except StateStoreUnavailable as error:
         store.close()
         raise click.ClickException(str(error)) from None  # exit code 1: the input was fine
 
     def start_backend() -> tuple[RuntimeBackend, Any]:
         runtime = Runtime.start(model_dir, num_nodes=nodes, workers_per_node=workers_per_node, plan=plan,
-                                engines_per_node=engines_per_node)
+                                engines_per_node=engines_per_node, epoch=max(epoch, 1))
         publisher = StatsPublisher(store, runtime.engines, stats_interval_s).start()
 
         def shutdown() -> None:
@@ -167,7 +207,7 @@ def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: in
 
     try:
         with _ray_cluster(nodes, address):
-            asyncio.run(serve_until_signalled(config, start_backend))
+            asyncio.run(serve_until_signalled(config, start_backend, auto))
     finally:
         store.close()
 

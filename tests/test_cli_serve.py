@@ -110,3 +110,13 @@ def _serve_generate_and_stop(model_dir, extra_args: list[str]) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--auto-min-gain", "1.5"], "--auto-min-gain"), (["--auto-min-balancedness", "-0.1"], "--auto-min-balancedness"),
+    (["--auto-interval", "0"], "--auto-interval"), (["--auto-policy", "fastest"], "--auto-policy"),
+])
+def test_bad_automatic_rebalance_options_are_one_line(model_dir, args: list[str], message: str):
+    result = CliRunner().invoke(serve, ["--model", str(model_dir), "--auto-rebalance", *args])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert result.output.count("\n") == 1
