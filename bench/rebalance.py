@@ -1,0 +1,271 @@
+"""Rebalance benchmark: a live migration to an affinity plan while clients keep sending requests.
+
+    python bench/rebalance.py --out docs/benchmarks/rebalance.md
+
+One run, one skewed checkpoint (a fresh `small` Mixtral, skew 1, unless `--model` is given) on 2
+simulated Ray nodes (2 expert workers and 1 engine each) under a linear plan, with `--spare-slots`
+slots per worker for replicas (without replicas a token's picks are remote from half the engines
+whatever the placement, so only replicas of hot experts on both nodes can cut cross-node bytes). `--clients` threads
+each send prompts of 16 random ids one after another (greedy, `--new-tokens` each, no early stop),
+to the engines in turn (`Engine.submit` / `result`). After `--seconds` of steady load the affinity
+policy plans on `Runtime.routing_stats()` (with the plan in service as `current`) and
+`live_migration.migrate` applies the plan; the load goes on for `--seconds` more.
+
+Reported: request latency p50/p99 before the rebalance, during it (requests overlapping planning or
+migration) and after it; the migration's phases, copies and bytes; cross-node bytes per generated
+token before and after, both under load (`Runtime.traffic()` deltas per phase over the tokens of that
+phase) and on a fixed prompt set run alone before and after (exact). The fixed set's greedy outputs
+must be identical before and after, and no request may fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import shlex
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+from report import provenance, publish
+
+from switchyard.cluster.formatting import markdown_table
+from switchyard.cluster.live_migration import migrate
+from switchyard.cluster.runtime import Runtime, local_cluster
+from switchyard.cluster.sampling import SamplingParams
+from switchyard.placement.migration import plan_migration
+from switchyard.placement.policies import get_policy
+from switchyard.placement.stats import RoutingStats
+from switchyard.placement.topology import Topology
+from switchyard.workers.checkpoints import init_checkpoint, load_spec
+
+PROMPT_LEN = 16
+NUM_CHECK_PROMPTS = 8
+PHASES = ("before", "during", "after")
+
+
+@dataclass(frozen=True)
+class Request:
+    """One client request: wall-clock start and end (`time.perf_counter`), tokens generated, error."""
+
+    start: float
+    end: float
+    tokens: int
+    error: str | None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, help="A checkpoint; default: a fresh `small` Mixtral (skew 1).")
+    parser.add_argument("--nodes", type=int, default=2, help="Simulated Ray nodes.")
+    parser.add_argument("--workers-per-node", type=int, default=2)
+    parser.add_argument("--spare-slots", type=int, default=1,
+                        help="Slots per worker beyond experts / workers, for the replicas of hot experts.")
+    parser.add_argument("--clients", type=int, default=4, help="Concurrent client threads.")
+    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=30.0, help="Steady load before and after the rebalance.")
+    parser.add_argument("--max-moves", type=int, help="The affinity policy's copy budget (default: none).")
+    parser.add_argument("--node-weight", type=float, default=1.0,
+                        help="The affinity policy's cost of a remote node, in GPUs per token (its default: 1).")
+    parser.add_argument("--out", type=Path, help="Markdown file to write, e.g. docs/benchmarks/rebalance.md.")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        model_dir = args.model or init_checkpoint("mixtral", "small", Path(scratch) / "mixtral-small", skew=1.0)
+        report = run(model_dir, args)
+    text = render(report, shlex.join(["python", "bench/rebalance.py", *sys.argv[1:]]))
+    publish(text, args.out)
+    if report["failed"] or not report["outputs_equal"]:
+        sys.exit(1)
+
+
+def run(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    spec = load_spec(model_dir)
+    rng = np.random.default_rng(0)
+    params = SamplingParams(max_new_tokens=args.new_tokens)
+    check_prompts = rng.integers(0, spec.vocab_size, size=(NUM_CHECK_PROMPTS, PROMPT_LEN)).tolist()
+    client_prompts = rng.integers(0, spec.vocab_size, size=(args.clients, 64, PROMPT_LEN)).tolist()
+    topology = Topology(args.nodes, args.workers_per_node,
+                        -(-spec.num_experts // (args.nodes * args.workers_per_node)) + args.spare_slots)
+    uniform = RoutingStats.from_load(np.ones((spec.num_layers, spec.num_experts)))
+    linear = get_policy("linear").place(uniform, topology)
+    with local_cluster(args.nodes), Runtime.start(model_dir, args.nodes, args.workers_per_node, linear) as runtime:
+        runtime.generate(check_prompts[:2], SamplingParams(max_new_tokens=2))  # warm-up
+        check_before, check_traffic_before = _fixed_set(runtime, check_prompts, params)
+        requests: list[Request] = []
+        stop = threading.Event()
+        turn = itertools.count()  # engines in turn over all clients
+
+        def client(own: list[list[int]]) -> None:
+            for prompt in itertools.cycle(own):
+                if stop.is_set():
+                    return
+                engine = runtime.engines[next(turn) % len(runtime.engines)]
+                start, tokens, error = time.perf_counter(), 0, None
+                try:
+                    tokens = len(ray.get(engine.result.remote(ray.get(engine.submit.remote(prompt, params)))))
+                except Exception as failure:  # counted and reported; the load goes on
+                    error = f"{type(failure).__name__}: {failure}"
+                requests.append(Request(start, time.perf_counter(), tokens, error))
+
+        threads = [threading.Thread(target=client, args=(own,), daemon=True) for own in client_prompts]
+        marks = {"load": time.perf_counter()}
+        traffic = {"load": runtime.traffic()}
+        steps = {"load": _steps(runtime)}
+        for thread in threads:
+            thread.start()
+        time.sleep(args.seconds)
+        marks["rebalance"], traffic["rebalance"], steps["rebalance"] = time.perf_counter(), runtime.traffic(), _steps(runtime)
+        old_plan = runtime.plan
+        options = {"node_weight": args.node_weight, **({} if args.max_moves is None else {"max_moves": args.max_moves})}
+        proposed = get_policy("affinity", **options).place(runtime.routing_stats(), old_plan.topology,
+                                                            current=old_plan)
+        marks["migrate"] = time.perf_counter()
+        migration = migrate(runtime, proposed, runtime.epoch + 1)
+        marks["after"], traffic["after"], steps["after"] = time.perf_counter(), runtime.traffic(), _steps(runtime)
+        time.sleep(args.seconds)
+        marks["stop"], traffic["stop"], steps["stop"] = time.perf_counter(), runtime.traffic(), _steps(runtime)
+        stop.set()
+        for thread in threads:
+            thread.join()
+        check_after, check_traffic_after = _fixed_set(runtime, check_prompts, params)
+    windows = {"before": ("load", "rebalance"), "during": ("rebalance", "after"), "after": ("after", "stop")}
+    return {
+        "spec": spec, "args": args, "requests": requests, "report": migration,
+        "plan_seconds": marks["migrate"] - marks["rebalance"],
+        "expected_copies": plan_migration(old_plan, proposed).num_copies,
+        "latency": _latency_by_phase(requests, marks),
+        "rates": {phase: {"tokens_per_s": _tokens_in(requests, marks[a], marks[b]) / (marks[b] - marks[a]),
+                          "steps_per_s": (steps[b] - steps[a]) / (marks[b] - marks[a])}
+                  for phase, (a, b) in windows.items()},
+        "load_traffic": {phase: _per_token(traffic[a], traffic[b], _tokens_in(requests, marks[a], marks[b]))
+                         for phase, (a, b) in windows.items()},
+        "fixed_traffic": {"before": check_traffic_before, "after": check_traffic_after},
+        "failed": [r.error for r in requests if r.error is not None],
+        "outputs_equal": check_before == check_after,
+    }
+
+
+def _steps(runtime: Runtime) -> int:
+    """Engine steps so far, summed over engines (a stalled engine runs none)."""
+    return sum(ray.get([engine.step_count.remote() for engine in runtime.engines]))
+
+
+def _fixed_set(runtime: Runtime, prompts: list[list[int]], params: SamplingParams
+               ) -> tuple[list[list[int]], dict[str, float]]:
+    """Greedy outputs of `prompts` run alone, and their traffic per generated token (exact: no other load)."""
+    before = runtime.traffic()
+    outputs = runtime.generate(prompts, params)
+    return outputs, _per_token(before, runtime.traffic(), sum(len(o) for o in outputs))
+
+
+def _per_token(before: dict[str, Any], after: dict[str, Any], tokens: float) -> dict[str, float]:
+    """Cross- and same-node bytes and cross-node token vectors per generated token between two snapshots."""
+    keys = ("cross_node_bytes", "same_node_bytes", "cross_node_tokens")
+    per_token = {key: (after[key] - before[key]) / max(tokens, 1e-9) for key in keys}
+    return {"tokens": tokens, **per_token, "all_bytes": per_token["cross_node_bytes"] + per_token["same_node_bytes"]}
+
+
+def _tokens_in(requests: list[Request], start: float, end: float) -> float:
+    """Generated tokens that fall in `[start, end]`, spreading each request's tokens evenly over its time."""
+    total = 0.0
+    for r in requests:
+        overlap = min(r.end, end) - max(r.start, start)
+        if overlap > 0:
+            total += r.tokens * overlap / max(r.end - r.start, 1e-9)
+    return total
+
+
+def _latency_by_phase(requests: list[Request], marks: dict[str, float]) -> dict[str, dict[str, float]]:
+    """p50/p99 latency of the requests that ended before the rebalance, overlapped it, or started after."""
+    phase_of = {"before": lambda r: r.end < marks["rebalance"],
+                "during": lambda r: r.start <= marks["after"] and r.end >= marks["rebalance"],
+                "after": lambda r: r.start > marks["after"] and r.start < marks["stop"]}
+    latency = {}
+    for phase in PHASES:
+        seconds = [r.end - r.start for r in requests if r.error is None and phase_of[phase](r)]
+        latency[phase] = {"count": len(seconds),
+                          "p50": float(np.percentile(seconds, 50)) if seconds else float("nan"),
+                          "p99": float(np.percentile(seconds, 99)) if seconds else float("nan")}
+    return latency
+
+
+def render(report: dict[str, Any], command: str) -> str:
+    spec, args, migration = report["spec"], report["args"], report["report"]
+    latency, rates = report["latency"], report["rates"]
+    latency_rows = [[phase, str(latency[phase]["count"]), f"{1e3 * latency[phase]['p50']:.0f}",
+                     f"{1e3 * latency[phase]['p99']:.0f}",
+                     f"{latency[phase]['p50'] / latency['before']['p50']:.2f}x",
+                     f"{latency[phase]['p99'] / latency['before']['p99']:.2f}x",
+                     f"{rates[phase]['tokens_per_s']:.1f}", f"{rates[phase]['steps_per_s']:.1f}"]
+                    for phase in PHASES]
+    migration_rows = [[
+        f"{report['plan_seconds']:.2f}", f"{migration.stage_seconds:.2f}", f"{migration.switch_seconds:.2f}",
+        f"{migration.drop_seconds:.3f}", f"{migration.total_seconds:.2f}", str(migration.copies),
+        f"{migration.bytes_copied / 2**20:.1f}", str(migration.steps_during_switch)]]
+    traffic_rows = []
+    for name, measured in (("under load", report["load_traffic"]), ("fixed prompt set, alone", report["fixed_traffic"])):
+        before, after = measured["before"], measured["after"]
+        for key, label in (("cross_node_bytes", "cross-node KiB/token"), ("same_node_bytes", "same-node KiB/token"),
+                           ("all_bytes", "all KiB/token"),
+                           ("cross_node_tokens", "cross-node token vectors/token")):
+            scale = 1 / 1024 if key.endswith("bytes") else 1.0
+            traffic_rows.append([name, label, f"{before[key] * scale:.2f}", f"{after[key] * scale:.2f}",
+                                 f"{after[key] / before[key]:.2f}x" if before[key] else "n/a"])
+    config = spec.config
+    topology = migration.plan.topology
+    return "\n".join([
+        "# Rebalance benchmark",
+        "",
+        provenance(command),
+        "",
+        f"Checkpoint: {spec.family.name}, hidden {config.hidden_size}, {config.num_hidden_layers} layers, "
+        f"{spec.num_experts} experts (FFN {config.intermediate_size}), top-{spec.top_k}, float32, router skewed "
+        f"(`init_checkpoint(..., skew=1.0)`: hot experts, groups picked together). Served on "
+        f"{topology.num_nodes} simulated Ray nodes x {topology.gpus_per_node} expert workers "
+        f"({topology.slots_per_gpu} slots each: {topology.num_slots - spec.num_experts} spare for replicas), one "
+        f"engine per node, under a linear plan (spare slots repeat experts 0, 1, ...). {args.clients} "
+        f"client threads send prompts of {PROMPT_LEN} random ids one after another, to the engines in turn; "
+        f"{args.new_tokens} new tokens each, greedy. {args.seconds:g} s of load before the rebalance and "
+        f"{args.seconds:g} s after; the rebalance is the affinity policy on the engines' routing statistics "
+        f"(current plan given, node weight {args.node_weight:g}"
+        f"{'' if args.max_moves is None else f', at most {args.max_moves} copies'}) "
+        "applied by `live_migration.migrate` while the load runs.",
+        "",
+        f"Checks: {len(report['requests'])} requests, {len(report['failed'])} failed; greedy outputs of "
+        f"{NUM_CHECK_PROMPTS} fixed prompts before and after the rebalance "
+        f"{'identical' if report['outputs_equal'] else 'DIFFER'}; copies "
+        f"{'equal' if migration.copies == report['expected_copies'] else 'DIFFER from'} `plan_migration`'s count.",
+        "",
+        "## Request latency",
+        "",
+        markdown_table(["phase", "requests", "p50 ms", "p99 ms", "p50 vs before", "p99 vs before", "tokens/s",
+                        "engine steps/s"], latency_rows),
+        "",
+        "Latency: `during` counts requests that overlapped the rebalance (planning and migration), `before` "
+        "those that ended before it, `after` those that started after it. tokens/s and engine steps/s "
+        "(summed over engines): over the phase's window (`during`: from planning to `migrate`'s return).",
+        "",
+        "## The migration",
+        "",
+        markdown_table(["plan s", "stage s", "switch s", "drop s", "migrate total s", "copies", "MiB copied",
+                        "engine steps during switch"], migration_rows, numeric_from=0),
+        "",
+        "## Traffic per generated token",
+        "",
+        markdown_table(["measured", "counter", "before", "after", "after / before"], traffic_rows, numeric_from=2),
+        "",
+        "Under load: `Runtime.traffic()` deltas over each phase's window divided by the tokens generated in "
+        "it (each request's tokens spread evenly over its lifetime, so requests across a window edge are "
+        "split). The counters include prompt (prefill) tokens' traffic, divided by generated tokens. Fixed "
+        f"prompt set: the {NUM_CHECK_PROMPTS} check prompts run alone before the load and after it (exact).",
+    ])
+
+
+if __name__ == "__main__":
+    main()
