@@ -6,6 +6,7 @@ requests in flight from this gateway (ties go round the engines, so round the no
 node e % num_nodes), streams its tokens with `Engine.poll` (one call per engine
 covers all of its requests, `EnginePoller`), and stops it with `Engine.cancel` when the
 caller goes away (deadline, cancellation, any error), which frees its batch slot and KV cache.
+An engine whose actor died answers its request UNAVAILABLE and is never picked again.
 
 With a state store (`switchyard serve` always passes one), the placement is the store's active plan
 and epoch, and the statistics are the store's time window, merged across every engine that publishes
@@ -327,6 +328,7 @@ class RuntimeBackend:
         self.max_queue_per_engine, self.poll_timeout_s = max_queue_per_engine, poll_timeout_s
         self.applier = PlanApplier(runtime, store, self.snapshot, observe_after_s)
         self._in_flight = [0] * len(runtime.engines)
+        self._gone: set[int] = set()  # engines whose actor died: never picked again
         self._pollers = [EnginePoller(engine, poll_timeout_s) for engine in runtime.engines]
         self._next = 0  # where the search for the least-loaded engine starts: ties go round the engines
 
@@ -338,9 +340,11 @@ class RuntimeBackend:
         return list(self._in_flight)
 
     def _pick_engine(self) -> int:
-        if not self._in_flight:
-            raise NotReady("no engine is running")
-        order = [(self._next + i) % len(self._in_flight) for i in range(len(self._in_flight))]
+        order = [engine for engine in ((self._next + i) % len(self._in_flight) for i in range(len(self._in_flight)))
+                 if engine not in self._gone]
+        if not order:
+            raise NotReady("no engine is running" if not self._in_flight else
+                           f"all {len(self._in_flight)} engines are gone; restart `switchyard serve`")
         engine = min(order, key=lambda e: self._in_flight[e])
         if self._in_flight[engine] >= self.max_queue_per_engine:
             raise QueueFull(f"every engine has {self.max_queue_per_engine} requests in flight; retry later")
@@ -357,6 +361,8 @@ class RuntimeBackend:
         try:
             yield stream
         except ray.exceptions.RayActorError as error:
+            self._gone.add(engine)
+            log.warning("engine %d on node %d is gone; later requests go to the other engines", engine, stream.node)
             raise NotReady(f"engine {engine} on node {stream.node} is gone: {error}") from error
         finally:
             stream.cancel()

@@ -462,3 +462,26 @@ def test_cli_placement_show_and_rebalance(runtime, server):
     runner.invoke(main, ["placement", "rebalance", "--server", server, "--apply"], input="n\n")
     with Client(server) as client:  # declined, so nothing moved (tests/test_gateway_rebalance.py applies)
         assert client.placement().epoch == 1
+
+
+def test_a_dead_engine_is_not_picked_again(runtime):
+    """A second runtime on the same cluster (its actors are ours to kill): after engine 0 dies, its
+    request is UNAVAILABLE and every later request goes to engine 1 and succeeds."""
+    spare = Runtime.start(runtime.spec.model_dir, num_nodes=2, workers_per_node=1)
+    gateway, target = _gateway(RuntimeBackend(spare))
+    try:
+        with Client(target, timeout_s=60) as spare_client:
+            expected = list(spare_client.generate([1, 2, 3], max_new_tokens=4).token_ids)
+            ray.kill(spare.engines[0])
+            codes = []
+            for _ in range(4):
+                try:
+                    result = spare_client.generate([1, 2, 3], max_new_tokens=4)
+                except grpc.RpcError as error:
+                    codes.append(error.code())
+                    continue
+                assert list(result.token_ids) == expected and result.finished.engine == 1
+            assert codes in ([], [grpc.StatusCode.UNAVAILABLE])  # only a request sent before it was known dead
+    finally:
+        gateway.drain(0)
+        spare.shutdown()
