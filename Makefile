@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 run: setup
 	mkdir -p $(DEMO)
 	test -f $(DEMO)/mixtral-tiny/config.json || $(BIN)/switchyard model init --arch mixtral --size tiny --skew 1 --seed 0 --out $(DEMO)/mixtral-tiny
-	$(BIN)/python -m switchyard.cluster.demo --model $(DEMO)/mixtral-tiny --nodes 2 --port 50051 -- --prompt-ids 1,2,3,4 --prompt-ids 5,6,7 --max-new-tokens 16 --json
+	$(BIN)/python -m switchyard.cluster.demo --model $(DEMO)/mixtral-tiny --nodes 2 --port 50051 --rebalance -- --prompt-ids 1,2,3,4 --prompt-ids 5,6,7 --max-new-tokens 16 --json
 
 # Offline placement comparison on a synthetic trace the project generates (no Ray).
 placement-demo: setup

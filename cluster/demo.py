@@ -1,12 +1,16 @@
-"""`make run`: serve a model with `switchyard serve`, ask it with `switchyard generate --server`, stop it.
+"""`make run`: serve a model with `switchyard serve`, ask it with `switchyard generate --server`,
+rebalance it live with `switchyard placement rebalance --apply`, stop it.
 
-    python -m switchyard.cluster.demo --model build/demo/mixtral-tiny --nodes 2 --port 50051 \\
+    python -m switchyard.cluster.demo --model build/demo/mixtral-tiny --nodes 2 --port 50051 --rebalance \\
         -- --prompt-ids 1,2,3,4 --prompt-ids 5,6,7 --max-new-tokens 16 --json
 
 Starts the server as a child process, waits (at most `--ready-timeout` seconds) until its health is
-SERVING, runs `switchyard generate --server HOST:PORT` with the arguments after `--`, then sends the
-server SIGTERM (it drains and exits) and waits for it; the server never outlives this script. The exit
-code is generate's, or 1 when the server did not come up or did not stop.
+SERVING, runs `switchyard generate --server HOST:PORT` with the arguments after `--`. With
+`--rebalance`, once the engines have published the routing statistics of those requests, it runs
+`switchyard placement rebalance --server HOST:PORT --apply --yes`: the proposal and its predicted gain,
+then the live move, then generate once more on the new plan. Finally it sends the server SIGTERM (it
+drains and exits) and waits for it; the server never outlives this script. The exit code is the first
+failing command's, or 1 when the server did not come up or did not stop.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from pathlib import Path
 import grpc
 
 from switchyard.cluster.client import Client
+
+STATS_INTERVAL_S = 1.0  # the server's statistics interval: a rebalance right after generating sees them
 
 
 def switchyard_command() -> list[str]:
@@ -70,19 +76,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=50051)
     parser.add_argument("--ready-timeout", type=float, default=300.0, help="Seconds to wait for SERVING.")
     parser.add_argument("--stop-timeout", type=float, default=60.0, help="Seconds to wait for the drain.")
+    parser.add_argument("--rebalance", action="store_true",
+                        help="After generating, rebalance live from the statistics, then generate again.")
     parser.add_argument("generate_args", nargs="*", help="Arguments of `switchyard generate` (after --).")
     args = parser.parse_args(argv)
     target = f"127.0.0.1:{args.port}"
     switchyard = switchyard_command()
-    serve = switchyard + ["serve", "--model", args.model, "--nodes", str(args.nodes),
-                          "--port", str(args.port)]
+    serve = switchyard + ["serve", "--model", args.model, "--nodes", str(args.nodes), "--port", str(args.port),
+                          "--stats-interval", str(STATS_INTERVAL_S)]
     generate = switchyard + ["generate", "--server", target, *args.generate_args]
+    rebalance = switchyard + ["placement", "rebalance", "--server", target, "--apply", "--yes"]
+    steps = [generate] + ([rebalance, generate] if args.rebalance else [])
     print("$", " ".join(serve[1:]), "&", flush=True)
     server = subprocess.Popen(serve)
     try:
         wait_until_serving(server, target, args.ready_timeout)
-        print("$", " ".join(generate[1:]), flush=True)
-        code = subprocess.run(generate).returncode
+        code = 0
+        for step in steps:
+            if step is rebalance:
+                time.sleep(STATS_INTERVAL_S + 0.5)  # the engines publish the statistics it plans on
+            print("$", " ".join(step[1:]), flush=True)
+            code = subprocess.run(step).returncode
+            if code != 0:
+                break
     finally:
         stopped = stop(server, args.stop_timeout)
     if stopped != 0:

@@ -34,3 +34,23 @@ def test_bad_model_exits_with_the_servers_error(tmp_path, capfd):
     with pytest.raises(SystemExit, match="the server exited with code 2 before serving"):
         main(["--model", str(tmp_path / "none"), "--port", "0", "--", "--prompt-ids", "1"])
     assert "no config.json" in capfd.readouterr().err
+
+
+@pytest.mark.ray
+def test_the_demo_generates_rebalances_live_and_generates_the_same_again(tmp_path, capfd):
+    """`make run`'s job end to end: serve, generate, rebalance with --apply --yes, generate again."""
+    import socket
+
+    from switchyard.workers.checkpoints import init_checkpoint
+
+    model_dir = init_checkpoint("mixtral", "tiny", tmp_path / "mixtral-tiny", skew=1.0, seed=0)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    code = main(["--model", str(model_dir), "--port", str(port), "--rebalance", "--",
+                 "--prompt-ids", "1,2,3,4", "--prompt-ids", "5,6,7", "--max-new-tokens", "8"])
+    output = capfd.readouterr().out
+    assert code == 0, output
+    outputs = [line for line in output.splitlines() if line and line[0].isdigit()]
+    assert len(outputs) == 4 and outputs[:2] == outputs[2:]  # two prompts, before and after the rebalance
+    assert "applied: epoch 2 is active on every engine" in output or "nothing to move" in output
