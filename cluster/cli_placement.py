@@ -195,7 +195,9 @@ def show(server: str, token: str | None, as_json: bool) -> None:
     engine_epochs = list(answer.engine_epochs)
     click.echo(f"epoch {answer.epoch}: {active.num_logical_experts} experts x {active.num_layers} layers on "
                f"{topology.describe()}; load: {stats.num_tokens:.0f} tokens "
-               + (f"in the last {stats.window_seconds:g} s" if stats.window_seconds else "since loading")
+               + (f"in the last {stats.window_seconds:g} s" if stats.window_seconds else
+                  f"in the newest entries holding {stats.window_tokens:g} tokens or more" if stats.window_tokens else
+                  "since loading")
                + " (each expert's load split over its replicas)")
     click.echo(f"engines dispatch under epoch(s): {', '.join(str(e) for e in engine_epochs)}")
     click.echo(placement_tables(active.gpu_experts, topology.gpus_per_node, gpu_load))
@@ -203,7 +205,8 @@ def show(server: str, token: str | None, as_json: bool) -> None:
         click.echo(json.dumps({"epoch": answer.epoch, "engine_epochs": engine_epochs, "plan": active.to_dict(),
                                "gpu_experts": active.gpu_experts.tolist(),
                                "gpu_load": None if gpu_load is None else gpu_load.tolist(),
-                               "num_tokens": stats.num_tokens, "window_seconds": stats.window_seconds}))
+                               "num_tokens": stats.num_tokens, "window_seconds": stats.window_seconds,
+                               "window_tokens": stats.window_tokens}))
 
 
 @placement.command("rebalance")

@@ -122,7 +122,10 @@ async def serve_until_signalled(config: Any, start_backend: Any, auto: Any = Non
 @click.option("--stats-interval", "stats_interval_s", type=click.FloatRange(min=0, min_open=True), default=5.0,
               show_default=True, help="Seconds between the engines' routing statistics entries in the store.")
 @click.option("--stats-window", "stats_window_s", type=click.FloatRange(min=0, min_open=True), default=60.0,
-              show_default=True, help="Seconds of statistics that GetStats reports (merged across engines).")
+              show_default=True, help="Seconds of statistics that GetStats reports and rebalances plan on "
+              "(merged across engines).")
+@click.option("--stats-window-tokens", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Instead of --stats-window: the newest statistics holding at least this many tokens.")
 @click.option("--auto-rebalance/--no-auto-rebalance", default=False, show_default=True,
               help="Rebalance on its own when the thresholds below are passed.")
 @click.option("--auto-min-balancedness", type=click.FloatRange(0, 1), default=0.8, show_default=True,
@@ -149,7 +152,7 @@ async def serve_until_signalled(config: Any, start_backend: Any, auto: Any = Non
               help="Seconds in-flight calls get to finish on SIGINT/SIGTERM.")
 def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: int, engines_per_node: int,
           plan_path: Path | None, tokenizer_dir: Path | None, redis: str | None, deployment: str,
-          stats_interval_s: float, stats_window_s: float, auto_rebalance: bool, auto_min_balancedness: float,
+          stats_interval_s: float, stats_window_s: float, stats_window_tokens: float | None, auto_rebalance: bool, auto_min_balancedness: float,
           auto_min_gain: float, auto_interval_s: float, auto_policy: str, host: str, port: int, token: str | None,
           admin_token: str | None, tls_cert: Path | None, tls_key: Path | None, max_queue: int,
           max_batch_requests: int, max_message_bytes: int, grace_s: float) -> None:
@@ -202,7 +205,7 @@ def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: in
             runtime.shutdown()
 
         backend = RuntimeBackend(runtime, max_queue, tokenizer_dir=tokenizer_dir, store=store,
-                                 stats_window_s=stats_window_s)
+                                 stats_window_s=stats_window_s, stats_window_tokens=stats_window_tokens)
         return backend, shutdown
 
     try:

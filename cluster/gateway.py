@@ -237,7 +237,7 @@ class SwitchyardServicer(pb_grpc.SwitchyardServicer):
             num_tokens=snapshot.stats.num_tokens,
             layers=[pb.LayerLoad(expert_load=row.tolist()) for row in snapshot.stats.load],
             balancedness=snapshot.balancedness, traffic=pb.TrafficCounters(**traffic),
-            window_seconds=snapshot.window_s)
+            window_seconds=snapshot.window_s, window_tokens=snapshot.window_tokens)
 
     @_guarded
     async def ClusterInfo(self, request: pb.ClusterInfoRequest, context: grpc.aio.ServicerContext

@@ -9,8 +9,8 @@ caller goes away (deadline, cancellation, any error), which frees its batch slot
 An engine whose actor died answers its request UNAVAILABLE and is never picked again.
 
 With a state store (`switchyard serve` always passes one), the placement is the store's active plan
-and epoch, and the statistics are the store's time window, merged across every engine that publishes
-there (`StatsPublisher`); without one, the served plan at the runtime's epoch and the statistics since
+and epoch, and the statistics are the store's window (by time, or by tokens), merged across every
+engine that publishes there (`StatsPublisher`); without one, the served plan at the runtime's epoch and the statistics since
 loading. Rebalance and Rollback propose from the plan the engines really serve (`runtime.plan`) and
 apply live through `rebalancing.PlanApplier` (one at a time, committed with the store's epoch).
 """
@@ -95,13 +95,16 @@ def make_params(max_new_tokens: int, temperature: float, top_p: float, seed: int
 class Snapshot:
     """Routing statistics and the engines' traffic counters (since the model was loaded).
 
-    window_s: the time window the statistics cover, in seconds; 0: since the model was loaded.
+    window_s: the time window the statistics cover, in seconds; 0: since the model was loaded (or a
+    token window).  window_tokens: the token window (the newest entries holding at least this many
+    tokens); 0: a time window or since loading.
     """
 
     stats: RoutingStats
     traffic: dict[str, Any]
     balancedness: float
     window_s: float = 0.0
+    window_tokens: float = 0.0
 
 
 def expected_balancedness(plan: Plan, load: np.ndarray) -> float:
@@ -311,18 +314,22 @@ class RuntimeBackend:
     store: the state store the placement and statistics come from, where applied plans are committed
     and rebalance events recorded (see the module doc); None: the served plan at the runtime's epoch,
     the statistics since loading, no events.  stats_window_s: the store's time window.
+    stats_window_tokens: instead, a token window (`switchyard serve --stats-window-tokens`).
     observe_after_s: how long after an apply its gain is measured ("observed" event).
     """
 
     def __init__(self, runtime: Runtime, max_queue_per_engine: int = 64, poll_timeout_s: float = 0.5,
                  tokenizer_dir: str | Path | None = None, store: StateStore | None = None,
-                 stats_window_s: float = DEFAULT_STATS_WINDOW_S,
+                 stats_window_s: float = DEFAULT_STATS_WINDOW_S, stats_window_tokens: float | None = None,
                  observe_after_s: float = DEFAULT_OBSERVE_AFTER_S) -> None:
         if max_queue_per_engine < 1:
             raise ValueError(f"max_queue_per_engine must be at least 1, got {max_queue_per_engine}")
         if not stats_window_s > 0:
             raise ValueError(f"stats_window_s must be positive, got {stats_window_s!r}")
+        if stats_window_tokens is not None and not stats_window_tokens > 0:
+            raise ValueError(f"stats_window_tokens must be positive, got {stats_window_tokens!r}")
         self.runtime, self.store, self.stats_window_s = runtime, store, stats_window_s
+        self.stats_window_tokens = stats_window_tokens
         self.tokenizer = load_tokenizer(runtime.spec.model_dir if tokenizer_dir is None else tokenizer_dir)
         self.model = ModelInfo.of_spec(runtime.spec, self.tokenizer is not None)
         self.max_queue_per_engine, self.poll_timeout_s = max_queue_per_engine, poll_timeout_s
@@ -383,13 +390,18 @@ class RuntimeBackend:
                                                   asyncio.to_thread(self.runtime.traffic))
             window_s = 0.0
         else:
-            stats, traffic = await asyncio.gather(
-                asyncio.to_thread(self.store.window, "time", self.stats_window_s),
-                asyncio.to_thread(self.runtime.traffic))
+            stats, traffic = await asyncio.gather(self._window(), asyncio.to_thread(self.runtime.traffic))
             if stats is None:  # nothing published in the window
                 stats = RoutingStats.from_load(np.zeros((self.model.num_layers, self.model.num_experts)), 0.0)
-            window_s = self.stats_window_s
-        return Snapshot(stats, traffic, expected_balancedness(self.runtime.plan, stats.load), window_s)
+            window_s = self.stats_window_s if self.stats_window_tokens is None else 0.0
+        return Snapshot(stats, traffic, expected_balancedness(self.runtime.plan, stats.load), window_s,
+                        self.stats_window_tokens or 0.0)
+
+    async def _window(self) -> RoutingStats | None:
+        """The store's statistics window, by tokens when configured, else by time."""
+        if self.stats_window_tokens is not None:
+            return await asyncio.to_thread(self.store.window, "tokens", self.stats_window_tokens)
+        return await asyncio.to_thread(self.store.window, "time", self.stats_window_s)
 
     async def rebalance(self, dry_run: bool, policy: str, max_moves: int | None, plan: Plan | None = None,
                         expected_epoch: int | None = None, by: str = "admin") -> RebalanceOutcome:
@@ -439,7 +451,7 @@ class RuntimeBackend:
         if self.store is None:
             stats = await asyncio.to_thread(self.runtime.routing_stats)
         else:
-            stats = await asyncio.to_thread(self.store.window, "time", self.stats_window_s)
+            stats = await self._window()
         cluster = model_cluster(self.runtime.spec)
         try:
             if plan is not None:
@@ -447,7 +459,8 @@ class RuntimeBackend:
                     stats = RoutingStats.from_load(np.zeros((self.model.num_layers, self.model.num_experts)), 0.0)
                 return await asyncio.to_thread(evaluate_proposal, stats, self.runtime.plan, plan, cluster, policy)
             if stats is None or not stats.num_tokens > 0:
-                where = "since loading" if self.store is None else f"in the last {self.stats_window_s:g} s"
+                where = ("since loading" if self.store is None else f"in the last {self.stats_window_s:g} s"
+                         if self.stats_window_tokens is None else "in the state store")
                 raise FailedPrecondition(f"no routing statistics {where}: serve some requests, then rebalance")
             return await asyncio.to_thread(propose, stats, self.runtime.plan, policy, max_moves, cluster)
         except PlacementError as error:

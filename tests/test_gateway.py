@@ -31,6 +31,7 @@ from switchyard.cluster.serving import RuntimeBackend, model_cluster, record_ser
 from switchyard.cluster.state_store import EmbeddedStateStore, StateStoreUnavailable
 from switchyard.cluster.stats_publisher import StatsPublisher
 from switchyard.placement.plan import Plan
+from switchyard.placement.stats import RoutingStats
 from switchyard.protos.generated import serving_pb2 as pb
 from switchyard.workers.checkpoints import init_checkpoint
 
@@ -379,6 +380,27 @@ def test_statistics_flow_into_the_store_and_get_stats(runtime, backend, state_st
     finally:
         publisher.stop()
         gateway.drain(0)
+
+
+def test_a_token_window_holds_the_newest_entries(runtime, state_store):
+    """`--stats-window-tokens 100`: of an old entry (500 tokens) and a new one (100 tokens), GetStats and
+    the rebalance proposal see only the new one; a time window of 600 s sees both."""
+    shape = (runtime.spec.num_layers, runtime.spec.num_experts)
+    now = time.time()
+    state_store.append_stats("old", RoutingStats.from_load(np.full(shape, 5.0), 500.0), now - 100)
+    state_store.append_stats("new", RoutingStats.from_load(np.full(shape, 1.0), 100.0), now)
+    by_tokens, by_time = (RuntimeBackend(runtime, store=state_store, stats_window_tokens=100),
+                          RuntimeBackend(runtime, store=state_store, stats_window_s=600))
+    for backend, tokens, window_s, window_tokens in ((by_tokens, 100, 0, 100), (by_time, 600, 600, 0)):
+        gateway, target = _gateway(backend)
+        try:
+            with Client(target) as client:
+                stats = client.stats()
+            assert (stats.num_tokens, stats.window_seconds, stats.window_tokens) == (tokens, window_s, window_tokens)
+        finally:
+            gateway.drain(0)
+    with pytest.raises(ValueError, match="stats_window_tokens must be positive"):
+        RuntimeBackend(runtime, store=state_store, stats_window_tokens=0)
 
 
 class _FlakyStore(EmbeddedStateStore):

@@ -145,18 +145,20 @@ class TrafficCounters(_message.Message):
     def __init__(self, tokens_per_worker: _Optional[_Iterable[int]] = ..., bytes_per_worker: _Optional[_Iterable[int]] = ..., same_node_bytes: _Optional[int] = ..., cross_node_bytes: _Optional[int] = ..., same_node_tokens: _Optional[int] = ..., cross_node_tokens: _Optional[int] = ...) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("num_tokens", "layers", "balancedness", "traffic", "window_seconds")
+    __slots__ = ("num_tokens", "layers", "balancedness", "traffic", "window_seconds", "window_tokens")
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     BALANCEDNESS_FIELD_NUMBER: _ClassVar[int]
     TRAFFIC_FIELD_NUMBER: _ClassVar[int]
     WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     num_tokens: float
     layers: _containers.RepeatedCompositeFieldContainer[LayerLoad]
     balancedness: float
     traffic: TrafficCounters
     window_seconds: float
-    def __init__(self, num_tokens: _Optional[float] = ..., layers: _Optional[_Iterable[_Union[LayerLoad, _Mapping]]] = ..., balancedness: _Optional[float] = ..., traffic: _Optional[_Union[TrafficCounters, _Mapping]] = ..., window_seconds: _Optional[float] = ...) -> None: ...
+    window_tokens: float
+    def __init__(self, num_tokens: _Optional[float] = ..., layers: _Optional[_Iterable[_Union[LayerLoad, _Mapping]]] = ..., balancedness: _Optional[float] = ..., traffic: _Optional[_Union[TrafficCounters, _Mapping]] = ..., window_seconds: _Optional[float] = ..., window_tokens: _Optional[float] = ...) -> None: ...
 
 class ClusterInfoRequest(_message.Message):
     __slots__ = ()
