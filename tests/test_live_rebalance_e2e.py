@@ -1,9 +1,14 @@
 """Live rebalance end to end: `switchyard serve` on 2 simulated nodes with Redis, concurrent streaming
 clients, and `switchyard placement rebalance --apply` (then `rollback`) while the streams go on.
 
-What a user would check: no request fails, greedy outputs are the same before, during and after, every
-engine dispatches under the new epoch, and the same requests cost fewer cross-node bytes afterwards
-(the runtime's own traffic counters, through GetStats).
+What a user would check: no request fails, greedy outputs are the same before, during and after,
+every engine dispatches under the new epoch, and the same requests cost fewer cross-node bytes
+afterwards (the runtime's own traffic counters, through GetStats).
+
+The bytes check moves from EPLB to a node-local plan given with `--plan`, whose cross-node bytes must
+be exactly 0. On this 2-layer model, affinity's own cut from EPLB varied from 4% to 40% between runs:
+the balance cap and which engine serves which prompt decide it. That cut is measured by
+`bench/rebalance.py`, not asserted here. Affinity is applied under load in the rollback test.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.redis]
 
 SERVE = "from switchyard.cluster.cli_serve import serve; serve()"
 REDIS_URL = "redis://127.0.0.1:6379/0"
-NODES, WORKERS_PER_NODE, SLOTS = 2, 2, 3  # 12 slots for 8 experts: 4 replicas to place
+NODES, WORKERS_PER_NODE, SLOTS = 2, 2, 4  # 16 slots for 8 experts: 8 replicas to place
 PROMPTS = [[1 + 13 * i, 7 + 5 * i, 300 - 11 * i, 42 + i, 9 * i + 2] for i in range(8)]
 NEW_TOKENS = 12
 CLIENTS = 4
@@ -44,7 +49,7 @@ CLIENTS = 4
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory) -> Iterator[tuple[str, Plan]]:
-    """A gateway process serving a skewed tiny Mixtral under a linear plan with 4 redundant slots."""
+    """A gateway process serving a skewed tiny Mixtral under a linear plan with 8 redundant slots."""
     root = tmp_path_factory.mktemp("live")
     model_dir = init_checkpoint("mixtral", "tiny", root / "mixtral", skew=2.0, seed=11)
     spec = load_spec(model_dir)
@@ -131,10 +136,22 @@ def _cross_node_bytes(client: Client) -> int:
     return client.stats().traffic.cross_node_bytes
 
 
-def test_rebalance_under_load_keeps_outputs_and_cuts_cross_node_bytes(served):
-    target, _ = served
+def test_rebalance_under_load_keeps_outputs_and_cuts_cross_node_bytes(served, tmp_path: Path):
+    """From EPLB (vLLM's default: balanced, blind to which experts are picked together) to a plan that
+    keeps every expert on both nodes, given with `--plan`: after the switch no token may leave its node,
+    so any cross-node byte would be an engine still on the old plan."""
+    target, linear = served
+    save_plan(linear, tmp_path / "node-local.json")  # 16 slots: experts 0-7 on node 0 and again on node 1
+    assert all(len(set(node.ravel().tolist())) == 8 for node in linear.gpu_experts[0].reshape(NODES, -1))
     with Client(target, timeout_s=120) as client:
         reference = [list(client.generate(prompt, max_new_tokens=NEW_TOKENS).token_ids) for prompt in PROMPTS]
+        with Load(target, rounds=1) as warmup:
+            pass
+        assert warmup.failures == []
+        time.sleep(1.5)  # the engines publish the warm-up's statistics every 0.5 s
+        result = CliRunner().invoke(main, ["placement", "rebalance", "--server", target, "--policy", "eplb",
+                                           "--apply", "--yes"])
+        assert result.exit_code == 0, result.output
         start_epoch = client.placement().epoch
 
         bytes_start = _cross_node_bytes(client)
@@ -145,8 +162,8 @@ def test_rebalance_under_load_keeps_outputs_and_cuts_cross_node_bytes(served):
         with Load(target, rounds=3) as during:
             while during.completed < 4 and not during.failures:  # streams are running
                 time.sleep(0.05)
-            result = CliRunner().invoke(main, ["placement", "rebalance", "--server", target, "--apply", "--yes",
-                                               "--json"])
+            result = CliRunner().invoke(main, ["placement", "rebalance", "--server", target, "--plan",
+                                               str(tmp_path / "node-local.json"), "--apply", "--yes", "--json"])
         assert result.exit_code == 0, result.output
         summary = json.loads(result.output.strip().splitlines()[-1])
         assert summary["applied"] and summary["applied_epoch"] == start_epoch + 1 and summary["replicas_moved"] > 0
@@ -165,7 +182,7 @@ def test_rebalance_under_load_keeps_outputs_and_cuts_cross_node_bytes(served):
         assert all(tokens == reference[index] for index, tokens in phase.outputs)
     assert len(during.outputs) == 3 * len(PROMPTS)
     # The same requests before and after: bytes compare like for like.
-    assert bytes_after < bytes_before, f"cross-node bytes {bytes_before} before, {bytes_after} after"
+    assert bytes_before > 0 and bytes_after == 0, f"cross-node bytes {bytes_before} before, {bytes_after} after"
 
 
 def test_rollback_returns_to_the_previous_experts(served):
@@ -174,7 +191,7 @@ def test_rollback_returns_to_the_previous_experts(served):
         previous = _gpu_expert_sets(Plan.from_dict(json.loads(client.placement().plan_json)))
         before_epoch = client.placement().epoch
     with Load(target, rounds=1) as load:
-        result = CliRunner().invoke(main, ["placement", "rebalance", "--server", target, "--policy", "eplb",
+        result = CliRunner().invoke(main, ["placement", "rebalance", "--server", target, "--policy", "affinity",
                                            "--apply", "--yes"])
     assert result.exit_code == 0, result.output
     assert load.failures == []
@@ -201,7 +218,7 @@ def test_apply_without_yes_asks_and_a_no_moves_nothing(served):
 def test_rebalance_to_an_invalid_plan_file_is_refused(served, tmp_path: Path):
     target, linear = served
     uniform = RoutingStats.from_load(np.ones((linear.num_layers, linear.num_logical_experts)))
-    wrong = get_policy("linear").place(uniform, Topology(NODES, WORKERS_PER_NODE, 2))  # 8 slots, not 12
+    wrong = get_policy("linear").place(uniform, Topology(NODES, WORKERS_PER_NODE, 2))  # 8 slots, not 16
     save_plan(wrong, tmp_path / "wrong.json")
     with Client(target) as client:
         epoch = client.placement().epoch
