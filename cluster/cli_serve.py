@@ -64,8 +64,11 @@ def _resumed_plan(store: Any, default: Any) -> Any:
     if active is None:
         return default
     plan, epoch = active
-    if plan.topology != default.topology or plan.physical_to_logical.shape[0] != default.num_layers \
-            or plan.num_logical_experts != default.num_logical_experts:
+    if plan.topology != default.topology:
+        return default
+    try:
+        plan.check_matches(default.num_layers, default.num_logical_experts, "the model")
+    except PlacementError:
         return default
     log.info("serving the state store's active plan, epoch %d", epoch)
     return plan

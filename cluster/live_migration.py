@@ -97,8 +97,9 @@ def _migrate(runtime: Runtime, proposed: Plan, epoch: int, commit: Callable[[Pla
         raise
     staged = time.perf_counter()
     try:
-        steps = _call_all([engine.switch_plan.remote(plan.to_dict(), epoch, timeout_s)
-                           for engine in runtime.engines], timeout_s, "switch engines to")
+        plan_dict = plan.to_dict()
+        steps = _call_all([engine.switch_plan.remote(plan_dict, epoch, timeout_s) for engine in runtime.engines],
+                          timeout_s, "switch engines to")
         if commit is not None:
             try:
                 commit(plan)
@@ -168,7 +169,8 @@ def _call_all(calls: list[Any], timeout_s: float, what: str) -> list[Any]:
 def _switch_back(engines: list[Any], plan: Plan, epoch: int, timeout_s: float) -> bool:
     """Best effort: every engine that is still alive serves `plan` at `epoch` again. Returns whether
     every living engine confirmed it (a dead engine dispatches nothing)."""
-    calls = [engine.switch_plan.remote(plan.to_dict(), epoch, timeout_s) for engine in engines]
+    plan_dict = plan.to_dict()
+    calls = [engine.switch_plan.remote(plan_dict, epoch, timeout_s) for engine in engines]
     confirmed = True
     for call in calls:
         try:

@@ -385,23 +385,28 @@ class RuntimeBackend:
         return epoch, plan
 
     async def snapshot(self) -> Snapshot:
-        if self.store is None:
-            stats, traffic = await asyncio.gather(asyncio.to_thread(self.runtime.routing_stats),
-                                                  asyncio.to_thread(self.runtime.traffic))
-            window_s = 0.0
+        stats, traffic = await asyncio.gather(self._statistics(), asyncio.to_thread(self.runtime.traffic))
+        if self.store is None:  # since loading
+            window_s, window_tokens = 0.0, 0.0
+        elif self.stats_window_tokens is not None:
+            window_s, window_tokens = 0.0, self.stats_window_tokens
         else:
-            stats, traffic = await asyncio.gather(self._window(), asyncio.to_thread(self.runtime.traffic))
-            if stats is None:  # nothing published in the window
-                stats = RoutingStats.from_load(np.zeros((self.model.num_layers, self.model.num_experts)), 0.0)
-            window_s = self.stats_window_s if self.stats_window_tokens is None else 0.0
+            window_s, window_tokens = self.stats_window_s, 0.0
         return Snapshot(stats, traffic, expected_balancedness(self.runtime.plan, stats.load), window_s,
-                        self.stats_window_tokens or 0.0)
+                        window_tokens)
 
-    async def _window(self) -> RoutingStats | None:
-        """The store's statistics window, by tokens when configured, else by time."""
+    async def _statistics(self) -> RoutingStats:
+        """What snapshots and proposals read: without a store, the statistics since loading; with one,
+        its window (by tokens when configured, else by time), or no load when nothing was published."""
+        if self.store is None:
+            return await asyncio.to_thread(self.runtime.routing_stats)
         if self.stats_window_tokens is not None:
-            return await asyncio.to_thread(self.store.window, "tokens", self.stats_window_tokens)
-        return await asyncio.to_thread(self.store.window, "time", self.stats_window_s)
+            stats = await asyncio.to_thread(self.store.window, "tokens", self.stats_window_tokens)
+        else:
+            stats = await asyncio.to_thread(self.store.window, "time", self.stats_window_s)
+        if stats is None:
+            return RoutingStats.from_load(np.zeros((self.model.num_layers, self.model.num_experts)), 0.0)
+        return stats
 
     async def rebalance(self, dry_run: bool, policy: str, max_moves: int | None, plan: Plan | None = None,
                         expected_epoch: int | None = None, by: str = "admin") -> RebalanceOutcome:
@@ -448,17 +453,12 @@ class RuntimeBackend:
     async def _proposal(self, policy: str, max_moves: int | None, plan: Plan | None) -> Proposal:
         """From the served plan (`runtime.plan`) to `policy`'s plan on the window, or to `plan`, which
         needs no statistics (without any, its figures are those of no load)."""
-        if self.store is None:
-            stats = await asyncio.to_thread(self.runtime.routing_stats)
-        else:
-            stats = await self._window()
+        stats = await self._statistics()
         cluster = model_cluster(self.runtime.spec)
         try:
             if plan is not None:
-                if stats is None:
-                    stats = RoutingStats.from_load(np.zeros((self.model.num_layers, self.model.num_experts)), 0.0)
                 return await asyncio.to_thread(evaluate_proposal, stats, self.runtime.plan, plan, cluster, policy)
-            if stats is None or not stats.num_tokens > 0:
+            if not stats.num_tokens > 0:
                 where = ("since loading" if self.store is None else f"in the last {self.stats_window_s:g} s"
                          if self.stats_window_tokens is None else "in the state store")
                 raise FailedPrecondition(f"no routing statistics {where}: serve some requests, then rebalance")
