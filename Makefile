@@ -23,11 +23,11 @@ $(STAMP): pyproject.toml
 # The main job on the embedded default: generate a small Mixtral (skewed router) once, serve it with
 # `switchyard serve` on a local Ray cluster of 2 simulated nodes, wait until its health is SERVING, ask
 # it for two prompts with `switchyard generate --server` (one JSON line), then SIGTERM it and wait for
-# its drain (cluster/demo.py; the server never outlives make).
+# its drain (cluster/cli/demo.py; the server never outlives make).
 run: setup
 	mkdir -p $(DEMO)
 	test -f $(DEMO)/mixtral-tiny/config.json || $(BIN)/switchyard model init --arch mixtral --size tiny --skew 1 --seed 0 --out $(DEMO)/mixtral-tiny
-	$(BIN)/python -m switchyard.cluster.demo --model $(DEMO)/mixtral-tiny --nodes 2 --port 50051 --rebalance -- --prompt-ids 1,2,3,4 --prompt-ids 5,6,7 --max-new-tokens 16 --json
+	$(BIN)/python -m switchyard.cluster.cli.demo --model $(DEMO)/mixtral-tiny --nodes 2 --port 50051 --rebalance -- --prompt-ids 1,2,3,4 --prompt-ids 5,6,7 --max-new-tokens 16 --json
 
 # Offline placement comparison on a synthetic trace the project generates (no Ray).
 placement-demo: setup

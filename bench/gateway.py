@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 from report import provenance, publish
 
-from switchyard.cluster.client import Client
-from switchyard.cluster.formatting import markdown_table
-from switchyard.cluster.gateway import BackgroundGateway, GatewayConfig
-from switchyard.cluster.runtime import Runtime, local_cluster
-from switchyard.cluster.sampling import SamplingParams
-from switchyard.cluster.serving import RuntimeBackend
+from switchyard.cluster.gateway.client import Client
+from switchyard.cluster.cli.formatting import markdown_table
+from switchyard.cluster.gateway.server import BackgroundGateway, GatewayConfig
+from switchyard.cluster.runtime.runtime import Runtime, local_cluster
+from switchyard.cluster.engine.sampling import SamplingParams
+from switchyard.cluster.gateway.backend import RuntimeBackend
 from switchyard.workers.checkpoints import init_checkpoint, load_spec
 
 PROMPT_LEN = 16

@@ -25,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 
-from switchyard.cluster.formatting import comparison_table, markdown_table
+from switchyard.cluster.cli.formatting import comparison_table, markdown_table
 from switchyard.placement.compare import compare_policies
 from switchyard.placement.cost import PRESETS
 from switchyard.placement.formats import load_trace

@@ -35,10 +35,10 @@ import numpy as np
 import ray
 from report import provenance, publish
 
-from switchyard.cluster.formatting import markdown_table
-from switchyard.cluster.live_migration import migrate
-from switchyard.cluster.runtime import Runtime, local_cluster
-from switchyard.cluster.sampling import SamplingParams
+from switchyard.cluster.cli.formatting import markdown_table
+from switchyard.cluster.runtime.migration import migrate
+from switchyard.cluster.runtime.runtime import Runtime, local_cluster
+from switchyard.cluster.engine.sampling import SamplingParams
 from switchyard.placement.migration import plan_migration
 from switchyard.placement.policies import get_policy
 from switchyard.placement.stats import RoutingStats

@@ -27,9 +27,9 @@ import torch
 from report import provenance, publish
 import transformers
 
-from switchyard.cluster.formatting import markdown_table
-from switchyard.cluster.runtime import Runtime, local_cluster
-from switchyard.cluster.sampling import SamplingParams
+from switchyard.cluster.cli.formatting import markdown_table
+from switchyard.cluster.runtime.runtime import Runtime, local_cluster
+from switchyard.cluster.engine.sampling import SamplingParams
 from switchyard.workers.checkpoints import init_checkpoint, load_spec
 
 REPO = Path(__file__).resolve().parents[1]

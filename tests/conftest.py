@@ -64,7 +64,7 @@ def _fresh_redis_store(name: str) -> Iterator[object]:
     skips the test where no redis-server answers at `REDIS_URL`."""
     import redis
 
-    from switchyard.cluster.state_store import StateStoreUnavailable, open_state_store
+    from switchyard.cluster.state.store import StateStoreUnavailable, open_state_store
 
     store = open_state_store(REDIS_URL, f"{name}-{uuid.uuid4().hex[:12]}")
     try:

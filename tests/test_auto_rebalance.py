@@ -8,7 +8,7 @@ import dataclasses
 
 import pytest
 
-from switchyard.cluster.auto_rebalance import AutoRebalancer, AutoRebalanceSettings, predicted_gain, rebalance_reason
+from switchyard.cluster.rebalance.auto import AutoRebalancer, AutoRebalanceSettings, predicted_gain, rebalance_reason
 from switchyard.placement.cost import PRESETS
 from switchyard.placement.policies import get_policy
 from switchyard.placement.proposal import PlanMetrics, propose
@@ -66,11 +66,11 @@ def test_bad_settings_are_refused(field, value, message):
 
 @pytest.mark.ray
 def test_applies_once_then_waits_for_the_interval(tmp_path):
-    from switchyard.cluster.runtime import Runtime, local_cluster
-    from switchyard.cluster.sampling import SamplingParams
-    from switchyard.cluster.serving import RuntimeBackend
-    from switchyard.cluster.state_store import EmbeddedStateStore
-    from switchyard.cluster.stats_publisher import StatsPublisher
+    from switchyard.cluster.runtime.runtime import Runtime, local_cluster
+    from switchyard.cluster.engine.sampling import SamplingParams
+    from switchyard.cluster.gateway.backend import RuntimeBackend
+    from switchyard.cluster.state.store import EmbeddedStateStore
+    from switchyard.cluster.state.publisher import StatsPublisher
     from switchyard.workers.checkpoints import init_checkpoint
 
     model_dir = init_checkpoint("mixtral", "tiny", tmp_path / "mixtral", skew=2.0, seed=11)

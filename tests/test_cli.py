@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner, Result
 
-from switchyard.cluster.cli import main
+from switchyard.cluster.cli.main import main
 from switchyard.placement.formats import save_trace
 from switchyard.placement.policies import policy_names
 from switchyard.placement.synthetic import synthetic_trace

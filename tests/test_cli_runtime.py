@@ -11,7 +11,7 @@ import torch
 import transformers
 from click.testing import CliRunner
 
-from switchyard.cluster.cli_runtime import register
+from switchyard.cluster.cli.generate import register
 from switchyard.placement.plan import Plan
 from switchyard.placement.topology import Topology
 

@@ -14,14 +14,14 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from switchyard.cluster.cli_serve import serve
-from switchyard.cluster.client import Client
+from switchyard.cluster.cli.serve import serve
+from switchyard.cluster.gateway.client import Client
 from switchyard.cluster.settings import REDIS_URL_ENV
 from switchyard.workers.checkpoints import init_checkpoint
 
 pytestmark = pytest.mark.ray
 
-SERVE = "from switchyard.cluster.cli_serve import serve; serve()"
+SERVE = "from switchyard.cluster.cli.serve import serve; serve()"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 PROMPT, NEW_TOKENS = [1, 2, 3], 3
 FORWARDED = len(PROMPT) + NEW_TOKENS - 1  # tokens the engines count for the one request

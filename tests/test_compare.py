@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from switchyard.cluster.formatting import comparison_table, markdown_table
+from switchyard.cluster.cli.formatting import comparison_table, markdown_table
 from switchyard.placement.compare import compare_policies, default_windows, token_window
 from switchyard.placement.cost import PRESETS
 from switchyard.placement.errors import PlacementError

@@ -1,4 +1,4 @@
-"""`switchyard.cluster.demo` (`make run`): a server that never serves fails fast; the server is always stopped.
+"""`switchyard.cluster.cli.demo` (`make run`): a server that never serves fails fast; the server is always stopped.
 
 The whole demo against a real server runs as `make run`; `tests/test_cli_serve.py` covers `serve` itself.
 """
@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from switchyard.cluster.demo import main, stop, wait_until_serving
+from switchyard.cluster.cli.demo import main, stop, wait_until_serving
 
 
 def test_a_server_that_exits_is_reported():

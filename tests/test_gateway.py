@@ -21,15 +21,15 @@ from click.testing import CliRunner
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from switchyard.cluster.cli import main
-from switchyard.cluster.cli_runtime import generate
-from switchyard.cluster.client import Client, sampling
-from switchyard.cluster.gateway import BackgroundGateway, GatewayConfig, status_of
-from switchyard.cluster.runtime import Runtime, local_cluster
-from switchyard.cluster.sampling import SamplingParams
-from switchyard.cluster.serving import RuntimeBackend, model_cluster, record_serving_plan
-from switchyard.cluster.state_store import EmbeddedStateStore, StateStoreUnavailable
-from switchyard.cluster.stats_publisher import StatsPublisher
+from switchyard.cluster.cli.main import main
+from switchyard.cluster.cli.generate import generate
+from switchyard.cluster.gateway.client import Client, sampling
+from switchyard.cluster.gateway.server import BackgroundGateway, GatewayConfig, status_of
+from switchyard.cluster.runtime.runtime import Runtime, local_cluster
+from switchyard.cluster.engine.sampling import SamplingParams
+from switchyard.cluster.gateway.backend import RuntimeBackend, model_cluster, record_serving_plan
+from switchyard.cluster.state.store import EmbeddedStateStore, StateStoreUnavailable
+from switchyard.cluster.state.publisher import StatsPublisher
 from switchyard.placement.plan import Plan
 from switchyard.placement.stats import RoutingStats
 from switchyard.protos.generated import serving_pb2 as pb
@@ -275,7 +275,7 @@ def test_32_concurrent_streaming_clients(runtime, server):
 
 
 def test_internal_errors_carry_a_logged_request_id(caplog):
-    with caplog.at_level(logging.ERROR, logger="switchyard.cluster.gateway"):
+    with caplog.at_level(logging.ERROR, logger="switchyard.cluster.gateway.server"):
         code, message = status_of(RuntimeError("boom"))
     request_id = message.split("request id ")[1].split(";")[0]
     assert code == Code.INTERNAL and "boom" not in message

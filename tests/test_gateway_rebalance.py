@@ -15,12 +15,12 @@ import grpc
 import numpy as np
 import pytest
 
-from switchyard.cluster.client import Client
-from switchyard.cluster.gateway import BackgroundGateway, GatewayConfig
-from switchyard.cluster.redis_state_store import RedisStateStore
-from switchyard.cluster.runtime import Runtime, local_cluster
-from switchyard.cluster.serving import RuntimeBackend
-from switchyard.cluster.state_store import EmbeddedStateStore, StateStoreUnavailable
+from switchyard.cluster.gateway.client import Client
+from switchyard.cluster.gateway.server import BackgroundGateway, GatewayConfig
+from switchyard.cluster.state.redis_store import RedisStateStore
+from switchyard.cluster.runtime.runtime import Runtime, local_cluster
+from switchyard.cluster.gateway.backend import RuntimeBackend
+from switchyard.cluster.state.store import EmbeddedStateStore, StateStoreUnavailable
 from switchyard.placement.plan import Plan
 from switchyard.workers.checkpoints import init_checkpoint
 

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import ray
 
-from switchyard.cluster.live_migration import MigrationFailed, migrate
-from switchyard.cluster.runtime import Runtime, local_cluster
-from switchyard.cluster.sampling import SamplingParams
+from switchyard.cluster.runtime.migration import MigrationFailed, migrate
+from switchyard.cluster.runtime.runtime import Runtime, local_cluster
+from switchyard.cluster.engine.sampling import SamplingParams
 from switchyard.placement.errors import PlacementError
 from switchyard.placement.migration import plan_migration
 from switchyard.placement.plan import Plan

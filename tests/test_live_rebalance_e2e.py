@@ -28,8 +28,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from switchyard.cluster.cli import main
-from switchyard.cluster.client import Client
+from switchyard.cluster.cli.main import main
+from switchyard.cluster.gateway.client import Client
 from switchyard.placement.formats import save_plan
 from switchyard.placement.plan import Plan
 from switchyard.placement.policies import get_policy
@@ -39,7 +39,7 @@ from switchyard.workers.checkpoints import init_checkpoint, load_spec
 
 pytestmark = [pytest.mark.ray, pytest.mark.redis]
 
-SERVE = "from switchyard.cluster.cli_serve import serve; serve()"
+SERVE = "from switchyard.cluster.cli.serve import serve; serve()"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 NODES, WORKERS_PER_NODE, SLOTS = 2, 2, 4  # 16 slots for 8 experts: 8 replicas to place
 PROMPTS = [[1 + 13 * i, 7 + 5 * i, 300 - 11 * i, 42 + i, 9 * i + 2] for i in range(8)]

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 EXPECTED_IN_WHEEL = (
     "switchyard/placement/plan.py",
     "switchyard/placement/policies/eplb.py",
-    "switchyard/cluster/cli.py",
+    "switchyard/cluster/cli/main.py",
     "switchyard/workers/__init__.py",
     "switchyard/protos/__init__.py",
     "switchyard/protos/generated/serving_pb2_grpc.py",
@@ -53,7 +53,7 @@ def test_wheel_contains_every_subpackage(wheel: Path) -> None:
     for expected in EXPECTED_IN_WHEEL:
         assert expected in names
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
-    assert "switchyard = switchyard.cluster.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "switchyard = switchyard.cluster.cli.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
 def test_wheel_installs_and_imports(wheel: Path, tmp_path: Path) -> None:
@@ -63,7 +63,7 @@ def test_wheel_installs_and_imports(wheel: Path, tmp_path: Path) -> None:
     # site-packages stays reachable for numpy and click, after the wheel's files.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), sysconfig.get_paths()["purelib"]])}
     result = _run(sys.executable, "-S", "-c",
-                  "import switchyard.placement.plan as m, switchyard.cluster.cli as c; print(m.__file__)",
+                  "import switchyard.placement.plan as m, switchyard.cluster.cli.main as c; print(m.__file__)",
                   env=env, cwd=tmp_path)
     assert Path(result.stdout.strip()).is_relative_to(target)
 

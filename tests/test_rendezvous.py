@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from switchyard.cluster.rendezvous import MoeRendezvous
-from switchyard.cluster.routing_recorder import RoutingRecorder
+from switchyard.cluster.engine.rendezvous import MoeRendezvous
+from switchyard.cluster.engine.recorder import RoutingRecorder
 
 
 def test_one_dispatch_per_layer_for_all_requests():

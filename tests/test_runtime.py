@@ -18,8 +18,8 @@ import ray
 import torch
 import transformers
 
-from switchyard.cluster.runtime import Runtime, local_cluster, resolve_plan
-from switchyard.cluster.sampling import SamplingParams, next_token
+from switchyard.cluster.runtime.runtime import Runtime, local_cluster, resolve_plan
+from switchyard.cluster.engine.sampling import SamplingParams, next_token
 from switchyard.placement.errors import PlacementError
 from switchyard.placement.plan import Plan
 from switchyard.placement.policies import get_policy

@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 import redis
 
-from switchyard.cluster.redis_state_store import RedisStateStore
-from switchyard.cluster.state_store import (
+from switchyard.cluster.state.redis_store import RedisStateStore
+from switchyard.cluster.state.store import (
     EmbeddedStateStore, PlanConflict, StateStore, StateStoreError, StateStoreUnavailable, open_state_store,
     stats_from_bytes, stats_to_bytes,
 )
-from switchyard.cluster.stats_writer import BufferedStatsWriter
+from switchyard.cluster.state.writer import BufferedStatsWriter
 from switchyard.placement.plan import Plan
 from switchyard.placement.stats import RoutingStats
 from switchyard.placement.topology import Topology

@@ -15,7 +15,7 @@ def policies():
     pytest.importorskip("vllm")
     from vllm.distributed.eplb.policy import AbstractEplbPolicy, DefaultEplbPolicy
 
-    from switchyard.cluster.vllm_eplb import AffinityEplbPolicy
+    from switchyard.cluster.integrations.vllm_eplb import AffinityEplbPolicy
 
     assert issubclass(AffinityEplbPolicy, AbstractEplbPolicy)
     return AffinityEplbPolicy, DefaultEplbPolicy

@@ -1,10 +1,10 @@
 """`ExpertWorker`: the Ray actor body that holds one GPU's (or CPU slot's) experts for every layer.
 
-The class is plain Python so that it can be tested without Ray; `switchyard.cluster.runtime` wraps it
+The class is plain Python so that it can be tested without Ray; `switchyard.cluster.runtime.runtime` wraps it
 with `ray.remote` and pins it to its node. It reads only its own experts from the checkpoint, and
 `load` swaps them for another set (another plan or model) without starting a new process.
 
-Live migration (`switchyard.cluster.live_migration`) keeps experts per plan epoch: `stage` builds the
+Live migration (`switchyard.cluster.runtime.migration`) keeps experts per plan epoch: `stage` builds the
 next epoch's slots from this worker's current experts and weights copied from other workers
 (`export_slots`), engines name the epoch in every `forward`, so both epochs serve while engines switch
 one by one, and `commit` then drops the old epoch (or `discard` the new one when the migration fails).

@@ -16,11 +16,11 @@ from typing import Any
 
 import click
 
-from switchyard.cluster.cli_params import UserError, is_verbose, verbose_option
-from switchyard.cluster.cli_placement import placement
-from switchyard.cluster.cli_runtime import register as register_runtime
-from switchyard.cluster.cli_serve import register as register_serve
-from switchyard.cluster.cli_trace import trace
+from switchyard.cluster.cli.params import UserError, is_verbose, verbose_option
+from switchyard.cluster.cli.placement import placement
+from switchyard.cluster.cli.generate import register as register_runtime
+from switchyard.cluster.cli.serve import register as register_serve
+from switchyard.cluster.cli.trace import trace
 from switchyard.placement.errors import PlacementError
 
 class _Root(click.Group):

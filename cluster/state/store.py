@@ -5,7 +5,7 @@ merged across engines and nodes, plans, and publishes the new plan with compare-
 two rebalancers can never both win. One interface, `StateStore`, two implementations:
 
 - `EmbeddedStateStore`: in-process and thread-safe, the single-machine default (nothing to run).
-- `RedisStateStore` (`switchyard.cluster.redis_state_store`): a real Redis, shared by a cluster.
+- `RedisStateStore` (`switchyard.cluster.state.redis_store`): a real Redis, shared by a cluster.
 
 `open_state_store(url, deployment)` picks one from a URL. What is stored, the Redis keys, the window
 semantics and the outage behaviour are described in `docs/state-store.md`.
@@ -107,7 +107,7 @@ def open_state_store(url: str | None, deployment: str) -> StateStore:
     if url is None:
         return EmbeddedStateStore()
     if isinstance(url, str) and url.startswith(("redis://", "rediss://")):
-        from switchyard.cluster.redis_state_store import RedisStateStore  # redis is only needed here
+        from switchyard.cluster.state.redis_store import RedisStateStore  # redis is only needed here
 
         return RedisStateStore(url, deployment)
     raise ValueError(

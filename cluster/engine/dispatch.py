@@ -15,7 +15,7 @@ import numpy as np
 import ray
 import torch
 
-from switchyard.cluster.traffic import TrafficCounters
+from switchyard.cluster.engine.traffic import TrafficCounters
 from switchyard.placement.plan import Plan
 from switchyard.placement.routing import assign_slots
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import click
 
-from switchyard.cluster.cli_params import UserError
+from switchyard.cluster.cli.params import UserError
 
-from switchyard.cluster.sampling import SamplingParams
+from switchyard.cluster.engine.sampling import SamplingParams
 from switchyard.placement.errors import PlacementError
 from switchyard.workers.checkpoints import init_checkpoint, load_spec
 from switchyard.workers.errors import CheckpointError
@@ -127,12 +127,12 @@ def generate(ctx: click.Context, model_dir: Path | None, server: str | None, pro
     or on a running gateway (--server)."""
     _check_mode(ctx, model_dir, server)
     if server is not None:
-        from switchyard.cluster.cli_serve import run_remote_generate  # gRPC only with --server
+        from switchyard.cluster.cli.serve import run_remote_generate  # gRPC only with --server
 
         run_remote_generate(server, prompts, as_json, token, tls_ca, timeout_s, max_new_tokens=max_new_tokens,
                             temperature=temperature, top_p=top_p, seed=seed, stop_ids=stop_ids)
         return
-    from switchyard.cluster.runtime import Runtime, local_cluster, resolve_plan  # Ray only when serving
+    from switchyard.cluster.runtime.runtime import Runtime, local_cluster, resolve_plan  # Ray only when serving
 
     try:
         spec = load_spec(model_dir)

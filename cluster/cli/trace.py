@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from switchyard.cluster.cli_params import INPUT_FILE, OUTPUT_FILE, drop_incomplete_option, verbose_option
-from switchyard.cluster.formatting import skew_summary
+from switchyard.cluster.cli.params import INPUT_FILE, OUTPUT_FILE, drop_incomplete_option, verbose_option
+from switchyard.cluster.cli.formatting import skew_summary
 from switchyard.placement.formats import load_trace, save_trace
 from switchyard.placement.stats import RoutingStats
 from switchyard.placement.synthetic import synthetic_trace

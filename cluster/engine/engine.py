@@ -4,7 +4,7 @@ Each request keeps its own KV cache and runs its own forward of transformers' mo
 whole prompt; decode: the last token), in its own thread. The forwards of all requests active in a
 step meet at every MoE layer (`MoeRendezvous`), so every expert worker gets one batched call per
 layer per step. New requests join between steps; finished ones leave. The class is plain Python;
-`switchyard.cluster.runtime` wraps it with `ray.remote` (threaded, so `submit` and `result` run while
+`switchyard.cluster.runtime.runtime` wraps it with `ray.remote` (threaded, so `submit` and `result` run while
 the step loop does).
 
 Streaming callers (the gateway) use `poll`, which reports the new tokens of many requests in one call
@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from switchyard.cluster.dispatch import ExpertDispatcher
-from switchyard.cluster.engine_model import build_engine_model
-from switchyard.cluster.rendezvous import MoeRendezvous, RemoteExperts
-from switchyard.cluster.routing_recorder import RoutingRecorder
-from switchyard.cluster.sampling import SamplingParams, next_token
+from switchyard.cluster.engine.dispatch import ExpertDispatcher
+from switchyard.cluster.engine.model import build_engine_model
+from switchyard.cluster.engine.rendezvous import MoeRendezvous, RemoteExperts
+from switchyard.cluster.engine.recorder import RoutingRecorder
+from switchyard.cluster.engine.sampling import SamplingParams, next_token
 from switchyard.placement.plan import Plan
 from switchyard.placement.stats import RoutingStats
 from switchyard.workers.checkpoints import load_spec

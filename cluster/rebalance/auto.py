@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from switchyard.cluster.serving import Backend, RebalanceOutcome, ServingError
-from switchyard.cluster.state_store import StateStoreError
+from switchyard.cluster.gateway.backend import Backend, RebalanceOutcome, ServingError
+from switchyard.cluster.state.store import StateStoreError
 from switchyard.placement.proposal import PlanMetrics, Proposal
 
 log = logging.getLogger(__name__)

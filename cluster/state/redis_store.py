@@ -34,7 +34,7 @@ import redis
 from redis.backoff import ConstantBackoff
 from redis.retry import Retry
 
-from switchyard.cluster.state_store import (
+from switchyard.cluster.state.store import (
     DEFAULT_MAX_AGE_S, DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EVENTS, DEFAULT_MAX_HISTORY, StateStoreUnavailable,
     WindowBy, check_deployment, check_retention, conflict, merge_window, stamped, stats_from_bytes, stats_to_bytes,
 )

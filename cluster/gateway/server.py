@@ -1,6 +1,6 @@
 """The gRPC gateway: `switchyard.v1.Switchyard`, health and reflection on one grpc.aio server.
 
-The servicer only translates between protos and the domain (`switchyard.cluster.serving`); errors
+The servicer only translates between protos and the domain (`switchyard.cluster.gateway.backend`); errors
 become status codes in one place, `status_of`. Until a backend is attached (`Gateway.attach`), and
 again from the start of a drain, health answers NOT_SERVING and the Switchyard service UNAVAILABLE,
 so a probe never routes traffic to a gateway that is starting or stopping.
@@ -23,11 +23,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from switchyard.cluster.rebalancing import RebalanceOutcome
-from switchyard.cluster.serving import Backend, TokenStream, check_request, make_params
-from switchyard.cluster.serving_errors import (Conflict, FailedPrecondition, InvalidRequest, MigrationAborted,
+from switchyard.cluster.rebalance.applier import RebalanceOutcome
+from switchyard.cluster.gateway.backend import Backend, TokenStream, check_request, make_params
+from switchyard.cluster.errors import (Conflict, FailedPrecondition, InvalidRequest, MigrationAborted,
                                                NotReady, QueueFull, ServingError)
-from switchyard.cluster.state_store import StateStoreUnavailable
+from switchyard.cluster.state.store import StateStoreUnavailable
 from switchyard.placement.errors import PlacementError
 from switchyard.placement.plan import Plan
 from switchyard.placement.proposal import PlanMetrics

@@ -13,7 +13,7 @@ import threading
 import time
 from collections import deque
 
-from switchyard.cluster.state_store import StateStore, StateStoreUnavailable
+from switchyard.cluster.state.store import StateStore, StateStoreUnavailable
 from switchyard.placement.stats import RoutingStats
 
 logger = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """`make run`: serve a model with `switchyard serve`, ask it with `switchyard generate --server`,
 rebalance it live with `switchyard placement rebalance --apply`, stop it.
 
-    python -m switchyard.cluster.demo --model build/demo/mixtral-tiny --nodes 2 --port 50051 --rebalance \\
+    python -m switchyard.cluster.cli.demo --model build/demo/mixtral-tiny --nodes 2 --port 50051 --rebalance \\
         -- --prompt-ids 1,2,3,4 --prompt-ids 5,6,7 --max-new-tokens 16 --json
 
 Starts the server as a child process, waits (at most `--ready-timeout` seconds) until its health is
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import grpc
 
-from switchyard.cluster.client import Client
+from switchyard.cluster.gateway.client import Client
 
 STATS_INTERVAL_S = 1.0  # the server's statistics interval: a rebalance right after generating sees them
 

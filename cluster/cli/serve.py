@@ -19,8 +19,8 @@ from typing import Any
 
 import click
 
-from switchyard.cluster.cli_params import UserError
-from switchyard.cluster.cli_runtime import OneLineCommand
+from switchyard.cluster.cli.params import UserError
+from switchyard.cluster.cli.generate import OneLineCommand
 from switchyard.placement.errors import PlacementError
 from switchyard.workers.checkpoints import load_spec
 from switchyard.workers.errors import CheckpointError
@@ -32,7 +32,7 @@ def _ray_cluster(nodes: int, address: str | None) -> contextlib.AbstractContextM
     """Join the Ray cluster at `address`, or start an ephemeral one with `nodes` simulated nodes."""
     import ray
 
-    from switchyard.cluster.runtime import local_cluster
+    from switchyard.cluster.runtime.runtime import local_cluster
 
     if address is None:
         return local_cluster(nodes)
@@ -49,7 +49,7 @@ def _ray_cluster(nodes: int, address: str | None) -> contextlib.AbstractContextM
 
 
 def _deployment(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    from switchyard.cluster.state_store import check_deployment
+    from switchyard.cluster.state.store import check_deployment
 
     try:
         return check_deployment(value)
@@ -80,8 +80,8 @@ async def serve_until_signalled(config: Any, start_backend: Any, auto: Any = Non
 
     config: a `GatewayConfig`.  auto: `AutoRebalanceSettings` to rebalance on its own, or None.
     """
-    from switchyard.cluster.auto_rebalance import AutoRebalancer
-    from switchyard.cluster.gateway import Gateway
+    from switchyard.cluster.rebalance.auto import AutoRebalancer
+    from switchyard.cluster.gateway.server import Gateway
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -169,13 +169,13 @@ def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: in
     job. With --auto-rebalance the gateway checks the window every 30 s (or --auto-interval, if
     shorter) and applies a proposal when a threshold is passed, at most once per --auto-interval.
     """
-    from switchyard.cluster.auto_rebalance import AutoRebalanceSettings
-    from switchyard.cluster.gateway import GatewayConfig  # gRPC, Ray and Redis only when serving
-    from switchyard.cluster.runtime import Runtime, resolve_plan
-    from switchyard.cluster.serving import RuntimeBackend, record_serving_plan
+    from switchyard.cluster.rebalance.auto import AutoRebalanceSettings
+    from switchyard.cluster.gateway.server import GatewayConfig  # gRPC, Ray and Redis only when serving
+    from switchyard.cluster.runtime.runtime import Runtime, resolve_plan
+    from switchyard.cluster.gateway.backend import RuntimeBackend, record_serving_plan
     from switchyard.cluster.settings import state_store_url
-    from switchyard.cluster.state_store import StateStoreUnavailable, open_state_store
-    from switchyard.cluster.stats_publisher import StatsPublisher
+    from switchyard.cluster.state.store import StateStoreUnavailable, open_state_store
+    from switchyard.cluster.state.publisher import StatsPublisher
 
     try:
         spec = load_spec(model_dir)
@@ -239,7 +239,7 @@ def run_remote_generate(server: str, prompts: list[list[int]], as_json: bool, to
     """Generate on a running gateway and print like `generate`; a gRPC error exits 2 or 1 (one line)."""
     import grpc
 
-    from switchyard.cluster.client import Client, is_client_error
+    from switchyard.cluster.gateway.client import Client, is_client_error
 
     with Client(server, token=token, tls_ca=tls_ca, timeout_s=timeout_s) as client:
         try:

@@ -1,4 +1,4 @@
-"""`switchyard.cluster.client`: a small synchronous Python client of the gateway (the CLI uses it).
+"""`switchyard.cluster.gateway.client`: a small synchronous Python client of the gateway (the CLI uses it).
 
     with Client("127.0.0.1:50051") as client:
         for tokens in client.stream([1, 5, 9], max_new_tokens=8): ...

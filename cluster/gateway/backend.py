@@ -1,6 +1,6 @@
 """What the gateway serves from: the `Backend` interface, its errors, and `RuntimeBackend` over a `Runtime`.
 
-The gateway (`switchyard.cluster.gateway`) only translates protos; everything it asks of the cluster
+The gateway (`switchyard.cluster.gateway.server`) only translates protos; everything it asks of the cluster
 goes through `Backend`. `RuntimeBackend` sends each request to the engine replica with the fewest
 requests in flight from this gateway (ties go round the engines, so round the nodes: engine e sits on
 node e % num_nodes), streams its tokens with `Engine.poll` (one call per engine
@@ -30,12 +30,12 @@ from typing import Any, Protocol
 import numpy as np
 import ray
 
-from switchyard.cluster.rebalancing import DEFAULT_OBSERVE_AFTER_S, PlanApplier, RebalanceOutcome
-from switchyard.cluster.runtime import Runtime
-from switchyard.cluster.sampling import SamplingParams
-from switchyard.cluster.serving_errors import (  # noqa: F401 - the errors are imported from here too
+from switchyard.cluster.rebalance.applier import DEFAULT_OBSERVE_AFTER_S, PlanApplier, RebalanceOutcome
+from switchyard.cluster.runtime.runtime import Runtime
+from switchyard.cluster.engine.sampling import SamplingParams
+from switchyard.cluster.errors import (  # noqa: F401 - the errors are imported from here too
     Conflict, FailedPrecondition, InvalidRequest, MigrationAborted, NotReady, QueueFull, ServingError)
-from switchyard.cluster.state_store import PlanConflict, StateStore, StateStoreUnavailable
+from switchyard.cluster.state.store import PlanConflict, StateStore, StateStoreUnavailable
 from switchyard.placement.cost import PRESETS, ClusterSpec
 from switchyard.placement.errors import PlacementError
 from switchyard.placement.plan import Plan

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from switchyard.cluster.runtime import MIGRATION_GROUP, Runtime
+from switchyard.cluster.runtime.runtime import MIGRATION_GROUP, Runtime
 from switchyard.placement.migration import plan_migration
 from switchyard.placement.plan import Plan
 

@@ -20,9 +20,9 @@ import numpy as np
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from switchyard.cluster.engine import Engine
-from switchyard.cluster.sampling import SamplingParams
-from switchyard.cluster.traffic import merge_traffic
+from switchyard.cluster.engine.engine import Engine
+from switchyard.cluster.engine.sampling import SamplingParams
+from switchyard.cluster.engine.traffic import merge_traffic
 from switchyard.placement.errors import PlacementError
 from switchyard.placement.plan import Plan
 from switchyard.placement.policies import get_policy
@@ -65,7 +65,7 @@ class Runtime:
 
     Use `Runtime.start(...)`, then `generate`, `routing_stats`, `traffic`, and `shutdown` (or `with`).
     `load` switches to another model or plan between requests, keeping the actors (and their processes);
-    `switchyard.cluster.live_migration.migrate` switches plans while requests run. `epoch` is the
+    `switchyard.cluster.runtime.migration.migrate` switches plans while requests run. `epoch` is the
     version of `plan` (the state store's epoch when serving with one).
     """
 

@@ -25,16 +25,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from switchyard.cluster.live_migration import DEFAULT_TIMEOUT_S, MigrationFailed, MigrationReport, migrate
-from switchyard.cluster.runtime import Runtime
-from switchyard.cluster.serving_errors import Conflict, FailedPrecondition, InvalidRequest, MigrationAborted
-from switchyard.cluster.state_store import PlanConflict, StateStore, StateStoreUnavailable
+from switchyard.cluster.runtime.migration import DEFAULT_TIMEOUT_S, MigrationFailed, MigrationReport, migrate
+from switchyard.cluster.runtime.runtime import Runtime
+from switchyard.cluster.errors import Conflict, FailedPrecondition, InvalidRequest, MigrationAborted
+from switchyard.cluster.state.store import PlanConflict, StateStore, StateStoreUnavailable
 from switchyard.placement.errors import PlacementError
 from switchyard.placement.plan import Plan
 from switchyard.placement.proposal import Proposal
 
 if TYPE_CHECKING:
-    from switchyard.cluster.serving import Snapshot
+    from switchyard.cluster.gateway.backend import Snapshot
 
 log = logging.getLogger(__name__)
 

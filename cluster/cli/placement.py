@@ -19,11 +19,11 @@ from typing import Any
 import click
 import numpy as np
 
-from switchyard.cluster.cli_params import (
+from switchyard.cluster.cli.params import (
     INPUT_FILE, OUTPUT_FILE, TOKEN_RANGE, drop_incomplete_option, topology_options,
     verbose_option,
 )
-from switchyard.cluster.formatting import comparison_table, evaluation_table, placement_tables, rebalance_table
+from switchyard.cluster.cli.formatting import comparison_table, evaluation_table, placement_tables, rebalance_table
 from switchyard.placement.compare import TokenWindow, compare_policies, default_windows, token_window
 from switchyard.placement.cost import PRESETS
 from switchyard.placement.evaluate import evaluate
@@ -166,7 +166,7 @@ def _gateway(server: str, token: str | None) -> Iterator[Any]:
     """A `Client` of the gateway; a gRPC error ends the command with one line, exit 2 or 1."""
     import grpc
 
-    from switchyard.cluster.client import Client, is_client_error
+    from switchyard.cluster.gateway.client import Client, is_client_error
 
     with Client(server, token=token, timeout_s=60.0) as client:
         try:

@@ -6,7 +6,7 @@ in a ring buffer of the latest `window` sampled tokens; its counts are scaled up
 share so that they are in the same units as the load.
 
 `stats` reports everything since the recorder started; `take` reports what came since the previous
-`take` (the state store's entries, see `switchyard.cluster.stats_publisher`). The two do not disturb
+`take` (the state store's entries, see `switchyard.cluster.state.publisher`). The two do not disturb
 each other: `take` only moves its own marks.
 """
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import ray
 
-from switchyard.cluster.state_store import StateStore
-from switchyard.cluster.stats_writer import BufferedStatsWriter
+from switchyard.cluster.state.store import StateStore
+from switchyard.cluster.state.writer import BufferedStatsWriter
 
 logger = logging.getLogger(__name__)
 
