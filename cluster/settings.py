@@ -1,22 +1,69 @@
-"""Settings read from the environment: the one place that names Switchyard's environment variables.
+"""Every default of the serving cluster and every environment variable, in one settings object.
 
-Everything is read when a function is called, never at import time, so a test or a process that
-sets a variable before calling sees it.
+`DEFAULTS` holds the defaults; the CLI's options, `GatewayConfig`, `RuntimeBackend`, `PlanApplier`,
+`AutoRebalanceSettings` and `StatsPublisher` take theirs from it. The environment is read only when
+a function here is called (`Settings.from_env`, `state_store_url`), never at import time, so a test or
+a process that sets a variable before calling sees it.
 
-    SWITCHYARD_REDIS_URL   the state store (`redis://HOST:PORT[/DB]`) when `--redis` is not given
+    SWITCHYARD_REDIS_URL     the state store (`redis://HOST:PORT[/DB]`) when `--redis` is not given
+    SWITCHYARD_TOKEN         the gateway's bearer token (`serve --token`, the client commands' `--token`)
+    SWITCHYARD_ADMIN_TOKEN   the token admin calls need (`serve --admin-token`)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 REDIS_URL_ENV = "SWITCHYARD_REDIS_URL"
+TOKEN_ENV = "SWITCHYARD_TOKEN"
+ADMIN_TOKEN_ENV = "SWITCHYARD_ADMIN_TOKEN"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The cluster's defaults (seconds in `_s` fields); `from_env` adds the environment's values."""
+
+    # the gateway
+    host: str = "127.0.0.1"
+    port: int = 50051
+    max_queue_per_engine: int = 64  # requests in flight per engine before RESOURCE_EXHAUSTED
+    max_batch_requests: int = 64  # prompts in one GenerateBatch
+    max_message_bytes: int = 16 * 1024 * 1024
+    grace_s: float = 10.0  # how long a drain waits for in-flight calls
+    max_new_tokens: int = 16  # when a request names none
+    poll_timeout_s: float = 0.5  # how long one `Engine.poll` waits for a token
+    # statistics and rebalancing
+    stats_interval_s: float = 5.0  # between two statistics entries of the engines in the store
+    stats_window_s: float = 60.0  # what GetStats reports and rebalances plan on
+    observe_after_s: float = 30.0  # how long after an apply its gain is measured
+    migration_timeout_s: float = 120.0  # per migration phase
+    auto_min_balancedness: float = 0.8
+    auto_min_gain: float = 0.1
+    auto_interval_s: float = 300.0
+    auto_check_every_s: float = 30.0
+    # clients
+    client_timeout_s: float = 60.0  # deadline of the CLI's admin calls
+    # from the environment
+    redis_url: str | None = None
+    token: str | None = None
+    admin_token: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """`DEFAULTS` with the environment's variables (module doc); an empty value counts as unset."""
+        environ = os.environ if environ is None else environ
+        return dataclasses.replace(DEFAULTS, redis_url=environ.get(REDIS_URL_ENV) or None,
+                                   token=environ.get(TOKEN_ENV) or None,
+                                   admin_token=environ.get(ADMIN_TOKEN_ENV) or None)
+
+
+DEFAULTS = Settings()
 
 
 def state_store_url(given: str | None = None, environ: Mapping[str, str] | None = None) -> str | None:
     """The state store URL: `given` (a `--redis` option), else `$SWITCHYARD_REDIS_URL`, else None
     (the embedded store). An empty value counts as unset."""
-    if given:
-        return given
-    return (os.environ if environ is None else environ).get(REDIS_URL_ENV) or None
+    return given or Settings.from_env(environ).redis_url

@@ -1,10 +1,22 @@
-"""The placement library's one error type.
+"""The project's error base, and the placement library's one error type.
 
-Everything a user can get wrong (a file, a shape, an id, a topology) raises `PlacementError`, a
-`ValueError`, with a message that names the bad value. The CLI turns it into one line and exit code 2.
-Internal invariants use `assert`.
+`SwitchyardError` is the base of every error a user or a caller can act on, in every package; it lives
+here because `placement` is the package every other one imports (and it stays pure). Each error names
+its gRPC status code in `status` (a name, so that no gRPC import is needed); the gateway turns an error
+into that code and the CLI into an exit code, both in one place (`switchyard.cluster.errors`).
+
+Everything a user can get wrong about a placement (a file, a shape, an id, a topology) raises
+`PlacementError`, a `ValueError`, with a message that names the bad value. Internal invariants use
+`assert`.
 """
 
 
-class PlacementError(ValueError):
+class SwitchyardError(Exception):
+    """Base of the errors a user or caller can act on; the message names the cause and what to do."""
+
+    status = "INVALID_ARGUMENT"
+    """The gRPC status code name of this error (`grpc.StatusCode[status]`)."""
+
+
+class PlacementError(SwitchyardError, ValueError):
     """Bad placement input: a trace, a plan, a topology or a file that cannot be used as given."""

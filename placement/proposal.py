@@ -32,7 +32,7 @@ from switchyard.placement.errors import PlacementError
 from switchyard.placement.evaluate import evaluate
 from switchyard.placement.migration import Migration, plan_migration
 from switchyard.placement.plan import Plan
-from switchyard.placement.policies import POLICIES, get_policy
+from switchyard.placement.policies import DEFAULT_POLICY, POLICIES, get_policy
 from switchyard.placement.stats import RoutingStats
 from switchyard.placement.trace import RoutingTrace
 
@@ -96,7 +96,7 @@ class Proposal:
                 "window_tokens": self.window_tokens, "evaluated_tokens": self.evaluated_tokens}
 
 
-def propose(stats: RoutingStats, current: Plan, policy_name: str = "affinity", max_moves: int | None = None,
+def propose(stats: RoutingStats, current: Plan, policy_name: str = DEFAULT_POLICY, max_moves: int | None = None,
             cluster: ClusterSpec | None = None) -> Proposal:
     """Plan with `policy_name` on `stats` and compare the aligned result with `current` (module doc).
 

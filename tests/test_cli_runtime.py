@@ -44,7 +44,7 @@ def _error(cli, args):
 def test_bad_input_is_one_line_exit_2(cli, model_dir, tmp_path):
     base = ["generate", "--max-new-tokens", "2"]
     assert "no config.json" in _error(cli, base + ["--model", str(tmp_path / "none"), "--prompt-ids", "1"])
-    assert "in [0, 512)" in _error(cli, base + ["--model", str(model_dir), "--prompt-ids", "1,600"])
+    assert "outside the vocabulary (512)" in _error(cli, base + ["--model", str(model_dir), "--prompt-ids", "1,600"])
     assert "comma-separated integers" in _error(cli, base + ["--model", str(model_dir), "--prompt-ids", "1,x"])
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps(Plan(np.tile(np.arange(4), (3, 1)), Topology(1, 1, 4), 4).to_dict()))

@@ -24,7 +24,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from switchyard.cluster.cli.main import main
 from switchyard.cluster.cli.generate import generate
 from switchyard.cluster.gateway.client import Client, sampling
-from switchyard.cluster.gateway.server import BackgroundGateway, GatewayConfig, status_of
+from switchyard.cluster.gateway.server import BackgroundGateway, GatewayConfig
+from switchyard.cluster.gateway.status import status_of
 from switchyard.cluster.runtime.runtime import Runtime, local_cluster
 from switchyard.cluster.engine.sampling import SamplingParams
 from switchyard.cluster.gateway.backend import RuntimeBackend, model_cluster, record_serving_plan

@@ -9,6 +9,7 @@ some valid plan and assert relative to the epoch they find, so they do not depen
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import grpc
@@ -212,3 +213,43 @@ def test_store_down_is_unavailable_and_the_old_epoch_serves(runtime, store, clie
     assert runtime.epoch == epoch and _served(client)[0] == epoch
     np.testing.assert_array_equal(runtime.plan.physical_to_logical, plan.physical_to_logical)
     assert _greedy(client) == before
+
+
+class _GatedCommitStore:
+    """`store` whose plan commits wait for `gate`: a migration that outlives the call that started it."""
+
+    def __init__(self, store) -> None:
+        self.store, self.gate, self.committing = store, threading.Event(), threading.Event()
+
+    def __getattr__(self, name: str):
+        return getattr(self.store, name)
+
+    def set_active_plan(self, plan, expected_epoch) -> int:
+        self.committing.set()
+        assert self.gate.wait(120), "the test never opened the gate"
+        return self.store.set_active_plan(plan, expected_epoch)
+
+
+def test_a_cancelled_apply_holds_the_lock_until_it_ends_and_records_its_event(runtime, store, client):
+    epoch, plan = _served(client)
+    gated = _GatedCommitStore(store)
+    gateway, target = _gateway(RuntimeBackend(runtime, store=gated))
+    try:
+        with Client(target, timeout_s=120) as admin:
+            moved = json.dumps(_moved(plan).to_dict())
+            code, _ = _code(lambda: admin.rebalance(dry_run=False, plan_json=moved, timeout_s=1.0))
+            assert code == Code.DEADLINE_EXCEEDED
+            assert gated.committing.wait(60), "the migration went on after its caller left"
+            code, details = _code(lambda: admin.rebalance(dry_run=False, plan_json=json.dumps(plan.to_dict())))
+            assert code == Code.ABORTED and "another rebalance is in progress" in details
+            gated.gate.set()
+            deadline = time.monotonic() + 60
+            while not any(e["kind"] == "rebalance" and e["epoch"] == epoch + 1 for e in store.events(20)):
+                assert time.monotonic() < deadline, store.events(5)
+                time.sleep(0.05)
+            assert _served(client)[0] == epoch + 1 == runtime.epoch  # committed, and the store knows it
+            answer = admin.rebalance(dry_run=False, plan_json=json.dumps(plan.to_dict()))  # the lock is free
+            assert answer.applied and answer.applied_epoch == epoch + 2
+    finally:
+        gated.gate.set()
+        gateway.drain(0)

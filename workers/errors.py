@@ -5,6 +5,8 @@ expert tensors) raises `CheckpointError`, a `ValueError` with a message naming t
 turns it into one line and exit code 2.
 """
 
+from switchyard.placement.errors import SwitchyardError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(SwitchyardError, ValueError):
     """A model directory or checkpoint that cannot be used as given."""

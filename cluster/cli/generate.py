@@ -15,23 +15,14 @@ from typing import Any
 
 import click
 
-from switchyard.cluster.cli.params import UserError
+from switchyard.cluster.cli.params import OneLineCommand, UserError
 
+from switchyard.cluster.engine.requests import check_prompt
+from switchyard.cluster.errors import SwitchyardError
+from switchyard.cluster.settings import DEFAULTS, TOKEN_ENV
 from switchyard.cluster.engine.sampling import SamplingParams
-from switchyard.placement.errors import PlacementError
 from switchyard.workers.checkpoints import init_checkpoint, load_spec
-from switchyard.workers.errors import CheckpointError
 from switchyard.workers.families import FAMILIES, SIZES
-
-
-class OneLineCommand(click.Command):
-    """A command whose usage errors (bad option values) are one line with exit code 2 too."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as error:
-            raise UserError(error.format_message()) from None
 
 
 def _prompt_ids(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[list[int]]:
@@ -64,7 +55,7 @@ def init(arch: str, size: str, out: Path, skew: float, seed: int) -> None:
     try:
         path = init_checkpoint(arch, size, out, skew=skew, seed=seed)
         spec = load_spec(path)
-    except CheckpointError as error:
+    except SwitchyardError as error:
         raise UserError(str(error)) from None
     click.echo(f"wrote {arch} ({size}) to {path}: {spec.num_layers} MoE layers x {spec.num_experts} experts, "
                f"top-{spec.top_k}, hidden {spec.hidden_size}")
@@ -101,7 +92,7 @@ def _check_mode(ctx: click.Context, model_dir: Path | None, server: str | None) 
 @click.option("--server", default=None, help="A running gateway (switchyard serve), HOST:PORT; not with --model.")
 @click.option("--prompt-ids", "prompts", multiple=True, required=True, callback=_prompt_ids,
               help="Comma-separated token ids of one prompt; repeat for more prompts.")
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=DEFAULTS.max_new_tokens, show_default=True)
 @click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True, help="Simulated Ray nodes.")
 @click.option("--workers-per-node", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--plan", "plan_path", type=click.Path(path_type=Path), default=None,
@@ -110,7 +101,7 @@ def _check_mode(ctx: click.Context, model_dir: Path | None, server: str | None) 
 @click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--stop-id", "stop_ids", type=int, multiple=True, help="A token id that ends generation.")
-@click.option("--token", envvar="SWITCHYARD_TOKEN", default=None,
+@click.option("--token", envvar=TOKEN_ENV, default=None,
               help="With --server: the gateway's bearer token.")
 @click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="With --server: PEM of the gateway's CA (TLS).")
@@ -137,11 +128,10 @@ def generate(ctx: click.Context, model_dir: Path | None, server: str | None, pro
     try:
         spec = load_spec(model_dir)
         plan = resolve_plan(spec, plan_path if plan_path is not None else "linear", nodes, workers_per_node)
-    except (CheckpointError, PlacementError) as error:
+        for prompt in prompts:
+            check_prompt(prompt, spec.vocab_size, int(spec.config.max_position_embeddings), max_new_tokens)
+    except SwitchyardError as error:
         raise UserError(str(error)) from None
-    for prompt in prompts:
-        if min(prompt) < 0 or max(prompt) >= spec.vocab_size:
-            raise UserError(f"prompt ids must be in [0, {spec.vocab_size}) for {model_dir}, got {prompt}")
     params = SamplingParams(max_new_tokens, temperature, top_p, seed, stop_ids)
     with local_cluster(nodes), Runtime.start(model_dir, nodes, workers_per_node, plan) as runtime:
         outputs = runtime.generate(prompts, params)

@@ -1,12 +1,13 @@
 """The `switchyard` command: parse, call the library, format, print.
 
-Commands live in one module per group (`cli_placement`, `cli_trace`, `cli_runtime`, `cli_serve`); this
-module is the root and the one place errors become exit codes. Input that click can check (paths,
-ranges, choices) is rejected while parsing, with a usage error and exit code 2. The library raises
-`PlacementError` for everything else a user can get wrong (file contents, shapes, ids, topologies); it
-is caught here and printed as one line `Error: ...` with exit code 2. Any other exception is a bug and
-keeps its traceback. (`generate --server` prints a gRPC error as `STATUS_NAME: message` instead, see
-`cli_serve`.)
+Commands live in one module per group (`placement`, `trace`, `model`/`generate`, `serve`); this module
+is the root and the one place errors become exit codes. Input that click can check (paths, ranges,
+choices) is rejected while parsing, with a usage error and exit code 2. Every other error a user can
+act on is a `SwitchyardError` (`switchyard.cluster.errors`); it is caught here and printed as one line
+`Error: ...` with `exit_code(error.status)`: 2 for bad input (file contents, shapes, ids, topologies,
+checkpoints), 1 for a cluster or store that cannot answer. Any other exception is a bug and keeps its
+traceback. (Commands that call a gateway print a gRPC error as `STATUS_NAME: message` with the same
+exit codes, `params.grpc_errors_exit`.)
 """
 
 from __future__ import annotations
@@ -16,23 +17,26 @@ from typing import Any
 
 import click
 
-from switchyard.cluster.cli.params import UserError, is_verbose, verbose_option
+from switchyard.cluster.cli.params import is_verbose, verbose_option
 from switchyard.cluster.cli.placement import placement
 from switchyard.cluster.cli.generate import register as register_runtime
 from switchyard.cluster.cli.serve import register as register_serve
 from switchyard.cluster.cli.trace import trace
-from switchyard.placement.errors import PlacementError
+from switchyard.cluster.errors import SwitchyardError, exit_code
 
 class _Root(click.Group):
-    """The root group: turns the library's `PlacementError` into a `UserError`."""
+    """The root group: a `SwitchyardError` becomes one line `Error: ...` with `errors.exit_code` of its
+    status (2 for bad input, 1 for a cluster or store that cannot answer); the traceback with --verbose."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except PlacementError as error:
+        except SwitchyardError as error:
             if is_verbose(ctx):
                 traceback.print_exc()
-            raise UserError(str(error)) from error
+            failure = click.ClickException(str(error))
+            failure.exit_code = exit_code(error.status)
+            raise failure from error
 
 
 @click.group("switchyard", cls=_Root, context_settings={"help_option_names": ["-h", "--help"]})

@@ -6,11 +6,15 @@ that names the bad value before any file is read.
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 
+from switchyard.cluster.errors import exit_code
 from switchyard.placement.compare import TokenWindow
 
 
@@ -38,7 +42,7 @@ class TokenRangeType(click.ParamType):
         return start, stop
 
 
-USER_ERROR_EXIT_CODE = 2
+USER_ERROR_EXIT_CODE = exit_code("INVALID_ARGUMENT")
 """The exit code of bad input, the same as click's usage errors."""
 
 
@@ -46,6 +50,29 @@ class UserError(click.ClickException):
     """Bad user input on its way to the terminal: one line `Error: <message>`, exit code 2."""
 
     exit_code = USER_ERROR_EXIT_CODE
+
+
+class OneLineCommand(click.Command):
+    """A command whose usage errors (bad option values) are one line with exit code 2 too."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as error:
+            raise UserError(error.format_message()) from None
+
+
+@contextlib.contextmanager
+def grpc_errors_exit() -> Iterator[None]:
+    """A gRPC error from the gateway ends the command: one line `STATUS_NAME: message` on stderr, and
+    `errors.exit_code` of its status (2: the request was at fault, 1: otherwise)."""
+    import grpc
+
+    try:
+        yield
+    except grpc.RpcError as error:
+        click.echo(f"{error.code().name}: {error.details()}", err=True)
+        sys.exit(exit_code(error.code().name))
 
 
 TOKEN_RANGE = TokenRangeType()

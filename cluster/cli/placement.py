@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,10 @@ import click
 import numpy as np
 
 from switchyard.cluster.cli.params import (
-    INPUT_FILE, OUTPUT_FILE, TOKEN_RANGE, drop_incomplete_option, topology_options,
+    INPUT_FILE, OUTPUT_FILE, TOKEN_RANGE, drop_incomplete_option, grpc_errors_exit, topology_options,
     verbose_option,
 )
+from switchyard.cluster.settings import DEFAULTS, TOKEN_ENV
 from switchyard.cluster.cli.formatting import comparison_table, evaluation_table, placement_tables, rebalance_table
 from switchyard.placement.compare import TokenWindow, compare_policies, default_windows, token_window
 from switchyard.placement.cost import PRESETS
@@ -31,7 +31,7 @@ from switchyard.placement.formats import (
     EXPORT_FORMATS, export_plan, load_plan, load_stats, load_trace, save_plan,
 )
 from switchyard.placement.plan import Plan
-from switchyard.placement.policies import get_policy, policy_names
+from switchyard.placement.policies import DEFAULT_POLICY, get_policy, policy_names
 from switchyard.placement.stats import RoutingStats
 from switchyard.placement.topology import Topology
 
@@ -156,7 +156,7 @@ def export(plan_path: Path, export_format: str, out: Path, first_moe_layer: int)
 
 
 _server_option = click.option("--server", required=True, help="A running gateway (switchyard serve), HOST:PORT.")
-_token_option = click.option("--token", envvar="SWITCHYARD_TOKEN", default=None,
+_token_option = click.option("--token", envvar=TOKEN_ENV, default=None,
                              help="The gateway's bearer token (rebalance: the admin token).")
 _yes_option = click.option("--yes", is_flag=True, help="Apply without asking for confirmation.")
 
@@ -164,16 +164,10 @@ _yes_option = click.option("--yes", is_flag=True, help="Apply without asking for
 @contextlib.contextmanager
 def _gateway(server: str, token: str | None) -> Iterator[Any]:
     """A `Client` of the gateway; a gRPC error ends the command with one line, exit 2 or 1."""
-    import grpc
+    from switchyard.cluster.gateway.client import Client
 
-    from switchyard.cluster.gateway.client import Client, is_client_error
-
-    with Client(server, token=token, timeout_s=60.0) as client:
-        try:
-            yield client
-        except grpc.RpcError as error:
-            click.echo(f"{error.code().name}: {error.details()}", err=True)
-            sys.exit(2 if is_client_error(error) else 1)
+    with Client(server, token=token, timeout_s=DEFAULTS.client_timeout_s) as client, grpc_errors_exit():
+        yield client
 
 
 @placement.command("show")
@@ -211,7 +205,7 @@ def show(server: str, token: str | None, as_json: bool) -> None:
 
 @placement.command("rebalance")
 @_server_option
-@click.option("--policy", type=click.Choice(policy_names()), default="affinity", show_default=True,
+@click.option("--policy", type=click.Choice(policy_names()), default=DEFAULT_POLICY, show_default=True,
               help="Placement policy of the proposal.")
 @click.option("--max-moves", type=click.IntRange(min=0), default=None,
               help="The most expert copies the proposal may need (migration-aware policies: affinity).")

@@ -13,17 +13,17 @@ import contextlib
 import json
 import logging
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from switchyard.cluster.cli.params import UserError
-from switchyard.cluster.cli.generate import OneLineCommand
+from switchyard.cluster.cli.params import OneLineCommand, UserError, grpc_errors_exit
+from switchyard.cluster.errors import SwitchyardError
+from switchyard.cluster.settings import ADMIN_TOKEN_ENV, DEFAULTS, TOKEN_ENV
+from switchyard.placement.policies import DEFAULT_POLICY, policy_names
 from switchyard.placement.errors import PlacementError
 from switchyard.workers.checkpoints import load_spec
-from switchyard.workers.errors import CheckpointError
 
 log = logging.getLogger("switchyard.serve")
 
@@ -122,36 +122,36 @@ async def serve_until_signalled(config: Any, start_backend: Any, auto: Any = Non
               help="State store URL redis://HOST:PORT[/DB]; default: $SWITCHYARD_REDIS_URL, else the embedded store.")
 @click.option("--deployment", default="default", show_default=True, callback=_deployment,
               help="Names this deployment's state in the store (several gateways may share one).")
-@click.option("--stats-interval", "stats_interval_s", type=click.FloatRange(min=0, min_open=True), default=5.0,
+@click.option("--stats-interval", "stats_interval_s", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.stats_interval_s,
               show_default=True, help="Seconds between the engines' routing statistics entries in the store.")
-@click.option("--stats-window", "stats_window_s", type=click.FloatRange(min=0, min_open=True), default=60.0,
+@click.option("--stats-window", "stats_window_s", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.stats_window_s,
               show_default=True, help="Seconds of statistics that GetStats reports and rebalances plan on "
               "(merged across engines).")
 @click.option("--stats-window-tokens", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Instead of --stats-window: the newest statistics holding at least this many tokens.")
 @click.option("--auto-rebalance/--no-auto-rebalance", default=False, show_default=True,
               help="Rebalance on its own when the thresholds below are passed.")
-@click.option("--auto-min-balancedness", type=click.FloatRange(0, 1), default=0.8, show_default=True,
+@click.option("--auto-min-balancedness", type=click.FloatRange(0, 1), default=DEFAULTS.auto_min_balancedness, show_default=True,
               help="Automatic mode: rebalance when the served plan's balancedness on the window is below this.")
-@click.option("--auto-min-gain", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1,
+@click.option("--auto-min-gain", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=DEFAULTS.auto_min_gain,
               show_default=True, help="Automatic mode: rebalance when the predicted MoE layer time falls by this "
               "fraction.")
-@click.option("--auto-interval", "auto_interval_s", type=click.FloatRange(min=0, min_open=True), default=300.0,
+@click.option("--auto-interval", "auto_interval_s", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.auto_interval_s,
               show_default=True, help="Automatic mode: seconds between two rebalance attempts at least.")
-@click.option("--auto-policy", type=click.Choice(["affinity", "eplb"]), default="affinity", show_default=True,
+@click.option("--auto-policy", type=click.Choice(policy_names()), default=DEFAULT_POLICY, show_default=True,
               help="Automatic mode: the placement policy.")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=click.IntRange(0, 65535), default=50051, show_default=True)
-@click.option("--token", envvar="SWITCHYARD_TOKEN", default=None, help="Require 'authorization: Bearer TOKEN'.")
-@click.option("--admin-token", envvar="SWITCHYARD_ADMIN_TOKEN", default=None, help="Required by Rebalance.")
+@click.option("--host", default=DEFAULTS.host, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=DEFAULTS.port, show_default=True)
+@click.option("--token", envvar=TOKEN_ENV, default=None, help="Require 'authorization: Bearer TOKEN'.")
+@click.option("--admin-token", envvar=ADMIN_TOKEN_ENV, default=None, help="Required by Rebalance.")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
-@click.option("--max-queue", type=click.IntRange(min=1), default=64, show_default=True,
+@click.option("--max-queue", type=click.IntRange(min=1), default=DEFAULTS.max_queue_per_engine, show_default=True,
               help="Requests in flight per engine before RESOURCE_EXHAUSTED.")
-@click.option("--max-batch-requests", type=click.IntRange(min=1), default=64, show_default=True,
+@click.option("--max-batch-requests", type=click.IntRange(min=1), default=DEFAULTS.max_batch_requests, show_default=True,
               help="Prompts in one GenerateBatch call.")
-@click.option("--max-message-bytes", type=click.IntRange(min=1024), default=16 * 1024 * 1024, show_default=True)
-@click.option("--grace", "grace_s", type=click.FloatRange(min=0), default=10.0, show_default=True,
+@click.option("--max-message-bytes", type=click.IntRange(min=1024), default=DEFAULTS.max_message_bytes, show_default=True)
+@click.option("--grace", "grace_s", type=click.FloatRange(min=0), default=DEFAULTS.grace_s, show_default=True,
               help="Seconds in-flight calls get to finish on SIGINT/SIGTERM.")
 def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: int, engines_per_node: int,
           plan_path: Path | None, tokenizer_dir: Path | None, redis: str | None, deployment: str,
@@ -185,8 +185,8 @@ def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: in
                                max_batch_requests=max_batch_requests, grace_s=grace_s)
         store = open_state_store(state_store_url(redis), deployment)
         auto = AutoRebalanceSettings(auto_policy, None, auto_min_balancedness, auto_min_gain, auto_interval_s,
-                                     min(30.0, auto_interval_s)) if auto_rebalance else None
-    except (CheckpointError, PlacementError, ValueError) as error:
+                                     min(DEFAULTS.auto_check_every_s, auto_interval_s)) if auto_rebalance else None
+    except SwitchyardError as error:
         raise UserError(str(error)) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -237,19 +237,13 @@ def format_result(results: list[Any], as_json: bool) -> str:
 def run_remote_generate(server: str, prompts: list[list[int]], as_json: bool, token: str | None = None,
                         tls_ca: Path | None = None, timeout_s: float | None = None, **sampling: Any) -> None:
     """Generate on a running gateway and print like `generate`; a gRPC error exits 2 or 1 (one line)."""
-    import grpc
+    from switchyard.cluster.gateway.client import Client
 
-    from switchyard.cluster.gateway.client import Client, is_client_error
-
-    with Client(server, token=token, tls_ca=tls_ca, timeout_s=timeout_s) as client:
-        try:
-            if len(prompts) == 1:
-                results = [client.generate(prompts[0], **sampling)]
-            else:
-                results = client.generate_batch(prompts, **sampling)
-        except grpc.RpcError as error:
-            click.echo(f"{error.code().name}: {error.details()}", err=True)
-            sys.exit(2 if is_client_error(error) else 1)
+    with Client(server, token=token, tls_ca=tls_ca, timeout_s=timeout_s) as client, grpc_errors_exit():
+        if len(prompts) == 1:
+            results = [client.generate(prompts[0], **sampling)]
+        else:
+            results = client.generate_batch(prompts, **sampling)
     click.echo(format_result(results, as_json))
 
 

@@ -24,6 +24,7 @@ import torch
 
 from switchyard.cluster.engine.dispatch import ExpertDispatcher
 from switchyard.cluster.engine.model import build_engine_model
+from switchyard.cluster.engine.requests import check_prompt
 from switchyard.cluster.engine.rendezvous import MoeRendezvous, RemoteExperts
 from switchyard.cluster.engine.recorder import RoutingRecorder
 from switchyard.cluster.engine.sampling import SamplingParams, next_token
@@ -124,12 +125,7 @@ class Engine:
     # ---- public API (actor methods) ----
     def submit(self, prompt_ids: list[int], params: SamplingParams) -> int:
         """Queue a request; it joins the batch at the next step. Returns its id for `result`."""
-        prompt = [int(i) for i in prompt_ids]
-        vocab = self.spec.vocab_size
-        if not prompt:
-            raise ValueError("a prompt needs at least one token id")
-        if min(prompt) < 0 or max(prompt) >= vocab:
-            raise ValueError(f"prompt token ids must be in [0, {vocab}), got {min(prompt)}..{max(prompt)}")
+        prompt = check_prompt(prompt_ids, self.spec.vocab_size)
         with self._condition:
             request_id, self._next_id = self._next_id, self._next_id + 1
             request = _Request(request_id, prompt, params, torch.Generator().manual_seed(params.seed))

@@ -30,12 +30,15 @@ from typing import Any, Protocol
 import numpy as np
 import ray
 
-from switchyard.cluster.rebalance.applier import DEFAULT_OBSERVE_AFTER_S, PlanApplier, RebalanceOutcome
+from switchyard.cluster.rebalance.applier import PlanApplier, RebalanceOutcome, check_epoch
+from switchyard.cluster.settings import DEFAULTS
 from switchyard.cluster.runtime.runtime import Runtime
+from switchyard.cluster.engine.requests import check_prompt
 from switchyard.cluster.engine.sampling import SamplingParams
+from switchyard.cluster.gateway.streaming import EnginePoller, TokenStream
 from switchyard.cluster.errors import (  # noqa: F401 - the errors are imported from here too
     Conflict, FailedPrecondition, InvalidRequest, MigrationAborted, NotReady, QueueFull, ServingError)
-from switchyard.cluster.state.store import PlanConflict, StateStore, StateStoreUnavailable
+from switchyard.cluster.state.store import PlanConflict, StateStore
 from switchyard.placement.cost import PRESETS, ClusterSpec
 from switchyard.placement.errors import PlacementError
 from switchyard.placement.plan import Plan
@@ -45,7 +48,6 @@ from switchyard.workers.checkpoints import ModelSpec
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STATS_WINDOW_S = 60.0
 
 # ---- domain objects ----
 
@@ -70,25 +72,8 @@ class ModelInfo:
 
 
 def check_request(prompt: list[int], params: SamplingParams, model: ModelInfo) -> None:
-    """Raise `InvalidRequest` naming the first problem of one request against the model."""
-    if not prompt:
-        raise InvalidRequest("the prompt is empty: send at least one token id")
-    for token in prompt:
-        if not 0 <= token < model.vocab_size:
-            raise InvalidRequest(f"token id {token} is outside the vocabulary ({model.vocab_size})")
-    if len(prompt) + params.max_new_tokens > model.max_context:
-        raise InvalidRequest(
-            f"prompt ({len(prompt)} tokens) + max_new_tokens ({params.max_new_tokens}) exceeds the model's "
-            f"context of {model.max_context} tokens")
-
-
-def make_params(max_new_tokens: int, temperature: float, top_p: float, seed: int,
-                stop_ids: list[int]) -> SamplingParams:
-    """`SamplingParams`, with its `ValueError` turned into `InvalidRequest`."""
-    try:
-        return SamplingParams(max_new_tokens, temperature, top_p, seed, tuple(stop_ids))
-    except ValueError as error:
-        raise InvalidRequest(str(error)) from None
+    """`InvalidRequest` naming the first problem of one request against the served model."""
+    check_prompt(prompt, model.vocab_size, model.max_context, params.max_new_tokens)
 
 
 @dataclass(frozen=True)
@@ -167,14 +152,6 @@ def load_tokenizer(directory: str | Path) -> Any:
     return transformers.AutoTokenizer.from_pretrained(directory)
 
 
-def _expected(active_epoch: int, expected_epoch: int | None) -> int:
-    """`active_epoch`, or `Conflict` when the caller planned from another one."""
-    if expected_epoch is not None and expected_epoch != active_epoch:
-        raise Conflict(f"the active plan is at epoch {active_epoch}, not {expected_epoch}: the placement "
-                       "changed since it was read; read it again and re-plan")
-    return active_epoch
-
-
 class Backend(Protocol):
     """What the gateway needs from the cluster; one backend serves one gateway (one event loop)."""
 
@@ -216,95 +193,6 @@ class Backend(Protocol):
         """Stop background work (a pending gain observation); the gateway calls it when it drains."""
 
 
-class _Subscription:
-    __slots__ = ("seen", "queue")
-
-    def __init__(self) -> None:
-        self.seen = 0
-        self.queue: asyncio.Queue[tuple[list[int], bool, BaseException | None]] = asyncio.Queue()
-
-
-class EnginePoller:
-    """One engine's token feed: one `Engine.poll` call at a time covers every request streaming from it.
-
-    Runs as an asyncio task while it has subscribers; each subscriber's queue gets (tokens, done, error).
-    """
-
-    def __init__(self, engine: Any, timeout_s: float) -> None:
-        self.engine, self.timeout_s = engine, timeout_s
-        self._subscriptions: dict[int, _Subscription] = {}
-        self._task: asyncio.Task[None] | None = None
-
-    def subscribe(self, request_id: int) -> asyncio.Queue[tuple[list[int], bool, BaseException | None]]:
-        subscription = self._subscriptions[request_id] = _Subscription()
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run())
-        return subscription.queue
-
-    def unsubscribe(self, request_id: int) -> None:
-        self._subscriptions.pop(request_id, None)
-
-    async def _run(self) -> None:
-        while self._subscriptions:
-            seen = {request_id: sub.seen for request_id, sub in self._subscriptions.items()}
-            try:
-                report = await self.engine.poll.remote(seen, self.timeout_s)
-            except Exception as error:  # noqa: BLE001 - the engine is gone or broken: every stream gets it
-                for subscription in self._subscriptions.values():
-                    subscription.queue.put_nowait(([], True, error))
-                self._subscriptions.clear()
-                return
-            for request_id, (tokens, done, error) in report.items():
-                subscription = self._subscriptions.get(request_id)
-                if subscription is None:  # cancelled meanwhile
-                    continue
-                subscription.seen += len(tokens)
-                if tokens or done:
-                    subscription.queue.put_nowait((tokens, done, error))
-                if done:
-                    del self._subscriptions[request_id]
-
-
-class TokenStream:
-    """One request on one engine: iterate for lists of new token ids; `output` has them all."""
-
-    def __init__(self, engine: Any, poller: EnginePoller, engine_index: int, node: int, prompt: list[int],
-                 params: SamplingParams) -> None:
-        self.engine, self.poller, self.engine_index, self.node = engine, poller, engine_index, node
-        self.prompt, self.params = prompt, params
-        self.output: list[int] = []
-        self.done = False
-        self._submitted: Any = None  # the ObjectRef of the submit call
-
-    async def __aiter__(self) -> AsyncIterator[list[int]]:
-        self._submitted = self.engine.submit.remote(self.prompt, self.params)
-        request_id = await self._submitted
-        queue = self.poller.subscribe(request_id)
-        try:
-            while not self.done:
-                tokens, self.done, error = await queue.get()
-                if error is not None:
-                    raise error
-                if tokens:
-                    self.output += tokens
-                    yield tokens
-        finally:
-            self.poller.unsubscribe(request_id)
-
-    def cancel(self) -> None:
-        """Stop the request in the engine unless it finished (no wait: safe while being cancelled)."""
-        if self.done or self._submitted is None:
-            return
-        engine, submitted = self.engine, self._submitted
-
-        def cancel_when_submitted(ref: Any) -> None:
-            with contextlib.suppress(Exception):  # a failed submit left nothing to cancel
-                engine.cancel.remote(ray.get(ref))
-
-        # The submit call may still be on its way; cancel as soon as its id is known.
-        submitted.future().add_done_callback(lambda _: cancel_when_submitted(submitted))
-
-
 class RuntimeBackend:
     """`Backend` over a started `Runtime`, streaming with `Engine.poll` and stopping with `Engine.cancel`.
 
@@ -318,10 +206,11 @@ class RuntimeBackend:
     observe_after_s: how long after an apply its gain is measured ("observed" event).
     """
 
-    def __init__(self, runtime: Runtime, max_queue_per_engine: int = 64, poll_timeout_s: float = 0.5,
+    def __init__(self, runtime: Runtime, max_queue_per_engine: int = DEFAULTS.max_queue_per_engine,
+                 poll_timeout_s: float = DEFAULTS.poll_timeout_s,
                  tokenizer_dir: str | Path | None = None, store: StateStore | None = None,
-                 stats_window_s: float = DEFAULT_STATS_WINDOW_S, stats_window_tokens: float | None = None,
-                 observe_after_s: float = DEFAULT_OBSERVE_AFTER_S) -> None:
+                 stats_window_s: float = DEFAULTS.stats_window_s, stats_window_tokens: float | None = None,
+                 observe_after_s: float = DEFAULTS.observe_after_s) -> None:
         if max_queue_per_engine < 1:
             raise ValueError(f"max_queue_per_engine must be at least 1, got {max_queue_per_engine}")
         if not stats_window_s > 0:
@@ -413,7 +302,7 @@ class RuntimeBackend:
         if plan is not None:  # applied whole: policy and max_moves only shape planning
             policy, max_moves = "given", None
         if dry_run:
-            epoch = _expected(await self._dry_run_epoch(), expected_epoch)
+            epoch = check_epoch(await self._dry_run_epoch(), expected_epoch)
             return RebalanceOutcome(epoch, await self._proposal(policy, max_moves, plan), None)
         return await self._apply("rebalance", by, policy, lambda: self._proposal(policy, max_moves, plan),
                                  expected_epoch)
@@ -430,21 +319,13 @@ class RuntimeBackend:
         return list(await asyncio.gather(*[engine.epoch.remote() for engine in self.runtime.engines]))
 
     async def close(self) -> None:
+        await self.applier.wait()
         self.applier.stop_observing()
 
     async def _apply(self, kind: str, by: str, policy: str, proposal: Callable[[], Awaitable[Proposal]],
                      expected_epoch: int | None) -> RebalanceOutcome:
-        """Plan and apply under the one-rebalance lock, from the active epoch read first (`PlanApplier`);
-        an attempt that fails before the migration moved anything is recorded as "rebalance_failed"."""
-        epoch = None
-        try:
-            async with self.applier.exclusive():
-                epoch = _expected(await self.applier.active_epoch(), expected_epoch)
-                planned = await proposal()
-                return RebalanceOutcome(epoch, planned, await self.applier.apply(planned, epoch, kind, by))
-        except (ServingError, StateStoreUnavailable) as error:
-            await self.applier.record_failure(kind, by, epoch, policy, error)
-            raise
+        """Plan and apply under the one-rebalance lock, from the active epoch read first (`PlanApplier.run`)."""
+        return await self.applier.run(kind, by, policy, expected_epoch, proposal)
 
     async def _dry_run_epoch(self) -> int:
         epoch, _ = await self.placement()

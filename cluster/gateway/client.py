@@ -4,8 +4,8 @@
         for tokens in client.stream([1, 5, 9], max_new_tokens=8): ...
         result = client.generate([1, 5, 9], max_new_tokens=8)   # GenerateResult: token_ids, finished
 
-gRPC errors surface as `grpc.RpcError` (`.code()`, `.details()`); `is_client_error` tells whether the
-caller's request was at fault.
+gRPC errors surface as `grpc.RpcError` (`.code()`, `.details()`); `switchyard.cluster.errors.exit_code`
+(`error.code().name`) tells whether the caller's request was at fault (2) or not (1).
 """
 
 from __future__ import annotations
@@ -19,18 +19,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from switchyard.protos.generated import serving_pb2 as pb
 from switchyard.protos.generated import serving_pb2_grpc as pb_grpc
-
-CLIENT_ERROR_CODES = frozenset({
-    grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
-    grpc.StatusCode.NOT_FOUND, grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.FAILED_PRECONDITION,
-    grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED,
-})
-"""Status codes that mean the request (or its caller) was at fault; the CLI exits 2 on them, else 1."""
-
-
-def is_client_error(error: grpc.RpcError) -> bool:
-    return error.code() in CLIENT_ERROR_CODES
-
 
 def sampling(max_new_tokens: int | None = None, temperature: float = 0.0, top_p: float | None = None,
              seed: int = 0, stop_ids: Sequence[int] = ()) -> pb.SamplingParams:

@@ -4,13 +4,18 @@ recorded as events, and its gain observed afterwards.
 `PlanApplier` is what `RuntimeBackend.rebalance` and `rollback` apply through; planning stays in
 `placement.proposal`, weight movement in `live_migration`. The order of one apply:
 
-1. `exclusive()`: a second rebalance while one runs gets `Conflict` at once instead of queueing
-   behind a migration that may change the plan it planned on.
+`run()` does all of it in a task of its own, which the caller awaits shielded: when the caller goes
+away (an RPC deadline, a cancelled call) the migration thread cannot be stopped, so the task keeps the
+lock until the thread ends and records the outcome either way.
+
+1. the lock: a second rebalance while one runs gets `Conflict` at once instead of queueing behind a
+   migration that may change the plan it planned on.
 2. `active_epoch()`: the epoch E the proposal starts from, read from the store first (an outage ends
    the call before anything moves); without a store, the runtime's.
 3. `apply()`: `migrate` to epoch E + 1 in a thread; with a store, its commit is
    `set_active_plan(plan, E)`, so an outage or a lost race undoes the migration. Then a "rebalance"
-   (or "rollback") event, and an observation task that records the measured gain.
+   (or "rollback") event, and an observation task that records the measured gain; any failure is a
+   "rebalance_failed" event.
 
 Events (`StateStore.record_event`, fields in docs/state-store.md): "rebalance" / "rollback" after an
 apply, "rebalance_failed" for an attempt that changed nothing, "observed" `observe_after_s` later.
@@ -19,14 +24,14 @@ apply, "rebalance_failed" for an attempt that changed nothing, "observed" `obser
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from switchyard.cluster.runtime.migration import DEFAULT_TIMEOUT_S, MigrationFailed, MigrationReport, migrate
+from switchyard.cluster.runtime.migration import MigrationFailed, MigrationReport, migrate
 from switchyard.cluster.runtime.runtime import Runtime
+from switchyard.cluster.settings import DEFAULTS
 from switchyard.cluster.errors import Conflict, FailedPrecondition, InvalidRequest, MigrationAborted
 from switchyard.cluster.state.store import PlanConflict, StateStore, StateStoreUnavailable
 from switchyard.placement.errors import PlacementError
@@ -37,9 +42,6 @@ if TYPE_CHECKING:
     from switchyard.cluster.gateway.backend import Snapshot
 
 log = logging.getLogger(__name__)
-
-DEFAULT_OBSERVE_AFTER_S = 30.0
-
 
 @dataclass(frozen=True)
 class RebalanceOutcome:
@@ -64,8 +66,8 @@ class PlanApplier:
     """
 
     def __init__(self, runtime: Runtime, store: StateStore | None, snapshot: Callable[[], Awaitable[Snapshot]],
-                 observe_after_s: float = DEFAULT_OBSERVE_AFTER_S,
-                 migration_timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+                 observe_after_s: float = DEFAULTS.observe_after_s,
+                 migration_timeout_s: float = DEFAULTS.migration_timeout_s) -> None:
         if not observe_after_s > 0:
             raise ValueError(f"observe_after_s must be positive, got {observe_after_s!r}")
         self.runtime, self.store, self.snapshot = runtime, store, snapshot
@@ -73,14 +75,39 @@ class PlanApplier:
         self._lock = asyncio.Lock()
         self._previous: Plan | None = None  # without a store: the plan served before the last apply
         self._observer: asyncio.Task[None] | None = None
+        self._running: asyncio.Task[RebalanceOutcome] | None = None  # the last `run`, kept until it ends
 
-    @contextlib.asynccontextmanager
-    async def exclusive(self) -> AsyncIterator[None]:
-        """Hold the one-rebalance lock; `Conflict` when another rebalance holds it."""
+    async def run(self, kind: str, by: str, policy: str, expected_epoch: int | None,
+                  proposal: Callable[[], Awaitable[Proposal]]) -> RebalanceOutcome:
+        """Plan (`proposal()`) from the active epoch and apply, under the one-rebalance lock (module doc).
+
+        `Conflict` at once when another rebalance runs, or when the active epoch is not
+        `expected_epoch`. The work runs in its own task: cancelling the caller leaves it running to its
+        end (holding the lock, recording its event), since the migration thread cannot be stopped.
+        """
         if self._lock.locked():
             raise Conflict("another rebalance is in progress; retry when it is done")
-        async with self._lock:
-            yield
+        await self._lock.acquire()  # uncontended: taken before any other coroutine runs
+        self._running = asyncio.get_running_loop().create_task(self._run(kind, by, policy, expected_epoch, proposal))
+        return await asyncio.shield(self._running)
+
+    async def _run(self, kind: str, by: str, policy: str, expected_epoch: int | None,
+                   proposal: Callable[[], Awaitable[Proposal]]) -> RebalanceOutcome:
+        epoch = None
+        try:
+            epoch = check_epoch(await self.active_epoch(), expected_epoch)
+            planned = await proposal()
+            return RebalanceOutcome(epoch, planned, await self.apply(planned, epoch, kind, by))
+        except Exception as error:  # noqa: BLE001 - every failed attempt is recorded, then raised
+            await self.record_failure(kind, by, epoch, policy, error)
+            raise
+        finally:
+            self._lock.release()
+
+    async def wait(self) -> None:
+        """Until a running apply (possibly one whose caller went away) has ended."""
+        if self._running is not None:
+            await asyncio.wait([self._running])
 
     async def active_epoch(self) -> int:
         """The epoch an apply starts from: the store's active one, else the runtime's."""
@@ -104,7 +131,7 @@ class PlanApplier:
         return previous
 
     async def apply(self, proposal: Proposal, from_epoch: int, kind: str, by: str) -> MigrationReport:
-        """Serve `proposal.proposed` at `from_epoch + 1`; call inside `exclusive()` (module doc).
+        """Serve `proposal.proposed` at `from_epoch + 1`; called by `run`, under the lock (module doc).
 
         Raises `MigrationAborted` (the old plan stays), `Conflict` when another writer advanced the
         store's epoch meanwhile, `StateStoreUnavailable` when the commit could not reach the store.
@@ -137,7 +164,7 @@ class PlanApplier:
 
     async def record_failure(self, action: str, by: str, from_epoch: int | None, policy: str,
                              error: BaseException) -> None:
-        """A "rebalance_failed" event for an attempt that moved nothing (best effort)."""
+        """A "rebalance_failed" event for an attempt that failed (anything it moved was undone)."""
         await self.record({"kind": "rebalance_failed", "action": action, "by": by, "from_epoch": from_epoch,
                            "policy": policy, "error": f"{type(error).__name__}: {error}"})
 
@@ -179,6 +206,14 @@ class PlanApplier:
             "cross_node_bytes_per_token_after": _per(bytes_after, tokens_after),
             "token_vectors_after": tokens_after, "balancedness": snapshot.balancedness,
             "window_seconds": snapshot.window_s})
+
+
+def check_epoch(active_epoch: int, expected_epoch: int | None) -> int:
+    """`active_epoch`, or `Conflict` when the caller planned from another one."""
+    if expected_epoch is not None and expected_epoch != active_epoch:
+        raise Conflict(f"the active plan is at epoch {active_epoch}, not {expected_epoch}: the placement "
+                       "changed since it was read; read it again and re-plan")
+    return active_epoch
 
 
 def _per(total: int, count: int) -> float | None:

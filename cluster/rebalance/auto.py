@@ -17,7 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from switchyard.cluster.gateway.backend import Backend, RebalanceOutcome, ServingError
+from switchyard.cluster.errors import InvalidSetting
+from switchyard.cluster.settings import DEFAULTS
 from switchyard.cluster.state.store import StateStoreError
+from switchyard.placement.policies import DEFAULT_POLICY
 from switchyard.placement.proposal import PlanMetrics, Proposal
 
 log = logging.getLogger(__name__)
@@ -32,20 +35,20 @@ class AutoRebalanceSettings:
     interval_s: the least time between two attempts.  check_every_s: how often the window is looked at.
     """
 
-    policy: str = "affinity"
+    policy: str = DEFAULT_POLICY
     max_moves: int | None = None
-    min_balancedness: float = 0.8
-    min_gain: float = 0.1
-    interval_s: float = 300.0
-    check_every_s: float = 30.0
+    min_balancedness: float = DEFAULTS.auto_min_balancedness
+    min_gain: float = DEFAULTS.auto_min_gain
+    interval_s: float = DEFAULTS.auto_interval_s
+    check_every_s: float = DEFAULTS.auto_check_every_s
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_balancedness <= 1:
-            raise ValueError(f"min_balancedness must be in [0, 1], got {self.min_balancedness}")
+            raise InvalidSetting(f"min_balancedness must be in [0, 1], got {self.min_balancedness}")
         if not 0 < self.min_gain < 1:
-            raise ValueError(f"min_gain must be in (0, 1), got {self.min_gain}")
+            raise InvalidSetting(f"min_gain must be in (0, 1), got {self.min_gain}")
         if not (self.interval_s > 0 and self.check_every_s > 0):
-            raise ValueError(f"interval_s and check_every_s must be positive, got {self.interval_s}, "
+            raise InvalidSetting(f"interval_s and check_every_s must be positive, got {self.interval_s}, "
                              f"{self.check_every_s}")
 
 

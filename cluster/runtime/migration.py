@@ -20,7 +20,6 @@ the old plan, and `MigrationFailed` names the cause.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -31,6 +30,7 @@ import numpy as np
 import ray
 
 from switchyard.cluster.runtime.runtime import MIGRATION_GROUP, Runtime
+from switchyard.placement.errors import SwitchyardError
 from switchyard.placement.migration import plan_migration
 from switchyard.placement.plan import Plan
 
@@ -39,8 +39,10 @@ log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 120.0
 
 
-class MigrationFailed(Exception):
+class MigrationFailed(SwitchyardError):
     """The migration was undone; the runtime serves the plan it served before. The message says why."""
+
+    status = "ABORTED"
 
 
 @dataclass(frozen=True)
@@ -177,7 +179,8 @@ def _switch_back(engines: list[Any], plan: Plan, epoch: int, timeout_s: float) -
             ray.get(call, timeout=timeout_s)
         except ray.exceptions.RayActorError:
             continue
-        except Exception:  # noqa: BLE001 - a timeout or error: the engine may still be on the new epoch
+        except Exception as error:  # noqa: BLE001 - a timeout or error: the engine may still be on the new epoch
+            log.warning("an engine did not confirm its return to epoch %d: %s", epoch, _last_line(error))
             confirmed = False
     return confirmed
 
@@ -186,8 +189,12 @@ def _discard(workers: list[Any], epoch: int) -> None:
     """Best effort: workers that are still alive drop a staged `epoch`."""
     calls = [_beside_serving(worker.discard).remote(epoch) for worker in workers]
     for call in calls:
-        with contextlib.suppress(Exception):
+        try:
             ray.get(call, timeout=30.0)
+        except ray.exceptions.RayActorError:  # a dead worker holds nothing
+            continue
+        except Exception as error:  # noqa: BLE001 - best effort: the staged copies only cost memory
+            log.warning("a worker did not drop staged epoch %d: %s", epoch, _last_line(error))
 
 
 def _last_line(error: BaseException) -> str:

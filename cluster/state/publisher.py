@@ -18,12 +18,12 @@ from typing import Any
 
 import ray
 
+from switchyard.cluster.settings import DEFAULTS
 from switchyard.cluster.state.store import StateStore
 from switchyard.cluster.state.writer import BufferedStatsWriter
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_INTERVAL_S = 5.0
 
 
 class StatsPublisher:
@@ -34,7 +34,7 @@ class StatsPublisher:
     writer keeps during an outage.  Use `start()` and `stop()`, or `publish_once()` directly.
     """
 
-    def __init__(self, store: StateStore, engines: list[Any], interval_s: float = DEFAULT_INTERVAL_S,
+    def __init__(self, store: StateStore, engines: list[Any], interval_s: float = DEFAULTS.stats_interval_s,
                  max_buffered: int = 256, source: str | None = None, timeout_s: float = 30.0) -> None:
         if not interval_s > 0:
             raise ValueError(f"the statistics interval must be positive, got {interval_s!r} s")

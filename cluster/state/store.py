@@ -30,6 +30,8 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from switchyard.cluster.errors import InvalidSetting
+from switchyard.placement.errors import SwitchyardError
 from switchyard.placement.plan import Plan
 from switchyard.placement.stats import RoutingStats
 
@@ -53,16 +55,20 @@ _DEPLOYMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 # ---- errors ----
 
 
-class StateStoreError(Exception):
+class StateStoreError(SwitchyardError):
     """Base of the state store's errors; the message names the cause and what to do."""
 
 
 class StateStoreUnavailable(StateStoreError, ConnectionError):
     """The store cannot be reached (Redis down, a timeout); nothing was written."""
 
+    status = "UNAVAILABLE"
+
 
 class PlanConflict(StateStoreError):
     """`set_active_plan` lost a race: another writer advanced the epoch since it was read."""
+
+    status = "ABORTED"
 
 
 # ---- the interface ----
@@ -119,7 +125,7 @@ def check_deployment(deployment: str) -> str:
     """Deployment names become part of Redis keys (`switchyard:{D}:...`), so they may not contain the
     separator `:` or braces: then one deployment's prefix can never be the start of another's key."""
     if not isinstance(deployment, str) or not _DEPLOYMENT.fullmatch(deployment):
-        raise ValueError(
+        raise InvalidSetting(
             f"bad deployment name {deployment!r}: use 1-63 letters, digits, '_', '.' or '-', "
             "starting with a letter or digit"
         )

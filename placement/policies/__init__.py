@@ -16,7 +16,7 @@ from switchyard.placement.policies.eplb import EplbPolicy
 from switchyard.placement.policies.linear import LinearPolicy
 from switchyard.placement.policies.round_robin import RoundRobinPolicy
 
-__all__ = ["POLICIES", "Policy", "get_policy", "policy_names"]
+__all__ = ["DEFAULT_POLICY", "POLICIES", "Policy", "get_policy", "policy_names"]
 
 POLICIES: dict[str, Callable[..., Policy]] = {
     LinearPolicy.name: LinearPolicy,
@@ -24,6 +24,9 @@ POLICIES: dict[str, Callable[..., Policy]] = {
     EplbPolicy.name: EplbPolicy,
     AffinityPolicy.name: AffinityPolicy,
 }
+
+DEFAULT_POLICY = AffinityPolicy.name
+"""What a rebalance plans with when it names no policy (the CLI, the gateway, automatic mode)."""
 
 
 def policy_names() -> list[str]:

@@ -1,0 +1,44 @@
+"""Errors to gRPC status codes, in one place: a `SwitchyardError` carries its code (`cluster.errors`);
+anything else is INTERNAL, logged with a request id that the caller sees.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from switchyard.cluster.errors import SwitchyardError
+
+log = logging.getLogger(__name__)
+
+
+def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status code and message of an exception raised while serving a call (INTERNAL: logged)."""
+    if isinstance(error, SwitchyardError):
+        return grpc.StatusCode[error.status], str(error)
+    if isinstance(error, NotImplementedError):
+        return grpc.StatusCode.UNIMPLEMENTED, str(error)
+    if isinstance(error, TimeoutError):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, str(error) or "timed out"
+    request_id = uuid.uuid4().hex[:12]
+    log.error("internal error, request id %s", request_id, exc_info=error)
+    return grpc.StatusCode.INTERNAL, f"internal error (request id {request_id}; see the gateway log)"
+
+
+def guarded(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """A unary handler whose exceptions end the call with `status_of`'s code."""
+
+    async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except Exception as error:  # noqa: BLE001 - every failure ends the call with its status code
+            if isinstance(error, grpc.aio.AbortError):
+                raise
+            await context.abort(*status_of(error))
+
+    handler.__name__ = method.__name__
+    return handler
