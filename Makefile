@@ -39,7 +39,7 @@ test: setup
 	$(BIN)/python -m pytest
 
 bench: setup
-	$(BIN)/python bench/placement.py --out docs/benchmarks/placement.md
+	$(BIN)/python -m bench.placement --out docs/benchmarks/placement.md
 
 # The gRPC code in protos/generated/ (tests/test_protos.py checks it is current).
 protos: setup

@@ -6,7 +6,7 @@ the grey lines: mass inside a block is a pair of picks served by one GPU. Under 
 per GPU shows its load on the test half (the bars' scale is shared). The PNG is written with the
 standard library (zlib), so the docs need no plotting package.
 
-    python bench/figures.py --trace ../shared/traces/esft/intent.npz --out docs/img/affinity-coactivation.png
+    python -m bench.figures --trace ../shared/traces/esft/intent.npz --out docs/img/affinity-coactivation.png
 """
 
 from __future__ import annotations

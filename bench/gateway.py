@@ -1,6 +1,6 @@
-"""Gateway benchmark (issue 5): what the gRPC gateway adds over calling the runtime directly.
+"""Gateway benchmark: what the gRPC gateway adds over calling the runtime directly.
 
-    python bench/gateway.py --out docs/benchmarks/gateway.md
+    python -m bench.gateway --out docs/benchmarks/gateway.md
 
 One run, one checkpoint (a fresh `tiny` Mixtral unless `--model` is given) on 2 simulated Ray nodes
 (1 expert worker and 1 engine each). For 1, 8 and 32 concurrent clients, each client sends
@@ -14,15 +14,12 @@ paths are checked equal.
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from report import provenance, publish
+from bench.report import describe_checkpoint, main, provenance
 
 from switchyard.cluster.gateway.client import Client
 from switchyard.cluster.cli.formatting import markdown_table
@@ -30,25 +27,21 @@ from switchyard.cluster.gateway.server import BackgroundGateway, GatewayConfig
 from switchyard.cluster.runtime.runtime import Runtime, local_cluster
 from switchyard.cluster.engine.sampling import SamplingParams
 from switchyard.cluster.gateway.backend import RuntimeBackend
-from switchyard.workers.checkpoints import init_checkpoint, load_spec
+from switchyard.workers.checkpoints import load_spec
 
 PROMPT_LEN = 16
 NODES = 2
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, help="A checkpoint; default: a fresh `tiny` Mixtral (skew 1).")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clients", default="1,8,32", help="Comma-separated numbers of concurrent clients.")
     parser.add_argument("--requests", type=int, default=3, help="Requests per client, one after another.")
     parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--out", type=Path, help="Markdown file to write, e.g. docs/benchmarks/gateway.md.")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as scratch:
-        model_dir = args.model or init_checkpoint("mixtral", "tiny", Path(scratch) / "mixtral-tiny", skew=1.0)
-        report = run(model_dir, [int(c) for c in args.clients.split(",")], args.requests, args.new_tokens)
-    text = render(report, shlex.join(["python", "bench/gateway.py", *sys.argv[1:]]))
-    publish(text, args.out)
+
+
+def measure(model_dir: Path, args: argparse.Namespace, command: str) -> tuple[str, bool]:
+    report = run(model_dir, [int(c) for c in args.clients.split(",")], args.requests, args.new_tokens)
+    return render(report, command), True
 
 
 def _wave(clients: int, prompts: list[list[list[int]]], call) -> tuple[float, list[float], list[float], list]:
@@ -126,14 +119,12 @@ def render(report: dict, command: str) -> str:
         overhead.append([str(clients), f"{1e3 * (gateway['p50'] - direct['p50']):+.0f}",
                          f"{gateway['p50'] / direct['p50'] - 1:+.0%}",
                          f"{gateway['tokens_per_s'] / direct['tokens_per_s'] - 1:+.0%}"])
-    config = spec.config
     return "\n".join([
         "# Gateway benchmark",
         "",
         provenance(command),
         "",
-        f"Checkpoint: {spec.family.name}, hidden {config.hidden_size}, {config.num_hidden_layers} layers, "
-        f"{spec.num_experts} experts, top-{spec.top_k}, float32, on {NODES} simulated Ray nodes (1 worker, "
+        f"{describe_checkpoint(spec)}, on {NODES} simulated Ray nodes (1 worker, "
         f"1 engine each). Every client sends {report['requests']} prompts of {PROMPT_LEN} random ids one after "
         f"another; {report['new_tokens']} new tokens each, greedy. Both paths produced the same tokens.",
         "",
@@ -153,4 +144,4 @@ def render(report: dict, command: str) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    main(__doc__, "bench.gateway", "tiny", add_arguments, measure)

@@ -1,7 +1,7 @@
-"""Placement benchmark (issue 3): every registered policy on the ESFT traces, and planning time at
+"""Placement benchmark: every registered policy on the ESFT traces, and planning time at
 DeepSeek-V3 scale beside vLLM's `DefaultEplbPolicy`, in one run.
 
-    python bench/placement.py --out docs/benchmarks/placement.md      (or: make bench)
+    python -m bench.placement --out docs/benchmarks/placement.md      (or: make bench)
 
 Prints markdown tables as it goes and writes them, with the command that produced them, to `--out`.
 Part 1 plans on the first half of each ESFT trace and evaluates on the second half, for 1 x 8, 2 x 4
@@ -13,23 +13,21 @@ it vLLM's import and the synthetic trace.
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
-import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from bench.report import command_line, provenance, publish
 from switchyard.cluster.cli.formatting import comparison_table, markdown_table
 from switchyard.placement.compare import compare_policies
 from switchyard.placement.cost import PRESETS
 from switchyard.placement.formats import load_trace
+from switchyard.placement.plan import Plan
 from switchyard.placement.policies import get_policy, policy_names
+from switchyard.placement.proposal import expected_balancedness
 from switchyard.placement.stats import RoutingStats
 from switchyard.placement.synthetic import synthetic_trace
 from switchyard.placement.topology import Topology
@@ -58,24 +56,13 @@ def main() -> None:
                         help="Folder with esft/intent.npz and esft/law.npz (default: ../shared/traces).")
     args = parser.parse_args()
 
-    command = shlex.join(["python", "bench/placement.py", *sys.argv[1:]])
-    lines = [
-        "# Placement benchmark",
-        "",
-        f"Produced by `{command}` (`make bench`) in one run, {datetime.date.today().isoformat()}, on "
-        f"{platform.machine()} with {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
-        f"numpy {np.__version__}.",
-        "",
-    ]
+    lines = ["# Placement benchmark", "", provenance(command_line("bench.placement"), ("numpy",)), ""]
     emit = _emitter(lines)
     started = time.perf_counter()
     esft_section(args.traces, emit)
     deepseek_v3_section(emit)
     emit(f"Total benchmark time: {time.perf_counter() - started:.0f} s.")
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(lines) + "\n")
-        print(f"wrote {args.out}", file=sys.stderr)
+    publish("\n".join(lines), args.out, echo=False)
 
 
 def _emitter(lines: list[str]) -> Callable[[str], None]:
@@ -123,7 +110,7 @@ def deepseek_v3_section(emit: Callable[[str], None]) -> None:
         "DeepSeek-V3 serves prefill with 288 slots (256 experts + 32 redundant) on 32 GPUs, 9 per GPU, "
         "and decode on 256 GPUs; 288 slots do not divide over 32 nodes x 8 GPUs, so the 288-slot case "
         "is 4 nodes x 8 GPUs x 9 slots and the 512-slot case 32 nodes x 8 GPUs x 2 slots; the 2304-slot "
-        "case (32 nodes x 8 GPUs x 9 slots) is issue 6's, to be planned in at most 5 s. "
+        "case (32 nodes x 8 GPUs x 9 slots) is the affinity policy's target, to be planned in at most 5 s. "
         f"Times are the median of {TIMING_REPEATS} runs (fewer once they add up to {TIMING_BUDGET_S:.0f} s). "
         "balancedness here is the expected one from the load (each expert's load split evenly over "
         "its replicas), which needs no routing. "
@@ -147,7 +134,7 @@ def deepseek_v3_section(emit: Callable[[str], None]) -> None:
         for name, (seconds, physical_to_logical) in timed.items():
             rows.append([f"{topology.num_slots} ({topology.describe()})", name, f"{seconds:.3f}",
                          f"{seconds / timed['eplb'][0]:.2f}x",
-                         f"{_expected_balancedness(physical_to_logical, stats.load, topology):.3f}"])
+                         f"{expected_balancedness(Plan(np.asarray(physical_to_logical), topology, stats.load.shape[1]), stats.load):.3f}"])
     emit(markdown_table(["slots", "planner", "seconds", "vs eplb", "balancedness"], rows, numeric_from=2))
 
 
@@ -183,20 +170,6 @@ def _timed(planner: Callable[[], np.ndarray]) -> tuple[float, np.ndarray]:
         result = planner()
         times.append(time.perf_counter() - started)
     return statistics.median(times), result
-
-
-def _expected_balancedness(physical_to_logical: np.ndarray, load: np.ndarray, topology: Topology) -> float:
-    """Sum over layers of mean GPU load over the sum of max GPU load, each expert's load split evenly
-    over its replicas.
-
-    physical_to_logical: `[L, P]` int64 logical id of every slot. load: `[L, E]` float64.
-    """
-    layers = np.arange(load.shape[0])[:, None]
-    replicas = np.zeros_like(load)
-    np.add.at(replicas, (np.broadcast_to(layers, physical_to_logical.shape), physical_to_logical), 1)
-    slot_load = load[layers, physical_to_logical] / replicas[layers, physical_to_logical]  # [L, P]
-    gpu_load = slot_load.reshape(load.shape[0], topology.num_gpus, topology.slots_per_gpu).sum(axis=2)
-    return float(gpu_load.mean(axis=1).sum() / gpu_load.max(axis=1).sum())
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Rebalance benchmark: a live migration to an affinity plan while clients keep sending requests.
 
-    python bench/rebalance.py --out docs/benchmarks/rebalance.md
+    python -m bench.rebalance --out docs/benchmarks/rebalance.md
 
 One run, one skewed checkpoint (a fresh `small` Mixtral, skew 1, unless `--model` is given) on 2
 simulated Ray nodes (2 expert workers and 1 engine each) under a linear plan, with `--spare-slots`
@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import shlex
-import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -33,7 +30,7 @@ from typing import Any
 
 import numpy as np
 import ray
-from report import provenance, publish
+from bench.report import describe_checkpoint, main, provenance
 
 from switchyard.cluster.cli.formatting import markdown_table
 from switchyard.cluster.runtime.migration import migrate
@@ -43,7 +40,7 @@ from switchyard.placement.migration import plan_migration
 from switchyard.placement.policies import get_policy
 from switchyard.placement.stats import RoutingStats
 from switchyard.placement.topology import Topology
-from switchyard.workers.checkpoints import init_checkpoint, load_spec
+from switchyard.workers.checkpoints import load_spec
 
 PROMPT_LEN = 16
 NUM_CHECK_PROMPTS = 8
@@ -60,11 +57,9 @@ class Request:
     error: str | None
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, help="A checkpoint; default: a fresh `small` Mixtral (skew 1).")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nodes", type=int, default=2, help="Simulated Ray nodes.")
-    parser.add_argument("--workers-per-node", type=int, default=2)
+    parser.add_argument("--gpus-per-node", type=int, default=2, help="Expert workers (GPUs) per node.")
     parser.add_argument("--spare-slots", type=int, default=1,
                         help="Slots per worker beyond experts / workers, for the replicas of hot experts.")
     parser.add_argument("--clients", type=int, default=4, help="Concurrent client threads.")
@@ -73,15 +68,11 @@ def main() -> None:
     parser.add_argument("--max-moves", type=int, help="The affinity policy's copy budget (default: none).")
     parser.add_argument("--node-weight", type=float, default=1.0,
                         help="The affinity policy's cost of a remote node, in GPUs per token (its default: 1).")
-    parser.add_argument("--out", type=Path, help="Markdown file to write, e.g. docs/benchmarks/rebalance.md.")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as scratch:
-        model_dir = args.model or init_checkpoint("mixtral", "small", Path(scratch) / "mixtral-small", skew=1.0)
-        report = run(model_dir, args)
-    text = render(report, shlex.join(["python", "bench/rebalance.py", *sys.argv[1:]]))
-    publish(text, args.out)
-    if report["failed"] or not report["outputs_equal"]:
-        sys.exit(1)
+
+
+def measure(model_dir: Path, args: argparse.Namespace, command: str) -> tuple[str, bool]:
+    report = run(model_dir, args)
+    return render(report, command), not report["failed"] and report["outputs_equal"]
 
 
 def run(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -90,11 +81,11 @@ def run(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     params = SamplingParams(max_new_tokens=args.new_tokens)
     check_prompts = rng.integers(0, spec.vocab_size, size=(NUM_CHECK_PROMPTS, PROMPT_LEN)).tolist()
     client_prompts = rng.integers(0, spec.vocab_size, size=(args.clients, 64, PROMPT_LEN)).tolist()
-    topology = Topology(args.nodes, args.workers_per_node,
-                        -(-spec.num_experts // (args.nodes * args.workers_per_node)) + args.spare_slots)
+    topology = Topology(args.nodes, args.gpus_per_node,
+                        -(-spec.num_experts // (args.nodes * args.gpus_per_node)) + args.spare_slots)
     uniform = RoutingStats.from_load(np.ones((spec.num_layers, spec.num_experts)))
     linear = get_policy("linear").place(uniform, topology)
-    with local_cluster(args.nodes), Runtime.start(model_dir, args.nodes, args.workers_per_node, linear) as runtime:
+    with local_cluster(args.nodes), Runtime.start(model_dir, args.nodes, args.gpus_per_node, linear) as runtime:
         runtime.generate(check_prompts[:2], SamplingParams(max_new_tokens=2))  # warm-up
         check_before, check_traffic_before = _fixed_set(runtime, check_prompts, params)
         requests: list[Request] = []
@@ -217,15 +208,13 @@ def render(report: dict[str, Any], command: str) -> str:
             scale = 1 / 1024 if key.endswith("bytes") else 1.0
             traffic_rows.append([name, label, f"{before[key] * scale:.2f}", f"{after[key] * scale:.2f}",
                                  f"{after[key] / before[key]:.2f}x" if before[key] else "n/a"])
-    config = spec.config
     topology = migration.plan.topology
     return "\n".join([
         "# Rebalance benchmark",
         "",
         provenance(command),
         "",
-        f"Checkpoint: {spec.family.name}, hidden {config.hidden_size}, {config.num_hidden_layers} layers, "
-        f"{spec.num_experts} experts (FFN {config.intermediate_size}), top-{spec.top_k}, float32, router skewed "
+        f"{describe_checkpoint(spec)}, router skewed "
         f"(`init_checkpoint(..., skew=1.0)`: hot experts, groups picked together). Served on "
         f"{topology.num_nodes} simulated Ray nodes x {topology.gpus_per_node} expert workers "
         f"({topology.slots_per_gpu} slots each: {topology.num_slots - spec.num_experts} spare for replicas), one "
@@ -268,4 +257,4 @@ def render(report: dict[str, Any], command: str) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    main(__doc__, "bench.rebalance", "small", add_arguments, measure)

@@ -1,26 +1,74 @@
-"""What every benchmark report shares: where and how it was produced, and where it is written."""
+"""What every benchmark shares: its command line, the checkpoint it runs, how it is described, where the
+report goes. Imported as `bench.report`: run the benchmarks from the repository root as modules
+(`python -m bench.runtime --out docs/benchmarks/runtime.md`).
+"""
 
 from __future__ import annotations
 
+import argparse
 import datetime
+import importlib
 import os
 import platform
+import shlex
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import torch
+Measure = Callable[[Path, argparse.Namespace, str], tuple[str, bool]]
+"""`measure(model_dir, args, command) -> (markdown report, every check passed)`."""
 
 
-def provenance(command: str) -> str:
+def provenance(command: str, libraries: tuple[str, ...] = ("torch",)) -> str:
     """The report's first line: the command, the date and the machine (the numbers depend on them)."""
+    versions = ", ".join(f"{name} {importlib.import_module(name).__version__}" for name in libraries)
     return (f"Produced by `{command}` in one run, {datetime.date.today().isoformat()}, on {platform.machine()} "
-            f"with {os.cpu_count()} CPU cores, Python {platform.python_version()}, torch {torch.__version__}.")
+            f"with {os.cpu_count()} CPU cores, Python {platform.python_version()}, {versions}.")
 
 
-def publish(text: str, out: Path | None) -> None:
-    """Print the report, and write it to `out` (a markdown file) when given."""
-    print(text)
+def command_line(module: str) -> str:
+    """How this run was started, as the report prints it (`python -m bench.<name> ...`)."""
+    return shlex.join(["python", "-m", module, *sys.argv[1:]])
+
+
+def describe_checkpoint(spec: Any) -> str:
+    """One sentence for a `ModelSpec`: family, sizes, experts, top-k, vocabulary, dtype."""
+    config = spec.config
+    intermediate = getattr(config, "moe_intermediate_size", None) or config.intermediate_size
+    return (f"Checkpoint: {spec.family.name}, hidden {config.hidden_size}, {config.num_hidden_layers} layers, "
+            f"{spec.num_experts} experts (FFN {intermediate}), top-{spec.top_k}, vocab {config.vocab_size}, "
+            "float32")
+
+
+def publish(text: str, out: Path | None, echo: bool = True) -> None:
+    """Print the report (unless `echo` is False: printed as it went), and write it to `out` (a markdown
+    file) when given."""
+    if echo:
+        print(text)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text + "\n")
         print(f"wrote {out}", file=sys.stderr)
+
+
+def main(doc: str, module: str, size: str, add_arguments: Callable[[argparse.ArgumentParser], None],
+         measure: Measure) -> None:
+    """The `main` of a checkpoint benchmark: parse `--model`, `--out` and `add_arguments`' options, write
+    a fresh `size` Mixtral (router skew 1) to a temporary folder unless `--model` names one, run
+    `measure`, publish its report; exit 1 when one of its checks failed."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, help=f"A checkpoint; default: a fresh `{size}` Mixtral (skew 1).")
+    parser.add_argument("--out", type=Path, help=f"Markdown file to write, e.g. docs/benchmarks/"
+                        f"{module.rsplit('.', 1)[-1]}.md.")
+    add_arguments(parser)
+    args = parser.parse_args()
+    from switchyard.workers.checkpoints import init_checkpoint  # torch and transformers only when run
+
+    with tempfile.TemporaryDirectory() as scratch:
+        model_dir = args.model or init_checkpoint("mixtral", size, Path(scratch) / f"mixtral-{size}", skew=1.0)
+        text, passed = measure(model_dir, args, command_line(module))
+    publish(text, args.out)
+    if not passed:
+        sys.exit(1)

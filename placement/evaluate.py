@@ -28,6 +28,13 @@ from switchyard.placement.routing import assign_slots, first_occurrence, gpu_loa
 from switchyard.placement.trace import RoutingTrace
 
 
+def balancedness(gpu_load: np.ndarray) -> float:
+    """vLLM EPLB's balancedness of `gpu_load` `[L, G]`: `sum_l mean_g / sum_l max_g`, in (0, 1]; 1 is
+    perfect balance, and 1 with no load at all. The one definition every report and proposal uses."""
+    top = gpu_load.max(axis=1).sum()
+    return float(gpu_load.mean(axis=1).sum() / top) if top > 0 else 1.0
+
+
 @dataclass(frozen=True, eq=False)
 class Evaluation:
     """A plan's metrics on one trace; the totals are derived from the per-layer arrays.
@@ -55,7 +62,7 @@ class Evaluation:
     @property
     def balancedness(self) -> float:
         """vLLM's: the sum over layers of the mean GPU load over the sum of the max GPU load."""
-        return float(self.gpu_load.mean(axis=1).sum() / self.gpu_load.max(axis=1).sum())
+        return balancedness(self.gpu_load)
 
     @property
     def gpus_per_token(self) -> float:

@@ -29,7 +29,7 @@ import numpy as np
 
 from switchyard.placement.cost import ClusterSpec
 from switchyard.placement.errors import PlacementError
-from switchyard.placement.evaluate import evaluate
+from switchyard.placement.evaluate import balancedness, evaluate
 from switchyard.placement.migration import Migration, plan_migration
 from switchyard.placement.plan import Plan
 from switchyard.placement.policies import DEFAULT_POLICY, POLICIES, get_policy
@@ -174,6 +174,11 @@ def expected_gpu_load(plan: Plan, load: np.ndarray) -> np.ndarray:
     return per_slot.reshape(plan.num_layers, plan.topology.num_gpus, -1).sum(axis=2)
 
 
+def expected_balancedness(plan: Plan, load: np.ndarray) -> float:
+    """The balancedness of `plan` on `load` `[L, E]`, each expert's load split evenly over its replicas."""
+    return balancedness(expected_gpu_load(plan, load))
+
+
 def _metrics(plan: Plan, stats: RoutingStats, traces: list[RoutingTrace | None],
              cluster: ClusterSpec | None) -> PlanMetrics:
     gpu_load = expected_gpu_load(plan, stats.load)  # [L, G], replaced below where sets are known
@@ -188,9 +193,8 @@ def _metrics(plan: Plan, stats: RoutingStats, traces: list[RoutingTrace | None],
         remote.append(evaluation.remote_nodes_per_token)
         if evaluation.layer_time_s is not None:
             times.append(evaluation.layer_time_s)
-    top = gpu_load.max(axis=1).sum()
     return PlanMetrics(
-        balancedness=float(gpu_load.mean(axis=1).sum() / top) if top > 0 else 1.0,
+        balancedness=balancedness(gpu_load),
         gpus_per_token=float(np.mean(gpus)) if gpus else None,
         remote_nodes_per_token=float(np.mean(remote)) if remote else None,
         layer_time_s=float(np.sum(times)) if times else None,

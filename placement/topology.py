@@ -83,5 +83,9 @@ class Topology:
         """`[P]` int64: the node of every slot."""
         return self.node_of_gpu[self.gpu_of_slot]
 
+    def node_of_engine(self, engine: int) -> int:
+        """The node of engine replica `engine`: engines go round the nodes (engine e on node e % N)."""
+        return engine % self.num_nodes
+
     def describe(self) -> str:
         return f"{self.num_nodes} node(s) x {self.gpus_per_node} GPU(s) x {self.slots_per_gpu} slot(s)"

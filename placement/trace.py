@@ -58,12 +58,6 @@ class RoutingTrace:
             object.__setattr__(self, name, value)
         object.__setattr__(self, "num_experts", num_experts)
 
-    @classmethod
-    def single_sequence(cls, topk_ids: np.ndarray, num_experts: int, topk_weights: np.ndarray | None = None
-                        ) -> RoutingTrace:
-        """A trace whose tokens all belong to one sequence (sources without sequence boundaries)."""
-        return cls(topk_ids, np.array([len(topk_ids)]), num_experts, topk_weights)
-
     @property
     def num_tokens(self) -> int:
         return self.topk_ids.shape[0]

@@ -69,7 +69,7 @@ def test_generate_needs_model_or_server(cli, model_dir):
 def test_generate_json_on_two_nodes(cli, model_dir):
     prompts = [[3, 1, 4, 1, 5], [9, 2, 6]]
     args = ["generate", "--model", str(model_dir), "--max-new-tokens", "6", "--nodes", "2",
-            "--workers-per-node", "2", "--json"]
+            "--gpus-per-node", "2", "--json"]
     for prompt in prompts:
         args += ["--prompt-ids", ",".join(map(str, prompt))]
     result = CliRunner().invoke(cli, args)

@@ -58,7 +58,7 @@ def served(tmp_path_factory) -> Iterator[tuple[str, Plan]]:
     save_plan(plan, root / "linear.json")
     deployment = f"live-e2e-{time.monotonic_ns()}"
     process = subprocess.Popen(
-        [sys.executable, "-c", SERVE, "--model", str(model_dir), "--nodes", str(NODES), "--workers-per-node",
+        [sys.executable, "-c", SERVE, "--model", str(model_dir), "--nodes", str(NODES), "--gpus-per-node",
          str(WORKERS_PER_NODE), "--plan", str(root / "linear.json"), "--port", "0", "--stats-interval", "0.5",
          "--stats-window", "600", "--redis", REDIS_URL, "--deployment", deployment],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

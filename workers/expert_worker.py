@@ -109,6 +109,3 @@ class ExpertWorker:
 
     def timings(self) -> dict[str, float]:
         return {"busy_seconds": self.busy_seconds}
-
-    def device(self) -> str:
-        return str(self.computes[self.epoch].device)

@@ -127,17 +127,18 @@ def rebalance_table(summary: dict) -> str:
     return markdown_table(["figure", "current", "proposed", "change"], rows)
 
 
-def placement_tables(gpu_experts: np.ndarray, gpus_per_node: int, gpu_load: np.ndarray | None) -> str:
+def placement_tables(gpu_experts: np.ndarray, node_of_gpu: np.ndarray, gpu_load: np.ndarray | None) -> str:
     """Per layer, one row per GPU: its node, the experts it holds and (when known) its load.
 
-    gpu_experts: `[L, G, S]` int64 expert ids per GPU slot.  gpu_load: `[L, G]` float64 or None.
+    gpu_experts: `[L, G, S]` int64 expert ids per GPU slot.  node_of_gpu: `[G]` int64
+    (`Topology.node_of_gpu`).  gpu_load: `[L, G]` float64 or None.
     """
     blocks = []
     for layer, experts in enumerate(gpu_experts):
         headers = ["GPU", "node", "experts"] + (["load"] if gpu_load is not None else [])
         rows = []
         for gpu, held in enumerate(experts):
-            row = [str(gpu), str(gpu // gpus_per_node), " ".join(str(int(e)) for e in held)]
+            row = [str(gpu), str(node_of_gpu[gpu]), " ".join(str(int(e)) for e in held)]
             rows.append(row + ([f"{gpu_load[layer, gpu]:.0f}"] if gpu_load is not None else []))
         blocks.append(f"layer {layer}\n" + markdown_table(headers, rows, numeric_from=3))
     return "\n\n".join(blocks)

@@ -94,7 +94,8 @@ def _check_mode(ctx: click.Context, model_dir: Path | None, server: str | None) 
               help="Comma-separated token ids of one prompt; repeat for more prompts.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=DEFAULTS.max_new_tokens, show_default=True)
 @click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True, help="Simulated Ray nodes.")
-@click.option("--workers-per-node", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--gpus-per-node", "--workers-per-node", "workers_per_node", type=click.IntRange(min=1), default=1,
+              show_default=True, help="Expert workers (GPUs) per node; --workers-per-node is its old name.")
 @click.option("--plan", "plan_path", type=click.Path(path_type=Path), default=None,
               help="Plan JSON (physical_to_logical_map, num_nodes, gpus_per_node); default: linear.")
 @click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True, help="0: greedy.")

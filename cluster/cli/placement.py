@@ -194,7 +194,7 @@ def show(server: str, token: str | None, as_json: bool) -> None:
                   "since loading")
                + " (each expert's load split over its replicas)")
     click.echo(f"engines dispatch under epoch(s): {', '.join(str(e) for e in engine_epochs)}")
-    click.echo(placement_tables(active.gpu_experts, topology.gpus_per_node, gpu_load))
+    click.echo(placement_tables(active.gpu_experts, topology.node_of_gpu, gpu_load))
     if as_json:
         click.echo(json.dumps({"epoch": answer.epoch, "engine_epochs": engine_epochs, "plan": active.to_dict(),
                                "gpu_experts": active.gpu_experts.tolist(),

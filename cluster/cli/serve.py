@@ -112,7 +112,8 @@ async def serve_until_signalled(config: Any, start_backend: Any, auto: Any = Non
 @click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True,
               help="Plan nodes; without --address, simulated Ray nodes on this machine.")
 @click.option("--address", default=None, help="Join this Ray cluster (ray://... or HOST:PORT) instead.")
-@click.option("--workers-per-node", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--gpus-per-node", "--workers-per-node", "workers_per_node", type=click.IntRange(min=1), default=1,
+              show_default=True, help="Expert workers (GPUs) per node; --workers-per-node is its old name.")
 @click.option("--engines-per-node", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--plan", "plan_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Plan JSON; default: linear.")

@@ -3,7 +3,7 @@
 The gateway (`switchyard.cluster.gateway.server`) only translates protos; everything it asks of the cluster
 goes through `Backend`. `RuntimeBackend` sends each request to the engine replica with the fewest
 requests in flight from this gateway (ties go round the engines, so round the nodes: engine e sits on
-node e % num_nodes), streams its tokens with `Engine.poll` (one call per engine
+node `Topology.node_of_engine(e)`), streams its tokens with `Engine.poll` (one call per engine
 covers all of its requests, `EnginePoller`), and stops it with `Engine.cancel` when the
 caller goes away (deadline, cancellation, any error), which frees its batch slot and KV cache.
 An engine whose actor died answers its request UNAVAILABLE and is never picked again.
@@ -42,7 +42,7 @@ from switchyard.cluster.state.store import PlanConflict, StateStore
 from switchyard.placement.cost import PRESETS, ClusterSpec
 from switchyard.placement.errors import PlacementError
 from switchyard.placement.plan import Plan
-from switchyard.placement.proposal import Proposal, evaluate_proposal, expected_gpu_load, propose
+from switchyard.placement.proposal import Proposal, evaluate_proposal, expected_balancedness, propose
 from switchyard.placement.stats import RoutingStats
 from switchyard.workers.checkpoints import ModelSpec
 
@@ -90,17 +90,6 @@ class Snapshot:
     balancedness: float
     window_s: float = 0.0
     window_tokens: float = 0.0
-
-
-def expected_balancedness(plan: Plan, load: np.ndarray) -> float:
-    """vLLM's balancedness of `plan` on `load` `[L, E]`, each expert's load split over its replicas.
-
-    GPU load `[L, G]`: sum over a GPU's slots of load / replica count; the figure is
-    `sum_l mean_g / sum_l max_g` (1 is perfect balance; 1 with no load at all).
-    """
-    gpu_load = expected_gpu_load(plan, load)  # [L, G]
-    top = gpu_load.max(axis=1).sum()
-    return float(gpu_load.mean(axis=1).sum() / top) if top > 0 else 1.0
 
 
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -253,7 +242,7 @@ class RuntimeBackend:
         engine = self._pick_engine()
         self._in_flight[engine] += 1
         stream = TokenStream(self.runtime.engines[engine], self._pollers[engine], engine,
-                             engine % self.num_nodes, prompt, params)
+                             self.runtime.plan.topology.node_of_engine(engine), prompt, params)
         try:
             yield stream
         except ray.exceptions.RayActorError as error:
@@ -353,8 +342,8 @@ class RuntimeBackend:
         return {
             "nodes": [{"index": i, "ray_node_id": node["NodeID"], "address": node.get("NodeManagerAddress", "")}
                       for i, node in enumerate(nodes)],
-            "engines": [{"index": e, "node": e % topology.num_nodes} for e in range(len(self.runtime.engines))],
-            "workers": [{"index": g, "node": g // topology.gpus_per_node} for g in range(topology.num_gpus)],
+            "engines": [{"index": e, "node": topology.node_of_engine(e)} for e in range(len(self.runtime.engines))],
+            "workers": [{"index": g, "node": int(node)} for g, node in enumerate(topology.node_of_gpu)],
             "device": self.runtime.device,
         }
 

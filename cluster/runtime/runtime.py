@@ -91,15 +91,15 @@ class Runtime:
         device = "cuda" if gpus_per_worker > 0 else "cpu"
         workers = [
             _RemoteWorker.options(num_cpus=0, num_gpus=gpus_per_worker,
-                                  scheduling_strategy=pinned(gpu // workers_per_node))
+                                  scheduling_strategy=pinned(int(resolved.topology.node_of_gpu[gpu])))
             .remote(str(spec.model_dir), resolved.gpu_experts[:, gpu], device, epoch)
             for gpu in range(resolved.topology.num_gpus)
         ]
-        # Engine e sits on node e % num_nodes, so round-robin prompts go round the nodes.
+        # Engines go round the nodes (`Topology.node_of_engine`), so round-robin prompts go round the nodes.
         engines = [
             _RemoteEngine.options(num_cpus=0, max_concurrency=max_batch + 4,
-                                  scheduling_strategy=pinned(index % num_nodes))
-            .remote(workers, index % num_nodes, max_batch)
+                                  scheduling_strategy=pinned(resolved.topology.node_of_engine(index)))
+            .remote(workers, resolved.topology.node_of_engine(index), max_batch)
             for index in range(num_nodes * engines_per_node)
         ]
         ray.get([engine.load.remote(str(spec.model_dir), resolved.to_dict(), epoch) for engine in engines])
