@@ -28,7 +28,9 @@ from switchyard.cluster.gateway.server import BackgroundGateway, GatewayConfig
 from switchyard.cluster.gateway.status import status_of
 from switchyard.cluster.runtime.runtime import Runtime, local_cluster
 from switchyard.cluster.engine.sampling import SamplingParams
-from switchyard.cluster.gateway.backend import RuntimeBackend, model_cluster, record_serving_plan
+from switchyard.cluster.gateway.backend import RuntimeBackend
+from switchyard.cluster.rebalance.planner import model_cluster
+from switchyard.cluster.rebalance.startup import record_serving_plan
 from switchyard.cluster.state.store import EmbeddedStateStore, StateStoreUnavailable
 from switchyard.cluster.state.publisher import StatsPublisher
 from switchyard.placement.plan import Plan

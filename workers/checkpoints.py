@@ -180,3 +180,11 @@ def skew_router(weight: torch.Tensor, top_k: int, skew: float, generator: torch.
     rank = torch.empty(num_experts)
     rank[torch.randperm(num_experts, generator=generator)] = torch.arange(1, num_experts + 1, dtype=torch.float)
     return skewed * (1.0 + skew / rank)[:, None]
+
+
+def load_tokenizer(directory: str | Path) -> Any:
+    """The tokenizer saved in `directory` (transformers `AutoTokenizer`), or None where there is none."""
+    directory = Path(directory)
+    if not ((directory / "tokenizer.json").is_file() or (directory / "tokenizer_config.json").is_file()):
+        return None
+    return transformers.AutoTokenizer.from_pretrained(directory)

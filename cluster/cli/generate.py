@@ -2,7 +2,7 @@
 
 Register them on the main group with `register(main)`. `generate --model` serves on an ephemeral local
 Ray cluster; `generate --server` asks a running gateway (`switchyard serve`) through the client
-(`cli_serve.run_remote_generate`). Formatting is pure (`format_outputs`); bad input (a missing model
+(`serve.run_remote_generate`). Formatting is pure (`format_outputs`); bad input (a missing model
 directory, ids outside the vocabulary, a plan that does not fit the model, neither or both of
 `--model` and `--server`) is reported in one line with exit code 2, before any Ray process starts.
 """

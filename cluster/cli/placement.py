@@ -5,7 +5,7 @@ unless `--yes`; it then applies exactly the plan shown, pinned to the epoch show
 rebalance came first).
 
 Against a gateway, a gRPC error prints one line `STATUS_NAME: message` on stderr and exits with 2
-when the request was at fault (`client.is_client_error`), 1 otherwise."""
+when the request was at fault (`errors.exit_code`), 1 otherwise."""
 
 from __future__ import annotations
 

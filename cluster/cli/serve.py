@@ -2,7 +2,7 @@
 
 Register `serve` with `register(main)`. In `generate --server`, a gRPC error prints one line
 `STATUS_NAME: message` on stderr and exits with 2 when the request was at fault
-(`client.is_client_error`), 1 otherwise. gRPC, Ray and the gateway are imported only when used, so
+(`errors.exit_code`), 1 otherwise. gRPC, Ray and the gateway are imported only when used, so
 that every other `switchyard` command starts without them.
 """
 
@@ -22,7 +22,6 @@ from switchyard.cluster.cli.params import OneLineCommand, UserError, grpc_errors
 from switchyard.cluster.errors import SwitchyardError
 from switchyard.cluster.settings import ADMIN_TOKEN_ENV, DEFAULTS, TOKEN_ENV
 from switchyard.placement.policies import DEFAULT_POLICY, policy_names
-from switchyard.placement.errors import PlacementError
 from switchyard.workers.checkpoints import load_spec
 
 log = logging.getLogger("switchyard.serve")
@@ -55,23 +54,6 @@ def _deployment(ctx: click.Context, param: click.Parameter, value: str) -> str:
         return check_deployment(value)
     except ValueError as error:
         raise UserError(str(error)) from None
-
-
-def _resumed_plan(store: Any, default: Any) -> Any:
-    """The store's active plan when it fits the model and topology of `default` (a restarted gateway
-    resumes what the rebalancer left), else `default`."""
-    active = store.active_plan()
-    if active is None:
-        return default
-    plan, epoch = active
-    if plan.topology != default.topology:
-        return default
-    try:
-        plan.check_matches(default.num_layers, default.num_logical_experts, "the model")
-    except PlacementError:
-        return default
-    log.info("serving the state store's active plan, epoch %d", epoch)
-    return plan
 
 
 async def serve_until_signalled(config: Any, start_backend: Any, auto: Any = None) -> None:
@@ -173,7 +155,8 @@ def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: in
     from switchyard.cluster.rebalance.auto import AutoRebalanceSettings
     from switchyard.cluster.gateway.server import GatewayConfig  # gRPC, Ray and Redis only when serving
     from switchyard.cluster.runtime.runtime import Runtime, resolve_plan
-    from switchyard.cluster.gateway.backend import RuntimeBackend, record_serving_plan
+    from switchyard.cluster.gateway.backend import RuntimeBackend
+    from switchyard.cluster.rebalance.startup import record_serving_plan, resumed_plan
     from switchyard.cluster.settings import state_store_url
     from switchyard.cluster.state.store import StateStoreUnavailable, open_state_store
     from switchyard.cluster.state.publisher import StatsPublisher
@@ -193,7 +176,7 @@ def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: in
     try:
         store.ping()
         if plan_path is None:
-            plan = _resumed_plan(store, plan)
+            plan = resumed_plan(store, plan)
         epoch = record_serving_plan(store, plan)
     except StateStoreUnavailable as error:
         store.close()
@@ -249,5 +232,5 @@ def run_remote_generate(server: str, prompts: list[list[int]], as_json: bool, to
 
 
 def register(group: click.Group) -> None:
-    """Add `serve` to the main CLI group (`generate --server` is part of `cli_runtime.generate`)."""
+    """Add `serve` to the main CLI group (`generate --server` is part of `generate.generate`)."""
     group.add_command(serve)

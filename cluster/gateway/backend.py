@@ -1,26 +1,23 @@
-"""What the gateway serves from: the `Backend` interface, its errors, and `RuntimeBackend` over a `Runtime`.
+"""What the gateway serves from: the `Backend` interface, and `RuntimeBackend` over a `Runtime`.
 
-The gateway (`switchyard.cluster.gateway.server`) only translates protos; everything it asks of the cluster
-goes through `Backend`. `RuntimeBackend` sends each request to the engine replica with the fewest
-requests in flight from this gateway (ties go round the engines, so round the nodes: engine e sits on
-node `Topology.node_of_engine(e)`), streams its tokens with `Engine.poll` (one call per engine
-covers all of its requests, `EnginePoller`), and stops it with `Engine.cancel` when the
-caller goes away (deadline, cancellation, any error), which frees its batch slot and KV cache.
-An engine whose actor died answers its request UNAVAILABLE and is never picked again.
+The servicer (`gateway.servicer`) only translates protos; everything it asks of the cluster goes
+through `Backend`. `RuntimeBackend` sends each request to the engine replica with the fewest requests
+in flight from this gateway (ties go round the engines, so round the nodes:
+`Topology.node_of_engine`) and streams its tokens (`gateway.streaming`). An engine whose actor died
+answers its request UNAVAILABLE and is never picked again.
 
 With a state store (`switchyard serve` always passes one), the placement is the store's active plan
 and epoch, and the statistics are the store's window (by time, or by tokens), merged across every
-engine that publishes there (`StatsPublisher`); without one, the served plan at the runtime's epoch and the statistics since
-loading. Rebalance and Rollback propose from the plan the engines really serve (`runtime.plan`) and
-apply live through `rebalancing.PlanApplier` (one at a time, committed with the store's epoch).
+engine that publishes there (`state.publisher`); without one, the served plan at the runtime's epoch
+and the statistics since loading. Rebalance and Rollback propose from the plan the engines really
+serve (`runtime.plan`, `rebalance.planner`) and apply live through `rebalance.applier.PlanApplier`
+(one at a time, committed with the store's epoch).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -31,6 +28,7 @@ import numpy as np
 import ray
 
 from switchyard.cluster.rebalance.applier import PlanApplier, RebalanceOutcome, check_epoch
+from switchyard.cluster.rebalance.planner import model_cluster, plan_proposal
 from switchyard.cluster.settings import DEFAULTS
 from switchyard.cluster.runtime.runtime import Runtime
 from switchyard.cluster.engine.requests import check_prompt
@@ -38,13 +36,11 @@ from switchyard.cluster.engine.sampling import SamplingParams
 from switchyard.cluster.gateway.streaming import EnginePoller, TokenStream
 from switchyard.cluster.errors import (  # noqa: F401 - the errors are imported from here too
     Conflict, FailedPrecondition, InvalidRequest, MigrationAborted, NotReady, QueueFull, ServingError)
-from switchyard.cluster.state.store import PlanConflict, StateStore
-from switchyard.placement.cost import PRESETS, ClusterSpec
-from switchyard.placement.errors import PlacementError
+from switchyard.cluster.state.store import StateStore
 from switchyard.placement.plan import Plan
-from switchyard.placement.proposal import Proposal, evaluate_proposal, expected_balancedness, propose
+from switchyard.placement.proposal import Proposal, expected_balancedness
 from switchyard.placement.stats import RoutingStats
-from switchyard.workers.checkpoints import ModelSpec
+from switchyard.workers.checkpoints import ModelSpec, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -90,55 +86,6 @@ class Snapshot:
     balancedness: float
     window_s: float = 0.0
     window_tokens: float = 0.0
-
-
-_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-
-
-def model_cluster(spec: ModelSpec, preset: str = "h100") -> ClusterSpec:
-    """The hardware preset with the model's sizes: what a rebalance's layer time and copy bytes use."""
-    config = spec.config
-    intermediate = getattr(config, "moe_intermediate_size", None) or config.intermediate_size
-    settings = vars(config)  # not getattr: transformers' `torch_dtype` property warns that it is deprecated
-    dtype = str(settings.get("dtype") or settings.get("torch_dtype") or "bfloat16").removeprefix("torch.")
-    return dataclasses.replace(PRESETS[preset], name=f"{preset} ({spec.family.name})",
-                               hidden_size=spec.hidden_size, moe_intermediate_size=int(intermediate),
-                               dtype_bytes=_DTYPE_BYTES.get(dtype, 2))
-
-
-def record_serving_plan(store: StateStore, plan: Plan) -> int:
-    """Record `plan` as the active plan (epoch 1) when `store` has none; returns the active epoch.
-
-    When a plan is active already (an earlier run, or another gateway of the deployment) it stays as
-    it is, and a plan other than `plan` is logged as a warning: switching the served plan live is the
-    rebalancer's job, not the start's.
-    """
-    active = store.active_plan()
-    if active is None:
-        try:
-            epoch = store.set_active_plan(plan, 0)
-            log.info("recorded the served plan as the active plan, epoch %d", epoch)
-            return epoch
-        except PlanConflict:  # another gateway of the deployment recorded one meanwhile
-            active = store.active_plan()
-            assert active is not None, "a plan conflict at epoch 0 means a plan is active"
-    active_plan, epoch = active
-    if json.dumps(active_plan.to_dict()) == json.dumps(plan.to_dict()):
-        log.info("the served plan is the active plan, epoch %d", epoch)
-    else:
-        log.warning("the state store's active plan (epoch %d) differs from the plan served here; serving "
-                    "this one, which GetPlacement does not report (rebalance to make them agree)", epoch)
-    return epoch
-
-
-def load_tokenizer(directory: str | Path) -> Any:
-    """The tokenizer saved in `directory` (transformers `AutoTokenizer`), or None where there is none."""
-    directory = Path(directory)
-    if not ((directory / "tokenizer.json").is_file() or (directory / "tokenizer_config.json").is_file()):
-        return None
-    import transformers  # only checkpoints with a tokenizer need it here
-
-    return transformers.AutoTokenizer.from_pretrained(directory)
 
 
 class Backend(Protocol):
@@ -321,20 +268,11 @@ class RuntimeBackend:
         return epoch
 
     async def _proposal(self, policy: str, max_moves: int | None, plan: Plan | None) -> Proposal:
-        """From the served plan (`runtime.plan`) to `policy`'s plan on the window, or to `plan`, which
-        needs no statistics (without any, its figures are those of no load)."""
-        stats = await self._statistics()
-        cluster = model_cluster(self.runtime.spec)
-        try:
-            if plan is not None:
-                return await asyncio.to_thread(evaluate_proposal, stats, self.runtime.plan, plan, cluster, policy)
-            if not stats.num_tokens > 0:
-                where = ("since loading" if self.store is None else f"in the last {self.stats_window_s:g} s"
-                         if self.stats_window_tokens is None else "in the state store")
-                raise FailedPrecondition(f"no routing statistics {where}: serve some requests, then rebalance")
-            return await asyncio.to_thread(propose, stats, self.runtime.plan, policy, max_moves, cluster)
-        except PlacementError as error:
-            raise InvalidRequest(str(error)) from None
+        """From the served plan (`runtime.plan`) to `policy`'s plan on the window, or to `plan`."""
+        where = ("since loading" if self.store is None else f"in the last {self.stats_window_s:g} s"
+                 if self.stats_window_tokens is None else "in the state store")
+        return await asyncio.to_thread(plan_proposal, await self._statistics(), self.runtime.plan,
+                                       model_cluster(self.runtime.spec), policy, max_moves, plan, where)
 
     async def cluster_info(self) -> dict[str, Any]:
         topology = self.runtime.plan.topology

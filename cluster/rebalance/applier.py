@@ -2,7 +2,7 @@
 recorded as events, and its gain observed afterwards.
 
 `PlanApplier` is what `RuntimeBackend.rebalance` and `rollback` apply through; planning stays in
-`placement.proposal`, weight movement in `live_migration`. The order of one apply:
+`placement.proposal` (`rebalance.planner`), weight movement in `runtime.migration`. The order of one apply:
 
 `run()` does all of it in a task of its own, which the caller awaits shielded: when the caller goes
 away (an RPC deadline, a cancelled call) the migration thread cannot be stopped, so the task keeps the
