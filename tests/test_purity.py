@@ -28,3 +28,11 @@ def test_placement_imports_without_ray_grpc_or_torch() -> None:
     # The probe must have walked the whole package, not an empty one.
     for module in ("plan", "trace", "topology", "stats", "formats", "evaluate", "compare", "policies.eplb"):
         assert f"switchyard.placement.{module}" in imported
+
+
+def test_cluster_package_imports_cheaply_and_exports_its_names_lazily() -> None:
+    probe = ("import sys, switchyard.cluster as cluster\n"
+             "assert not {'ray', 'grpc', 'torch'} & set(sys.modules), 'imported at once'\n"
+             "assert callable(cluster.open_state_store) and cluster.Client.__name__ == 'Client'\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
