@@ -1,8 +1,8 @@
 """Routing statistics: what a placement policy needs to know about traffic, without the tokens.
 
 A trace says what every token picked; policies need less: how many tokens each expert gets (load),
-which experts the same tokens pick together (co-activation), and which experts follow which from
-one layer to the next (transitions). `RoutingStats` holds exactly that, in counts that add up, so
+and which experts the same tokens pick together (co-activation). `RoutingStats` holds exactly that,
+in counts that add up, so
 windows of traffic can be merged and older windows decayed. Sources that only report load (vLLM's
 load matrices, SGLang's `stat` dumps, OLMoE's published counts) give load-only stats.
 """
@@ -19,7 +19,7 @@ from switchyard.placement.trace import RoutingTrace
 
 @dataclass(frozen=True, eq=False)
 class RoutingStats:
-    """Token counts per expert, per expert pair, per top-k set and per layer-to-layer transition.
+    """Token counts per expert, per expert pair and per top-k set.
 
     load: `[L, E]` float64, tokens that picked each expert (decayed counts are fractional).
     pair_counts: `[L, E, E]` float64 or None; symmetric with a zero diagonal: tokens that picked
@@ -27,27 +27,23 @@ class RoutingStats:
     topk_sets: None, or per layer a `[U_l, k]` int64 array of the distinct top-k sets seen, each
         row sorted ascending and the rows in lexicographic order.
     set_counts: None, or per layer a `[U_l]` float64 array: tokens that picked each set.
-    transitions: `[L-1, E, E]` float64 or None; `transitions[l, e, f]` counts tokens with e among
-        their picks at layer l and f among their picks at layer l + 1 (all k * k pairs).
     num_tokens: tokens counted (decayed like the counts). For load-only stats built by
         `from_load` without a token count it is the mean number of selections per layer, which is
         tokens * k.
 
-    Load-only stats have `pair_counts`, `topk_sets`, `set_counts` and `transitions` None.
+    Load-only stats have `pair_counts`, `topk_sets` and `set_counts` None.
     """
 
     load: np.ndarray
     pair_counts: np.ndarray | None
     topk_sets: tuple[np.ndarray, ...] | None
     set_counts: tuple[np.ndarray, ...] | None
-    transitions: np.ndarray | None
     num_tokens: float
 
     def __post_init__(self) -> None:
         load = _load_table(self.load)
         num_layers, num_experts = load.shape
         pairs = _counts("pair_counts", self.pair_counts, (num_layers, num_experts, num_experts))
-        transitions = _counts("transitions", self.transitions, (num_layers - 1, num_experts, num_experts))
         if (self.topk_sets is None) != (self.set_counts is None):
             raise PlacementError("topk_sets and set_counts must be given together")
         sets = counts = None
@@ -56,7 +52,7 @@ class RoutingStats:
         num_tokens = float(self.num_tokens)
         if not num_tokens >= 0:
             raise PlacementError(f"num_tokens must be non-negative, got {self.num_tokens!r}")
-        for name, value in (("load", load), ("pair_counts", pairs), ("transitions", transitions),
+        for name, value in (("load", load), ("pair_counts", pairs),
                             ("topk_sets", sets), ("set_counts", counts), ("num_tokens", num_tokens)):
             object.__setattr__(self, name, value)
 
@@ -97,17 +93,14 @@ class RoutingStats:
         flat_layer = np.arange(num_layers, dtype=np.int64)[None, :, None] * num_experts
         load = np.bincount((ids + flat_layer).ravel(), minlength=num_layers * num_experts)
         pairs = np.empty((num_layers, num_experts, num_experts))
-        transitions = np.empty((max(num_layers - 1, 0), num_experts, num_experts))
         sets, set_counts = [], []
         for layer in range(num_layers):
             pairs[layer] = _pair_counts(ids[:, layer], ids[:, layer], num_experts, drop_same=True)
-            if layer + 1 < num_layers:
-                transitions[layer] = _pair_counts(ids[:, layer], ids[:, layer + 1], num_experts)
             unique, counts = np.unique(np.sort(ids[:, layer], axis=1), axis=0, return_counts=True)
             sets.append(unique.reshape(-1, top_k))
             set_counts.append(counts.astype(np.float64))
         return cls(load.reshape(num_layers, num_experts).astype(np.float64), pairs, tuple(sets),
-                   tuple(set_counts), transitions, float(num_tokens))
+                   tuple(set_counts), float(num_tokens))
 
     @classmethod
     def from_load(cls, load: np.ndarray, num_tokens: float | None = None) -> RoutingStats:
@@ -119,7 +112,7 @@ class RoutingStats:
         load = _load_table(load)
         if num_tokens is None:
             num_tokens = float(load.sum(axis=1).mean())
-        return cls(load, None, None, None, None, num_tokens)
+        return cls(load, None, None, None, num_tokens)
 
     @property
     def num_layers(self) -> int:
@@ -142,7 +135,7 @@ class RoutingStats:
     def merge(self, other: RoutingStats) -> RoutingStats:
         """Stats of both windows together: counts summed, top-k sets unioned.
 
-        A view that only one side has (pair counts, sets, transitions) is dropped: it would describe
+        A view that only one side has (pair counts, sets) is dropped: it would describe
         only part of the tokens. Raises `PlacementError` when the shapes or k differ.
         """
         if self.load.shape != other.load.shape:
@@ -162,7 +155,6 @@ class RoutingStats:
             _sum_or_none(self.pair_counts, other.pair_counts),
             sets,
             counts,
-            _sum_or_none(self.transitions, other.transitions),
             self.num_tokens + other.num_tokens,
         )
 
@@ -175,7 +167,6 @@ class RoutingStats:
             None if self.pair_counts is None else self.pair_counts * factor,
             self.topk_sets,
             None if self.set_counts is None else tuple(c * factor for c in self.set_counts),
-            None if self.transitions is None else self.transitions * factor,
             self.num_tokens * factor,
         )
 

@@ -1,7 +1,7 @@
 """A routing trace: which experts every token picked at every MoE layer.
 
 This is the canonical in-memory form of the `.npz` trace format (DESIGN.md): row t of every layer is
-the same token, so both within-layer co-activation and cross-layer transitions can be read off it.
+the same token, so within-layer co-activation (and, for analyses, layer-to-layer patterns) can be read off it.
 """
 
 from __future__ import annotations

@@ -145,10 +145,14 @@ def test_rebalance_under_load_keeps_outputs_and_cuts_cross_node_bytes(served, tm
     assert all(len(set(node.ravel().tolist())) == 8 for node in linear.gpu_experts[0].reshape(NODES, -1))
     with Client(target, timeout_s=120) as client:
         reference = [list(client.generate(prompt, max_new_tokens=NEW_TOKENS).token_ids) for prompt in PROMPTS]
+        published = client.stats().num_tokens
         with Load(target, rounds=1) as warmup:
             pass
         assert warmup.failures == []
-        time.sleep(1.5)  # the engines publish the warm-up's statistics every 0.5 s
+        deadline = time.monotonic() + 30
+        while client.stats().num_tokens <= published:  # the engines publish every 0.5 s
+            assert time.monotonic() < deadline, "the warm-up's statistics never reached the state store"
+            time.sleep(0.05)
         result = CliRunner().invoke(main, ["placement", "rebalance", "--server", target, "--policy", "eplb",
                                            "--apply", "--yes"])
         assert result.exit_code == 0, result.output

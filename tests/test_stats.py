@@ -28,7 +28,7 @@ def hand_trace() -> RoutingTrace:
 def assert_same_stats(a: RoutingStats, b: RoutingStats) -> None:
     assert a.num_tokens == pytest.approx(b.num_tokens)
     np.testing.assert_allclose(a.load, b.load)
-    for name in ("pair_counts", "transitions"):
+    for name in ("pair_counts",):
         x, y = getattr(a, name), getattr(b, name)
         assert (x is None) == (y is None), name
         if x is not None:
@@ -53,19 +53,11 @@ def test_hand_checked_counts() -> None:
     np.testing.assert_array_equal(stats.pair_counts, expected_pairs)
     assert [s.tolist() for s in stats.topk_sets] == [[[0, 1], [2, 3]], [[0, 2], [2, 3]]]
     assert [c.tolist() for c in stats.set_counts] == [[2, 1], [1, 2]]
-    # Token 0: {0,1} -> {2,3}; token 1: {0,1} -> {0,2}; token 2: {2,3} -> {2,3}; all k x k pairs.
-    expected_transitions = np.array([
-        [1, 0, 2, 1],
-        [1, 0, 2, 1],
-        [0, 0, 1, 1],
-        [0, 0, 1, 1],
-    ])
-    np.testing.assert_array_equal(stats.transitions, expected_transitions[None])
 
 
 def test_arrays_are_read_only() -> None:
     stats = RoutingStats.from_trace(hand_trace())
-    for array in (stats.load, stats.pair_counts, stats.transitions, *stats.topk_sets, *stats.set_counts):
+    for array in (stats.load, stats.pair_counts, *stats.topk_sets, *stats.set_counts):
         assert not array.flags.writeable
 
 
@@ -95,7 +87,7 @@ def test_merge_sums_shared_sets() -> None:
 def test_merge_with_load_only_keeps_load_only() -> None:
     full = RoutingStats.from_trace(hand_trace())
     merged = full.merge(RoutingStats.from_load(full.load, num_tokens=3))
-    assert not merged.has_coactivation and merged.topk_sets is None and merged.transitions is None
+    assert not merged.has_coactivation and merged.topk_sets is None
     assert merged.top_k == 0
     np.testing.assert_array_equal(merged.load, 2 * full.load)
 
@@ -121,7 +113,6 @@ def test_decay_scales_every_count() -> None:
     assert half.num_tokens == 1.5
     np.testing.assert_array_equal(half.load, stats.load / 2)
     np.testing.assert_array_equal(half.pair_counts, stats.pair_counts / 2)
-    np.testing.assert_array_equal(half.transitions, stats.transitions / 2)
     assert [c.tolist() for c in half.set_counts] == [[1, 0.5], [0.5, 1]]
     assert [s.tolist() for s in half.topk_sets] == [s.tolist() for s in stats.topk_sets]
     assert_same_stats(stats.decayed(1.0), stats)
@@ -161,7 +152,6 @@ def test_constructor_checks_views() -> None:
     good = RoutingStats.from_trace(hand_trace())
     cases = {
         "pair_counts must have shape": dict(pair_counts=np.zeros((2, 4, 3))),
-        "transitions must have shape": dict(transitions=np.zeros((2, 4, 4))),
         "given together": dict(set_counts=None),
         "one entry per layer": dict(topk_sets=good.topk_sets[:1], set_counts=good.set_counts[:1]),
         "outside \\[0, 4\\)": dict(topk_sets=(np.array([[0, 4]]), good.topk_sets[1]),
@@ -170,21 +160,16 @@ def test_constructor_checks_views() -> None:
         "num_tokens must be non-negative": dict(num_tokens=-1),
     }
     fields = dict(load=good.load, pair_counts=good.pair_counts, topk_sets=good.topk_sets,
-                  set_counts=good.set_counts, transitions=good.transitions, num_tokens=good.num_tokens)
+                  set_counts=good.set_counts, num_tokens=good.num_tokens)
     for message, change in cases.items():
         with pytest.raises(PlacementError, match=message):
             RoutingStats(**{**fields, **change})
 
 
-def test_single_layer_has_no_transitions_to_count() -> None:
-    stats = RoutingStats.from_trace(RoutingTrace(np.array([[[0, 1]], [[1, 2]]]), [2], 3))
-    assert stats.transitions.shape == (0, 3, 3)
-
-
 def test_deepseek_v3_shape() -> None:
     trace = synthetic_trace(58, 256, 8, 256, seed=3)
     stats = RoutingStats.from_trace(trace)
-    assert stats.pair_counts.shape == (58, 256, 256) and stats.transitions.shape == (57, 256, 256)
+    assert stats.pair_counts.shape == (58, 256, 256)
     assert stats.top_k == 8
 
 
@@ -197,6 +182,5 @@ def test_esft_invariants(esft_path: Callable[[str], Path]) -> None:
     np.testing.assert_array_equal(stats.pair_counts.sum(axis=(1, 2)), tokens * k * (k - 1))
     np.testing.assert_array_equal(stats.pair_counts, stats.pair_counts.transpose(0, 2, 1))
     assert not np.diagonal(stats.pair_counts, axis1=1, axis2=2).any()
-    np.testing.assert_array_equal(stats.transitions.sum(axis=(1, 2)), tokens * k * k)
     assert all(c.sum() == tokens for c in stats.set_counts)
     assert all(len(s) < tokens for s in stats.topk_sets)  # real routing repeats sets

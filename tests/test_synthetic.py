@@ -91,11 +91,17 @@ def mutual_information(joint: np.ndarray) -> float:
     return float((p[nonzero] * np.log(p[nonzero] / independent[nonzero])).sum())
 
 
+def layer_to_layer(picks: np.ndarray, next_picks: np.ndarray, num_experts: int) -> np.ndarray:
+    """`[E, E]`: tokens with e among `picks` `[T, k]` and f among `next_picks` `[T, k]` (all k * k pairs)."""
+    counts = np.zeros((num_experts, num_experts))
+    np.add.at(counts, (np.repeat(picks, next_picks.shape[1], axis=1), np.tile(next_picks, (1, picks.shape[1]))), 1)
+    return counts
+
+
 def test_layer_correlation_links_consecutive_layers() -> None:
     def information(correlation: float) -> float:
-        transitions = RoutingStats.from_trace(
-            synthetic_trace(3, 32, 4, 4096, layer_correlation=correlation)).transitions
-        return min(mutual_information(t) for t in transitions)
+        ids = synthetic_trace(3, 32, 4, 4096, layer_correlation=correlation).topk_ids  # [T, L, k]
+        return min(mutual_information(layer_to_layer(ids[:, layer], ids[:, layer + 1], 32)) for layer in range(2))
 
     assert information(0.0) < 0.05 and information(1.0) > 0.2
 

@@ -1,7 +1,7 @@
 """Routing statistics of the traffic an engine serves, as the placement library's `RoutingStats`.
 
-Load is counted for every token (one `bincount` per forward). Co-activation (top-k sets, pairs,
-layer-to-layer transitions) comes from a sampled share of tokens, every `sample_every`-th one, kept
+Load is counted for every token (one `bincount` per forward). Co-activation (top-k sets and pairs)
+comes from a sampled share of tokens, every `sample_every`-th one, kept
 in a ring buffer of the latest `window` sampled tokens; its counts are scaled up by the sampling
 share so that they are in the same units as the load.
 
@@ -83,5 +83,4 @@ class RoutingRecorder:
         sampled = RoutingStats.from_trace(RoutingTrace(samples, np.array([len(samples)]), self.num_experts))
         scale = num_tokens / len(samples)
         return RoutingStats(load, sampled.pair_counts * scale, sampled.topk_sets,
-                            tuple(c * scale for c in sampled.set_counts), sampled.transitions * scale,
-                            float(num_tokens))
+                            tuple(c * scale for c in sampled.set_counts), float(num_tokens))

@@ -178,8 +178,6 @@ def stats_to_bytes(stats: RoutingStats) -> bytes:
     arrays: dict[str, np.ndarray] = {"load": stats.load, "num_tokens": np.float64(stats.num_tokens)}
     if stats.pair_counts is not None:
         arrays["pair_counts"] = stats.pair_counts
-    if stats.transitions is not None:
-        arrays["transitions"] = stats.transitions
     if stats.topk_sets is not None:
         arrays["topk_sets"] = np.concatenate(stats.topk_sets)
         arrays["set_counts"] = np.concatenate(stats.set_counts)
@@ -198,7 +196,7 @@ def stats_from_bytes(data: bytes) -> RoutingStats:
             sets = tuple(np.split(npz["topk_sets"], cuts))
             counts = tuple(np.split(npz["set_counts"], cuts))
         return RoutingStats(npz["load"], npz["pair_counts"] if "pair_counts" in npz else None, sets, counts,
-                            npz["transitions"] if "transitions" in npz else None, float(npz["num_tokens"]))
+                            float(npz["num_tokens"]))
 
 
 def conflict(expected_epoch: int, current_epoch: int) -> PlanConflict:
