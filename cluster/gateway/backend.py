@@ -27,15 +27,14 @@ from typing import Any, Protocol
 import numpy as np
 import ray
 
-from switchyard.cluster.rebalance.applier import PlanApplier, RebalanceOutcome, check_epoch
-from switchyard.cluster.rebalance.planner import model_cluster, plan_proposal
-from switchyard.cluster.settings import DEFAULTS
-from switchyard.cluster.runtime.runtime import Runtime
 from switchyard.cluster.engine.requests import check_prompt
 from switchyard.cluster.engine.sampling import SamplingParams
+from switchyard.cluster.errors import InvalidSetting, NotReady, QueueFull
 from switchyard.cluster.gateway.streaming import EnginePoller, TokenStream
-from switchyard.cluster.errors import (  # noqa: F401 - the errors are imported from here too
-    Conflict, FailedPrecondition, InvalidRequest, MigrationAborted, NotReady, QueueFull, ServingError)
+from switchyard.cluster.rebalance.applier import PlanApplier, RebalanceOutcome, check_epoch
+from switchyard.cluster.rebalance.planner import model_cluster, plan_proposal
+from switchyard.cluster.runtime.runtime import Runtime
+from switchyard.cluster.settings import DEFAULTS
 from switchyard.cluster.state.store import StateStore
 from switchyard.placement.plan import Plan
 from switchyard.placement.proposal import Proposal, expected_balancedness
@@ -148,11 +147,11 @@ class RuntimeBackend:
                  stats_window_s: float = DEFAULTS.stats_window_s, stats_window_tokens: float | None = None,
                  observe_after_s: float = DEFAULTS.observe_after_s) -> None:
         if max_queue_per_engine < 1:
-            raise ValueError(f"max_queue_per_engine must be at least 1, got {max_queue_per_engine}")
+            raise InvalidSetting(f"max_queue_per_engine must be at least 1, got {max_queue_per_engine}")
         if not stats_window_s > 0:
-            raise ValueError(f"stats_window_s must be positive, got {stats_window_s!r}")
+            raise InvalidSetting(f"stats_window_s must be positive, got {stats_window_s!r}")
         if stats_window_tokens is not None and not stats_window_tokens > 0:
-            raise ValueError(f"stats_window_tokens must be positive, got {stats_window_tokens!r}")
+            raise InvalidSetting(f"stats_window_tokens must be positive, got {stats_window_tokens!r}")
         self.runtime, self.store, self.stats_window_s = runtime, store, stats_window_s
         self.stats_window_tokens = stats_window_tokens
         self.tokenizer = load_tokenizer(runtime.spec.model_dir if tokenizer_dir is None else tokenizer_dir)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from switchyard.cluster.runtime.migration import MigrationFailed, MigrationReport, migrate
 from switchyard.cluster.runtime.runtime import Runtime
 from switchyard.cluster.settings import DEFAULTS
-from switchyard.cluster.errors import Conflict, FailedPrecondition, InvalidRequest, MigrationAborted
+from switchyard.cluster.errors import Conflict, FailedPrecondition, InvalidRequest, InvalidSetting, MigrationAborted
 from switchyard.cluster.state.store import PlanConflict, StateStore, StateStoreUnavailable
 from switchyard.placement.errors import PlacementError
 from switchyard.placement.plan import Plan
@@ -69,7 +69,7 @@ class PlanApplier:
                  observe_after_s: float = DEFAULTS.observe_after_s,
                  migration_timeout_s: float = DEFAULTS.migration_timeout_s) -> None:
         if not observe_after_s > 0:
-            raise ValueError(f"observe_after_s must be positive, got {observe_after_s!r}")
+            raise InvalidSetting(f"observe_after_s must be positive, got {observe_after_s!r}")
         self.runtime, self.store, self.snapshot = runtime, store, snapshot
         self.observe_after_s, self.migration_timeout_s = observe_after_s, migration_timeout_s
         self._lock = asyncio.Lock()

@@ -15,13 +15,16 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from switchyard.cluster.gateway.backend import Backend, RebalanceOutcome, ServingError
-from switchyard.cluster.errors import InvalidSetting
+from switchyard.cluster.errors import InvalidSetting, SwitchyardError
+from switchyard.cluster.rebalance.applier import RebalanceOutcome
 from switchyard.cluster.settings import DEFAULTS
-from switchyard.cluster.state.store import StateStoreError
 from switchyard.placement.policies import DEFAULT_POLICY
 from switchyard.placement.proposal import PlanMetrics, Proposal
+
+if TYPE_CHECKING:
+    from switchyard.cluster.gateway.backend import Backend
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +93,7 @@ class AutoRebalancer:
             return None
         try:
             dry = await self.backend.rebalance(True, settings.policy, settings.max_moves)
-        except (ServingError, StateStoreError) as error:  # no statistics yet, store down: look again later
+        except SwitchyardError as error:  # no statistics yet, store down: look again later
             log.info("automatic rebalance: no proposal (%s)", error)
             return None
         reason = rebalance_reason(dry.proposal, settings)
@@ -102,7 +105,7 @@ class AutoRebalancer:
             outcome = await self.backend.rebalance(False, settings.policy, settings.max_moves,
                                                    plan=dry.proposal.proposed, expected_epoch=dry.epoch,
                                                    by=f"auto: {reason}")
-        except (ServingError, StateStoreError) as error:  # the backend recorded and undid it
+        except SwitchyardError as error:  # the backend recorded and undid it
             log.warning("automatic rebalance from epoch %d failed: %s", dry.epoch, error)
             return None
         assert outcome.applied is not None, "an applied rebalance reports its migration"

@@ -18,6 +18,7 @@ from typing import Any
 
 import ray
 
+from switchyard.cluster.errors import InvalidSetting
 from switchyard.cluster.settings import DEFAULTS
 from switchyard.cluster.state.store import StateStore
 from switchyard.cluster.state.writer import BufferedStatsWriter
@@ -37,7 +38,7 @@ class StatsPublisher:
     def __init__(self, store: StateStore, engines: list[Any], interval_s: float = DEFAULTS.stats_interval_s,
                  max_buffered: int = 256, source: str | None = None, timeout_s: float = 30.0) -> None:
         if not interval_s > 0:
-            raise ValueError(f"the statistics interval must be positive, got {interval_s!r} s")
+            raise InvalidSetting(f"the statistics interval must be positive, got {interval_s!r} s")
         source = f"{socket.gethostname()}.{os.getpid()}" if source is None else source
         self.engines, self.interval_s, self.timeout_s = engines, interval_s, timeout_s
         self.writers = [BufferedStatsWriter(store, f"{source}/engine-{e}", max_buffered)

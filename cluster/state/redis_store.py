@@ -34,6 +34,7 @@ import redis
 from redis.backoff import ConstantBackoff
 from redis.retry import Retry
 
+from switchyard.cluster.errors import InvalidSetting
 from switchyard.cluster.state.store import (
     DEFAULT_MAX_AGE_S, DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EVENTS, DEFAULT_MAX_HISTORY, StateStoreUnavailable,
     WindowBy, check_deployment, check_retention, conflict, merge_window, stamped, stats_from_bytes, stats_to_bytes,
@@ -78,7 +79,7 @@ class RedisStateStore:
                 retry=Retry(ConstantBackoff(0.05), retries=1),
             )
         except ValueError as error:
-            raise ValueError(f"bad Redis URL {_redacted(url)!r}: {error}") from None
+            raise InvalidSetting(f"bad Redis URL {_redacted(url)!r}: {error}") from None
         self._set_plan = self._redis.register_script(_SET_PLAN)
 
     def key(self, name: str) -> str:

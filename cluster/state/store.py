@@ -116,7 +116,7 @@ def open_state_store(url: str | None, deployment: str) -> StateStore:
         from switchyard.cluster.state.redis_store import RedisStateStore  # redis is only needed here
 
         return RedisStateStore(url, deployment)
-    raise ValueError(
+    raise InvalidSetting(
         f"unsupported state store URL {url!r}: use redis://HOST:PORT[/DB], or no URL for the embedded store"
     )
 
@@ -135,10 +135,10 @@ def check_deployment(deployment: str) -> str:
 def check_retention(max_age_s: float, max_entries: int, max_history: int, max_events: int) -> None:
     """Retention bounds come from configuration: reject the ones that would keep nothing."""
     if not max_age_s > 0:
-        raise ValueError(f"max_age_s must be positive, got {max_age_s!r}")
+        raise InvalidSetting(f"max_age_s must be positive, got {max_age_s!r}")
     for name, value in (("max_entries", max_entries), ("max_history", max_history), ("max_events", max_events)):
         if not (isinstance(value, int) and value >= 1):
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            raise InvalidSetting(f"{name} must be a positive integer, got {value!r}")
 
 
 # ---- shared pieces: window selection, serialisation ----
@@ -154,9 +154,9 @@ def merge_window(newest_first: Iterable[tuple[float, RoutingStats]], by: WindowB
     the oldest one taken may carry the total past `size`.
     """
     if by not in ("time", "tokens"):
-        raise ValueError(f"window by must be 'time' or 'tokens', got {by!r}")
+        raise InvalidSetting(f"window by must be 'time' or 'tokens', got {by!r}")
     if not size > 0:
-        raise ValueError(f"window size must be positive, got {size!r}")
+        raise InvalidSetting(f"window size must be positive, got {size!r}")
     now = time.time() if now is None else now
     merged, tokens = None, 0.0
     for timestamp, stats in newest_first:
@@ -209,11 +209,11 @@ def conflict(expected_epoch: int, current_epoch: int) -> PlanConflict:
 def stamped(event: dict[str, Any]) -> dict[str, Any]:
     """`event` with a `timestamp` (now) when it has none, checked to be JSON-able (a copy)."""
     if not isinstance(event, dict):
-        raise ValueError(f"an event must be a dict, got {type(event).__name__}")
+        raise InvalidSetting(f"an event must be a dict, got {type(event).__name__}")
     try:
         stored = json.loads(json.dumps(event))
     except (TypeError, ValueError) as error:
-        raise ValueError(f"an event must be JSON-serialisable: {error}") from None
+        raise InvalidSetting(f"an event must be JSON-serialisable: {error}") from None
     stored.setdefault("timestamp", time.time())
     return stored
 

@@ -13,6 +13,7 @@ import threading
 import time
 from collections import deque
 
+from switchyard.cluster.errors import InvalidSetting
 from switchyard.cluster.state.store import StateStore, StateStoreUnavailable
 from switchyard.placement.stats import RoutingStats
 
@@ -24,7 +25,7 @@ class BufferedStatsWriter:
 
     def __init__(self, store: StateStore, engine_id: str, max_buffered: int = 256) -> None:
         if max_buffered < 1:
-            raise ValueError(f"max_buffered must be at least 1, got {max_buffered}")
+            raise InvalidSetting(f"max_buffered must be at least 1, got {max_buffered}")
         self.store, self.engine_id = store, engine_id
         self._buffer: deque[tuple[RoutingStats, float]] = deque(maxlen=max_buffered)  # oldest first
         self.dropped = 0  # entries lost to the bound since this writer started
