@@ -97,3 +97,39 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def window_figure(cells: list[tuple[str, list[float], list[float]]], time_bound: float, gap_bound: float,
+                  path: Path) -> None:
+    """Render the per-window distribution of `bench/placement.py`: one column per cell (in order),
+    a dot per served window, a bar at the median. Top panel: affinity's MoE time over EPLB's on the
+    range 0.6-1.1 (grey line at 1, red at `time_bound`); bottom panel: affinity's balancedness
+    minus EPLB's on -0.10..+0.05 (grey at 0, red at `gap_bound`).
+
+    cells: (label, time ratios per window, balance gaps per window); labels go in the caption.
+    """
+    column, height, dot = 28, 160, 2
+    red = np.array([200, 40, 40])
+    panels = []
+    for values_of, low, high, bound, zero in ((1, 0.6, 1.1, time_bound, 1.0), (2, -0.10, 0.05, gap_bound, 0.0)):
+        image = np.full((height, column * len(cells), 3), 255, dtype=np.uint8)
+
+        def row_of(value: float) -> int:
+            return int(round((high - np.clip(value, low, high)) / (high - low) * (height - 1)))
+
+        image[row_of(zero), :] = GRID
+        image[row_of(bound), :] = red
+        for index, cell in enumerate(cells):
+            left = index * column
+            image[:, left] = GRID if index else image[:, left]
+            values = cell[values_of]
+            for value in values:
+                y = row_of(value)
+                image[max(y - dot, 0):y + dot + 1, left + column // 2 - dot:left + column // 2 + dot + 1] = INK
+            y = row_of(float(np.median(values)))
+            image[y, left + 4:left + column - 4] = 0
+        panels.append(image)
+    canvas = np.full((2 * height + 3 * GAP, column * len(cells) + 2 * GAP, 3), 255, dtype=np.uint8)
+    canvas[GAP:GAP + height, GAP:-GAP] = panels[0]
+    canvas[2 * GAP + height:2 * GAP + 2 * height, GAP:-GAP] = panels[1]
+    write_png(path, canvas)

@@ -16,7 +16,7 @@ from switchyard.placement.cost import ClusterSpec
 from switchyard.placement.errors import PlacementError
 from switchyard.placement.evaluate import Evaluation, evaluate
 from switchyard.placement.plan import Plan
-from switchyard.placement.policies import get_policy
+from switchyard.placement.policies import get_policy, policy_options
 from switchyard.placement.stats import RoutingStats
 from switchyard.placement.topology import Topology
 from switchyard.placement.trace import RoutingTrace
@@ -67,7 +67,8 @@ def compare_policies(
     """Plan with every policy on the `train` tokens and evaluate each plan on the `test` tokens.
 
     train, test: token windows; None takes the default of `default_windows` (first half / second half).
-    cluster: when given, every evaluation includes the simulated MoE layer time on it.
+    cluster: when given, every evaluation includes the simulated MoE layer time on it, and policies
+        that weigh time (an option `cluster`) plan for it.
     on_policy: called with each policy's name before it plans (progress reporting for long runs).
     Returns one `PolicyResult` per name, in the order given.
     """
@@ -79,7 +80,7 @@ def compare_policies(
     for name in policy_names:
         if on_policy is not None:
             on_policy(name)
-        policy = get_policy(name)
+        policy = get_policy(name, **({"cluster": cluster} if cluster and "cluster" in policy_options(name) else {}))
         started = time.perf_counter()
         plan = policy.place(stats, topology)
         planning_time_s = time.perf_counter() - started

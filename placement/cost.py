@@ -69,6 +69,19 @@ class ClusterSpec:
         return self.hidden_size * self.dtype_bytes
 
     @property
+    def remote_node_weight(self) -> float:
+        """What one remote node per token costs, in distinct GPUs per token, by this model.
+
+        Each distinct GPU a token uses costs one hidden state out and one back over the sending GPU's
+        NVLink; one on another node goes over its network port instead, which is slower per byte by
+        `nvlink_bandwidth / network_bandwidth`. Counting each remote node as one such transfer, it
+        costs that ratio less the NVLink transfer already counted among the distinct GPUs. A fast
+        network (ratio near 1) makes nodes nearly free, so balance and GPUs decide; a slow one makes
+        keeping a token's experts on its node worth many GPUs.
+        """
+        return self.nvlink_bandwidth / self.network_bandwidth - 1.0
+
+    @property
     def expert_bytes(self) -> int:
         """Bytes of one expert's weights (3 matrices), what a migration copies per new replica."""
         return 3 * self.hidden_size * self.moe_intermediate_size * self.dtype_bytes
@@ -87,6 +100,17 @@ PRESETS: dict[str, ClusterSpec] = {
         gpu_flops=989e12,
         nvlink_bandwidth=450e9,
         network_bandwidth=50e9,
+        hidden_size=2048,
+        moe_intermediate_size=1408,
+        dtype_bytes=2,
+    ),
+    # The same nodes on a 100 Gbit/s network (one 100 GbE NIC per GPU, 12.5 GB/s per direction), as
+    # in clusters built from commodity Ethernet: 4x slower between nodes than `h100`.
+    "h100-100gbit": ClusterSpec(
+        name="h100-100gbit",
+        gpu_flops=989e12,
+        nvlink_bandwidth=450e9,
+        network_bandwidth=12.5e9,
         hidden_size=2048,
         moe_intermediate_size=1408,
         dtype_bytes=2,

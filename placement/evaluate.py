@@ -24,7 +24,7 @@ import numpy as np
 from switchyard.placement.cost import ClusterSpec, simulate_layer_times
 from switchyard.placement.errors import PlacementError
 from switchyard.placement.plan import Plan
-from switchyard.placement.routing import assign_slots, first_occurrence, gpu_load
+from switchyard.placement.routing import DEFAULT_RULE, ReplicaRule, assign_slots, first_occurrence, gpu_load
 from switchyard.placement.trace import RoutingTrace
 
 
@@ -109,9 +109,13 @@ class Evaluation:
         }
 
 
-def evaluate(plan: Plan, trace: RoutingTrace, cluster: ClusterSpec | None = None) -> Evaluation:
+def evaluate(plan: Plan, trace: RoutingTrace, cluster: ClusterSpec | None = None,
+             rule: ReplicaRule = DEFAULT_RULE, batch_tokens: int | None = None) -> Evaluation:
     """Route `trace` through `plan` and measure it; `cluster` adds the cost model's layer times.
 
+    rule: the replica-choice rule (the runtime's by default).
+    batch_tokens: route the tokens in batches of this many, each with fresh load counters, as the
+        runtime's dispatcher does per batch; None routes the trace as one batch.
     Raises `PlacementError` when the plan's layers or experts differ from the trace's, or the trace
     has no tokens.
     """
@@ -120,7 +124,11 @@ def evaluate(plan: Plan, trace: RoutingTrace, cluster: ClusterSpec | None = None
         raise PlacementError("the trace has no tokens to evaluate")
     topology = plan.topology
     home = trace.home_node_of_token(topology.num_nodes)  # [T]
-    slots = assign_slots(plan, trace.topk_ids, home)  # [T, L, k]
+    step = trace.num_tokens if batch_tokens is None else batch_tokens
+    if step < 1:
+        raise PlacementError(f"batch_tokens must be a positive integer, got {batch_tokens!r}")
+    slots = np.concatenate([assign_slots(plan, trace.topk_ids[start:start + step], home[start:start + step], rule)
+                            for start in range(0, trace.num_tokens, step)])  # [T, L, k]
     gpu = topology.gpu_of_slot[slots]  # [T, L, k]
     node = topology.node_of_slot[slots]  # [T, L, k]
     remote = node != home[:, None, None]

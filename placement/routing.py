@@ -2,8 +2,8 @@
 
 A plan may hold several replicas of a hot expert; every token that picks it must be sent to one. The
 evaluation here and the runtime's per-batch dispatch call this same function, so what it does *is* the
-rule. It is applied to each layer independently, with the load counters of that layer's slots starting
-at zero in every call (for the runtime: every batch):
+rule. It is applied to each layer independently, with its load counters starting afresh in every call
+(for the runtime: every batch, which is all a dispatcher knows):
 
 1. A pick of an expert with one replica goes to that replica.
 2. Picks of replicated experts are then resolved one by one: token by token (row 0 of `topk_ids`
@@ -13,12 +13,18 @@ at zero in every call (for the runtime: every batch):
         picks and of its replicated picks resolved before this one): no extra hidden-state transfer;
      b. otherwise a replica on the token's home node: the transfer stays on NVLink;
      c. otherwise any replica.
-   Within the best non-empty tier, the replica with the fewest tokens assigned so far (counting every
-   pick resolved before this one, in the order above) wins; ties go to the lowest slot id.
+   Within the best non-empty tier the least loaded replica wins, ties to the lowest slot id. What
+   "least loaded" counts is the rule's `balance` (`ReplicaRule`):
+     - "replica": the tokens given to that replica so far (every pick resolved before this one);
+     - "gpu": the picks its GPU serves so far in the call: all of the call's single-replica picks
+       (known before any replicated pick is resolved) plus the replicated picks resolved before.
+   With `home_first=False` tiers b and c are one: balance decides between the home node and the
+   others (on one node the two rules are the same).
 
 Why this order: the hidden state goes once to every distinct GPU a token uses, so reusing a GPU is free
-and the home node is cheap, while least-loaded keeps the replicas of a hot expert evenly busy, which
-is what the replicas are for.
+and the home node is cheap. "replica" keeps an expert's replicas evenly busy; "gpu" lets replicas
+even out the GPUs, which is what balancedness and the busiest GPU's compute measure
+(docs/placement.md has the measured family; `DEFAULT_RULE` is the one the runtime uses).
 
 Speed: picks of single-replica experts are one gather. Only picks of replicated experts are resolved
 in a Python loop over plain lists (their tiers a/b against the single-replica GPUs are precomputed with
@@ -32,6 +38,8 @@ per token-layer, and the picks every GPU serves.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from switchyard.placement.errors import PlacementError
@@ -41,11 +49,38 @@ from switchyard.placement.topology import Topology
 _SAME_GPU, _HOME_NODE, _ELSEWHERE = 0, 1, 2  # tiers a, b, c of the rule
 
 
-def assign_slots(plan: Plan, topk_ids: np.ndarray, home_node: np.ndarray) -> np.ndarray:
+@dataclass(frozen=True)
+class ReplicaRule:
+    """One member of the rule family (module docstring).
+
+    balance: "replica" (least-loaded replica of the expert) or "gpu" (replica on the least-loaded GPU).
+    home_first: whether the home-node tier (b) comes before balance.
+    """
+
+    balance: str = "gpu"
+    home_first: bool = True
+
+    def __post_init__(self) -> None:
+        if self.balance not in ("replica", "gpu"):
+            raise PlacementError(f"balance must be 'replica' or 'gpu', got {self.balance!r}")
+
+    @property
+    def name(self) -> str:
+        return self.balance + ("" if self.home_first else "-any-node")
+
+
+RULES: dict[str, ReplicaRule] = {rule.name: rule for rule in (
+    ReplicaRule("replica"), ReplicaRule("gpu"), ReplicaRule("replica", False), ReplicaRule("gpu", False))}
+DEFAULT_RULE = RULES["gpu"]
+
+
+def assign_slots(plan: Plan, topk_ids: np.ndarray, home_node: np.ndarray,
+                 rule: ReplicaRule = DEFAULT_RULE) -> np.ndarray:
     """The slot serving every pick, by the rule in the module docstring.
 
     topk_ids: `[T, L, k]` int, logical expert ids in `[0, E)`; L must be the plan's layer count.
     home_node: `[T]` int, each token's home node in `[0, N)` (`RoutingTrace.home_node_of_token`).
+    rule: the member of the rule family; the runtime uses the default.
     Returns `[T, L, k]` int64 slot ids in `[0, P)`; slot `[t, l, j]` holds expert `topk_ids[t, l, j]`.
     """
     ids, home = _checked(plan, topk_ids, home_node)
@@ -53,7 +88,7 @@ def assign_slots(plan: Plan, topk_ids: np.ndarray, home_node: np.ndarray) -> np.
     slots = plan.logical_to_physical[layers, ids, 0]  # [T, L, k] each expert's first replica
     replicated = plan.replica_count[layers, ids] > 1  # [T, L, k] picks the loop must resolve
     if replicated.any():
-        _resolve_replicated(plan, ids, home, slots, replicated)
+        _resolve_replicated(plan, ids, home, slots, replicated, rule)
     return slots
 
 
@@ -96,11 +131,11 @@ def _checked(plan: Plan, topk_ids: np.ndarray, home_node: np.ndarray) -> tuple[n
 
 
 def _resolve_replicated(plan: Plan, ids: np.ndarray, home: np.ndarray, slots: np.ndarray,
-                        replicated: np.ndarray) -> None:
+                        replicated: np.ndarray, rule: ReplicaRule) -> None:
     """Overwrite `slots` at the `replicated` picks with the rule's choice (steps 2a-c)."""
     topology = plan.topology
     num_tokens, num_layers, _ = ids.shape
-    num_slots = topology.num_slots
+    num_slots, num_gpus = topology.num_slots, topology.num_gpus
     # The picks to resolve, in the rule's order: layer by layer, then token, then top-k position.
     layer, token, position = np.nonzero(replicated.transpose(1, 0, 2))  # each [n]
     expert = ids[token, layer, position]
@@ -109,21 +144,31 @@ def _resolve_replicated(plan: Plan, ids: np.ndarray, home: np.ndarray, slots: np
     candidate_gpu = np.where(valid, topology.gpu_of_slot[candidates], -1)  # [n, R]
     single_gpu = np.where(replicated, -2, topology.gpu_of_slot[slots])  # [T, L, k], -2 at replicated picks
     on_used_gpu = (candidate_gpu[:, :, None] == single_gpu[token, layer][:, None, :]).any(axis=2)
-    on_home = topology.node_of_slot[candidates] == home[token][:, None]
+    on_home = (topology.node_of_slot[candidates] == home[token][:, None]) & rule.home_first
     static_tier = np.where(on_used_gpu, _SAME_GPU, np.where(on_home, _HOME_NODE, _ELSEWHERE))  # [n, R]
 
-    # Load counters are indexed by layer * P + slot so one flat list serves every layer, and hold
-    # load * slot_bound. A candidate's sort key (tier, load, slot) is packed into one int,
-    # (tier * load_bound + load) * slot_bound + slot; `base` is that key at load 0 and the static tier.
-    # Candidates are flattened row-major (padding dropped): pick i owns [start[i], start[i] + count[i]).
+    # Load counters are indexed by layer * P + slot ("replica") or layer * G + GPU ("gpu") so one
+    # flat list serves every layer, and hold load * slot_bound. A candidate's sort key (tier, load,
+    # slot) is packed into one int, (tier * load_bound + load) * slot_bound + slot; `base` is that key
+    # at load 0 and the static tier. Candidates are flattened row-major (padding dropped): pick i owns
+    # [start[i], start[i] + count[i]).
     load_bound = num_tokens * ids.shape[2] + 1
     slot_bound = num_layers * num_slots
     flat_slot = (candidates + (layer * num_slots)[:, None])[valid]
     base = (static_tier[valid] * load_bound) * slot_bound + flat_slot
     count = valid.sum(axis=1)
     start = np.cumsum(count) - count
-    flat_slot, flat_gpu, base = flat_slot.tolist(), candidate_gpu[valid].tolist(), base.tolist()
-    load = [0] * slot_bound
+    if rule.balance == "gpu":
+        counter = (candidate_gpu + (layer * num_gpus)[:, None])[valid]
+        single = ~replicated
+        picks_layer = np.broadcast_to(np.arange(num_layers)[None, :, None], ids.shape)[single]
+        load = (np.bincount(picks_layer * num_gpus + single_gpu[single], minlength=num_layers * num_gpus)
+                * slot_bound).tolist()
+    else:
+        counter = flat_slot
+        load = [0] * slot_bound
+    flat_slot, flat_gpu, base, counter = (flat_slot.tolist(), candidate_gpu[valid].tolist(), base.tolist(),
+                                          counter.tolist())
     chosen: list[int] = []
     current_row = -1
     for row, first, stop in zip((layer * num_tokens + token).tolist(), start.tolist(),
@@ -132,12 +177,10 @@ def _resolve_replicated(plan: Plan, ids: np.ndarray, home: np.ndarray, slots: np
             current_row, used_gpus = row, set()
         best_key = best_index = -1
         for index in range(first, stop):
-            slot = flat_slot[index]
-            key = (slot if flat_gpu[index] in used_gpus else base[index]) + load[slot]
+            key = (flat_slot[index] if flat_gpu[index] in used_gpus else base[index]) + load[counter[index]]
             if best_key < 0 or key < best_key:
                 best_key, best_index = key, index
-        best_slot = flat_slot[best_index]
-        load[best_slot] += slot_bound
+        load[counter[best_index]] += slot_bound
         used_gpus.add(flat_gpu[best_index])
-        chosen.append(best_slot)
+        chosen.append(flat_slot[best_index])
     slots[token, layer, position] = np.asarray(chosen, dtype=np.int64) - layer * num_slots

@@ -72,6 +72,25 @@ def test_registered_and_deterministic(synthetic) -> None:
     assert get_policy("affinity", seed=0).place(stats, topology) == first
 
 
+def test_cluster_prices_remote_nodes_and_moves_the_plan(synthetic) -> None:
+    """Time as the objective: a slower network prices a remote node higher, so the same statistics
+    give another plan, one that keeps tokens on their node at least as well on its window; the same
+    options give the same plan."""
+    stats, train, _ = synthetic
+    topology = Topology(2, 2, 9)
+    fast, slow = PRESETS["h100"], PRESETS["h100-100gbit"]
+    assert fast.remote_node_weight == pytest.approx(8.0)
+    assert slow.remote_node_weight == pytest.approx(35.0)
+    assert AffinityPolicy(cluster=slow).remote_node_weight == 35.0
+    assert AffinityPolicy().remote_node_weight == 1.0
+    on_fast = AffinityPolicy(cluster=fast).place(stats, topology)
+    on_slow = AffinityPolicy(cluster=slow).place(stats, topology)
+    assert on_fast != on_slow
+    assert AffinityPolicy(cluster=slow).place(stats, topology) == on_slow
+    assert evaluate(on_slow, train).remote_nodes_per_token <= evaluate(on_fast, train).remote_nodes_per_token
+    assert evaluate(on_slow, train, slow).layer_time_s <= evaluate(on_fast, train, slow).layer_time_s * 1.01
+
+
 def test_beats_eplb_on_held_out_tokens(synthetic) -> None:
     """Planned on the first half, measured on the second: fewer GPUs and nodes, a faster layer, and
     close to EPLB's balance (topic drift costs a placement that groups topics some balance)."""
@@ -114,6 +133,8 @@ def test_fast_path_above_the_work_bound(synthetic, monkeypatch: pytest.MonkeyPat
     pytest.param({"node_weight": "2"}, "node_weight must be a non-negative number", id="node-weight"),
     pytest.param({"max_moves": -1}, "max_moves must be a non-negative integer", id="moves"),
     pytest.param({"seed": 1.5}, "seed must be a non-negative integer", id="seed"),
+    pytest.param({"cluster": "h100"}, "cluster must be a ClusterSpec", id="cluster"),
+    pytest.param({"cluster": PRESETS["h100"], "node_weight": 2.0}, "not both", id="cluster-and-weight"),
 ])
 def test_bad_options(options: dict, message: str) -> None:
     with pytest.raises(PlacementError, match=message):

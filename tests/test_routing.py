@@ -9,7 +9,7 @@ import pytest
 
 from switchyard.placement.errors import PlacementError
 from switchyard.placement.plan import Plan
-from switchyard.placement.routing import assign_slots, first_occurrence, gpu_load
+from switchyard.placement.routing import RULES, ReplicaRule, assign_slots, first_occurrence, gpu_load
 from switchyard.placement.topology import Topology
 from switchyard.placement.trace import RoutingTrace
 
@@ -19,13 +19,20 @@ def one_layer(picks: list[list[int]]) -> np.ndarray:
     return np.asarray(picks, dtype=np.int64)[:, None, :]
 
 
-def reference_assign(plan: Plan, topk_ids: np.ndarray, home_node: np.ndarray) -> np.ndarray:
+REPLICA = RULES["replica"]
+
+
+def reference_assign(plan: Plan, topk_ids: np.ndarray, home_node: np.ndarray,
+                     rule: ReplicaRule = REPLICA) -> np.ndarray:
     """The rule read literally, one pick at a time: the oracle for the vectorised implementation."""
     topology = plan.topology
     num_tokens, num_layers, top_k = topk_ids.shape
     slots = np.empty_like(topk_ids)
     for layer in range(num_layers):
         load = np.zeros(topology.num_slots, dtype=np.int64)
+        single = [e for e in topk_ids[:, layer].ravel() if (plan.physical_to_logical[layer] == e).sum() == 1]
+        gpu_picks = np.bincount([topology.gpu_of_slot[np.flatnonzero(plan.physical_to_logical[layer] == e)[0]]
+                                 for e in single], minlength=topology.num_gpus)
         for token in range(num_tokens):
             replicas = [np.flatnonzero(plan.physical_to_logical[layer] == e) for e in topk_ids[token, layer]]
             used = set()
@@ -38,10 +45,14 @@ def reference_assign(plan: Plan, topk_ids: np.ndarray, home_node: np.ndarray) ->
                     continue
                 candidates = replicas[j]
                 same_gpu = [s for s in candidates if topology.gpu_of_slot[s] in used]
-                home = [s for s in candidates if topology.node_of_slot[s] == home_node[token]]
+                home = [s for s in candidates if topology.node_of_slot[s] == home_node[token] and rule.home_first]
                 tier = same_gpu or home or list(candidates)
-                best = min(tier, key=lambda s: (load[s], s))
+                if rule.balance == "gpu":
+                    best = min(tier, key=lambda s: (gpu_picks[topology.gpu_of_slot[s]], s))
+                else:
+                    best = min(tier, key=lambda s: (load[s], s))
                 load[best] += 1
+                gpu_picks[topology.gpu_of_slot[best]] += 1
                 used.add(int(topology.gpu_of_slot[best]))
                 slots[token, layer, j] = best
     return slots
@@ -68,14 +79,37 @@ ONE_NODE = Plan(np.array([[0, 1, 2, 3, 0, 2, 4, 5]]), Topology(1, 4, 2), 6)
     ids=["same-gpu-beats-home-node", "home-node-0", "home-node-1"],
 )
 def test_gpu_then_home_node_preference(picks, home, expected):
-    assert assign_slots(TWO_NODES, one_layer(picks), np.array(home))[:, 0].tolist() == expected
+    for rule in RULES.values():
+        if rule.home_first:
+            assert assign_slots(TWO_NODES, one_layer(picks), np.array(home), rule)[:, 0].tolist() == expected
 
 
 def test_least_loaded_with_ties_to_lowest_slot():
     # Both replicas of expert 0 (slots 0, 4) are on the home node and no used GPU: token 0 ties at
     # load 0 -> slot 0; token 1 sees loads (1, 0) -> slot 4; token 2 ties again at (1, 1) -> slot 0.
-    slots = assign_slots(ONE_NODE, one_layer([[0, 3], [0, 3], [0, 3]]), np.zeros(3, dtype=np.int64))
+    slots = assign_slots(ONE_NODE, one_layer([[0, 3], [0, 3], [0, 3]]), np.zeros(3, dtype=np.int64), REPLICA)
     assert slots[:, 0, 0].tolist() == [0, 4, 0]
+
+
+def test_gpu_balance_counts_the_batch_single_replica_picks():
+    # Expert 0 on slots 0 (GPU 0) and 4 (GPU 2). Expert 1 (GPU 0) is picked by the third token alone
+    # and expert 4 (slot 6, GPU 3) by every token, so before any replicated pick GPU 0 serves 1 pick
+    # and GPU 2 none: "gpu" sends every pick of expert 0 to GPU 2 until it catches up (loads 1, 1
+    # after the first, then tie to the lower slot), while "replica" alternates from slot 0.
+    ids = one_layer([[0, 4], [0, 4], [1, 4]])
+    home = np.zeros(3, dtype=np.int64)
+    assert assign_slots(ONE_NODE, ids, home, RULES["gpu"])[:2, 0, 0].tolist() == [4, 0]
+    assert assign_slots(ONE_NODE, ids, home, REPLICA)[:2, 0, 0].tolist() == [0, 4]
+
+
+def test_balance_may_override_the_home_node():
+    # Expert 0 on slot 0 (GPU 0, node 0) and slot 4 (GPU 2, node 1); expert 1 (GPU 0) is picked by
+    # two other tokens, so GPU 0 serves 2 picks and GPU 2 none. The token at home on node 0 gets
+    # its home node's replica (slot 0) under "gpu"; "gpu-any-node" sends it to the idle GPU 2.
+    ids = one_layer([[0, 5], [1, 5], [1, 5]])
+    home = np.array([0, 1, 1])
+    assert assign_slots(TWO_NODES, ids, home, RULES["gpu"])[0, 0, 0] == 0
+    assert assign_slots(TWO_NODES, ids, home, RULES["gpu-any-node"])[0, 0, 0] == 4
 
 
 @pytest.mark.parametrize(
@@ -92,7 +126,7 @@ def test_least_loaded_with_ties_to_lowest_slot():
 )
 def test_replicated_picks_resolve_in_top_k_order(second_token, expected):
     # Token 0 puts one token on slot 0 (expert 3 is on GPU 1, no replica of expert 0 there).
-    slots = assign_slots(ONE_NODE, one_layer([[0, 3], second_token]), np.zeros(2, dtype=np.int64))
+    slots = assign_slots(ONE_NODE, one_layer([[0, 3], second_token]), np.zeros(2, dtype=np.int64), REPLICA)
     assert slots[0, 0].tolist() == [0, 3]
     assert slots[1, 0].tolist() == expected
 
@@ -104,15 +138,16 @@ def test_layers_keep_separate_load_counters():
     assert assign_slots(plan, ids, np.zeros(1, dtype=np.int64))[0, :, 0].tolist() == [0, 0]
 
 
-@pytest.mark.parametrize("seed", range(6), ids=lambda seed: f"seed{seed}")
-def test_matches_the_literal_rule_on_random_plans(seed, random_plan):
+@pytest.mark.parametrize("rule", list(RULES.values()), ids=list(RULES))
+@pytest.mark.parametrize("seed", range(4), ids=lambda seed: f"seed{seed}")
+def test_matches_the_literal_rule_on_random_plans(seed, rule, random_plan):
     rng = np.random.default_rng(seed)
     topology = Topology(2, 2, 3)
     plan = random_plan(rng, topology, num_layers=3, num_experts=8)
     ids = np.stack([[rng.choice(8, 3, replace=False) for _ in range(3)] for _ in range(40)])
     home = rng.integers(0, 2, 40)
-    slots = assign_slots(plan, ids, home)
-    np.testing.assert_array_equal(slots, reference_assign(plan, ids, home))
+    slots = assign_slots(plan, ids, home, rule)
+    np.testing.assert_array_equal(slots, reference_assign(plan, ids, home, rule))
     layers = np.arange(3)[None, :, None]
     np.testing.assert_array_equal(plan.physical_to_logical[layers, slots], ids)
 
@@ -174,3 +209,19 @@ def test_esft_half_trace_routes_fast(esft_path):
     np.testing.assert_array_equal(plan.physical_to_logical[layers, slots], second.topk_ids)
     # ~0.25 s measured on one core of the 2-core dev machine; the bound only catches a blow-up.
     assert elapsed < 3.0
+
+
+@pytest.mark.parametrize("rule", list(RULES.values()), ids=list(RULES))
+def test_runtime_per_layer_calls_agree_with_the_evaluation(rule, random_plan):
+    """The runtime's dispatcher routes one batch layer by layer through single-layer plans; the
+    evaluation routes all layers at once: the slots are the same, for every rule."""
+    rng = np.random.default_rng(3)
+    topology = Topology(2, 2, 3)
+    plan = random_plan(rng, topology, num_layers=3, num_experts=8)
+    ids = np.stack([[rng.choice(8, 3, replace=False) for _ in range(3)] for _ in range(30)])
+    home = np.ones(30, dtype=np.int64)  # the engine's node, as the dispatcher passes it
+    whole = assign_slots(plan, ids, home, rule)
+    for layer in range(3):
+        layer_plan = Plan(plan.physical_to_logical[layer:layer + 1], topology, 8)
+        np.testing.assert_array_equal(assign_slots(layer_plan, ids[:, layer:layer + 1], home, rule)[:, 0],
+                                      whole[:, layer])

@@ -31,7 +31,7 @@ from switchyard.placement.formats import (
     EXPORT_FORMATS, export_plan, load_plan, load_stats, load_trace, save_plan,
 )
 from switchyard.placement.plan import Plan
-from switchyard.placement.policies import DEFAULT_POLICY, get_policy, policy_names
+from switchyard.placement.policies import DEFAULT_POLICY, get_policy, policy_names, policy_options
 from switchyard.placement.stats import RoutingStats
 from switchyard.placement.topology import Topology
 
@@ -65,10 +65,12 @@ def placement() -> None:
 @topology_options
 @click.option("--policy", type=click.Choice(policy_names()), required=True, help="Placement policy.")
 @click.option("--out", type=OUTPUT_FILE, required=True, help="Plan file to write (JSON).")
+@click.option("--cluster", type=click.Choice(sorted(PRESETS)), default="h100", show_default=True,
+              help="Hardware the plan is for: policies that weigh time (affinity) price traffic by it.")
 @drop_incomplete_option
 @verbose_option
 def plan(trace_path: Path, tokens: TokenWindow | None, nodes: int, gpus_per_node: int,
-         slots_per_gpu: int | None, policy: str, out: Path, drop_incomplete: bool) -> None:
+         slots_per_gpu: int | None, policy: str, out: Path, cluster: str, drop_incomplete: bool) -> None:
     """Plan a placement from observed routing and write it as JSON."""
     if tokens is None:
         stats = load_stats(trace_path, drop_incomplete=drop_incomplete)
@@ -76,7 +78,8 @@ def plan(trace_path: Path, tokens: TokenWindow | None, nodes: int, gpus_per_node
         routing = load_trace(trace_path, drop_incomplete=drop_incomplete)
         stats = RoutingStats.from_trace(token_window(routing, tokens, "--tokens"))
     topology = Topology.for_experts(stats.num_experts, nodes, gpus_per_node, slots_per_gpu)
-    result = get_policy(policy).place(stats, topology)
+    options = {"cluster": PRESETS[cluster]} if "cluster" in policy_options(policy) else {}
+    result = get_policy(policy, **options).place(stats, topology)
     save_plan(result, out)
     redundant = topology.num_slots - stats.num_experts
     click.echo(f"wrote {out}: {policy} placement of {stats.num_experts} experts x {stats.num_layers} layers "

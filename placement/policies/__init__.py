@@ -16,7 +16,7 @@ from switchyard.placement.policies.eplb import EplbPolicy
 from switchyard.placement.policies.linear import LinearPolicy
 from switchyard.placement.policies.round_robin import RoundRobinPolicy
 
-__all__ = ["DEFAULT_POLICY", "POLICIES", "Policy", "get_policy", "policy_names"]
+__all__ = ["DEFAULT_POLICY", "POLICIES", "Policy", "get_policy", "policy_names", "policy_options"]
 
 POLICIES: dict[str, Callable[..., Policy]] = {
     LinearPolicy.name: LinearPolicy,
@@ -32,6 +32,11 @@ DEFAULT_POLICY = AffinityPolicy.name
 def policy_names() -> list[str]:
     """The registered names, sorted."""
     return sorted(POLICIES)
+
+
+def policy_options(name: str) -> list[str]:
+    """The options the policy registered as `name` accepts (e.g. "cluster" where it plans for one)."""
+    return list(inspect.signature(POLICIES[name]).parameters)
 
 
 def get_policy(name: str, **options: object) -> Policy:

@@ -7,7 +7,10 @@ almost as many GPUs as a random layout gives. This policy places, per layer, the
 - no GPU serves more than `(1 + max_imbalance)` times the mean load on the statistics' window;
 - within that, a token's picks touch as few GPUs, and nodes other than its home node, as possible:
   the cost `distinct GPUs + node_weight * remote nodes`, summed over the window's top-k sets, with
-  each pick routed to a replica by the runtime's own rule (`set_routing`);
+  each pick routed to a replica by the runtime's own rule (`set_routing`). Given the cluster
+  (`cluster`), node_weight is the cost model's price of a remote node in GPUs
+  (`ClusterSpec.remote_node_weight`), so the cost is the dispatch time the model charges and a
+  slower network makes the plan keep more tokens on their node;
 - every GPU holds exactly `slots_per_gpu` slots and never one expert twice.
 
 Per layer: METIS on the co-activation graph, nodes first and then the GPUs of each node, gives every
@@ -36,6 +39,7 @@ from typing import ClassVar
 import numpy as np
 
 from switchyard.placement.budget import allocate, copies_needed, relabel_gpus
+from switchyard.placement.cost import ClusterSpec
 from switchyard.placement.errors import PlacementError
 from switchyard.placement.migration import plan_migration
 from switchyard.placement.partition import LayerRows, Score, expert_vertices, refine, score
@@ -58,13 +62,16 @@ class AffinityPolicy:
     """Co-activation-aware placement (module docstring).
 
     max_imbalance: the busiest GPU may carry up to this fraction above the mean load.
-    node_weight: what one remote node per token costs, in distinct GPUs per token.
+    node_weight: what one remote node per token costs, in distinct GPUs per token; None: the
+        cluster's price (`ClusterSpec.remote_node_weight`), or 1 without a cluster.
+    cluster: the hardware the plan is for; it prices remote nodes (give it or node_weight, not both).
     max_moves: with a current plan, the most expert copies the new plan may need (None: plan afresh).
     seed: METIS's seed and the model's random top-k order and home nodes.
     """
 
     max_imbalance: float = 0.02
-    node_weight: float = 1.0
+    node_weight: float | None = None
+    cluster: ClusterSpec | None = None
     max_moves: int | None = None
     seed: int = 0
     name: ClassVar[str] = "affinity"
@@ -72,14 +79,27 @@ class AffinityPolicy:
     def __post_init__(self) -> None:
         for option in ("max_imbalance", "node_weight"):
             value = getattr(self, option)
+            if value is None and option == "node_weight":
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise PlacementError(f"{option} must be a non-negative number, got {value!r}")
+        if self.cluster is not None and not isinstance(self.cluster, ClusterSpec):
+            raise PlacementError(f"cluster must be a ClusterSpec, got {self.cluster!r}")
+        if self.cluster is not None and self.node_weight is not None:
+            raise PlacementError("give node_weight or cluster (which prices remote nodes), not both")
         for option in ("max_moves", "seed"):
             value = getattr(self, option)
             if value is None and option == "max_moves":
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
                 raise PlacementError(f"{option} must be a non-negative integer, got {value!r}")
+
+    @property
+    def remote_node_weight(self) -> float:
+        """The node_weight the cost uses: given, priced by the cluster, or 1."""
+        if self.node_weight is not None:
+            return float(self.node_weight)
+        return self.cluster.remote_node_weight if self.cluster is not None else 1.0
 
     def place(self, stats: RoutingStats, topology: Topology, current: Plan | None = None) -> Plan:
         """A plan for `stats`; with `max_moves` set and `current` given, one reachable from `current`
@@ -113,7 +133,7 @@ class AffinityPolicy:
         load = stats.load[layer]
         cap = load.sum() / topology.num_gpus * (1 + self.max_imbalance)
         rng = np.random.default_rng([self.seed, layer])
-        rows = layer_rows(stats, layer, topology, self.node_weight, rng)
+        rows = layer_rows(stats, layer, topology, self.remote_node_weight, rng)
         refined = len(rows.sets) * topology.num_slots <= _REFINED_WORK
         pairs = stats.pair_counts[layer] if stats.pair_counts is not None else np.zeros((len(load),) * 2)
         replicas = replica_counts(load, topology.num_slots, topology.num_gpus)

@@ -1,0 +1,86 @@
+"""Plan on the past window, serve the next: how placements hold on traffic they have not seen.
+
+A live cluster plans on the routing it has observed and serves the traffic that comes next with that
+plan, until the next rebalance. `serve_windows` replays a trace that way: it cuts the trace into
+windows of `window_tokens` consecutive tokens; before window i + 1 every policy plans on the
+statistics of windows 0..i, window j weighted `decay ** (i - j)` (`decay` 0: window i alone, the
+default), and the plan is evaluated on window i + 1. One plan per window and policy, so the result is
+a distribution over windows, not the single number of one half/half split.
+
+Windows are cut at token boundaries, not sequence boundaries (a sequence may straddle two windows, as
+traffic does in a live window); a last window shorter than `window_tokens` is dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from switchyard.placement.cost import ClusterSpec
+from switchyard.placement.errors import PlacementError
+from switchyard.placement.evaluate import Evaluation, evaluate
+from switchyard.placement.policies.base import Policy
+from switchyard.placement.routing import DEFAULT_RULE, ReplicaRule
+from switchyard.placement.stats import RoutingStats
+from switchyard.placement.topology import Topology
+from switchyard.placement.trace import RoutingTrace
+
+
+@dataclass(frozen=True, eq=False)
+class ServedWindow:
+    """Every policy's plan, made on the windows up to `window - 1`, evaluated on window `window`."""
+
+    window: int
+    evaluations: dict[str, Evaluation]
+
+
+def split_windows(trace: RoutingTrace, window_tokens: int) -> list[RoutingTrace]:
+    """The trace's full windows of `window_tokens` consecutive tokens, in order."""
+    if isinstance(window_tokens, bool) or not isinstance(window_tokens, (int, np.integer)) or window_tokens < 1:
+        raise PlacementError(f"window_tokens must be a positive integer, got {window_tokens!r}")
+    count = trace.num_tokens // window_tokens
+    return [trace.slice_tokens(i * window_tokens, (i + 1) * window_tokens) for i in range(count)]
+
+
+def decayed_stats(window_stats: list[RoutingStats], decay: float) -> RoutingStats:
+    """The statistics of all windows, window j of n weighted `decay ** (n - 1 - j)` (the last one 1).
+
+    decay: in [0, 1]; 0 keeps only the last window, 1 weighs every window alike.
+    """
+    if not window_stats:
+        raise PlacementError("no windows to merge")
+    if not 0.0 <= decay <= 1.0:
+        raise PlacementError(f"decay must be in [0, 1], got {decay!r}")
+    merged = window_stats[0]
+    for stats in window_stats[1:]:
+        merged = stats if decay == 0 else merged.decayed(decay).merge(stats)
+    return merged
+
+
+def serve_windows(trace: RoutingTrace, topology: Topology, policies: Mapping[str, Policy],
+                  window_tokens: int = 1000, decay: float = 0.0, history: int = 4,
+                  cluster: ClusterSpec | None = None, rule: ReplicaRule = DEFAULT_RULE) -> list[ServedWindow]:
+    """Plan on windows i - history + 1 .. i (decayed), evaluate on window i + 1, for every i and policy.
+
+    policies: name -> policy; each plans afresh (no current plan) before every served window.
+    Returns one `ServedWindow` per window from 1 on; `PlacementError` when the trace has fewer than
+    two full windows.
+    """
+    windows = split_windows(trace, window_tokens)
+    if isinstance(history, bool) or not isinstance(history, (int, np.integer)) or history < 1:
+        raise PlacementError(f"history must be a positive integer, got {history!r}")
+    if len(windows) < 2:
+        raise PlacementError(
+            f"the trace's {trace.num_tokens} tokens make {len(windows)} window(s) of {window_tokens}; "
+            "serving needs at least two"
+        )
+    window_stats = [RoutingStats.from_trace(window) for window in windows]
+    served = []
+    for index in range(1, len(windows)):
+        stats = decayed_stats(window_stats[max(0, index - history):index], decay)
+        evaluations = {name: evaluate(policy.place(stats, topology), windows[index], cluster, rule)
+                       for name, policy in policies.items()}
+        served.append(ServedWindow(index, evaluations))
+    return served

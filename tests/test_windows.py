@@ -1,0 +1,65 @@
+"""Window evaluation: windows cut in order, decayed statistics, plan on window i and serve window i + 1."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from switchyard.placement.errors import PlacementError
+from switchyard.placement.evaluate import evaluate
+from switchyard.placement.policies.eplb import EplbPolicy
+from switchyard.placement.policies.round_robin import RoundRobinPolicy
+from switchyard.placement.stats import RoutingStats
+from switchyard.placement.synthetic import synthetic_trace
+from switchyard.placement.topology import Topology
+from switchyard.placement.windows import decayed_stats, serve_windows, split_windows
+
+TRACE = synthetic_trace(2, 16, 2, 3500, seq_len=50, skew=1.0, seed=5)
+
+
+def test_split_windows_keeps_order_and_drops_the_partial_tail() -> None:
+    windows = split_windows(TRACE, 1000)
+    assert [w.num_tokens for w in windows] == [1000, 1000, 1000]
+    np.testing.assert_array_equal(windows[1].topk_ids, TRACE.topk_ids[1000:2000])
+    assert windows[1].seq_lens.sum() == 1000  # sequences cut at the window's edges
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True])
+def test_split_windows_rejects_a_bad_size(bad) -> None:
+    with pytest.raises(PlacementError, match="window_tokens must be a positive integer"):
+        split_windows(TRACE, bad)
+
+
+def test_decayed_stats_weigh_older_windows_down() -> None:
+    stats = [RoutingStats.from_trace(w) for w in split_windows(TRACE, 1000)]
+    merged = decayed_stats(stats, 0.5)
+    np.testing.assert_allclose(merged.load, 0.25 * stats[0].load + 0.5 * stats[1].load + stats[2].load)
+    np.testing.assert_allclose(merged.pair_counts,
+                               0.25 * stats[0].pair_counts + 0.5 * stats[1].pair_counts + stats[2].pair_counts)
+    assert merged.num_tokens == pytest.approx(1750)
+    assert all(counts.sum() == pytest.approx(1750) for counts in merged.set_counts)
+    assert decayed_stats(stats, 0.0) is stats[-1]
+    np.testing.assert_allclose(decayed_stats(stats, 1.0).load, sum(s.load for s in stats))
+    with pytest.raises(PlacementError, match="decay must be in"):
+        decayed_stats(stats, 1.5)
+
+
+def test_serve_windows_plans_on_the_past_and_serves_the_next() -> None:
+    topology = Topology(2, 2, 5)
+    policies = {"eplb": EplbPolicy(), "round-robin": RoundRobinPolicy()}
+    served = serve_windows(TRACE, topology, policies, window_tokens=1000)
+    assert [s.window for s in served] == [1, 2]
+    windows = split_windows(TRACE, 1000)
+    for item in served:
+        assert set(item.evaluations) == {"eplb", "round-robin"}
+        plan = EplbPolicy().place(RoutingStats.from_trace(windows[item.window - 1]), topology)
+        expected = evaluate(plan, windows[item.window])
+        np.testing.assert_array_equal(item.evaluations["eplb"].gpu_load, expected.gpu_load)
+    decayed = serve_windows(TRACE, topology, {"eplb": EplbPolicy()}, window_tokens=1000, decay=0.5)
+    plan = EplbPolicy().place(decayed_stats([RoutingStats.from_trace(w) for w in windows[:2]], 0.5), topology)
+    np.testing.assert_array_equal(decayed[1].evaluations["eplb"].gpu_load, evaluate(plan, windows[2]).gpu_load)
+
+
+def test_serve_windows_needs_two_windows() -> None:
+    with pytest.raises(PlacementError, match="make 1 window"):
+        serve_windows(TRACE, Topology(1, 2, 8), {"eplb": EplbPolicy()}, window_tokens=2000)
