@@ -49,7 +49,7 @@ ESFT_SLOTS_PER_GPU = (8, 9)  # 64 slots (one per expert) and 72 (8 redundant rep
 CLUSTER = "h100"
 WINDOW_TOKENS = 1000
 DECAY = 0.5  # a round value, not tuned to the traces: the previous window weighs half the last
-HISTORY = 4
+HISTORY = 3
 RUNTIME_BATCH = 256
 
 # Issue 17's targets (affinity against EPLB, same slots).

@@ -8,23 +8,23 @@ per token, load of every replica) many times while it is being optimised:
 1. A pick of an expert with one replica goes to it.
 2. Picks of replicated experts are resolved column by column (a set's experts in ascending id, the
    stand-in for top-k order). Each goes to the best tier of the expert's replicas: (a) on a GPU the
-   set already uses, (b) on the set's home node (unless the rule's `home_first` is off), (c) any.
-   Within the tier, the runtime gives each token to the least loaded replica so far (the replica's
-   own tokens, or its GPU's picks: the rule's `balance`); with many tokens that evens the replicas
-   (their GPUs) out, so here the tier's picks of one column are spread over its replicas by
-   water-filling: each replica receives what brings the lowest ones (the lowest GPUs) up to a
-   common level. Picks are handed out in row order by cumulative weight, so a set with weight w may
-   be given whole to one replica.
+   set already uses, (b) on the set's home node, (c) any. Within the tier, the runtime gives each
+   token to the replica with the fewest tokens so far; with many tokens that evens the replicas out,
+   so here the tier's picks of one column are spread over its replicas by water-filling: each
+   replica receives what brings the lowest ones up to a common level. Picks are handed out in row
+   order by cumulative weight, so a set with weight w may be given whole to one replica.
 
 The result is exact for single-replica experts and, for replicated ones, the expected outcome of the
-rule when tokens arrive in random order. Vectorised per column: a handful of numpy calls per layer.
+rule when tokens arrive in random order. It models the "replica" balance of the rule family
+(`routing.ReplicaRule`) for every rule: the runtime's default, "gpu", evens the GPUs at least as
+well on the same layout, while water-filling the GPUs' loads instead over-promised balance to the
+planner (ESFT, half/half, 9 slots: intent 1 x 8 planned to 0.952 and served 0.947, against 0.974
+and 0.972 when planned with this model). Vectorised per column: a handful of numpy calls per layer.
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-from switchyard.placement.routing import DEFAULT_RULE, ReplicaRule
 
 _SAME_GPU, _HOME_NODE, _ANYWHERE, _NOT_A_REPLICA = 0, 1, 2, 3
 # Fixed odd 31-bit multipliers for hashing which replicas of an expert are eligible (one per replica
@@ -33,8 +33,7 @@ _HASH = np.random.default_rng(20240531).integers(1, 1 << 31, size=1 << 16) | 1
 
 
 def route_sets(sets: np.ndarray, weight: np.ndarray, home: np.ndarray, expert_vertices: np.ndarray,
-               gpu_of_vertex: np.ndarray, node_of_gpu: np.ndarray, rule: ReplicaRule = DEFAULT_RULE
-               ) -> tuple[np.ndarray, np.ndarray]:
+               gpu_of_vertex: np.ndarray, node_of_gpu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The replica (vertex) every pick of every set goes to, and each replica's load.
 
     sets: `[M, k]` int64 expert ids of each row (a top-k set), distinct within a row.
@@ -43,7 +42,6 @@ def route_sets(sets: np.ndarray, weight: np.ndarray, home: np.ndarray, expert_ve
     expert_vertices: `[E, R]` int64 the vertices (replicas) of each expert, -1 padded; every expert
         has at least one.
     gpu_of_vertex: `[V]` int64 the GPU of every vertex. node_of_gpu: `[G]` int64.
-    rule: the replica-choice rule modelled (the runtime's by default).
     Returns pins `[M, k]` int64 (the vertex serving each pick) and vertex_load `[V]` float64 (the
     tokens each vertex serves).
     """
@@ -58,14 +56,6 @@ def route_sets(sets: np.ndarray, weight: np.ndarray, home: np.ndarray, expert_ve
     if not replicated.any():
         return pins, load
     single_rows = np.nonzero(~replicated)[0]
-    tier_home = home if rule.home_first else np.full_like(home, -1)
-
-    def level(vertex_load: np.ndarray) -> np.ndarray:
-        """`[V]` what least-loaded compares: the vertex's own load, or its GPU's."""
-        if rule.balance == "replica":
-            return vertex_load
-        return np.bincount(gpu_of_vertex, weights=vertex_load, minlength=num_gpus)[gpu_of_vertex]
-
     single_gpus = gpu_of_vertex[pins[~replicated]]
     # Pass 1 estimates the load of picks left a single eligible replica (tier a usually) over the
     # whole layer; pass 2 then spreads every other pick on top of that estimate, so that, as with the
@@ -79,7 +69,7 @@ def route_sets(sets: np.ndarray, weight: np.ndarray, home: np.ndarray, expert_ve
             rows = np.nonzero(replicated[:, column])[0]
             if not len(rows):
                 continue
-            eligible = _best_tier(expert_vertices[sets[rows, column]], used[rows], tier_home[rows],
+            eligible = _best_tier(expert_vertices[sets[rows, column]], used[rows], home[rows],
                                   gpu_of_vertex, node_of_gpu)  # [n, R]
             forced = (eligible >= 0).sum(axis=1) == 1
             chosen = eligible.max(axis=1)
@@ -89,7 +79,7 @@ def route_sets(sets: np.ndarray, weight: np.ndarray, home: np.ndarray, expert_ve
             if not forced.all():
                 spread = ~forced
                 chosen[spread] = _water_fill(eligible[spread], weight[rows[spread]],
-                                             level(load + forced_load + spread_load))
+                                             load + forced_load + spread_load)
                 spread_load += np.bincount(chosen[spread], weights=weight[rows[spread]],
                                            minlength=num_vertices)
             used[rows, gpu_of_vertex[chosen]] = True
