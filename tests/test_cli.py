@@ -190,6 +190,22 @@ def test_compare_windows_and_json(files) -> None:
     assert all(summary["num_tokens"] == 200 for summary in by_policy.values())
 
 
+def test_plan_for_a_cluster(tmp_path: Path) -> None:
+    """`placement plan --cluster` prices traffic for policies that weigh time (affinity): a slower
+    network gives another plan; EPLB ignores it."""
+    trace = tmp_path / "clustered.npz"
+    save_trace(synthetic_trace(8, 32, 4, 4096, skew=1.2, seed=7), trace)
+    plans = {}
+    for cluster in ("h100", "h100-100gbit"):
+        for policy in ("affinity", "eplb"):
+            out = tmp_path / f"{policy}-{cluster}.json"
+            _ok(_invoke("placement", "plan", "--trace", trace, *_topology(2, 2, 9), "--policy", policy,
+                        "--cluster", cluster, "--out", out))
+            plans[policy, cluster] = json.loads(out.read_text())["physical_to_logical_map"]
+    assert plans["affinity", "h100"] != plans["affinity", "h100-100gbit"]
+    assert plans["eplb", "h100"] == plans["eplb", "h100-100gbit"]
+
+
 def test_plan_from_a_load_matrix(files, tmp_path: Path) -> None:
     """`--trace` also takes a vLLM-style [L, E] load matrix (load-only policies need no more)."""
     load = tmp_path / "load.npy"
