@@ -31,11 +31,9 @@ from bench.report import command_line, provenance, publish
 from switchyard.cluster.cli.formatting import comparison_table, markdown_table
 from switchyard.placement.compare import compare_policies
 from switchyard.placement.cost import PRESETS
-from switchyard.placement.evaluate import evaluate
+from switchyard.placement.evaluate import balancedness, evaluate
 from switchyard.placement.formats import load_trace
-from switchyard.placement.plan import Plan
 from switchyard.placement.policies import get_policy, policy_names
-from switchyard.placement.proposal import expected_balancedness
 from switchyard.placement.routing import DEFAULT_RULE, RULES
 from switchyard.placement.stats import RoutingStats
 from switchyard.placement.synthetic import synthetic_trace
@@ -286,7 +284,7 @@ def deepseek_v3_section(emit: Callable[[str], None]) -> float:
         for name, (seconds, physical_to_logical) in timed.items():
             rows.append([f"{topology.num_slots} ({topology.describe()})", name, f"{seconds:.3f}",
                          f"{seconds / timed['eplb'][0]:.2f}x",
-                         f"{expected_balancedness(Plan(np.asarray(physical_to_logical), topology, stats.load.shape[1]), stats.load):.3f}"])
+                         f"{balancedness(_expected_gpu_load(physical_to_logical, stats.load, topology)):.3f}"])
     emit(markdown_table(["slots", "planner", "seconds", "vs eplb", "balancedness"], rows, numeric_from=2))
     return timed["affinity"][0]
 
@@ -323,6 +321,19 @@ def _timed(planner: Callable[[], np.ndarray]) -> tuple[float, np.ndarray]:
         result = planner()
         times.append(time.perf_counter() - started)
     return statistics.median(times), result
+
+
+def _expected_gpu_load(physical_to_logical: np.ndarray, load: np.ndarray, topology: Topology) -> np.ndarray:
+    """`[L, G]` each GPU's load with every expert's load `[L, E]` split evenly over its slots.
+
+    Not `proposal.expected_gpu_load`, which takes a `Plan`: vLLM's `DefaultEplbPolicy` may put two
+    replicas of one expert on one GPU, which a `Plan` forbids. physical_to_logical: `[L, P]` int64.
+    """
+    layers = np.arange(load.shape[0])[:, None]
+    replicas = np.zeros_like(load)
+    np.add.at(replicas, (np.broadcast_to(layers, physical_to_logical.shape), physical_to_logical), 1)
+    slot_load = load[layers, physical_to_logical] / replicas[layers, physical_to_logical]  # [L, P]
+    return slot_load.reshape(load.shape[0], topology.num_gpus, topology.slots_per_gpu).sum(axis=2)
 
 
 if __name__ == "__main__":
