@@ -10,6 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
+from switchyard.cluster.kubernetes.topology import ClusterTopology
 from switchyard.placement.compare import PolicyResult
 from switchyard.placement.evaluate import Evaluation
 
@@ -142,3 +143,12 @@ def placement_tables(gpu_experts: np.ndarray, node_of_gpu: np.ndarray, gpu_load:
             rows.append(row + ([f"{gpu_load[layer, gpu]:.0f}"] if gpu_load is not None else []))
         blocks.append(f"layer {layer}\n" + markdown_table(headers, rows, numeric_from=3))
     return "\n\n".join(blocks)
+
+
+def topology_table(topology: ClusterTopology) -> str:
+    """One row per Switchyard node of a Kubernetes deployment: pod, node, zone, GPUs, GPU model, group."""
+    rows = [(str(n.index), n.pod, n.node, n.zone or "-", str(n.gpus), n.gpu_product or "-", n.group or "-")
+            for n in topology.nodes]
+    return markdown_table(("node", "pod", "kubernetes node", "zone", "GPUs", "GPU model", "group"), rows,
+                          numeric_from=7)
+

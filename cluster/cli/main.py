@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from switchyard.cluster.cli.cluster import cluster
 from switchyard.cluster.cli.params import is_verbose, verbose_option
 from switchyard.cluster.cli.placement import placement
 from switchyard.cluster.cli.generate import register as register_runtime
@@ -52,5 +53,6 @@ def main() -> None:
 
 main.add_command(placement)
 main.add_command(trace)
+main.add_command(cluster)
 register_runtime(main)
 register_serve(main)

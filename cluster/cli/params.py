@@ -7,6 +7,7 @@ that names the bad value before any file is read.
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -113,15 +114,43 @@ def drop_incomplete_option(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def topology_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """`--nodes`, `--gpus-per-node` and `--slots-per-gpu`."""
+    """`--nodes` and `--gpus-per-node`, or `--topology FILE` (the JSON of `switchyard cluster topology
+    --out`, or a plan) in their place; and `--slots-per-gpu`. The command receives `nodes` and
+    `gpus_per_node` either way."""
+
+    @functools.wraps(command)
+    def resolved(*args: Any, topology_file: Path | None, **kwargs: Any) -> Any:
+        kwargs["nodes"], kwargs["gpus_per_node"] = _topology_sizes(kwargs["nodes"], kwargs["gpus_per_node"],
+                                                                   topology_file)
+        return command(*args, **kwargs)
+
     for option in reversed((
-        click.option("--nodes", type=click.IntRange(min=1), required=True, metavar="N",
+        click.option("--nodes", type=click.IntRange(min=1), default=None, metavar="N",
                      help="Number of nodes (N)."),
-        click.option("--gpus-per-node", type=click.IntRange(min=1), required=True, metavar="G",
+        click.option("--gpus-per-node", type=click.IntRange(min=1), default=None, metavar="G",
                      help="GPUs (expert workers) per node."),
+        click.option("--topology", "topology_file", type=INPUT_FILE, default=None,
+                     help="Take N and G from this JSON file (`switchyard cluster topology --out`, or a plan)."),
         click.option("--slots-per-gpu", type=click.IntRange(min=1), default=None, metavar="S",
                      help="Expert slots per GPU; slots beyond one per expert hold redundant replicas. "
                           "Default: experts / GPUs."),
     )):
-        command = option(command)
-    return command
+        resolved = option(resolved)
+    return resolved
+
+
+def _topology_sizes(nodes: int | None, gpus_per_node: int | None, topology_file: Path | None) -> tuple[int, int]:
+    """`(nodes, gpus_per_node)` from the options or the file; a usage error unless exactly one is given."""
+    from switchyard.cluster.kubernetes.errors import TopologyError
+    from switchyard.cluster.kubernetes.topology import read_topology_file
+
+    if topology_file is not None:
+        if nodes is not None or gpus_per_node is not None:
+            raise UserError("give either --topology or --nodes and --gpus-per-node, not both")
+        try:
+            return read_topology_file(topology_file)
+        except TopologyError as error:
+            raise UserError(str(error)) from None
+    if nodes is None or gpus_per_node is None:
+        raise UserError("give --nodes and --gpus-per-node, or --topology FILE")
+    return nodes, gpus_per_node
