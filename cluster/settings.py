@@ -8,6 +8,7 @@ a process that sets a variable before calling sees it.
     SWITCHYARD_REDIS_URL     the state store (`redis://HOST:PORT[/DB]`) when `--redis` is not given
     SWITCHYARD_TOKEN         the gateway's bearer token (`serve --token`, the client commands' `--token`)
     SWITCHYARD_ADMIN_TOKEN   the token admin calls need (`serve --admin-token`)
+    SWITCHYARD_TLS_CA        the CA of a TLS gateway (`placement show/rebalance/rollback --tls-ca`)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 REDIS_URL_ENV = "SWITCHYARD_REDIS_URL"
 TOKEN_ENV = "SWITCHYARD_TOKEN"
 ADMIN_TOKEN_ENV = "SWITCHYARD_ADMIN_TOKEN"
+TLS_CA_ENV = "SWITCHYARD_TLS_CA"
 
 
 @dataclass(frozen=True)

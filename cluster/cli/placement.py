@@ -22,7 +22,7 @@ from switchyard.cluster.cli.params import (
     INPUT_FILE, OUTPUT_FILE, TOKEN_RANGE, drop_incomplete_option, grpc_errors_exit, topology_options,
     verbose_option,
 )
-from switchyard.cluster.settings import DEFAULTS, TOKEN_ENV
+from switchyard.cluster.settings import DEFAULTS, TLS_CA_ENV, TOKEN_ENV
 from switchyard.cluster.cli.formatting import comparison_table, evaluation_table, placement_tables, rebalance_table
 from switchyard.placement.compare import TokenWindow, compare_policies, default_windows, token_window
 from switchyard.placement.cost import PRESETS
@@ -162,27 +162,31 @@ _server_option = click.option("--server", required=True, help="A running gateway
 _token_option = click.option("--token", envvar=TOKEN_ENV, default=None,
                              help="The gateway's bearer token (rebalance: the admin token).")
 _yes_option = click.option("--yes", is_flag=True, help="Apply without asking for confirmation.")
+_tls_ca_option = click.option("--tls-ca", envvar=TLS_CA_ENV, type=INPUT_FILE, default=None,
+                              help="PEM of the CA (or the self-signed certificate) of a TLS gateway.")
 
 
 @contextlib.contextmanager
-def _gateway(server: str, token: str | None) -> Iterator[Any]:
+def _gateway(server: str, token: str | None, tls_ca: Path | None) -> Iterator[Any]:
     """A `Client` of the gateway; a gRPC error ends the command with one line, exit 2 or 1."""
     from switchyard.cluster.gateway.client import Client
 
-    with Client(server, token=token, timeout_s=DEFAULTS.client_timeout_s) as client, grpc_errors_exit():
+    with (Client(server, token=token, tls_ca=tls_ca, timeout_s=DEFAULTS.client_timeout_s) as client,
+          grpc_errors_exit()):
         yield client
 
 
 @placement.command("show")
 @_server_option
 @_token_option
+@_tls_ca_option
 @_json_option
 @verbose_option
-def show(server: str, token: str | None, as_json: bool) -> None:
+def show(server: str, token: str | None, tls_ca: Path | None, as_json: bool) -> None:
     """The gateway's active plan and epoch: experts and load per GPU, per layer."""
     from switchyard.placement.proposal import expected_gpu_load
 
-    with _gateway(server, token) as client:
+    with _gateway(server, token, tls_ca) as client:
         answer, stats = client.placement(), client.stats()
     active = Plan.from_dict(json.loads(answer.plan_json))
     load = np.array([list(layer.expert_load) for layer in stats.layers], dtype=np.float64)
@@ -218,14 +222,15 @@ def show(server: str, token: str | None, as_json: bool) -> None:
               help="Only propose and report, or then move the experts live.")
 @_yes_option
 @_token_option
+@_tls_ca_option
 @_json_option
 @verbose_option
 def rebalance(server: str, policy: str, max_moves: int | None, plan_path: Path | None, dry_run: bool, yes: bool,
-              token: str | None, as_json: bool) -> None:
+              token: str | None, tls_ca: Path | None, as_json: bool) -> None:
     """Propose a new plan from the gateway's statistics window (the diff and the predicted gain) and,
     with --apply, move the experts live: copies first, then every engine switches, then old copies go."""
     plan_json = json.dumps(load_plan(plan_path).to_dict()) if plan_path is not None else None
-    with _gateway(server, token) as client:
+    with _gateway(server, token, tls_ca) as client:
         answer = client.rebalance(dry_run=True, policy=policy, max_moves=max_moves, plan_json=plan_json)
         summary = rebalance_summary(answer)
         source = f"the plan in {plan_path}" if plan_path is not None else policy
@@ -241,11 +246,13 @@ def rebalance(server: str, policy: str, max_moves: int | None, plan_path: Path |
               help="Only show what returning to the previous plan would move and change.")
 @_yes_option
 @_token_option
+@_tls_ca_option
 @_json_option
 @verbose_option
-def rollback(server: str, dry_run: bool, yes: bool, token: str | None, as_json: bool) -> None:
+def rollback(server: str, dry_run: bool, yes: bool, token: str | None, tls_ca: Path | None,
+             as_json: bool) -> None:
     """Return to the plan before the active one, live and the same way as `rebalance --apply`."""
-    with _gateway(server, token) as client:
+    with _gateway(server, token, tls_ca) as client:
         _show_then_apply("the previous plan", rebalance_summary(client.rollback(dry_run=True)), dry_run, yes,
                          as_json, "roll back", lambda: client.rollback(dry_run=False))
 

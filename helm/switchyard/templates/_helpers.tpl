@@ -283,12 +283,15 @@ Call with (list $ shmSize). */}}
 {{/* The init container that fills the model emptyDir (model.source=init). */}}
 {{- define "switchyard.ray.initContainers" -}}
 {{- if eq .Values.model.source "init" }}
+{{- if not .Values.model.init.command }}
+{{- fail "model.init.command is required with model.source=init: a command that leaves the checkpoint at model.path" }}
+{{- end }}
 initContainers:
   - name: model
     image: {{ default (include "switchyard.image" .) .Values.model.init.image }}
     imagePullPolicy: {{ .Values.image.pullPolicy }}
     command:
-      {{- toYaml (required "model.init.command is required with model.source=init" .Values.model.init.command) | nindent 6 }}
+      {{- toYaml .Values.model.init.command | nindent 6 }}
     volumeMounts:
       - name: model
         mountPath: {{ dir .Values.model.path }}
