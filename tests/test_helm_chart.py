@@ -465,3 +465,30 @@ def test_crd_strictness_catches_a_typo() -> None:
     paths = {".".join(map(str, e.path)) for e in _crd_validator("RayService").iter_errors(rayservice)}
     assert "spec.rayClusterConfig.headGroupSpec" in paths
     assert any(path.endswith("readinessProbe.grpc") for path in paths)
+
+
+def test_docs_list_every_documented_value() -> None:
+    """docs/kubernetes.md's values table names every `# --` documented value (helm-docs' table)."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    key = re.compile(r"^( *)([A-Za-z][\w.-]*):")
+    stack: list[tuple[int, str]] = []
+    documented = []
+    for number, line in enumerate(lines):
+        match = key.match(line)
+        if not match:
+            continue
+        indent = len(match.group(1))
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        stack.append((indent, match.group(2)))
+        if number and lines[number - 1].strip().startswith("#"):
+            block = []
+            for previous in reversed(lines[:number]):
+                if not previous.lstrip().startswith("#"):
+                    break
+                block.append(previous.strip())
+            if any(comment.startswith("# --") for comment in block):
+                documented.append(".".join(name for _, name in stack))
+    docs = (REPO / "docs" / "kubernetes.md").read_text()
+    missing = [path for path in documented if f"| `{path}` |" not in docs]
+    assert len(documented) > 60 and not missing, missing
