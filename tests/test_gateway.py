@@ -259,6 +259,10 @@ def test_tls(runtime, tmp_path):
     try:
         with Client(target, tls_ca=cert) as client:
             assert len(client.generate([1], max_new_tokens=2).token_ids) == 2
+        # The placement commands take the CA too (the chart's rebalance job passes it).
+        shown = CliRunner().invoke(main, ["placement", "show", "--server", target, "--tls-ca", str(cert), "--json"])
+        assert shown.exit_code == 0, shown.output
+        assert json.loads(shown.output.strip().splitlines()[-1])["epoch"] >= 1
         with Client(target) as plaintext:
             assert _code(lambda: plaintext.generate([1], max_new_tokens=1, timeout_s=5))[0] == Code.UNAVAILABLE
     finally:
