@@ -424,6 +424,16 @@ def test_notes_tell_how_to_reach_the_gateway(tmp_path: Path) -> None:
     assert "loadBalancer.ingress" in text  # the Service is a LoadBalancer in this values file
 
 
+def _has_doc_comment(lines: list[str], number: int) -> bool:
+    """Whether the comment block right above line `number` holds a helm-docs `# --` comment."""
+    for previous in reversed(lines[:number]):
+        if not previous.lstrip().startswith("#"):
+            return False
+        if previous.strip().startswith("# --"):
+            return True
+    return False
+
+
 def test_every_value_is_documented() -> None:
     """helm-docs style: each value has a `# --` comment block right above it, or sits inside a
     mapping or list whose key has one (that comment documents the whole block)."""
@@ -443,12 +453,7 @@ def test_every_value_is_documented() -> None:
         rest = match.group(3).split("#")[0].strip()
         following = next((other for other in lines[number + 1:] if other.strip() and not other.lstrip().startswith("#")), "")
         block = not rest and len(following) - len(following.lstrip()) > indent
-        comments = []
-        for previous in reversed(lines[:number]):
-            if not previous.lstrip().startswith("#"):
-                break
-            comments.append(previous.strip())
-        if any(comment.startswith("# --") for comment in comments):
+        if _has_doc_comment(lines, number):
             if block:
                 documented_block = indent
         elif not block or following.lstrip().startswith("- "):
@@ -481,14 +486,8 @@ def test_docs_list_every_documented_value() -> None:
         while stack and stack[-1][0] >= indent:
             stack.pop()
         stack.append((indent, match.group(2)))
-        if number and lines[number - 1].strip().startswith("#"):
-            block = []
-            for previous in reversed(lines[:number]):
-                if not previous.lstrip().startswith("#"):
-                    break
-                block.append(previous.strip())
-            if any(comment.startswith("# --") for comment in block):
-                documented.append(".".join(name for _, name in stack))
+        if _has_doc_comment(lines, number):
+            documented.append(".".join(name for _, name in stack))
     docs = (REPO / "docs" / "kubernetes.md").read_text()
     missing = [path for path in documented if f"| `{path}` |" not in docs]
     assert len(documented) > 60 and not missing, missing
