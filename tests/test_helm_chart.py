@@ -253,7 +253,7 @@ def test_gpu_counts_and_topology_arguments() -> None:
     assert "podAntiAffinity" in groups["a100-zone-b"]["template"]["spec"]["affinity"]
     assert groups["gateway"]["replicas"] == 2 and groups["gateway"]["resources"] == {"switchyard_gateway": "1"}
     args = _serve_app(rayservice)["args"]
-    assert (args["nodes"], args["workers_per_node"], args["engines_per_node"], args["gateways"]) == (replicas, 4, 2, 2)
+    assert (args["nodes"], args["gpus_per_node"], args["engines_per_node"], args["gateways"]) == (replicas, 4, 2, 2)
 
 
 def test_worker_groups_must_agree_on_gpus_per_pod() -> None:
@@ -375,7 +375,7 @@ def test_model_from_an_init_container() -> None:
 def test_serve_config_is_the_contract() -> None:
     app = _serve_app(_one(_render(), "RayService"))
     assert app["import_path"] == "switchyard.cluster.serve_app:app"
-    assert set(app["args"]) == {"model", "nodes", "workers_per_node", "engines_per_node", "gateways", "deployment",
+    assert set(app["args"]) == {"model", "nodes", "gpus_per_node", "engines_per_node", "gateways", "deployment",
                                 "redis_url_env", "grpc_port", "metrics_port", "stats_interval_s"}
     assert app["args"]["deployment"] == "moe-switchyard"
 

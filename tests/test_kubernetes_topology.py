@@ -73,11 +73,11 @@ def _without_gpus(pod: dict) -> dict:
     return pod
 
 
-def test_pods_without_gpus_need_workers_per_node(pods: list[dict], nodes: dict[str, dict]) -> None:
+def test_pods_without_gpus_need_gpus_per_node(pods: list[dict], nodes: dict[str, dict]) -> None:
     cpu_pods = [_without_gpus(pod) for pod in pods]
-    with pytest.raises(TopologyError, match=r"requests no nvidia.com/gpu.*--workers-per-node"):
+    with pytest.raises(TopologyError, match=r"requests no nvidia.com/gpu.*--gpus-per-node"):
         derive_topology(cpu_pods, nodes)
-    topology = derive_topology(cpu_pods, nodes, workers_per_node=2)
+    topology = derive_topology(cpu_pods, nodes, gpus_per_node=2)
     assert (topology.num_nodes, topology.gpus_per_node) == (4, 2)
 
 

@@ -141,16 +141,12 @@ def topology_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def _topology_sizes(nodes: int | None, gpus_per_node: int | None, topology_file: Path | None) -> tuple[int, int]:
     """`(nodes, gpus_per_node)` from the options or the file; a usage error unless exactly one is given."""
-    from switchyard.cluster.kubernetes.errors import TopologyError
     from switchyard.cluster.kubernetes.topology import read_topology_file
 
     if topology_file is not None:
         if nodes is not None or gpus_per_node is not None:
             raise UserError("give either --topology or --nodes and --gpus-per-node, not both")
-        try:
-            return read_topology_file(topology_file)
-        except TopologyError as error:
-            raise UserError(str(error)) from None
+        return read_topology_file(topology_file)  # a TopologyError: one line, exit 2
     if nodes is None or gpus_per_node is None:
         raise UserError("give --nodes and --gpus-per-node, or --topology FILE")
     return nodes, gpus_per_node

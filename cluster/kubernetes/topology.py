@@ -75,12 +75,12 @@ class ClusterTopology:
 
 
 def derive_topology(pods: list[dict[str, Any]], nodes: dict[str, dict[str, Any]], *,
-                    gpu_resource: str = DEFAULT_GPU_RESOURCE, workers_per_node: int | None = None,
+                    gpu_resource: str = DEFAULT_GPU_RESOURCE, gpus_per_node: int | None = None,
                     expect_nodes: int | None = None, where: str = "the selected pods") -> ClusterTopology:
     """The topology of the worker `pods` running on `nodes`.
 
-    gpu_resource: the extended resource that counts GPUs.  workers_per_node: expert workers per pod
-    for pods without GPUs (CPU expert workers); None: every pod must request GPUs.  expect_nodes:
+    gpu_resource: the extended resource that counts GPUs.  gpus_per_node: for pods without GPUs, the
+    expert workers (CPU slots, placement's "GPUs") per pod; None: every pod must request GPUs.  expect_nodes:
     the number of worker pods the deployment asks for (the chart's `nodes`); fewer running is
     `ClusterNotReady`.  where: names the selection in messages (namespace and selector).
 
@@ -105,11 +105,11 @@ def derive_topology(pods: list[dict[str, Any]], nodes: dict[str, dict[str, Any]]
             raise TopologyError(f"pod {_name(pod)} runs on node {node_name}, which the API server did not return")
         gpus = pod_gpus(pod, gpu_resource)
         if gpus == 0:
-            if workers_per_node is None:
+            if gpus_per_node is None:
                 raise TopologyError(f"pod {_name(pod)} requests no {gpu_resource}: it holds no GPU expert "
-                                    "workers (select only the GPU worker pods, or give --workers-per-node for "
+                                    "workers (select only the GPU worker pods, or give --gpus-per-node for "
                                     "CPU expert workers)")
-            gpus = workers_per_node
+            gpus = gpus_per_node
         else:
             allocatable = _quantity(node.get("status", {}).get("allocatable", {}).get(gpu_resource))
             if allocatable == 0:

@@ -170,7 +170,7 @@ or the Serve config. The password must be URL-safe (the chart's generated one is
 {{- $args := dict
   "model" .Values.model.path
   "nodes" (int (include "switchyard.topology.nodes" .))
-  "workers_per_node" (int (include "switchyard.topology.gpusPerNode" .))
+  "gpus_per_node" (int (include "switchyard.topology.gpusPerNode" .))
   "engines_per_node" (int .Values.serve.enginesPerNode)
   "gateways" (int .Values.gateway.replicas)
   "deployment" (include "switchyard.deploymentName" .)
