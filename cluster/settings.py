@@ -46,6 +46,10 @@ class Settings:
     auto_min_gain: float = 0.1
     auto_interval_s: float = 300.0
     auto_check_every_s: float = 30.0
+    # the ops dashboard (docs/dashboard.md); `serve` listens on --port + 1 unless told
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int = 8051  # `switchyard dashboard --server`'s
+    dashboard_refresh_s: float = 2.0  # between two readings of the cluster
     # clients
     client_timeout_s: float = 60.0  # deadline of the CLI's admin calls
     # from the environment

@@ -14,6 +14,7 @@ from switchyard.placement.plan import Plan
 from switchyard.placement.topology import Topology
 
 TRACES_DIR = Path(__file__).resolve().parents[2] / "shared" / "traces"
+DOCS_DIR = Path(__file__).resolve().parents[1] / "docs"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
@@ -85,3 +86,15 @@ def _fresh_redis_store(name: str) -> Iterator[object]:
 def fresh_redis_store():
     """`fresh_redis_store(name)`: a context manager giving a Redis store of a fresh deployment."""
     return _fresh_redis_store
+
+
+@pytest.fixture(scope="session")
+def documented_series() -> set[str]:
+    """Every series name in the table of docs/metrics.md, without `_total` (as Prometheus' parser names
+    counter families)."""
+    names = set()
+    for line in (DOCS_DIR / "metrics.md").read_text().splitlines():
+        if line.startswith("| `switchyard_"):
+            names.add(line.split("`")[1].removesuffix("_total"))
+    assert len(names) > 20, "docs/metrics.md lists the series in a table"
+    return names

@@ -1,5 +1,5 @@
 """`switchyard serve` as a process: listens, turns SERVING once loaded, serves, publishes routing statistics
-to the state store (embedded, or Redis with `--redis`), drains on SIGTERM, exits 0; a bad or unreachable
+to the state store (embedded, or Redis with `--redis`), serves the dashboard's metrics, drains on SIGTERM, exits 0; a bad or unreachable
 state store stops it at once with one line."""
 
 from __future__ import annotations
@@ -7,9 +7,11 @@ from __future__ import annotations
 import contextlib
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 from click.testing import CliRunner
@@ -102,6 +104,12 @@ def _serve_generate_and_stop(model_dir, extra_args: list[str]) -> None:
                 assert time.monotonic() < deadline, f"{stats.num_tokens} of {FORWARDED} tokens published"
                 time.sleep(0.2)
             assert stats.num_tokens == FORWARDED and stats.window_seconds == 60
+        while (board := re.search(r"dashboard at (http://\S+) ", log)) is None:  # logged once attached
+            line = process.stdout.readline()
+            assert line, f"serve exited (code {process.wait()}) without a dashboard:\n{log}"
+            log += line
+        with urllib.request.urlopen(board.group(1) + "metrics", timeout=60) as response:
+            assert "switchyard_requests_started_total 1.0" in response.read().decode()
         process.send_signal(signal.SIGTERM)
         rest, _ = process.communicate(timeout=60)
         assert process.returncode == 0, log + rest
@@ -119,4 +127,14 @@ def _serve_generate_and_stop(model_dir, extra_args: list[str]) -> None:
 def test_bad_automatic_rebalance_options_are_one_line(model_dir, args: list[str], message: str):
     result = CliRunner().invoke(serve, ["--model", str(model_dir), "--auto-rebalance", *args])
     assert result.exit_code == 2 and message in result.output, result.output
+    assert result.output.count("\n") == 1
+
+
+def test_dashboard_port_in_use_is_one_line_before_ray_starts(model_dir):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(serve, ["--model", str(model_dir), "--dashboard-port", str(port)])
+    assert result.exit_code == 1 and f"the dashboard cannot listen on 127.0.0.1:{port}" in result.output
     assert result.output.count("\n") == 1

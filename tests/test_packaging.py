@@ -25,6 +25,9 @@ EXPECTED_IN_WHEEL = (
     "switchyard/workers/__init__.py",
     "switchyard/protos/__init__.py",
     "switchyard/protos/generated/serving_pb2_grpc.py",
+    "switchyard/cluster/dashboard/static/index.html",  # package data: the page and the vendored charts
+    "switchyard/cluster/dashboard/static/vendor/echarts.min.js",
+    "switchyard/cluster/dashboard/static/vendor/echarts-LICENSE",
 )
 
 

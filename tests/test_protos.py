@@ -31,4 +31,5 @@ def test_generated_code_imports_inside_the_package() -> None:
     assert serving_pb2_grpc.SwitchyardStub.__module__ == "switchyard.protos.generated.serving_pb2_grpc"
     service = serving_pb2.DESCRIPTOR.services_by_name["Switchyard"]
     assert [method.name for method in service.methods] == [
-        "Generate", "GenerateBatch", "GetPlacement", "GetStats", "ClusterInfo", "Rebalance", "Rollback"]
+        "Generate", "GenerateBatch", "GetPlacement", "GetStats", "ClusterInfo", "GetEvents", "GetRequestMetrics",
+        "Rebalance", "Rollback"]

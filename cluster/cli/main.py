@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from switchyard.cluster.cli.cluster import cluster
+from switchyard.cluster.cli.dashboard import register as register_dashboard
 from switchyard.cluster.cli.params import is_verbose, verbose_option
 from switchyard.cluster.cli.placement import placement
 from switchyard.cluster.cli.generate import register as register_runtime
@@ -56,3 +57,4 @@ main.add_command(trace)
 main.add_command(cluster)
 register_runtime(main)
 register_serve(main)
+register_dashboard(main)

@@ -56,12 +56,17 @@ def _deployment(ctx: click.Context, param: click.Parameter, value: str) -> str:
         raise UserError(str(error)) from None
 
 
-async def serve_until_signalled(config: Any, start_backend: Any, auto: Any = None) -> None:
+async def serve_until_signalled(config: Any, start_backend: Any, auto: Any = None, dashboard: Any = None) -> None:
     """Listen at once (health NOT_SERVING), build the backend (`start_backend()` in a thread), serve
     until SIGINT or SIGTERM, then drain: health NOT_SERVING, in-flight calls get `config.grace_s`.
 
-    config: a `GatewayConfig`.  auto: `AutoRebalanceSettings` to rebalance on its own, or None.
+    config: a `GatewayConfig`.  start_backend: returns the backend, its shutdown function and the
+    statistics writers (for the dashboard's state-store counters).  auto: `AutoRebalanceSettings` to
+    rebalance on its own, or None.  dashboard: (`DashboardConfig`, its bound socket) to serve the
+    dashboard beside the gateway once the backend is attached, or None.
     """
+    from switchyard.cluster.dashboard.server import DashboardServer
+    from switchyard.cluster.dashboard.source import BackendSource
     from switchyard.cluster.rebalance.auto import AutoRebalancer
     from switchyard.cluster.gateway.server import Gateway
 
@@ -71,11 +76,15 @@ async def serve_until_signalled(config: Any, start_backend: Any, auto: Any = Non
         loop.add_signal_handler(signum, stop.set)
     gateway = Gateway(config)
     port = await gateway.start()
-    backend, shutdown = await asyncio.to_thread(start_backend)
-    rebalancer = None
+    backend, shutdown, writers = await asyncio.to_thread(start_backend)
+    rebalancer = board = None
     try:
         await gateway.attach(backend)
         log.info("serving %s on %s:%d", backend.model.model_dir, config.host, port)
+        if dashboard is not None:
+            board = DashboardServer(BackendSource(backend, gateway.servicer.requests, writers), *dashboard)
+            address = await board.start()
+            log.info("dashboard at %s (metrics at %smetrics)", address, address)
         if auto is not None:
             rebalancer = AutoRebalancer(backend, auto).start()
             log.info("automatic rebalance on: %s", auto)
@@ -83,6 +92,8 @@ async def serve_until_signalled(config: Any, start_backend: Any, auto: Any = Non
         log.info("draining (grace %.0f s)", config.grace_s)
         if rebalancer is not None:
             await rebalancer.stop()
+        if board is not None:
+            await board.stop()
         await gateway.drain()
     finally:
         shutdown()
@@ -136,12 +147,22 @@ async def serve_until_signalled(config: Any, start_backend: Any, auto: Any = Non
 @click.option("--max-message-bytes", type=click.IntRange(min=1024), default=DEFAULTS.max_message_bytes, show_default=True)
 @click.option("--grace", "grace_s", type=click.FloatRange(min=0), default=DEFAULTS.grace_s, show_default=True,
               help="Seconds in-flight calls get to finish on SIGINT/SIGTERM.")
+@click.option("--dashboard/--no-dashboard", "with_dashboard", default=True, show_default=True,
+              help="Serve the ops dashboard and /metrics over HTTP (docs/dashboard.md).")
+@click.option("--dashboard-host", default=DEFAULTS.dashboard_host, show_default=True,
+              help="Where the dashboard listens.")
+@click.option("--dashboard-port", type=click.IntRange(0, 65535), default=None,
+              help="The dashboard's port; default: --port + 1 (0, any free port, when --port is 0).")
+@click.option("--dashboard-refresh", "dashboard_refresh_s", type=click.FloatRange(min=0, min_open=True),
+              default=DEFAULTS.dashboard_refresh_s, show_default=True,
+              help="Seconds between the dashboard's readings of the cluster.")
 def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: int, engines_per_node: int,
           plan_path: Path | None, tokenizer_dir: Path | None, redis: str | None, deployment: str,
           stats_interval_s: float, stats_window_s: float, stats_window_tokens: float | None, auto_rebalance: bool, auto_min_balancedness: float,
           auto_min_gain: float, auto_interval_s: float, auto_policy: str, host: str, port: int, token: str | None,
           admin_token: str | None, tls_cert: Path | None, tls_key: Path | None, max_queue: int,
-          max_batch_requests: int, max_message_bytes: int, grace_s: float) -> None:
+          max_batch_requests: int, max_message_bytes: int, grace_s: float, with_dashboard: bool,
+          dashboard_host: str, dashboard_port: int | None, dashboard_refresh_s: float) -> None:
     """Start the engines and workers on a Ray cluster and serve them over gRPC until SIGINT/SIGTERM.
 
     The state store (Redis with --redis or $SWITCHYARD_REDIS_URL, else in-process) receives the
@@ -151,6 +172,7 @@ def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: in
     is given; a --plan that differs is served with a warning: switching plans live is the rebalancer's
     job. With --auto-rebalance the gateway checks the window every 30 s (or --auto-interval, if
     shorter) and applies a proposal when a threshold is passed, at most once per --auto-interval.
+    The dashboard (page and /metrics) listens on --dashboard-host:--dashboard-port with the same tokens.
     """
     from switchyard.cluster.rebalance.auto import AutoRebalanceSettings
     from switchyard.cluster.gateway.server import GatewayConfig  # gRPC, Ray and Redis only when serving
@@ -160,6 +182,7 @@ def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: in
     from switchyard.cluster.settings import state_store_url
     from switchyard.cluster.state.store import StateStoreUnavailable, open_state_store
     from switchyard.cluster.state.publisher import StatsPublisher
+    from switchyard.cluster.dashboard.server import DashboardConfig, bind
 
     try:
         spec = load_spec(model_dir)
@@ -172,6 +195,19 @@ def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: in
                                      min(DEFAULTS.auto_check_every_s, auto_interval_s)) if auto_rebalance else None
     except SwitchyardError as error:
         raise UserError(str(error)) from None
+    dashboard = None
+    if with_dashboard:
+        if dashboard_port is None:
+            dashboard_port = 0 if port == 0 else port + 1
+            if dashboard_port > 65535:
+                raise UserError("--port 65535 leaves no default dashboard port: give --dashboard-port")
+        board_config = DashboardConfig(dashboard_host, dashboard_port, tuple(t for t in (token, admin_token) if t),
+                                       dashboard_refresh_s)
+        try:  # before Ray starts: a port in use is one line at once
+            dashboard = (board_config, bind(dashboard_host, dashboard_port))
+        except OSError as error:
+            store.close()
+            raise click.ClickException(str(error)) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         store.ping()
@@ -180,9 +216,11 @@ def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: in
         epoch = record_serving_plan(store, plan)
     except StateStoreUnavailable as error:
         store.close()
+        if dashboard is not None:
+            dashboard[1].close()
         raise click.ClickException(str(error)) from None  # exit code 1: the input was fine
 
-    def start_backend() -> tuple[RuntimeBackend, Any]:
+    def start_backend() -> tuple[RuntimeBackend, Any, tuple[Any, ...]]:
         runtime = Runtime.start(model_dir, num_nodes=nodes, workers_per_node=workers_per_node, plan=plan,
                                 engines_per_node=engines_per_node, epoch=max(epoch, 1))
         publisher = StatsPublisher(store, runtime.engines, stats_interval_s).start()
@@ -193,11 +231,11 @@ def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: in
 
         backend = RuntimeBackend(runtime, max_queue, tokenizer_dir=tokenizer_dir, store=store,
                                  stats_window_s=stats_window_s, stats_window_tokens=stats_window_tokens)
-        return backend, shutdown
+        return backend, shutdown, tuple(publisher.writers)
 
     try:
         with _ray_cluster(nodes, address):
-            asyncio.run(serve_until_signalled(config, start_backend, auto))
+            asyncio.run(serve_until_signalled(config, start_backend, auto, dashboard))
     finally:
         store.close()
 

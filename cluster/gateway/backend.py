@@ -29,6 +29,7 @@ import ray
 
 from switchyard.cluster.engine.requests import check_prompt
 from switchyard.cluster.engine.sampling import SamplingParams
+from switchyard.cluster.engine.traffic import merge_traffic
 from switchyard.cluster.errors import InvalidSetting, NotReady, QueueFull
 from switchyard.cluster.gateway.streaming import EnginePoller, TokenStream
 from switchyard.cluster.rebalance.applier import PlanApplier, RebalanceOutcome, check_epoch
@@ -73,7 +74,8 @@ def check_request(prompt: list[int], params: SamplingParams, model: ModelInfo) -
 
 @dataclass(frozen=True)
 class Snapshot:
-    """Routing statistics and the engines' traffic counters (since the model was loaded).
+    """Routing statistics and the engines' traffic counters (since the model was loaded): merged
+    (`merge_traffic`), with each engine's own under `traffic["engines"]` (`TrafficCounters.to_dict`).
 
     window_s: the time window the statistics cover, in seconds; 0: since the model was loaded (or a
     token window).  window_tokens: the token window (the newest entries holding at least this many
@@ -123,6 +125,9 @@ class Backend(Protocol):
 
     async def engine_epochs(self) -> list[int]:
         """The epoch each engine replica dispatches under, in engine order."""
+
+    async def events(self, limit: int) -> list[dict[str, Any]]:
+        """The newest `limit` rebalance events, newest first (none without a state store)."""
 
     async def close(self) -> None:
         """Stop background work (a pending gain observation); the gateway calls it when it drains."""
@@ -209,7 +214,9 @@ class RuntimeBackend:
         return epoch, plan
 
     async def snapshot(self) -> Snapshot:
-        stats, traffic = await asyncio.gather(self._statistics(), asyncio.to_thread(self.runtime.traffic))
+        stats, per_engine = await asyncio.gather(
+            self._statistics(), asyncio.gather(*[engine.traffic.remote() for engine in self.runtime.engines]))
+        traffic = {**merge_traffic(per_engine), "engines": per_engine}
         if self.store is None:  # since loading
             window_s, window_tokens = 0.0, 0.0
         elif self.stats_window_tokens is not None:
@@ -252,6 +259,9 @@ class RuntimeBackend:
 
     async def engine_epochs(self) -> list[int]:
         return list(await asyncio.gather(*[engine.epoch.remote() for engine in self.runtime.engines]))
+
+    async def events(self, limit: int) -> list[dict[str, Any]]:
+        return [] if self.store is None else await asyncio.to_thread(self.store.events, limit)
 
     async def close(self) -> None:
         await self.applier.wait()

@@ -91,6 +91,13 @@ class Client:
     def cluster_info(self) -> pb.ClusterInfoResponse:
         return self.stub.ClusterInfo(pb.ClusterInfoRequest(), **self._call(None))
 
+    def events(self, limit: int = 0) -> pb.GetEventsResponse:
+        """The newest rebalance events as JSON strings, newest first (0: the server's default, 100)."""
+        return self.stub.GetEvents(pb.GetEventsRequest(limit=limit), **self._call(None))
+
+    def request_metrics(self) -> pb.RequestMetrics:
+        return self.stub.GetRequestMetrics(pb.GetRequestMetricsRequest(), **self._call(None))
+
     def rebalance(self, dry_run: bool = True, policy: str = "", max_moves: int | None = None,
                   plan_json: str | None = None, expected_epoch: int | None = None,
                   timeout_s: float | None = None) -> pb.RebalanceResponse:

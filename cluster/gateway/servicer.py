@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from switchyard.cluster.dashboard.requests import RequestMetrics, RequestTotals
 from switchyard.cluster.errors import InvalidRequest, NotReady, ServingError
 from switchyard.cluster.gateway.backend import Backend, check_request
-from switchyard.cluster.gateway.status import guarded, status_of
+from switchyard.cluster.gateway.status import code_of, guarded, status_of
 from switchyard.cluster.gateway.streaming import TokenStream
 from switchyard.cluster.engine.requests import make_params
 from switchyard.cluster.rebalance.applier import RebalanceOutcome
@@ -31,6 +32,8 @@ from switchyard.protos.generated import serving_pb2_grpc as pb_grpc
 if TYPE_CHECKING:
     from switchyard.cluster.gateway.server import GatewayConfig
 
+
+DEFAULT_EVENTS, MAX_EVENTS = 100, 1000  # GetEvents' limit when unset, and at most (the store keeps 1000)
 
 class _TextStream:
     """The text of each new chunk of tokens: the decoded output so far minus what was already sent, so
@@ -51,12 +54,15 @@ class _TextStream:
 
 
 class SwitchyardServicer(pb_grpc.SwitchyardServicer):
-    """Protos in, domain calls, protos out; `backend` is None until the model is loaded."""
+    """Protos in, domain calls, protos out; `backend` is None until the model is loaded. `requests`
+    counts every request (each prompt of a batch) and times its tokens, for GetRequestMetrics and
+    the dashboard."""
 
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
         self.backend: Backend | None = None
         self.draining = False
+        self.requests = RequestMetrics()
 
     def _ready(self) -> Backend:
         if self.backend is None:
@@ -96,29 +102,44 @@ class SwitchyardServicer(pb_grpc.SwitchyardServicer):
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
                        ) -> AsyncIterator[pb.GenerateResponse]:
         start, first_token_at = time.perf_counter(), None
+        timer = self.requests.timer()
         try:
             backend = self._ready()
             prompt, params = self._domain_request(request, backend)
             text = _TextStream(backend.tokenizer if request.text else None)
             async with backend.open(prompt, params) as stream:
                 async for tokens in stream:
+                    timer.tokens(len(tokens))
                     first_token_at = first_token_at or time.perf_counter()
                     yield pb.GenerateResponse(tokens=pb.TokenChunk(token_ids=tokens, text=text.add(tokens)))
                 finished = self._finished(stream, start, first_token_at)
+            timer.finished(_reason(finished))
             yield pb.GenerateResponse(finished=finished)
         except Exception as error:  # noqa: BLE001 - every failure ends the call with its status code
             if isinstance(error, grpc.aio.AbortError):
                 raise
-            await context.abort(*status_of(error))
+            code, message = status_of(error)
+            timer.failed(code.name)
+            await context.abort(code, message)
+        finally:
+            timer.close()
 
     async def _one(self, backend: Backend, prompt: list[int], params: Any, with_text: bool) -> pb.GenerateResult:
         start, first_token_at = time.perf_counter(), None
-        async with backend.open(prompt, params) as stream:
-            async for _ in stream:
-                first_token_at = first_token_at or time.perf_counter()
-            text = backend.tokenizer.decode(stream.output) if with_text else ""
-            return pb.GenerateResult(token_ids=stream.output, text=text,
-                                     finished=self._finished(stream, start, first_token_at))
+        timer = self.requests.timer()
+        try:
+            async with backend.open(prompt, params) as stream:
+                async for tokens in stream:
+                    timer.tokens(len(tokens))
+                    first_token_at = first_token_at or time.perf_counter()
+                text = backend.tokenizer.decode(stream.output) if with_text else ""
+                result = pb.GenerateResult(token_ids=stream.output, text=text,
+                                           finished=self._finished(stream, start, first_token_at))
+            timer.finished(_reason(result.finished))
+            return result
+        except BaseException as error:  # counted with its code, then raised on
+            timer.failed(code_of(error).name)
+            raise
 
     @guarded
     async def GenerateBatch(self, request: pb.GenerateBatchRequest, context: grpc.aio.ServicerContext
@@ -158,11 +179,14 @@ class SwitchyardServicer(pb_grpc.SwitchyardServicer):
     @guarded
     async def GetStats(self, request: pb.GetStatsRequest, context: grpc.aio.ServicerContext) -> pb.GetStatsResponse:
         snapshot = await self._ready().snapshot()
-        traffic = {key: snapshot.traffic[key] for key in pb.TrafficCounters.DESCRIPTOR.fields_by_name}
+        traffic = {key: snapshot.traffic[key] for key in pb.TrafficCounters.DESCRIPTOR.fields_by_name
+                   if key != "engines"}
+        engines = [pb.EngineTraffic(home_node=e["home_node"], bytes_per_worker=e["bytes_per_worker"],
+                                    tokens_per_worker=e["tokens_per_worker"]) for e in snapshot.traffic["engines"]]
         return pb.GetStatsResponse(
             num_tokens=snapshot.stats.num_tokens,
             layers=[pb.LayerLoad(expert_load=row.tolist()) for row in snapshot.stats.load],
-            balancedness=snapshot.balancedness, traffic=pb.TrafficCounters(**traffic),
+            balancedness=snapshot.balancedness, traffic=pb.TrafficCounters(**traffic, engines=engines),
             window_seconds=snapshot.window_s, window_tokens=snapshot.window_tokens)
 
     @guarded
@@ -176,6 +200,20 @@ class SwitchyardServicer(pb_grpc.SwitchyardServicer):
             nodes=[pb.NodeInfo(**node) for node in info["nodes"]],
             engines=[pb.EngineInfo(**engine, queue_depth=depths[engine["index"]]) for engine in info["engines"]],
             workers=[pb.WorkerInfo(**worker) for worker in info["workers"]], device=info["device"])
+
+    @guarded
+    async def GetEvents(self, request: pb.GetEventsRequest, context: grpc.aio.ServicerContext
+                        ) -> pb.GetEventsResponse:
+        limit = request.limit or DEFAULT_EVENTS
+        if not 0 < limit <= MAX_EVENTS:
+            raise InvalidRequest(f"limit must be between 1 and {MAX_EVENTS} (0: {DEFAULT_EVENTS}), got {request.limit}")
+        events = await self._ready().events(limit)
+        return pb.GetEventsResponse(event_json=[json.dumps(event) for event in events])
+
+    @guarded
+    async def GetRequestMetrics(self, request: pb.GetRequestMetricsRequest, context: grpc.aio.ServicerContext
+                                ) -> pb.RequestMetrics:
+        return _request_metrics(self.requests.totals())
 
     @guarded
     async def Rebalance(self, request: pb.RebalanceRequest, context: grpc.aio.ServicerContext
@@ -193,6 +231,21 @@ class SwitchyardServicer(pb_grpc.SwitchyardServicer):
     async def Rollback(self, request: pb.RollbackRequest, context: grpc.aio.ServicerContext
                        ) -> pb.RebalanceResponse:
         return _rebalance_response(await self._ready().rollback(request.dry_run))
+
+
+def _reason(finished: pb.Finished) -> str:
+    """"length" or "stop": the request metrics' label of a finish reason."""
+    return pb.FinishReason.Name(finished.reason).removeprefix("FINISH_REASON_").lower()
+
+
+def _request_metrics(totals: RequestTotals) -> pb.RequestMetrics:
+    def histogram(h: Any) -> pb.Histogram:
+        return pb.Histogram(upper_bounds=h.upper_bounds, cumulative_counts=h.cumulative, sum=h.sum)
+
+    return pb.RequestMetrics(started=totals.started, finished=totals.finished, failed=totals.failed,
+                             generated_tokens=totals.generated_tokens,
+                             time_to_first_token=histogram(totals.time_to_first_token),
+                             inter_token=histogram(totals.inter_token))
 
 
 def _plan_of_json(text: str) -> Plan:

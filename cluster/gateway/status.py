@@ -4,6 +4,7 @@ anything else is INTERNAL, logged with a request id that the caller sees.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -16,14 +17,24 @@ from switchyard.cluster.errors import SwitchyardError
 log = logging.getLogger(__name__)
 
 
+def code_of(error: BaseException) -> grpc.StatusCode:
+    """The status code a call that raised `error` ends with (INTERNAL for anything unexpected)."""
+    if isinstance(error, SwitchyardError):
+        return grpc.StatusCode[error.status]
+    if isinstance(error, NotImplementedError):
+        return grpc.StatusCode.UNIMPLEMENTED
+    if isinstance(error, TimeoutError):
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    if isinstance(error, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.INTERNAL
+
+
 def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and message of an exception raised while serving a call (INTERNAL: logged)."""
-    if isinstance(error, SwitchyardError):
-        return grpc.StatusCode[error.status], str(error)
-    if isinstance(error, NotImplementedError):
-        return grpc.StatusCode.UNIMPLEMENTED, str(error)
-    if isinstance(error, TimeoutError):
-        return grpc.StatusCode.DEADLINE_EXCEEDED, str(error) or "timed out"
+    code = code_of(error)
+    if code is not grpc.StatusCode.INTERNAL:
+        return code, str(error) or ("timed out" if code is grpc.StatusCode.DEADLINE_EXCEEDED else code.name)
     request_id = uuid.uuid4().hex[:12]
     log.error("internal error, request id %s", request_id, exc_info=error)
     return grpc.StatusCode.INTERNAL, f"internal error (request id {request_id}; see the gateway log)"

@@ -29,6 +29,7 @@ class BufferedStatsWriter:
         self.store, self.engine_id = store, engine_id
         self._buffer: deque[tuple[RoutingStats, float]] = deque(maxlen=max_buffered)  # oldest first
         self.dropped = 0  # entries lost to the bound since this writer started
+        self.failures = 0  # appends the store refused (unreachable), counted for the metrics
         self._in_outage = False
         self._lock = threading.Lock()
 
@@ -70,6 +71,7 @@ class BufferedStatsWriter:
         try:
             self.store.append_stats(self.engine_id, stats, timestamp)
         except StateStoreUnavailable as error:
+            self.failures += 1
             if not self._in_outage:  # one line per outage, not one per write
                 logger.warning("buffering routing statistics of %s until the state store is back "
                                "(at most %d entries): %s", self.engine_id, self._buffer.maxlen, error)

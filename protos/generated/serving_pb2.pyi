@@ -129,20 +129,32 @@ class LayerLoad(_message.Message):
     def __init__(self, expert_load: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class TrafficCounters(_message.Message):
-    __slots__ = ("tokens_per_worker", "bytes_per_worker", "same_node_bytes", "cross_node_bytes", "same_node_tokens", "cross_node_tokens")
+    __slots__ = ("tokens_per_worker", "bytes_per_worker", "same_node_bytes", "cross_node_bytes", "same_node_tokens", "cross_node_tokens", "engines")
     TOKENS_PER_WORKER_FIELD_NUMBER: _ClassVar[int]
     BYTES_PER_WORKER_FIELD_NUMBER: _ClassVar[int]
     SAME_NODE_BYTES_FIELD_NUMBER: _ClassVar[int]
     CROSS_NODE_BYTES_FIELD_NUMBER: _ClassVar[int]
     SAME_NODE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CROSS_NODE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ENGINES_FIELD_NUMBER: _ClassVar[int]
     tokens_per_worker: _containers.RepeatedScalarFieldContainer[int]
     bytes_per_worker: _containers.RepeatedScalarFieldContainer[int]
     same_node_bytes: int
     cross_node_bytes: int
     same_node_tokens: int
     cross_node_tokens: int
-    def __init__(self, tokens_per_worker: _Optional[_Iterable[int]] = ..., bytes_per_worker: _Optional[_Iterable[int]] = ..., same_node_bytes: _Optional[int] = ..., cross_node_bytes: _Optional[int] = ..., same_node_tokens: _Optional[int] = ..., cross_node_tokens: _Optional[int] = ...) -> None: ...
+    engines: _containers.RepeatedCompositeFieldContainer[EngineTraffic]
+    def __init__(self, tokens_per_worker: _Optional[_Iterable[int]] = ..., bytes_per_worker: _Optional[_Iterable[int]] = ..., same_node_bytes: _Optional[int] = ..., cross_node_bytes: _Optional[int] = ..., same_node_tokens: _Optional[int] = ..., cross_node_tokens: _Optional[int] = ..., engines: _Optional[_Iterable[_Union[EngineTraffic, _Mapping]]] = ...) -> None: ...
+
+class EngineTraffic(_message.Message):
+    __slots__ = ("home_node", "bytes_per_worker", "tokens_per_worker")
+    HOME_NODE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_PER_WORKER_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_WORKER_FIELD_NUMBER: _ClassVar[int]
+    home_node: int
+    bytes_per_worker: _containers.RepeatedScalarFieldContainer[int]
+    tokens_per_worker: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, home_node: _Optional[int] = ..., bytes_per_worker: _Optional[_Iterable[int]] = ..., tokens_per_worker: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class GetStatsResponse(_message.Message):
     __slots__ = ("num_tokens", "layers", "balancedness", "traffic", "window_seconds", "window_tokens")
@@ -295,3 +307,59 @@ class RebalanceResponse(_message.Message):
     apply_seconds: float
     steps_during_switch: int
     def __init__(self, epoch: _Optional[int] = ..., applied: _Optional[bool] = ..., plan_json: _Optional[str] = ..., balancedness_before: _Optional[float] = ..., balancedness_after: _Optional[float] = ..., policy: _Optional[str] = ..., replicas_moved: _Optional[int] = ..., replicas_moved_per_layer: _Optional[_Iterable[int]] = ..., bytes_to_copy: _Optional[int] = ..., current: _Optional[_Union[PlanMetrics, _Mapping]] = ..., proposed: _Optional[_Union[PlanMetrics, _Mapping]] = ..., window_tokens: _Optional[float] = ..., evaluated_tokens: _Optional[int] = ..., applied_epoch: _Optional[int] = ..., bytes_copied: _Optional[int] = ..., apply_seconds: _Optional[float] = ..., steps_during_switch: _Optional[int] = ...) -> None: ...
+
+class GetEventsRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+
+class GetEventsResponse(_message.Message):
+    __slots__ = ("event_json",)
+    EVENT_JSON_FIELD_NUMBER: _ClassVar[int]
+    event_json: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, event_json: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetRequestMetricsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Histogram(_message.Message):
+    __slots__ = ("upper_bounds", "cumulative_counts", "sum")
+    UPPER_BOUNDS_FIELD_NUMBER: _ClassVar[int]
+    CUMULATIVE_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    SUM_FIELD_NUMBER: _ClassVar[int]
+    upper_bounds: _containers.RepeatedScalarFieldContainer[float]
+    cumulative_counts: _containers.RepeatedScalarFieldContainer[int]
+    sum: float
+    def __init__(self, upper_bounds: _Optional[_Iterable[float]] = ..., cumulative_counts: _Optional[_Iterable[int]] = ..., sum: _Optional[float] = ...) -> None: ...
+
+class RequestMetrics(_message.Message):
+    __slots__ = ("started", "finished", "failed", "generated_tokens", "time_to_first_token", "inter_token")
+    class FinishedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class FailedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    GENERATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TIME_TO_FIRST_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    INTER_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    started: int
+    finished: _containers.ScalarMap[str, int]
+    failed: _containers.ScalarMap[str, int]
+    generated_tokens: int
+    time_to_first_token: Histogram
+    inter_token: Histogram
+    def __init__(self, started: _Optional[int] = ..., finished: _Optional[_Mapping[str, int]] = ..., failed: _Optional[_Mapping[str, int]] = ..., generated_tokens: _Optional[int] = ..., time_to_first_token: _Optional[_Union[Histogram, _Mapping]] = ..., inter_token: _Optional[_Union[Histogram, _Mapping]] = ...) -> None: ...

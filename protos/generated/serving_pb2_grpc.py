@@ -59,6 +59,16 @@ class SwitchyardStub:
                 request_serializer=switchyard_dot_v1_dot_serving__pb2.ClusterInfoRequest.SerializeToString,
                 response_deserializer=switchyard_dot_v1_dot_serving__pb2.ClusterInfoResponse.FromString,
                 _registered_method=True)
+        self.GetEvents = channel.unary_unary(
+                '/switchyard.v1.Switchyard/GetEvents',
+                request_serializer=switchyard_dot_v1_dot_serving__pb2.GetEventsRequest.SerializeToString,
+                response_deserializer=switchyard_dot_v1_dot_serving__pb2.GetEventsResponse.FromString,
+                _registered_method=True)
+        self.GetRequestMetrics = channel.unary_unary(
+                '/switchyard.v1.Switchyard/GetRequestMetrics',
+                request_serializer=switchyard_dot_v1_dot_serving__pb2.GetRequestMetricsRequest.SerializeToString,
+                response_deserializer=switchyard_dot_v1_dot_serving__pb2.RequestMetrics.FromString,
+                _registered_method=True)
         self.Rebalance = channel.unary_unary(
                 '/switchyard.v1.Switchyard/Rebalance',
                 request_serializer=switchyard_dot_v1_dot_serving__pb2.RebalanceRequest.SerializeToString,
@@ -110,6 +120,20 @@ class SwitchyardServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetEvents(self, request, context):
+        """Rebalance events (applied, failed, their observed gain), newest first: the dashboard's history.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRequestMetrics(self, request, context):
+        """The gateway's request counters and latency histograms since it started: the dashboard's time series.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Rebalance(self, request, context):
         """Plan a new placement (or take the one given) and, unless dry_run, move experts live to it while
         requests keep running: a new epoch. Admin call.
@@ -153,6 +177,16 @@ def add_SwitchyardServicer_to_server(servicer, server):
                     servicer.ClusterInfo,
                     request_deserializer=switchyard_dot_v1_dot_serving__pb2.ClusterInfoRequest.FromString,
                     response_serializer=switchyard_dot_v1_dot_serving__pb2.ClusterInfoResponse.SerializeToString,
+            ),
+            'GetEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEvents,
+                    request_deserializer=switchyard_dot_v1_dot_serving__pb2.GetEventsRequest.FromString,
+                    response_serializer=switchyard_dot_v1_dot_serving__pb2.GetEventsResponse.SerializeToString,
+            ),
+            'GetRequestMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRequestMetrics,
+                    request_deserializer=switchyard_dot_v1_dot_serving__pb2.GetRequestMetricsRequest.FromString,
+                    response_serializer=switchyard_dot_v1_dot_serving__pb2.RequestMetrics.SerializeToString,
             ),
             'Rebalance': grpc.unary_unary_rpc_method_handler(
                     servicer.Rebalance,
@@ -300,6 +334,60 @@ class Switchyard:
             '/switchyard.v1.Switchyard/ClusterInfo',
             switchyard_dot_v1_dot_serving__pb2.ClusterInfoRequest.SerializeToString,
             switchyard_dot_v1_dot_serving__pb2.ClusterInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchyard.v1.Switchyard/GetEvents',
+            switchyard_dot_v1_dot_serving__pb2.GetEventsRequest.SerializeToString,
+            switchyard_dot_v1_dot_serving__pb2.GetEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRequestMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchyard.v1.Switchyard/GetRequestMetrics',
+            switchyard_dot_v1_dot_serving__pb2.GetRequestMetricsRequest.SerializeToString,
+            switchyard_dot_v1_dot_serving__pb2.RequestMetrics.FromString,
             options,
             channel_credentials,
             insecure,
