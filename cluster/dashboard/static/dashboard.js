@@ -128,7 +128,7 @@ function drawTraffic(d) {
   const nodes = heatmapOption(d.traffic.node_bytes, "to workers on node", "engines on node", range(N), range(N), null,
     { left: 70, right: 90, top: 10, bottom: 40 });
   nodes.option.tooltip.formatter = (p) => `node ${p.value[1]} -> node ${p.value[0]}: ${bytes(p.value[2])}`;
-  nodes.option.series[0].label = { show: true, color: "#000", textBorderColor: "#fff", textBorderWidth: 3, formatter: (p) => bytes(p.value[2]) };
+  nodes.option.series[0].label = { show: true, color: "#000", fontSize: 13, fontWeight: "bold", textBorderWidth: 0, formatter: (p) => bytes(p.value[2]) };
   chart("node-traffic").setOption(nodes.option, true);
   mark("node-traffic", nodes.top > 0);
   const engines = d.traffic.engine_gpu_bytes;
