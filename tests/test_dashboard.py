@@ -129,7 +129,8 @@ def scenario(cluster):
         before = None
         if driver is not None:
             driver.get(f"{cluster['dashboard']}?token={TOKEN}")
-            _wait(lambda: _panels(driver)["expert-heatmap"] == "true", "the page's first drawing")
+            _wait(lambda: all(v == "true" for k, v in _panels(driver).items() if k not in ("history", "dry-run")),
+                  f"every panel but the history drawn: {_panels(driver)}", timeout_s=60)
             _screenshot(driver, "dashboard-before-rebalance.png")
             before = _panels(driver)
         applied = admin.rebalance(dry_run=False, policy="affinity")

@@ -46,6 +46,7 @@ function heatmapOption(values, xName, yName, xLabels, yLabels, highlight, grid) 
   return {
     top,
     option: {
+      animation: false, // labels are drawn at once (a fade-in would leave them faint in a screenshot)
       tooltip: { formatter: (p) => `${yName} ${yLabels[p.value[1]]}, ${xName} ${xLabels[p.value[0]]}: ${fmt(p.value[2], 1)}` },
       grid: grid || { left: 60, right: 90, top: 10, bottom: 40 },
       xAxis: { type: "category", name: xName, nameLocation: "middle", nameGap: 24, data: xLabels, splitArea: { show: true } },
@@ -97,6 +98,7 @@ function drawGpuLoad(d) {
   const G = d.topology.num_gpus;
   const totals = range(G).map((_, g) => d.gpu_load.reduce((a, row) => a + row[g], 0));
   chart("gpu-load").setOption({
+    animation: false,
     tooltip: { trigger: "axis" },
     grid: { left: 60, right: 20, top: 10, bottom: 40 },
     xAxis: { type: "category", data: range(G).map((g) => `GPU ${g} (n${d.node_of_gpu[g]})`) },
@@ -143,6 +145,7 @@ function lines(name, series, unit) {
   const s = state.data.series;
   const has = series.some((x) => x.values.some((v) => v !== null && v > 0));
   chart(name).setOption({
+    animation: false,
     tooltip: { trigger: "axis" },
     legend: { top: 0 },
     grid: { left: 60, right: 20, top: 28, bottom: 30 },
