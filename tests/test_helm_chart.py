@@ -329,6 +329,11 @@ def test_auth_tls_plan_rebalance_and_monitors() -> None:
     assert job["volumes"][0]["secret"] == {"secretName": "switchyard-gateway-tls", "items": [{"key": "ca.crt", "path": "ca.crt"}]}
     assert {m["kind"]: m["metadata"]["labels"]["release"] for m in objects if "Monitor" in m["kind"]} == {
         "PodMonitor": "prometheus", "ServiceMonitor": "prometheus"}
+    # The Grafana dashboard, for Grafana's sidecar: the chart's copy is the file the metrics tests check.
+    grafana = next(c for c in _objects(objects, "ConfigMap") if c["metadata"]["name"].endswith("-grafana"))
+    assert grafana["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(grafana["data"]["switchyard.json"]) == json.loads(
+        (CHART / "dashboards" / "switchyard.json").read_text())
 
 
 def test_rebalance_job_commands_exist_and_rbac_is_least() -> None:

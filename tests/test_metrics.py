@@ -21,7 +21,7 @@ from switchyard.placement.policies import get_policy
 from switchyard.placement.stats import RoutingStats
 from switchyard.placement.topology import Topology
 
-GRAFANA = Path(__file__).resolve().parents[1] / "docs" / "grafana-dashboard.json"
+GRAFANA = Path(__file__).resolve().parents[1] / "helm" / "switchyard" / "dashboards" / "switchyard.json"
 LAYERS, EXPERTS, NODES, GPUS_PER_NODE = 58, 256, 4, 8  # DeepSeek-V3's MoE layers and experts on 32 GPUs
 
 
