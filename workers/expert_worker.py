@@ -10,6 +10,10 @@ next epoch's slots from this worker's current experts and weights copied from ot
 one by one, and `commit` then drops the old epoch (or `discard` the new one when the migration fails).
 The runtime runs these in a second actor thread beside `forward`; they only add or drop whole epochs
 (one dict operation each under the GIL), never change an epoch `forward` may be using.
+
+Engines on the worker's node reach `forward` through shared memory (`channel.ChannelServer`, started
+with the worker; `channel_address` names it), engines on other nodes through `forward_numpy`.
+Exports are numpy arrays, which Ray's object store moves without pickling.
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ import time
 import numpy as np
 import torch
 
+from switchyard.workers.channel import ChannelServer
 from switchyard.workers.checkpoints import load_spec, read_experts
 from switchyard.workers.expert_compute import ExpertCompute
 
-SlotWeights = tuple[torch.Tensor, torch.Tensor]  # (gate_up [2F, H], down [H, F]) of one slot
+SlotWeights = tuple[np.ndarray, np.ndarray]  # (gate_up [2F, H], down [H, F]) float32 of one slot
 
 
 class ExpertWorker:
@@ -33,8 +38,19 @@ class ExpertWorker:
     epoch: the plan epoch these experts serve.
     """
 
-    def __init__(self, model_dir: str, experts: np.ndarray, device: str = "cpu", epoch: int = 1) -> None:
+    def __init__(self, model_dir: str, experts: np.ndarray, device: str = "cpu", epoch: int = 1,
+                 kernel: str = "auto", threads: int | None = None) -> None:
+        if threads is not None:  # the runtime sets it: workers and engines share the machine's cores
+            torch.set_num_threads(threads)
+        self.kernel = kernel
         self.load(model_dir, experts, device, epoch)
+        self._channel: ChannelServer | None = None
+
+    def channel_address(self) -> str:
+        """The same-node channel's socket address (`channel.ChannelServer`), started on first ask."""
+        if self._channel is None:
+            self._channel = ChannelServer(self.forward)
+        return self._channel.address
 
     def load(self, model_dir: str, experts: np.ndarray, device: str = "cpu", epoch: int = 1) -> None:
         """Replace every held expert with `experts` of `model_dir` (the process and its imports stay)."""
@@ -46,7 +62,7 @@ class ExpertWorker:
         assert experts.shape[0] == spec.num_layers, "one row of slot experts per MoE layer"
         weights = [read_experts(spec, layer, row.tolist()) for layer, row in enumerate(experts)]
         self.computes[epoch] = ExpertCompute([w[0] for w in weights], [w[1] for w in weights],
-                                             spec.config.hidden_act, device)
+                                             spec.config.hidden_act, device, self.kernel)
         self.experts[epoch] = experts
         self.epoch = epoch  # the newest committed epoch
 
@@ -61,10 +77,18 @@ class ExpertWorker:
         self.busy_seconds += time.perf_counter() - start
         return output
 
+    def forward_numpy(self, layer: int, hidden: np.ndarray, local_slots: np.ndarray, weights: np.ndarray,
+                      epoch: int) -> tuple[np.ndarray, float]:
+        """`forward` on numpy arrays (the Ray transport's call); also returns the compute seconds."""
+        start = time.perf_counter()
+        output = self.forward(layer, torch.from_numpy(hidden), torch.from_numpy(local_slots),
+                              torch.from_numpy(weights), epoch)
+        return output.numpy(), time.perf_counter() - start
+
     def export_slots(self, slots: list[tuple[int, int]]) -> list[SlotWeights]:
         """The weights of `(layer, slot)` of the committed epoch, in order (the source side of a copy)."""
         compute = self.computes[self.epoch]
-        return [compute.slot_weights(layer, slot) for layer, slot in slots]
+        return [tuple(w.numpy() for w in compute.slot_weights(layer, slot)) for layer, slot in slots]
 
     def stage(self, epoch: int, experts: np.ndarray, targets: list[list[tuple[int, int]]],
               *copied: list[SlotWeights]) -> int:
@@ -109,3 +133,7 @@ class ExpertWorker:
 
     def timings(self) -> dict[str, float]:
         return {"busy_seconds": self.busy_seconds}
+
+    def kernel_name(self) -> str:
+        """The expert kernel in use ("vllm" or "torch", see `expert_compute`)."""
+        return self.computes[self.epoch].kernel

@@ -2,20 +2,20 @@
 
 For every pick the replica is chosen by the placement library's rule (`routing.assign_slots`, the same
 function placement evaluation uses), with every token's home node being the engine's node. Each
-worker that serves at least one pick gets one call with all its tokens; the calls run in parallel and
-their partial sums are added.
+worker that serves at least one pick gets one call with all its tokens through its transport
+(`transport`: shared memory on the engine's node, Ray elsewhere); every call is sent before any answer
+is awaited, so the workers compute in parallel, and their partial sums are added.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import numpy as np
-import ray
 import torch
 
 from switchyard.cluster.engine.traffic import TrafficCounters
+from switchyard.cluster.engine.transport import Transport
 from switchyard.placement.plan import Plan
 from switchyard.placement.routing import assign_slots
 
@@ -24,18 +24,20 @@ class ExpertDispatcher:
     """Sends MoE layers to expert workers under one plan.
 
     plan: the active placement, `[L, P]`.  epoch: its version, named in every worker call (workers hold
-    two epochs while a live migration switches engines).  workers: `[G]` Ray handles of `ExpertWorker`
-    actors, worker g holding slots `g*S .. g*S + S - 1`.  home_node: the plan node of the calling engine.
+    two epochs while a live migration switches engines).  transports: `[G]` one per `ExpertWorker`,
+    worker g holding slots `g*S .. g*S + S - 1`.  home_node: the plan node of the calling engine.
     """
 
-    def __init__(self, plan: Plan, epoch: int, workers: list[Any], home_node: int) -> None:
+    def __init__(self, plan: Plan, epoch: int, transports: list[Transport], home_node: int) -> None:
         topology = plan.topology
-        assert len(workers) == topology.num_gpus, "one worker per plan GPU"
-        self.workers = workers
+        assert len(transports) == topology.num_gpus, "one transport per plan GPU"
+        self.transports = transports
         self.home_node = home_node
         self.set_plan(plan, epoch)
         self.traffic = TrafficCounters(topology.node_of_gpu, home_node)
-        self.seconds = 0.0  # time in `dispatch`: routing, Ray round trips, workers, combine
+        self.seconds = 0.0  # time in `dispatch`: routing, transports, workers, combine
+        self.wait_seconds = 0.0  # of which waiting for answers (worker compute + transport)
+        self.compute_seconds = 0.0  # per layer the slowest worker's compute, summed (the critical path)
 
     def set_plan(self, plan: Plan, epoch: int) -> None:
         """Dispatch under `plan` at `epoch` from the next call on (same topology; counters carry on)."""
@@ -53,26 +55,44 @@ class ExpertDispatcher:
         home = np.full(num_tokens, self.home_node, dtype=np.int64)
         slots = assign_slots(self.layer_plans[layer], topk_ids.numpy()[:, None, :], home)[:, 0]  # [n, k]
         worker_of_pick = slots // self.slots_per_worker  # [n, k]
-        calls, rows_of_call = [], []
-        for worker in np.unique(worker_of_pick).tolist():
-            mine = worker_of_pick == worker
-            rows = np.flatnonzero(mine.any(axis=1))
-            local_slots = torch.from_numpy(np.where(mine[rows], slots[rows] - worker * self.slots_per_worker, -1))
-            if rows.size == num_tokens:  # the worker serves every token: send the tensors as they are
-                rows_tensor, worker_hidden, worker_weights = None, hidden, topk_weights
-            else:
-                rows_tensor = torch.from_numpy(rows)
-                worker_hidden, worker_weights = hidden[rows_tensor], topk_weights[rows_tensor]
-            calls.append(self.workers[worker].forward.remote(layer, worker_hidden, local_slots, worker_weights,
-                                                                self.epoch))
-            rows_of_call.append(rows_tensor)
-            sent = worker_hidden.nbytes + local_slots.nbytes + worker_weights.nbytes
-            self.traffic.add(worker, rows.size, sent + worker_hidden.nbytes)  # dispatch + combine
-        output = torch.zeros_like(hidden)
-        for rows, partial in zip(rows_of_call, ray.get(calls)):
-            if rows is None:
-                output += partial
-            else:
-                output.index_add_(0, rows, partial)
+        called, rows_of_call = [], []
+        try:
+            for worker in np.unique(worker_of_pick).tolist():
+                mine = worker_of_pick == worker
+                rows = np.flatnonzero(mine.any(axis=1))
+                local_slots = np.where(mine[rows], slots[rows] - worker * self.slots_per_worker, -1)
+                if rows.size == num_tokens:  # the worker serves every token: send the tensors as they are
+                    rows_tensor, worker_hidden, worker_weights = None, hidden, topk_weights
+                else:
+                    rows_tensor = torch.from_numpy(rows)
+                    worker_hidden, worker_weights = hidden[rows_tensor], topk_weights[rows_tensor]
+                self.transports[worker].send(layer, worker_hidden, local_slots, worker_weights, self.epoch)
+                called.append(worker)
+                rows_of_call.append(rows_tensor)
+                sent = worker_hidden.nbytes + local_slots.nbytes + worker_weights.nbytes
+                self.traffic.add(worker, rows.size, sent + worker_hidden.nbytes)  # dispatch + combine
+            output = torch.zeros_like(hidden)
+            waited, slowest = time.perf_counter(), 0.0
+            for index, (worker, rows) in enumerate(zip(called, rows_of_call)):
+                try:
+                    partial, seconds = self.transports[worker].receive()
+                except Exception:
+                    called = called[index + 1:]  # still in flight: dropped below
+                    raise
+                slowest = max(slowest, seconds)
+                if rows is None:
+                    output += partial
+                else:
+                    output.index_add_(0, rows, partial)
+            self.wait_seconds += time.perf_counter() - waited
+            self.compute_seconds += slowest
+            called = []
+        finally:
+            for worker in called:  # a failed step: answers still in flight are never read
+                self.transports[worker].close()
         self.seconds += time.perf_counter() - start
         return output
+
+    def close(self) -> None:
+        for transport in self.transports:
+            transport.close()

@@ -1,33 +1,36 @@
 """`Engine`: the Ray actor body that runs everything but the routed experts, with continuous batching.
 
-Each request keeps its own KV cache and runs its own forward of transformers' model (prefill: the
-whole prompt; decode: the last token), in its own thread. The forwards of all requests active in a
-step meet at every MoE layer (`MoeRendezvous`), so every expert worker gets one batched call per
-layer per step. New requests join between steps; finished ones leave. The class is plain Python;
-`switchyard.cluster.runtime.runtime` wraps it with `ray.remote` (threaded, so `submit` and `result` run while
-the step loop does).
+Every step runs one forward of transformers' model for the whole batch (`batch.DecodeBatch`: one new
+token per active request, left-padded KV caches), so each MoE layer sees one `[tokens, hidden]` tensor
+and sends each expert worker one call. Requests that arrived since the previous step are prefilled
+first, in one forward of their own (their prompts left-padded together), which gives their first
+token; they join the batch and decode with it from the next step. Finished and cancelled requests
+leave between steps; plan switches happen between steps too. The class is plain Python;
+`switchyard.cluster.runtime.runtime` wraps it with `ray.remote` (threaded, so `submit`, `poll` and
+`result` run while the step loop does).
 
-Streaming callers (the gateway) use `poll`, which reports the new tokens of many requests in one call
-and wakes after every step, and `cancel`, which frees a request's batch slot and KV cache.
+`_moe` is the one place where the engine sees each MoE layer's top-k choices: it drops padding rows,
+records the routing and dispatches.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
+from switchyard.cluster.engine.batch import DecodeBatch, prefill_inputs
 from switchyard.cluster.engine.dispatch import ExpertDispatcher
 from switchyard.cluster.engine.model import build_engine_model
-from switchyard.cluster.engine.requests import check_prompt
-from switchyard.cluster.engine.rendezvous import MoeRendezvous, RemoteExperts
 from switchyard.cluster.engine.recorder import RoutingRecorder
-from switchyard.cluster.engine.sampling import SamplingParams, next_token
+from switchyard.cluster.engine.requests import check_prompt
+from switchyard.cluster.engine.sampling import SamplingParams, next_tokens
+from switchyard.cluster.engine.transport import DEFAULT_TIMEOUT_S, connect
 from switchyard.placement.plan import Plan
 from switchyard.placement.stats import RoutingStats
 from switchyard.workers.checkpoints import load_spec
@@ -44,9 +47,28 @@ class _Request:
     params: SamplingParams
     generator: torch.Generator
     output: list[int] = field(default_factory=list)
-    cache: Any = None  # the model's KV cache, created by the first forward
     error: Exception | None = None
     done: threading.Event = field(default_factory=threading.Event)
+
+    def finish(self, error: Exception | None = None) -> None:
+        self.error = self.error or error
+        self.done.set()
+
+
+class RemoteExperts(nn.Module):
+    """Stands in for a transformers `*Experts` module: same call, experts served by workers.
+
+    `forward(hidden_states [n, H], top_k_index [n, k], top_k_weights [n, k]) -> [n, H]`, the signature
+    every supported family's MoE block calls; `moe(layer, ...)` does the work.
+    """
+
+    def __init__(self, layer: int, moe: Any) -> None:
+        super().__init__()
+        self.layer, self.moe = layer, moe
+
+    def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
+                top_k_weights: torch.Tensor) -> torch.Tensor:
+        return self.moe(self.layer, hidden_states, top_k_index, top_k_weights)
 
 
 class Engine:
@@ -54,23 +76,33 @@ class Engine:
 
     workers: `[G]` Ray handles of the `ExpertWorker`s, in plan GPU order.  home_node: this engine's plan
     node.  max_batch: most requests in one step.  stats_sample_every: see `RoutingRecorder`.
+    channels: `[G]` the same-node channel address of each worker on this engine's node (shared memory),
+    None for workers elsewhere (Ray); all None when not given.  dispatch_timeout_s: how long a worker
+    may take to answer one layer before the step fails (`transport.WorkerUnavailable`).
+    threads: torch threads for the engine's forward (None: leave torch's default).
     `load` picks the model and plan; `submit` / `result` / `generate` serve requests, `poll` / `cancel`
     stream them, `queue_depth` counts them.
     """
 
-    def __init__(self, workers: list[Any], home_node: int, max_batch: int = 64,
-                 stats_sample_every: int = 1) -> None:
+    def __init__(self, workers: list[Any], home_node: int, max_batch: int = 64, stats_sample_every: int = 1,
+                 channels: list[str | None] | None = None, dispatch_timeout_s: float = DEFAULT_TIMEOUT_S,
+                 threads: int | None = None) -> None:
+        if threads is not None:
+            torch.set_num_threads(threads)
         self.workers, self.home_node = workers, home_node
+        self.channels = channels or [None] * len(workers)
         self.max_batch, self.stats_sample_every = max_batch, stats_sample_every
+        self.dispatch_timeout_s = dispatch_timeout_s
         self.num_steps = 0
         self.step_seconds = 0.0
-        self._routing = threading.local()  # per forward thread: the top-k ids of each layer so far
-        self._pool = ThreadPoolExecutor(max_batch, thread_name_prefix="forward")
+        self.dispatcher: ExpertDispatcher | None = None
         self._condition = threading.Condition()  # guards the requests; notified on submit, cancel, each step
         self._pending: list[_Request] = []
         self._requests: dict[int, _Request] = {}
         self._next_id = 0
         self._next_plan: tuple[Plan, int] | None = None  # (plan, epoch) to switch to at the next step boundary
+        self._real_rows: torch.Tensor | None = None  # rows of the forward's [B*T] tokens that are not padding
+        self._topk: list[np.ndarray] = []  # the forward's top-k ids `[n, k]` of each MoE layer so far
         threading.Thread(target=self._loop, name="engine-steps", daemon=True).start()
 
     def load(self, model_dir: str, plan: dict[str, Any], epoch: int = 1) -> None:
@@ -83,14 +115,16 @@ class Engine:
             if self._requests:
                 raise RuntimeError(f"the engine still has {len(self._requests)} request(s); load between requests")
             self.spec = load_spec(model_dir)
-            self.dispatcher = ExpertDispatcher(self._checked_plan(plan), epoch, self.workers, self.home_node)
-            self.rendezvous = MoeRendezvous(lambda *call: self.dispatcher.dispatch(*call))
+            if self.dispatcher is not None:
+                self.dispatcher.close()
+            transports = [connect(f"{index} (node of {'this engine' if address else 'another'})", handle, address,
+                                  self.spec.hidden_size, self.dispatch_timeout_s)
+                          for index, (handle, address) in enumerate(zip(self.workers, self.channels))]
+            self.dispatcher = ExpertDispatcher(self._checked_plan(plan), epoch, transports, self.home_node)
             self.num_steps, self.step_seconds = 0, 0.0
             self.recorder = RoutingRecorder(self.spec.num_layers, self.spec.num_experts, self.spec.top_k,
                                             self.stats_sample_every)
-            self.model = build_engine_model(
-                self.spec, lambda layer: RemoteExperts(layer, self.rendezvous, self._record_routing))
-
+            self.model = build_engine_model(self.spec, lambda layer: RemoteExperts(layer, self._moe))
     def switch_plan(self, plan: dict[str, Any], epoch: int, timeout_s: float = 60.0) -> int:
         """Dispatch under `plan` at `epoch` from the next step boundary on; returns the steps run meanwhile.
 
@@ -177,9 +211,7 @@ class Engine:
                 return False
             if request in self._pending:
                 self._pending.remove(request)
-            request.error = RequestCancelled(f"request {request_id} was cancelled")
-            request.cache = None
-            request.done.set()
+            request.finish(RequestCancelled(f"request {request_id} was cancelled"))
             self._condition.notify_all()
         return True
 
@@ -207,70 +239,108 @@ class Engine:
         return self.num_steps
 
     def timings(self) -> dict[str, float]:
-        """Profile since `load`: steps, their wall time, and the part spent in expert dispatch."""
+        """Profile since `load`: steps and their wall time; of it, expert dispatch (routing, sending,
+        waiting, combining), the wait for answers, and the slowest worker's compute per layer (summed)."""
         return {"steps": self.num_steps, "step_seconds": self.step_seconds,
-                "dispatch_seconds": self.dispatcher.seconds}
+                "dispatch_seconds": self.dispatcher.seconds, "wait_seconds": self.dispatcher.wait_seconds,
+                "worker_compute_seconds": self.dispatcher.compute_seconds}
 
     # ---- the step loop ----
     def _loop(self) -> None:
-        active: list[_Request] = []
+        batch = DecodeBatch()
         while True:
             with self._condition:
-                while not active and not self._pending and self._next_plan is None:
+                while not len(batch) and not self._pending and self._next_plan is None:
                     self._condition.wait()
                 if self._next_plan is not None:  # a step boundary: no forward is in flight
                     self.dispatcher.set_plan(*self._next_plan)
                     self._next_plan = None
                     self._condition.notify_all()
-                joining = self._pending[:self.max_batch - len(active)]
+                joining = self._pending[:self.max_batch - len(batch)]
                 del self._pending[:len(joining)]
-            active = [request for request in active + joining if not request.done.is_set()]  # cancelled leave
-            if not active:
+            leaving = [row for row, request in enumerate(batch.rows) if request.done.is_set()]
+            if leaving:  # finished or cancelled
+                batch.keep([row for row in range(len(batch)) if row not in leaving])
+            if not len(batch) and not joining:
                 continue
+            start = time.perf_counter()
             try:
-                self._step(active)
-            except Exception as error:  # a broken step fails its requests (their callers see it), not the loop
-                for request in active:
-                    request.error = error
-                    request.done.set()
+                if len(batch):
+                    self._decode(batch)
+                if joining:
+                    self._prefill(batch, joining)
+            except Exception as error:  # a bug, not a fault the steps handle: fail its requests, not the loop
+                for request in batch.rows + joining:
+                    request.finish(error)
+                batch.keep([])
+            self.num_steps += 1
+            self.step_seconds += time.perf_counter() - start
             with self._condition:
                 self._condition.notify_all()  # wake pollers: new tokens or finished requests
-            active = [request for request in active if not request.done.is_set()]
 
-    def _step(self, active: list[_Request]) -> None:
-        """One forward of every active request (batched at the MoE layers), then one token each."""
-        start = time.perf_counter()
-        self.rendezvous.begin_step(len(active))
-        futures = [self._pool.submit(self._forward, request) for request in active]
-        for request, future in zip(active, futures):
-            try:
-                logits = future.result()
-            except Exception as error:  # the request fails; the others go on
-                request.error = error
-                request.done.set()
+    def _prefill(self, batch: DecodeBatch, joining: list[_Request]) -> None:
+        """One forward of the new requests' prompts: their first tokens; they join `batch`."""
+        inputs = prefill_inputs([request.prompt for request in joining])
+        try:
+            cache, logits = self._forward(inputs, real=inputs["attention_mask"].reshape(-1).nonzero()[:, 0])
+        except Exception as error:  # only the joining requests fail; the batch never saw them
+            for request in joining:
+                request.finish(error)
+            return
+        self._sample(joining, logits)
+        batch.join(joining, cache, inputs["attention_mask"])
+
+    def _decode(self, batch: DecodeBatch) -> None:
+        """One forward of one new token per active request."""
+        inputs = batch.decode_inputs([request.output[-1] for request in batch.rows])
+        try:
+            _, logits = self._forward(inputs, real=None)
+        except Exception as error:  # the caches are half-updated: every request of the batch fails
+            for request in batch.rows:
+                request.finish(error)
+            batch.keep([])
+            return
+        batch.advance(inputs)
+        self._sample(batch.rows, logits)
+
+    def _forward(self, inputs: dict[str, Any], real: torch.Tensor | None) -> tuple[Any, torch.Tensor]:
+        """The model on `inputs`; its cache and the last position's logits `[B, V]` (float32).
+
+        real: indices of the flattened `[B*T]` tokens that are not padding (None: all are)."""
+        self._real_rows, self._topk = real, []
+        try:
+            with torch.inference_mode():
+                out = self.model(**inputs, use_cache=True, logits_to_keep=1)
+        finally:
+            self._real_rows = None
+        self.recorder.record(np.stack(self._topk, axis=1))  # [n, L, k]
+        return out.past_key_values, out.logits[:, -1].float()
+
+    def _sample(self, requests: list[_Request], logits: torch.Tensor) -> None:
+        """Each request's next token from its row of `logits` `[B, V]`; one request's error fails it alone."""
+        for request, token in zip(requests, next_tokens(logits, [r.params for r in requests],
+                                                        [r.generator for r in requests])):
+            if request.done.is_set():  # cancelled meanwhile
                 continue
-            token = next_token(logits, request.params, request.generator)
+            if isinstance(token, Exception):
+                request.finish(token)
+                continue
             request.output.append(token)
             if token in request.params.stop_ids or len(request.output) >= request.params.max_new_tokens:
-                request.cache = None
-                request.done.set()
-        self.num_steps += 1
-        self.step_seconds += time.perf_counter() - start
+                request.finish()
 
-    def _forward(self, request: _Request) -> torch.Tensor:
-        """The next-token logits `[V]` of one request (prefill or one decode token)."""
-        try:
-            tokens = request.prompt if request.cache is None else request.output[-1:]
-            self._routing.topk_ids = []
-            with torch.inference_mode():
-                out = self.model(input_ids=torch.tensor([tokens]), past_key_values=request.cache,
-                                 use_cache=True, logits_to_keep=1)
-            request.cache = out.past_key_values
-            self.recorder.record(np.stack(self._routing.topk_ids, axis=1))  # [n, L, k]
-            return out.logits[0, -1].float()
-        finally:
-            self.rendezvous.leave()
+    def _moe(self, layer: int, hidden: torch.Tensor, topk_ids: torch.Tensor,
+             topk_weights: torch.Tensor) -> torch.Tensor:
+        """MoE layer `layer` of the forward under way: `hidden` `[B*T, H]`, choices `[B*T, k]` -> `[B*T, H]`.
 
-    def _record_routing(self, layer: int, topk_ids: torch.Tensor) -> None:
-        assert len(self._routing.topk_ids) == layer, "MoE layers run in order"
-        self._routing.topk_ids.append(topk_ids.numpy().astype(np.int64, copy=False))
+        The one place where the engine gets each layer's top-k ids (a trace replay would swap them
+        here): padding rows are dropped, the real tokens' choices recorded, and the rest dispatched.
+        """
+        real = self._real_rows
+        if real is not None and real.numel() < hidden.shape[0]:
+            output = torch.zeros_like(hidden)
+            output[real] = self._moe(layer, hidden[real], topk_ids[real], topk_weights[real])
+            return output
+        assert len(self._topk) == layer, "MoE layers run in order"
+        self._topk.append(topk_ids.numpy().astype(np.int64, copy=False))
+        return self.dispatcher.dispatch(layer, hidden, topk_ids, topk_weights.to(hidden.dtype))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -25,11 +26,33 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
+        if not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         object.__setattr__(self, "stop_ids", tuple(int(i) for i in self.stop_ids))
+
+
+class SamplingFailed(ValueError):
+    """One request's sampling could not choose a token (e.g. its temperature overflows the logits)."""
+
+
+def next_tokens(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator]
+                ) -> list[int | Exception]:
+    """The next token of each row of `logits` `[B, V]`: greedy rows in one argmax, sampled rows one by
+    one. A row whose sampling fails gets its exception instead of a token; the other rows are unaffected."""
+    greedy = torch.argmax(logits, dim=-1).tolist()
+    tokens: list[int | Exception] = []
+    for row, (row_params, generator) in enumerate(zip(params, generators, strict=True)):
+        if row_params.temperature == 0:
+            tokens.append(greedy[row])
+            continue
+        try:
+            tokens.append(next_token(logits[row], row_params, generator))
+        except Exception as error:  # noqa: BLE001 - this request fails alone (the engine reports it)
+            tokens.append(SamplingFailed(f"sampling failed with temperature {row_params.temperature:g}, "
+                                         f"top_p {row_params.top_p:g}: {error}"))
+    return tokens
 
 
 def next_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
@@ -37,6 +60,8 @@ def next_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Ge
     if params.temperature == 0:
         return int(torch.argmax(logits))
     probs = torch.softmax(logits / params.temperature, dim=-1)
+    if not torch.isfinite(probs).all():
+        raise SamplingFailed(f"temperature {params.temperature:g} leaves no finite probabilities")
     if params.top_p < 1:
         sorted_probs, order = torch.sort(probs, descending=True)
         # keep the smallest prefix whose mass reaches top_p (the first token always)

@@ -5,6 +5,10 @@ pinned to its node with `NodeAffinitySchedulingStrategy`, so a plan's "same node
 Worker g (plan GPU g) runs on plan node `g // workers_per_node`; each node runs `engines_per_node`
 engines, whose tokens' home node is that node. Actors ask for no CPUs (they share the machine's
 cores) and, with `gpus_per_worker`, for a GPU each.
+
+Engines reach the workers on their own node through shared memory (each worker's channel address is
+handed to them) and the others through Ray (`cluster.engine.transport`); `transport="ray"` forces Ray
+everywhere (to measure the difference).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from switchyard.cluster.engine.engine import Engine
 from switchyard.cluster.engine.sampling import SamplingParams
 from switchyard.cluster.engine.traffic import merge_traffic
+from switchyard.cluster.engine.transport import DEFAULT_TIMEOUT_S
 from switchyard.placement.errors import PlacementError
 from switchyard.placement.plan import Plan
 from switchyard.placement.policies import get_policy
@@ -78,7 +83,15 @@ class Runtime:
     @classmethod
     def start(cls, model_dir: str | Path, num_nodes: int = 1, workers_per_node: int = 1,
               plan: Plan | str | Path = "linear", engines_per_node: int = 1, max_batch: int = 64,
-              gpus_per_worker: float = 0.0, epoch: int = 1) -> Runtime:
+              gpus_per_worker: float = 0.0, epoch: int = 1, transport: str = "auto",
+              dispatch_timeout_s: float = DEFAULT_TIMEOUT_S, expert_kernel: str = "auto",
+              worker_threads: int | None = 1, engine_threads: int | None = None) -> Runtime:
+        """Start the actors and load the model. transport: "auto" (shared memory on a node, Ray between
+        nodes) or "ray".  dispatch_timeout_s: how long an engine waits for a worker's answer to one layer.
+        expert_kernel: `ExpertCompute`'s kernel.  worker_threads / engine_threads: torch threads per
+        actor (measured on 2 cores: 1 per worker, torch's default for the engine, docs/runtime.md)."""
+        if transport not in ("auto", "ray"):
+            raise ValueError(f"transport must be auto or ray, got {transport!r}")
         spec = load_spec(model_dir)
         resolved = resolve_plan(spec, plan, num_nodes, workers_per_node)  # bad input fails before any actor
         node_ids = [node["NodeID"] for node in ray.nodes() if node["Alive"]]
@@ -92,14 +105,24 @@ class Runtime:
         workers = [
             _RemoteWorker.options(num_cpus=0, num_gpus=gpus_per_worker,
                                   scheduling_strategy=pinned(int(resolved.topology.node_of_gpu[gpu])))
-            .remote(str(spec.model_dir), resolved.gpu_experts[:, gpu], device, epoch)
+            .remote(str(spec.model_dir), resolved.gpu_experts[:, gpu], device, epoch, expert_kernel, worker_threads)
             for gpu in range(resolved.topology.num_gpus)
         ]
+        addresses = ray.get([worker.channel_address.remote() for worker in workers])
+        node_of_worker = resolved.topology.node_of_gpu
+
+        def channels(node: int) -> list[str | None]:
+            """The channel address of each worker on `node`, None for the others."""
+            return [address if transport == "auto" and node_of_worker[gpu] == node else None
+                    for gpu, address in enumerate(addresses)]
+
         # Engines go round the nodes (`Topology.node_of_engine`), so round-robin prompts go round the nodes.
         engines = [
             _RemoteEngine.options(num_cpus=0, max_concurrency=max_batch + 4,
                                   scheduling_strategy=pinned(resolved.topology.node_of_engine(index)))
-            .remote(workers, resolved.topology.node_of_engine(index), max_batch)
+            .remote(workers, resolved.topology.node_of_engine(index), max_batch,
+                    channels=channels(resolved.topology.node_of_engine(index)),
+                    dispatch_timeout_s=dispatch_timeout_s, threads=engine_threads)
             for index in range(num_nodes * engines_per_node)
         ]
         ray.get([engine.load.remote(str(spec.model_dir), resolved.to_dict(), epoch) for engine in engines])

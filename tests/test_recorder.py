@@ -1,73 +1,11 @@
-"""The MoE rendezvous and the routing recorder, without Ray: one dispatch per layer per step."""
+"""The routing recorder, without Ray: every token counted, a sampled share kept for co-activation."""
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
-import torch
 
-from switchyard.cluster.engine.rendezvous import MoeRendezvous
 from switchyard.cluster.engine.recorder import RoutingRecorder
-
-
-def test_one_dispatch_per_layer_for_all_requests():
-    calls = []
-
-    def dispatch(layer, hidden, ids, weights):
-        calls.append((layer, hidden.shape[0]))
-        return hidden * (layer + 1)
-
-    rendezvous = MoeRendezvous(dispatch)
-    sizes = [3, 1, 2]
-    results = {}
-
-    def request(index: int, layers: int) -> None:
-        try:
-            hidden = torch.full((sizes[index], 4), float(index))
-            for layer in range(layers):
-                hidden = rendezvous.submit(layer, hidden, torch.zeros(sizes[index], 2, dtype=torch.long),
-                                           torch.ones(sizes[index], 2))
-            results[index] = hidden
-        finally:
-            rendezvous.leave()
-
-    rendezvous.begin_step(len(sizes))
-    # request 2 stops after one layer (e.g. it failed); the others must not wait for it
-    threads = [threading.Thread(target=request, args=(i, 1 if i == 2 else 2)) for i in range(len(sizes))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=10)
-    assert calls == [(0, 6), (1, 4)]
-    assert torch.equal(results[0], torch.full((3, 4), 0.0))
-    assert torch.equal(results[1], torch.full((1, 4), 2.0))
-    assert torch.equal(results[2], torch.full((2, 4), 2.0))
-
-
-def test_dispatch_error_reaches_every_request():
-    def dispatch(layer, hidden, ids, weights):
-        raise RuntimeError("worker died")
-
-    rendezvous = MoeRendezvous(dispatch)
-    rendezvous.begin_step(2)
-    errors = []
-
-    def request() -> None:
-        try:
-            rendezvous.submit(0, torch.zeros(1, 4), torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 2))
-        except RuntimeError as error:
-            errors.append(str(error))
-        finally:
-            rendezvous.leave()
-
-    threads = [threading.Thread(target=request) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=10)
-    assert errors == ["worker died", "worker died"]
 
 
 @pytest.mark.parametrize("sample_every", [1, 3], ids=["all", "every-3rd"])
