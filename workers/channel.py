@@ -102,7 +102,10 @@ class ChannelServer:
                     os.close(fds[0])
                     continue
                 assert kind == CALL and segment is not None, "a call before any segment was attached"
-                connection.sendall(self._call(segment, layer, epoch, n, k, hidden))
+                try:
+                    connection.sendall(self._call(segment, layer, epoch, n, k, hidden))
+                except OSError:  # the engine gave up on this call (a timeout) and closed the channel
+                    break
         if segment is not None:
             segment.close()
 

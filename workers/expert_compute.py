@@ -12,11 +12,17 @@ implementations):
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 from torch.nn import functional
 
 from switchyard.workers.errors import CheckpointError
+
+# vLLM's kernel keeps its scratch space per process: two calls at once (two engines' channels, or a
+# channel and a Ray call) crash it, so they take turns.
+_VLLM_KERNEL_LOCK = threading.Lock()
 
 # The configs' `hidden_act` names (transformers' ACT2FN, without importing its hub machinery).
 ACTIVATIONS = {"silu": functional.silu, "swish": functional.silu, "gelu": functional.gelu, "relu": functional.relu}
@@ -117,7 +123,8 @@ class ExpertCompute:
         hidden = hidden.contiguous()
         output = torch.empty_like(hidden)
         gate_up, down = self.packed[layer]
-        cpu_fused_moe(output, hidden, gate_up, down, None, None, gate_weights, ids, "silu", "vec")
+        with _VLLM_KERNEL_LOCK:
+            cpu_fused_moe(output, hidden, gate_up, down, None, None, gate_weights, ids, "silu", "vec")
         return output
 
 

@@ -117,7 +117,7 @@ class Engine:
             self.spec = load_spec(model_dir)
             if self.dispatcher is not None:
                 self.dispatcher.close()
-            transports = [connect(f"{index} (node of {'this engine' if address else 'another'})", handle, address,
+            transports = [connect(f"{index} ({'same node' if address else 'other node'})", handle, address,
                                   self.spec.hidden_size, self.dispatch_timeout_s)
                           for index, (handle, address) in enumerate(zip(self.workers, self.channels))]
             self.dispatcher = ExpertDispatcher(self._checked_plan(plan), epoch, transports, self.home_node)

@@ -61,11 +61,9 @@ class SharedMemoryTransport:
              epoch: int) -> None:
         n, k = local_slots.shape
         self._ensure(segment_bytes(n, k, self.hidden_size))
-        tokens, slots, gate_weights, _ = segment_views(self._segment, n, k, self.hidden_size)
-        tokens[...] = hidden.numpy()
-        slots[...] = local_slots
-        gate_weights[...] = weights.numpy()
-        del tokens, slots, gate_weights  # no view may outlive a segment that is replaced
+        views = segment_views(self._segment, n, k, self.hidden_size)
+        views[0][...], views[1][...], views[2][...] = hidden.numpy(), local_slots, weights.numpy()
+        del views  # no view may outlive the segment (closing it needs none left)
         self._send(REQUEST.pack(CALL, layer, epoch, n, k, self.hidden_size))
         self._pending = (n, k)
 
