@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from switchyard.cluster.errors import InvalidRequest
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -33,8 +35,9 @@ class SamplingParams:
         object.__setattr__(self, "stop_ids", tuple(int(i) for i in self.stop_ids))
 
 
-class SamplingFailed(ValueError):
-    """One request's sampling could not choose a token (e.g. its temperature overflows the logits)."""
+class SamplingFailed(InvalidRequest):
+    """One request's sampling could not choose a token (e.g. its temperature overflows the logits):
+    INVALID_ARGUMENT at the gateway, for that request alone."""
 
 
 def next_tokens(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator]
