@@ -164,7 +164,7 @@ def test_bad_sampling_fails_only_its_request(runtime, checkpoints):
     assert ray.get(engine.result.remote(first)) == reference[0]
     assert ray.get(engine.result.remote(last)) == reference[2]
     for value in (float("nan"), float("inf"), -1.0):
-        with pytest.raises(ValueError, match="temperature must be a finite number"):
+        with pytest.raises(ValueError, match="temperature must be >= 0 and finite"):
             SamplingParams(temperature=value)
     with pytest.raises(ValueError, match="top_p must be in"):
         SamplingParams(top_p=float("nan"))
