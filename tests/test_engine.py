@@ -36,6 +36,7 @@ def test_staggered_requests_equal_transformers(tmp_path, arch):
     first = {ids[0]: 0}
     while not engine.poll(first, 5.0)[ids[0]][0]:  # the first requests are decoding: the rest join mid-batch
         pass
+    assert 1 <= engine.active_batch() <= 3  # the first requests' decode batch (the dashboard's gauge)
     ids += [engine.submit(prompt, SamplingParams(max_new_tokens=n)) for prompt, n in zip(PROMPTS[3:], LENGTHS[3:])]
     outputs = [engine.result(request_id) for request_id in ids]
     model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)

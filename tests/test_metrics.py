@@ -40,7 +40,7 @@ def _view(num_layers: int, num_experts: int, num_nodes: int, gpus_per_node: int,
              "predicted_after": {"balancedness": 0.9}}
     return ClusterView({"family": "deepseek_v3", "model_dir": "/m", "num_layers": num_layers,
                         "num_experts": num_experts, "top_k": 8}, 2, plan, (2,) * len(engines), load,
-                       float(load.sum()), 0.9, 60.0, 0.0, engines, (0,) * len(engines), (event,),
+                       float(load.sum()), 0.9, 60.0, 0.0, engines, (0,) * len(engines), (0,) * len(engines), (event,),
                        RequestMetrics().totals(), {"buffered": 0, "dropped": 0, "errors": 0})
 
 

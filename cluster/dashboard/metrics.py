@@ -56,6 +56,8 @@ def view_families(view: ClusterView, per_expert: bool = False) -> Iterator[Metri
                  zip(engine_labels, view.engine_epochs))
     yield _gauge("switchyard_engine_queue_depth", "Requests the gateway has in flight on each engine replica.",
                  ["engine", "node"], zip(engine_labels, view.queue_depths))
+    yield _gauge("switchyard_engine_active_batch", "Requests in each engine replica's decode batch after its "
+                 "latest step.", ["engine", "node"], zip(engine_labels, view.active_batches))
     yield _gauge("switchyard_stats_window_tokens", "Tokens in the routing statistics window.",
                  value=view.num_tokens)
     yield _gauge("switchyard_stats_window_seconds", "Length of the statistics window in seconds (0: a token "

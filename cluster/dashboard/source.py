@@ -73,8 +73,9 @@ class BackendSource:
     async def view(self) -> ClusterView:
         backend = self.backend
         try:
-            (epoch, plan), engine_epochs, snapshot, events = await asyncio.gather(
-                backend.placement(), backend.engine_epochs(), backend.snapshot(), backend.events(EVENTS_SHOWN))
+            (epoch, plan), engine_epochs, snapshot, events, batches = await asyncio.gather(
+                backend.placement(), backend.engine_epochs(), backend.snapshot(), backend.events(EVENTS_SHOWN),
+                backend.active_batches())
         except SwitchyardError as error:
             raise SourceError.of(error.status, str(error)) from None
         model = backend.model
@@ -88,7 +89,7 @@ class BackendSource:
             snapshot.window_s, snapshot.window_tokens,
             tuple(EngineTraffic(e["home_node"], tuple(e["bytes_per_worker"]), tuple(e["tokens_per_worker"]))
                   for e in snapshot.traffic["engines"]),
-            tuple(backend.queue_depths()), tuple(events), self.requests.totals(), store)
+            tuple(backend.queue_depths()), tuple(batches), tuple(events), self.requests.totals(), store)
 
     async def dry_run(self, policy: str, max_moves: int | None) -> dict[str, Any]:
         try:
@@ -139,7 +140,8 @@ class ClientSource:
             stats.num_tokens, stats.balancedness, stats.window_seconds, stats.window_tokens,
             tuple(EngineTraffic(e.home_node, tuple(e.bytes_per_worker), tuple(e.tokens_per_worker))
                   for e in stats.traffic.engines),
-            tuple(engine.queue_depth for engine in info.engines), tuple(json.loads(e) for e in events.event_json),
+            tuple(engine.queue_depth for engine in info.engines), tuple(engine.active_batch for engine in info.engines),
+            tuple(json.loads(e) for e in events.event_json),
             totals_of_proto(requests))
 
     async def dry_run(self, policy: str, max_moves: int | None) -> dict[str, Any]:

@@ -42,7 +42,7 @@ class ClusterView:
     picked each expert in the statistics window (`window_s` seconds, or the newest `window_tokens`
     tokens; both 0: since loading).  num_tokens: tokens in the window.  balancedness: the served plan's
     on `load` (GetStats).  engines: `[R]` traffic per engine.  queue_depths: `[R]` requests the gateway
-    has in flight per engine.  events: rebalance events, newest first (`docs/state-store.md`).
+    has in flight per engine.  active_batches: `[R]` requests in each engine's decode batch.  events: rebalance events, newest first (`docs/state-store.md`).
     requests: the gateway's request counters.  store: the statistics writers' counters where the
     state store is in this process (`buffered`, `dropped`, `errors`), else None.
     """
@@ -58,6 +58,7 @@ class ClusterView:
     window_tokens: float
     engines: tuple[EngineTraffic, ...]
     queue_depths: tuple[int, ...]
+    active_batches: tuple[int, ...]
     events: tuple[dict[str, Any], ...]
     requests: RequestTotals
     store: dict[str, int] | None = None
@@ -151,6 +152,7 @@ def page_data(view: ClusterView) -> dict[str, Any]:
                     "engine_nodes": [engine.home_node for engine in view.engines],
                     "cross_node_bytes": view.cross_node_bytes()},
         "queue_depths": list(view.queue_depths),
+        "active_batches": list(view.active_batches),
         "rebalances": view.rebalances(),
         "failed_rebalances": view.failed_rebalances(),
         "store": view.store,

@@ -95,6 +95,7 @@ class Engine:
         self.dispatch_timeout_s = dispatch_timeout_s
         self.num_steps = 0
         self.step_seconds = 0.0
+        self.batch_size = 0  # requests in the decode batch after the latest step
         self.dispatcher: ExpertDispatcher | None = None
         self._condition = threading.Condition()  # guards the requests; notified on submit, cancel, each step
         self._pending: list[_Request] = []
@@ -219,6 +220,11 @@ class Engine:
         """Requests submitted and not yet collected (running or waiting for a batch slot)."""
         return len(self._requests)
 
+    def active_batch(self) -> int:
+        """Requests in the decode batch after the latest step (at most `max_batch`; the rest of
+        `queue_depth` waits for a slot)."""
+        return self.batch_size
+
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[int]]:
         """Submit every prompt at once and wait for all; outputs in prompt order."""
         ids = [self.submit(prompt, params) for prompt in prompts]
@@ -261,6 +267,7 @@ class Engine:
             leaving = [row for row, request in enumerate(batch.rows) if request.done.is_set()]
             if leaving:  # finished or cancelled
                 batch.keep([row for row in range(len(batch)) if row not in leaving])
+            self.batch_size = len(batch)
             if not len(batch) and not joining:
                 continue
             start = time.perf_counter()
@@ -275,6 +282,7 @@ class Engine:
                 batch.keep([])
             self.num_steps += 1
             self.step_seconds += time.perf_counter() - start
+            self.batch_size = len(batch)
             with self._condition:
                 self._condition.notify_all()  # wake pollers: new tokens or finished requests
 

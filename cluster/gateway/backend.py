@@ -126,6 +126,9 @@ class Backend(Protocol):
     async def engine_epochs(self) -> list[int]:
         """The epoch each engine replica dispatches under, in engine order."""
 
+    async def active_batches(self) -> list[int]:
+        """Requests in each engine replica's decode batch after its latest step, in engine order."""
+
     async def events(self, limit: int) -> list[dict[str, Any]]:
         """The newest `limit` rebalance events, newest first (none without a state store)."""
 
@@ -259,6 +262,9 @@ class RuntimeBackend:
 
     async def engine_epochs(self) -> list[int]:
         return list(await asyncio.gather(*[engine.epoch.remote() for engine in self.runtime.engines]))
+
+    async def active_batches(self) -> list[int]:
+        return list(await asyncio.gather(*[engine.active_batch.remote() for engine in self.runtime.engines]))
 
     async def events(self, limit: int) -> list[dict[str, Any]]:
         return [] if self.store is None else await asyncio.to_thread(self.store.events, limit)

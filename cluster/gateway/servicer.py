@@ -193,12 +193,13 @@ class SwitchyardServicer(pb_grpc.SwitchyardServicer):
     async def ClusterInfo(self, request: pb.ClusterInfoRequest, context: grpc.aio.ServicerContext
                           ) -> pb.ClusterInfoResponse:
         backend = self._ready()
-        info = await backend.cluster_info()
+        info, batches = await asyncio.gather(backend.cluster_info(), backend.active_batches())
         depths = backend.queue_depths()
         return pb.ClusterInfoResponse(
             model=pb.ModelInfo(**vars(backend.model)),
             nodes=[pb.NodeInfo(**node) for node in info["nodes"]],
-            engines=[pb.EngineInfo(**engine, queue_depth=depths[engine["index"]]) for engine in info["engines"]],
+            engines=[pb.EngineInfo(**engine, queue_depth=depths[engine["index"]],
+                                                active_batch=batches[engine["index"]]) for engine in info["engines"]],
             workers=[pb.WorkerInfo(**worker) for worker in info["workers"]], device=info["device"])
 
     @guarded

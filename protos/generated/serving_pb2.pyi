@@ -207,14 +207,16 @@ class NodeInfo(_message.Message):
     def __init__(self, index: _Optional[int] = ..., ray_node_id: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
 
 class EngineInfo(_message.Message):
-    __slots__ = ("index", "node", "queue_depth")
+    __slots__ = ("index", "node", "queue_depth", "active_batch")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_BATCH_FIELD_NUMBER: _ClassVar[int]
     index: int
     node: int
     queue_depth: int
-    def __init__(self, index: _Optional[int] = ..., node: _Optional[int] = ..., queue_depth: _Optional[int] = ...) -> None: ...
+    active_batch: int
+    def __init__(self, index: _Optional[int] = ..., node: _Optional[int] = ..., queue_depth: _Optional[int] = ..., active_batch: _Optional[int] = ...) -> None: ...
 
 class WorkerInfo(_message.Message):
     __slots__ = ("index", "node")
