@@ -130,6 +130,7 @@ def test_placement_stats_and_cluster_info(runtime, client):
     info = client.cluster_info()
     assert (info.model.vocab_size, info.model.max_context, info.model.family) == (VOCAB, CONTEXT, "mixtral")
     assert [(e.index, e.node) for e in info.engines] == [(0, 0), (1, 1)]
+    assert [e.active_batch for e in info.engines] == [0, 0]  # no request in flight: empty decode batches
     assert len(info.nodes) == 2 and [w.node for w in info.workers] == [0, 1] and info.device == "cpu"
     code, message = _code(lambda: client.rebalance(dry_run=False, expected_epoch=0))  # moves nothing
     assert code == Code.ABORTED and "not 0" in message
