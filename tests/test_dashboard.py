@@ -218,9 +218,15 @@ def test_page_renders_every_panel_with_data(scenario):
     assert drawn["top"][:2] == [expert, layer] and drawn["top"][2] == pytest.approx(load[layer, expert], abs=1e-3)
     assert drawn["outlined"] == [drawn["top"]]
 
-    rows = driver.execute_script(  # in one call: the table is redrawn every refresh
-        "return [...document.querySelectorAll('#history-table tr.rebalance')]"
-        ".map(r => ({text: r.innerText, observed: r.querySelector('td.observed').innerText}));")
+    def history_rows() -> list[dict[str, str]]:
+        return driver.execute_script(  # in one call: the table is redrawn every refresh
+            "return [...document.querySelectorAll('#history-table tr.rebalance')]"
+            ".map(r => ({text: r.innerText, observed: r.querySelector('td.observed').innerText}));")
+
+    # The observed event is in the store (the scenario waited for it); the page shows it once its
+    # sampler's next reading reaches the browser's next refresh.
+    rows = _wait(lambda: (rows := history_rows()) and "pending" not in rows[0]["observed"] and rows,
+                 f"the observed gain on the page: {history_rows()}", timeout_s=30)
     assert len(rows) == 1
     applied = scenario["applied"]
     assert "1 → 2" in rows[0]["text"] and "affinity" in rows[0]["text"]
