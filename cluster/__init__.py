@@ -8,6 +8,7 @@
     cli/           the `switchyard` command
     integrations/  the affinity policy behind vLLM's EPLB interface
     settings.py    every default and environment variable;  errors.py  the error base and its mappings
+    periodic.py    the background loop of the dashboard's sampler and of automatic rebalance
 
 What users import is below; it is loaded on first use, so `import switchyard.cluster` stays cheap (no
 Ray, gRPC or torch until asked for).

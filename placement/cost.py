@@ -21,6 +21,7 @@ ignored: this ranks placements, it does not predict wall-clock time to the micro
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,34 +88,28 @@ class ClusterSpec:
         return 3 * self.hidden_size * self.moe_intermediate_size * self.dtype_bytes
 
 
+# DGX/HGX H100 SXM nodes running a DeepSeek-V2-Lite-shaped model in BF16. Sources (figures as the
+# vendor pages state them; docs/placement-metrics.md has the links):
+#   NVIDIA H100 product page / datasheet, H100 SXM: BF16 Tensor Core 1,979 TFLOP/s "with sparsity",
+#     so ~989 TFLOP/s dense; NVLink 900 GB/s total (bidirectional) per GPU = 450 GB/s per direction.
+#   NVIDIA DGX H100 user guide: 8 ConnectX-7 400 Gb/s ports for the compute fabric, one per GPU,
+#     so 400 Gb/s = 50 GB/s per GPU per direction.
+#   DeepSeek-V2-Lite config.json: hidden_size 2048, moe_intermediate_size 1408, bfloat16.
+_H100 = ClusterSpec(
+    name="h100",
+    gpu_flops=989e12,
+    nvlink_bandwidth=450e9,
+    network_bandwidth=50e9,
+    hidden_size=2048,
+    moe_intermediate_size=1408,
+    dtype_bytes=2,
+)
+
 PRESETS: dict[str, ClusterSpec] = {
-    # DGX/HGX H100 SXM nodes running a DeepSeek-V2-Lite-shaped model in BF16. Sources (figures as the
-    # vendor pages state them; docs/placement-metrics.md has the links):
-    #   NVIDIA H100 product page / datasheet, H100 SXM: BF16 Tensor Core 1,979 TFLOP/s "with sparsity",
-    #     so ~989 TFLOP/s dense; NVLink 900 GB/s total (bidirectional) per GPU = 450 GB/s per direction.
-    #   NVIDIA DGX H100 user guide: 8 ConnectX-7 400 Gb/s ports for the compute fabric, one per GPU,
-    #     so 400 Gb/s = 50 GB/s per GPU per direction.
-    #   DeepSeek-V2-Lite config.json: hidden_size 2048, moe_intermediate_size 1408, bfloat16.
-    "h100": ClusterSpec(
-        name="h100",
-        gpu_flops=989e12,
-        nvlink_bandwidth=450e9,
-        network_bandwidth=50e9,
-        hidden_size=2048,
-        moe_intermediate_size=1408,
-        dtype_bytes=2,
-    ),
+    "h100": _H100,
     # The same nodes on a 100 Gbit/s network (one 100 GbE NIC per GPU, 12.5 GB/s per direction), as
     # in clusters built from commodity Ethernet: 4x slower between nodes than `h100`.
-    "h100-100gbit": ClusterSpec(
-        name="h100-100gbit",
-        gpu_flops=989e12,
-        nvlink_bandwidth=450e9,
-        network_bandwidth=12.5e9,
-        hidden_size=2048,
-        moe_intermediate_size=1408,
-        dtype_bytes=2,
-    ),
+    "h100-100gbit": dataclasses.replace(_H100, name="h100-100gbit", network_bandwidth=12.5e9),
 }
 
 

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from switchyard.placement.errors import PlacementError
 from switchyard.placement.plan import Plan
 
 COPY_DTYPE = np.dtype([("layer", np.int64), ("expert", np.int64), ("source_slot", np.int64),
@@ -52,11 +51,7 @@ def plan_migration(current: Plan, proposed: Plan) -> Migration:
 
     Raises `PlacementError` when the plans differ in topology, layer count or expert count.
     """
-    if current.topology != proposed.topology:
-        raise PlacementError(
-            f"cannot migrate between topologies: current {current.topology.describe()}, "
-            f"proposed {proposed.topology.describe()}"
-        )
+    current.topology.check_same(proposed.topology, "cannot migrate between topologies: the proposed plan")
     proposed.check_matches(current.num_layers, current.num_logical_experts, "the current plan")
     topology = current.topology
     num_layers, num_gpus, num_experts = current.num_layers, topology.num_gpus, current.num_logical_experts

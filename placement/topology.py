@@ -89,3 +89,9 @@ class Topology:
 
     def describe(self) -> str:
         return f"{self.num_nodes} node(s) x {self.gpus_per_node} GPU(s) x {self.slots_per_gpu} slot(s)"
+
+    def check_same(self, other: Topology, what: str) -> None:
+        """`PlacementError` "<what> is for <other>, not <self>" unless `other` is this topology: a plan
+        that replaces, moves or resumes another must lay out the same slots on the same GPUs."""
+        if other != self:
+            raise PlacementError(f"{what} is for {other.describe()}, not {self.describe()}")

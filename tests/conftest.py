@@ -1,4 +1,6 @@
-"""Shared fixtures: the real routing traces beside the project, skipped with a reason where absent."""
+"""Shared fixtures: the real routing traces beside the project (skipped with a reason where absent), one
+Ray cluster for the session, Redis stores of fresh deployments. Shared functions (`wait_until`) live in
+`tests/waiting.py`, importable because pyproject puts tests/ on pytest's `pythonpath`."""
 
 from __future__ import annotations
 
@@ -16,6 +18,45 @@ from switchyard.placement.topology import Topology
 TRACES_DIR = Path(__file__).resolve().parents[2] / "shared" / "traces"
 DOCS_DIR = Path(__file__).resolve().parents[1] / "docs"
 REDIS_URL = "redis://127.0.0.1:6379/0"
+RAY_NODES = 2
+"""Simulated nodes of the session's Ray cluster; `Runtime.start` uses the first n alive ones, so
+1-node runtimes run on it too."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test on the session's Ray cluster is a `ray` test, so `-m "not ray"` never starts it."""
+    for item in items:
+        if "ray_address" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)
+
+
+@pytest.fixture(scope="session")
+def ray_address() -> Iterator[str]:
+    """The address of one simulated `RAY_NODES`-node Ray cluster that the whole session shares, started the
+    first time a test asks (about 13 s, once instead of once per module) and shut down at the end.
+    Nothing is connected to it here: `ray_connected` connects this process, `--address` a CLI call."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        for _ in range(RAY_NODES - 1):
+            cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        yield cluster.address
+    finally:
+        cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_connected(ray_address: str) -> Iterator[str]:
+    """This process connected to the session's cluster for one module (it yields the address). The module
+    disconnects at its end, so a later in-process CLI call can connect itself. Nothing leaks into the
+    next module: runtimes kill their actors (none named or detached) on shutdown, and whatever a
+    driver leaves dies when it disconnects."""
+    from switchyard.cluster.runtime.runtime import ray_cluster
+
+    with ray_cluster(RAY_NODES, ray_address):
+        yield ray_address
 
 
 @pytest.fixture(scope="session")

@@ -65,8 +65,8 @@ def test_bad_settings_are_refused(field, value, message):
 
 
 @pytest.mark.ray
-def test_applies_once_then_waits_for_the_interval(tmp_path):
-    from switchyard.cluster.runtime.runtime import Runtime, local_cluster
+def test_applies_once_then_waits_for_the_interval(ray_connected, tmp_path):
+    from switchyard.cluster.runtime.runtime import Runtime
     from switchyard.cluster.engine.sampling import SamplingParams
     from switchyard.cluster.gateway.backend import RuntimeBackend
     from switchyard.cluster.state.store import EmbeddedStateStore
@@ -76,7 +76,7 @@ def test_applies_once_then_waits_for_the_interval(tmp_path):
     model_dir = init_checkpoint("mixtral", "tiny", tmp_path / "mixtral", skew=2.0, seed=11)
     now = [1000.0]
     settings = AutoRebalanceSettings(min_balancedness=1.0, min_gain=0.01, interval_s=60.0)
-    with local_cluster(2), Runtime.start(model_dir, 2, 2) as runtime:
+    with Runtime.start(model_dir, 2, 2) as runtime:
         store = EmbeddedStateStore()
         store.set_active_plan(runtime.plan, 0)
         backend = RuntimeBackend(runtime, store=store)

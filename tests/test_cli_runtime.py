@@ -66,10 +66,11 @@ def test_generate_needs_model_or_server(cli, model_dir):
 
 
 @pytest.mark.ray
-def test_generate_json_on_two_nodes(cli, model_dir):
+def test_generate_json_on_two_nodes(cli, model_dir, ray_address):
+    """On the session's cluster through --address (the ephemeral cluster's start is `serve`'s test's)."""
     prompts = [[3, 1, 4, 1, 5], [9, 2, 6]]
-    args = ["generate", "--model", str(model_dir), "--max-new-tokens", "6", "--nodes", "2",
-            "--gpus-per-node", "2", "--json"]
+    args = ["generate", "--model", str(model_dir), "--max-new-tokens", "6", "--nodes", "2", "--gpus-per-node", "2",
+            "--address", ray_address, "--json"]
     for prompt in prompts:
         args += ["--prompt-ids", ",".join(map(str, prompt))]
     result = CliRunner().invoke(cli, args)

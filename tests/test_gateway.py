@@ -26,7 +26,7 @@ from switchyard.cluster.cli.generate import generate
 from switchyard.cluster.gateway.client import Client, sampling
 from switchyard.cluster.gateway.server import BackgroundGateway, GatewayConfig
 from switchyard.cluster.gateway.status import status_of
-from switchyard.cluster.runtime.runtime import Runtime, local_cluster
+from switchyard.cluster.runtime.runtime import Runtime
 from switchyard.cluster.engine.sampling import SamplingParams
 from switchyard.cluster.gateway.backend import RuntimeBackend
 from switchyard.cluster.rebalance.planner import model_cluster
@@ -37,6 +37,7 @@ from switchyard.placement.plan import Plan
 from switchyard.placement.stats import RoutingStats
 from switchyard.protos.generated import serving_pb2 as pb
 from switchyard.workers.checkpoints import init_checkpoint
+from waiting import wait_until
 
 pytestmark = pytest.mark.ray
 
@@ -48,14 +49,10 @@ Code = grpc.StatusCode
 
 
 @pytest.fixture(scope="module")
-def runtime(tmp_path_factory):
+def runtime(ray_connected, tmp_path_factory):
     model_dir = init_checkpoint("mixtral", "tiny", tmp_path_factory.mktemp("gateway") / "mixtral", skew=0.5, seed=7)
-    with local_cluster(2):
-        started = Runtime.start(model_dir, num_nodes=2, workers_per_node=1)
-        try:
-            yield started
-        finally:
-            started.shutdown()
+    with Runtime.start(model_dir, num_nodes=2, workers_per_node=1) as started:
+        yield started
 
 
 def _gateway(backend, **config):
@@ -92,12 +89,9 @@ def _code(call) -> tuple[grpc.StatusCode, str]:
 
 def _wait_idle(runtime, backend, timeout_s: float = 10.0) -> None:
     """Until every engine has collected its requests (cancelled ones leave after their current step)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if backend.queue_depths() == [0, 0] and ray.get([e.queue_depth.remote() for e in runtime.engines]) == [0, 0]:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"engines still busy: {ray.get([e.queue_depth.remote() for e in runtime.engines])}")
+    wait_until(lambda: backend.queue_depths() == [0, 0]
+               and ray.get([e.queue_depth.remote() for e in runtime.engines]) == [0, 0],
+               "every engine to collect its requests", timeout_s)
 
 
 def test_stream_and_batch_equal_the_runtime(runtime, client):
@@ -373,10 +367,8 @@ def test_statistics_flow_into_the_store_and_get_stats(runtime, backend, state_st
             batch = client.generate_batch(PROMPTS, max_new_tokens=NEW_TOKENS)
             assert {result.finished.engine for result in batch} == {0, 1}
             tokens = _forwarded(PROMPTS, NEW_TOKENS)
-            deadline = time.monotonic() + 20
-            while (stats := client.stats()).num_tokens < tokens:
-                assert time.monotonic() < deadline, f"{stats.num_tokens} of {tokens} tokens published"
-                time.sleep(0.1)
+            stats = wait_until(lambda: (s := client.stats()).num_tokens >= tokens and s,
+                               f"{tokens} tokens published", timeout_s=20)
             assert stats.num_tokens == tokens  # each token once, however many rounds it took
             loads = np.array([layer.expert_load for layer in stats.layers])  # [L, E]
             np.testing.assert_array_equal(loads.sum(axis=1), tokens * runtime.spec.top_k)

@@ -19,11 +19,12 @@ import pytest
 from switchyard.cluster.gateway.client import Client
 from switchyard.cluster.gateway.server import BackgroundGateway, GatewayConfig
 from switchyard.cluster.state.redis_store import RedisStateStore
-from switchyard.cluster.runtime.runtime import Runtime, local_cluster
+from switchyard.cluster.runtime.runtime import Runtime
 from switchyard.cluster.gateway.backend import RuntimeBackend
 from switchyard.cluster.state.store import EmbeddedStateStore, StateStoreUnavailable
 from switchyard.placement.plan import Plan
 from switchyard.workers.checkpoints import init_checkpoint
+from waiting import wait_until
 
 pytestmark = pytest.mark.ray
 
@@ -35,15 +36,11 @@ Code = grpc.StatusCode
 
 
 @pytest.fixture(scope="module")
-def runtime(tmp_path_factory):
+def runtime(ray_connected, tmp_path_factory):
     model_dir = init_checkpoint("mixtral", "tiny", tmp_path_factory.mktemp("rebalance") / "mixtral", skew=0.5,
                                 seed=11)
-    with local_cluster(2):
-        started = Runtime.start(model_dir, num_nodes=2, workers_per_node=2)
-        try:
-            yield started
-        finally:
-            started.shutdown()
+    with Runtime.start(model_dir, num_nodes=2, workers_per_node=2) as started:
+        yield started
 
 
 def _align(store, runtime: Runtime) -> None:
@@ -165,10 +162,8 @@ def test_events_record_the_apply_and_its_observed_gain(store, client):
     epoch, plan = _served(client)
     answer = client.rebalance(dry_run=False, plan_json=json.dumps(_moved(plan).to_dict()))
     _greedy(client)  # traffic after the switch
-    deadline = time.monotonic() + 20
-    while not any(e["kind"] == "observed" and e["epoch"] == epoch + 1 for e in store.events()):
-        assert time.monotonic() < deadline, store.events(5)
-        time.sleep(0.1)
+    wait_until(lambda: any(e["kind"] == "observed" and e["epoch"] == epoch + 1 for e in store.events()),
+               "the observed gain's event", timeout_s=20)
     events = store.events()
     applied = next(e for e in events if e["kind"] == "rebalance" and e["epoch"] == epoch + 1)
     assert applied["from_epoch"] == epoch and applied["by"] == "admin" and applied["policy"] == "given"
@@ -243,10 +238,8 @@ def test_a_cancelled_apply_holds_the_lock_until_it_ends_and_records_its_event(ru
             code, details = _code(lambda: admin.rebalance(dry_run=False, plan_json=json.dumps(plan.to_dict())))
             assert code == Code.ABORTED and "another rebalance is in progress" in details
             gated.gate.set()
-            deadline = time.monotonic() + 60
-            while not any(e["kind"] == "rebalance" and e["epoch"] == epoch + 1 for e in store.events(20)):
-                assert time.monotonic() < deadline, store.events(5)
-                time.sleep(0.05)
+            wait_until(lambda: any(e["kind"] == "rebalance" and e["epoch"] == epoch + 1
+                                   for e in store.events(20)), "the committed rebalance's event", timeout_s=60)
             assert _served(client)[0] == epoch + 1 == runtime.epoch  # committed, and the store knows it
             answer = admin.rebalance(dry_run=False, plan_json=json.dumps(plan.to_dict()))  # the lock is free
             assert answer.applied and answer.applied_epoch == epoch + 2

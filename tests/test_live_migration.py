@@ -8,7 +8,6 @@ starts from whatever epoch the previous one left, so the cases also run alone.
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import pytest
 import ray
 
 from switchyard.cluster.runtime.migration import MigrationFailed, migrate
-from switchyard.cluster.runtime.runtime import Runtime, local_cluster
+from switchyard.cluster.runtime.runtime import Runtime
 from switchyard.cluster.engine.sampling import SamplingParams
 from switchyard.placement.errors import PlacementError
 from switchyard.placement.migration import plan_migration
@@ -26,6 +25,7 @@ from switchyard.placement.policies import get_policy
 from switchyard.placement.stats import RoutingStats
 from switchyard.placement.topology import Topology
 from switchyard.workers.checkpoints import init_checkpoint
+from waiting import wait_until
 
 pytestmark = pytest.mark.ray
 
@@ -40,13 +40,7 @@ def model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    with local_cluster(NODES):
-        yield
-
-
-@pytest.fixture(scope="module")
-def runtime(cluster, model_dir):
+def runtime(ray_connected, model_dir):
     with Runtime.start(model_dir, NODES, WORKERS_PER_NODE) as started:
         yield started
 
@@ -86,10 +80,8 @@ def _wait_for_steps(runtime: Runtime, steps: int, timeout_s: float = 60.0) -> No
     def counts() -> np.ndarray:
         return np.array(ray.get([engine.step_count.remote() for engine in runtime.engines]))
 
-    target, deadline = counts() + steps, time.monotonic() + timeout_s
-    while (counts() < target).any():
-        assert time.monotonic() < deadline, "the requests did not start"
-        time.sleep(0.05)
+    target = counts() + steps
+    wait_until(lambda: (counts() >= target).all(), "the requests to start", timeout_s)
 
 
 def test_migrate_while_requests_run(runtime, baseline):
@@ -194,7 +186,7 @@ def test_same_experts_migrate_without_copies(runtime, baseline):
 
 
 @pytest.mark.parametrize("victim", ["worker", "engine"])
-def test_dead_actor_fails_the_migration(cluster, model_dir, baseline, victim):
+def test_dead_actor_fails_the_migration(ray_connected, model_dir, baseline, victim):
     """Destructive, so on its own runtime: a killed actor fails the migration and the rest is undone.
 
     A dead worker fails the stage; a dead engine fails the switch after the other engine switched, so

@@ -36,6 +36,7 @@ from switchyard.placement.policies import get_policy
 from switchyard.placement.stats import RoutingStats
 from switchyard.placement.topology import Topology
 from switchyard.workers.checkpoints import init_checkpoint, load_spec
+from waiting import wait_until
 
 pytestmark = [pytest.mark.ray, pytest.mark.redis]
 
@@ -48,8 +49,9 @@ CLIENTS = 4
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory) -> Iterator[tuple[str, Plan]]:
-    """A gateway process serving a skewed tiny Mixtral under a linear plan with 8 redundant slots."""
+def served(ray_address, tmp_path_factory) -> Iterator[tuple[str, Plan]]:
+    """A gateway process serving a skewed tiny Mixtral under a linear plan with 8 redundant slots, on the
+    session's Ray cluster (its actors die with the process, whatever happens to it)."""
     root = tmp_path_factory.mktemp("live")
     model_dir = init_checkpoint("mixtral", "tiny", root / "mixtral", skew=2.0, seed=11)
     spec = load_spec(model_dir)
@@ -58,9 +60,9 @@ def served(tmp_path_factory) -> Iterator[tuple[str, Plan]]:
     save_plan(plan, root / "linear.json")
     deployment = f"live-e2e-{time.monotonic_ns()}"
     process = subprocess.Popen(
-        [sys.executable, "-c", SERVE, "--model", str(model_dir), "--nodes", str(NODES), "--gpus-per-node",
-         str(WORKERS_PER_NODE), "--plan", str(root / "linear.json"), "--port", "0", "--stats-interval", "0.5",
-         "--stats-window", "600", "--redis", REDIS_URL, "--deployment", deployment],
+        [sys.executable, "-c", SERVE, "--model", str(model_dir), "--nodes", str(NODES), "--address", ray_address,
+         "--gpus-per-node", str(WORKERS_PER_NODE), "--plan", str(root / "linear.json"), "--port", "0",
+         "--stats-interval", "0.5", "--stats-window", "600", "--redis", REDIS_URL, "--deployment", deployment],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         target = _wait_until_serving(process)
@@ -91,10 +93,7 @@ def _wait_until_serving(process: subprocess.Popen) -> str:
     threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()  # drain the log
     target = f"127.0.0.1:{match.group(1)}"
     with Client(target) as client:
-        deadline = time.monotonic() + 180
-        while client.health() != "SERVING":
-            assert time.monotonic() < deadline, "not SERVING after 180 s"
-            time.sleep(0.5)
+        wait_until(lambda: client.health() == "SERVING", "SERVING", timeout_s=180, poll_s=0.5)
     return target
 
 
@@ -149,10 +148,8 @@ def test_rebalance_under_load_keeps_outputs_and_cuts_cross_node_bytes(served, tm
         with Load(target, rounds=1) as warmup:
             pass
         assert warmup.failures == []
-        deadline = time.monotonic() + 30
-        while client.stats().num_tokens <= published:  # the engines publish every 0.5 s
-            assert time.monotonic() < deadline, "the warm-up's statistics never reached the state store"
-            time.sleep(0.05)
+        wait_until(lambda: client.stats().num_tokens > published,  # the engines publish every 0.5 s
+                   "the warm-up's statistics in the state store", timeout_s=30)
         result = CliRunner().invoke(main, ["placement", "rebalance", "--server", target, "--policy", "eplb",
                                            "--apply", "--yes"])
         assert result.exit_code == 0, result.output
@@ -164,8 +161,7 @@ def test_rebalance_under_load_keeps_outputs_and_cuts_cross_node_bytes(served, tm
         bytes_before = _cross_node_bytes(client) - bytes_start
 
         with Load(target, rounds=3) as during:
-            while during.completed < 4 and not during.failures:  # streams are running
-                time.sleep(0.05)
+            wait_until(lambda: during.completed >= 4 or during.failures, "the streams to run")
             result = CliRunner().invoke(main, ["placement", "rebalance", "--server", target, "--plan",
                                                str(tmp_path / "node-local.json"), "--apply", "--yes", "--json"])
         assert result.exit_code == 0, result.output

@@ -22,7 +22,7 @@ import ray
 import torch
 import transformers
 
-from switchyard.cluster.runtime.runtime import Runtime, local_cluster, resolve_plan
+from switchyard.cluster.runtime.runtime import Runtime, resolve_plan
 from switchyard.cluster.engine.sampling import SamplingFailed, SamplingParams, next_token
 from switchyard.cluster.engine.transport import WorkerUnavailable
 from switchyard.placement.errors import PlacementError
@@ -48,11 +48,10 @@ def checkpoints(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def runtime(checkpoints):
-    with local_cluster(NODES):
-        with Runtime.start(checkpoints["mixtral"], NODES, WORKERS_PER_NODE,
-                           dispatch_timeout_s=DISPATCH_TIMEOUT_S) as started:
-            yield started
+def runtime(ray_connected, checkpoints):
+    with Runtime.start(checkpoints["mixtral"], NODES, WORKERS_PER_NODE,
+                       dispatch_timeout_s=DISPATCH_TIMEOUT_S) as started:
+        yield started
 
 
 def _replica_plan(model_dir: Path) -> Plan:

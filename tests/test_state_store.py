@@ -29,6 +29,7 @@ from switchyard.placement.plan import Plan
 from switchyard.placement.stats import RoutingStats
 from switchyard.placement.topology import Topology
 from switchyard.placement.trace import RoutingTrace
+from waiting import wait_until
 
 SHARED_URL = "redis://127.0.0.1:6379/0"
 NUM_LAYERS, NUM_EXPERTS, TOP_K = 3, 8, 2
@@ -272,10 +273,9 @@ def _start_redis(port: int) -> subprocess.Popen:
     process = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          "--daemonize", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while not _redis_answers(f"redis://127.0.0.1:{port}"):
-        assert process.poll() is None and time.monotonic() < deadline, "redis-server did not start"
-        time.sleep(0.05)
+    wait_until(lambda: _redis_answers(f"redis://127.0.0.1:{port}") or process.poll() is not None,
+               "redis-server to start", timeout_s=10)
+    assert process.poll() is None, "redis-server exited"
     return process
 
 

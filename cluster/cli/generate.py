@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from switchyard.cluster.cli.params import OneLineCommand, UserError
+from switchyard.cluster.cli.params import OneLineCommand, UserError, ray_cluster_options
 
 from switchyard.cluster.engine.requests import check_prompt
 from switchyard.cluster.errors import SwitchyardError
@@ -68,7 +68,7 @@ def format_outputs(outputs: list[list[int]], traffic: dict[str, Any], as_json: b
     return "\n".join(",".join(str(token) for token in output) for output in outputs)
 
 
-LOCAL_ONLY = ("nodes", "workers_per_node", "plan_path")
+LOCAL_ONLY = ("nodes", "address", "workers_per_node", "plan_path")
 """`generate` options that configure the local cluster, so meaningless with `--server`."""
 REMOTE_ONLY = ("token", "tls_ca", "timeout_s")
 """`generate` options of the client, so meaningless without `--server`."""
@@ -93,9 +93,7 @@ def _check_mode(ctx: click.Context, model_dir: Path | None, server: str | None) 
 @click.option("--prompt-ids", "prompts", multiple=True, required=True, callback=_prompt_ids,
               help="Comma-separated token ids of one prompt; repeat for more prompts.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=DEFAULTS.max_new_tokens, show_default=True)
-@click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True, help="Simulated Ray nodes.")
-@click.option("--gpus-per-node", "--workers-per-node", "workers_per_node", type=click.IntRange(min=1), default=1,
-              show_default=True, help="Expert workers (GPUs) per node; --workers-per-node is its old name.")
+@ray_cluster_options
 @click.option("--plan", "plan_path", type=click.Path(path_type=Path), default=None,
               help="Plan JSON (physical_to_logical_map, num_nodes, gpus_per_node); default: linear.")
 @click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True, help="0: greedy.")
@@ -112,11 +110,12 @@ def _check_mode(ctx: click.Context, model_dir: Path | None, server: str | None) 
               help="Print one JSON object: outputs and traffic counters (with --server: finish details).")
 @click.pass_context
 def generate(ctx: click.Context, model_dir: Path | None, server: str | None, prompts: list[list[int]],
-             max_new_tokens: int, nodes: int, workers_per_node: int, plan_path: Path | None,
+             max_new_tokens: int, nodes: int, address: str | None, workers_per_node: int,
+             plan_path: Path | None,
              temperature: float, top_p: float, seed: int, stop_ids: tuple[int, ...], token: str | None,
              tls_ca: Path | None, timeout_s: float | None, as_json: bool) -> None:
-    """Generate for the prompts and print the ids: on a local Ray cluster started for the call (--model)
-    or on a running gateway (--server)."""
+    """Generate for the prompts and print the ids: on a Ray cluster (--model; joined with --address, else
+    started for the call) or on a running gateway (--server)."""
     _check_mode(ctx, model_dir, server)
     if server is not None:
         from switchyard.cluster.cli.serve import run_remote_generate  # gRPC only with --server
@@ -124,7 +123,7 @@ def generate(ctx: click.Context, model_dir: Path | None, server: str | None, pro
         run_remote_generate(server, prompts, as_json, token, tls_ca, timeout_s, max_new_tokens=max_new_tokens,
                             temperature=temperature, top_p=top_p, seed=seed, stop_ids=stop_ids)
         return
-    from switchyard.cluster.runtime.runtime import Runtime, local_cluster, resolve_plan  # Ray only when serving
+    from switchyard.cluster.runtime.runtime import Runtime, ray_cluster, resolve_plan  # Ray only when serving
 
     try:
         spec = load_spec(model_dir)
@@ -134,7 +133,7 @@ def generate(ctx: click.Context, model_dir: Path | None, server: str | None, pro
     except SwitchyardError as error:
         raise UserError(str(error)) from None
     params = SamplingParams(max_new_tokens, temperature, top_p, seed, stop_ids)
-    with local_cluster(nodes), Runtime.start(model_dir, nodes, workers_per_node, plan) as runtime:
+    with ray_cluster(nodes, address), Runtime.start(model_dir, nodes, workers_per_node, plan) as runtime:
         outputs = runtime.generate(prompts, params)
         traffic = runtime.traffic()
     click.echo(format_outputs(outputs, traffic, as_json))

@@ -113,6 +113,21 @@ def drop_incomplete_option(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
+def ray_cluster_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """`--nodes`, `--address` and `--gpus-per-node` of the commands that serve a model on Ray (`serve`,
+    `generate --model`); the command receives `nodes`, `address` and `workers_per_node`."""
+    for option in reversed((
+        click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Plan nodes; without --address, simulated Ray nodes on this machine."),
+        click.option("--address", default=None, help="Join this Ray cluster (ray://... or HOST:PORT) instead."),
+        click.option("--gpus-per-node", "--workers-per-node", "workers_per_node", type=click.IntRange(min=1),
+                     default=1, show_default=True,
+                     help="Expert workers (GPUs) per node; --workers-per-node is its old name."),
+    )):
+        command = option(command)
+    return command
+
+
 def topology_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """`--nodes` and `--gpus-per-node`, or `--topology FILE` (the JSON of `switchyard cluster topology
     --out`, or a plan) in their place; and `--slots-per-gpu`. The command receives `nodes` and

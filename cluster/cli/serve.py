@@ -9,7 +9,6 @@ that every other `switchyard` command starts without them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import signal
@@ -18,33 +17,13 @@ from typing import Any
 
 import click
 
-from switchyard.cluster.cli.params import OneLineCommand, UserError, grpc_errors_exit
+from switchyard.cluster.cli.params import OneLineCommand, UserError, grpc_errors_exit, ray_cluster_options
 from switchyard.cluster.errors import SwitchyardError
 from switchyard.cluster.settings import ADMIN_TOKEN_ENV, DEFAULTS, TOKEN_ENV
 from switchyard.placement.policies import DEFAULT_POLICY, policy_names
 from switchyard.workers.checkpoints import load_spec
 
 log = logging.getLogger("switchyard.serve")
-
-
-def _ray_cluster(nodes: int, address: str | None) -> contextlib.AbstractContextManager[None]:
-    """Join the Ray cluster at `address`, or start an ephemeral one with `nodes` simulated nodes."""
-    import ray
-
-    from switchyard.cluster.runtime.runtime import local_cluster
-
-    if address is None:
-        return local_cluster(nodes)
-
-    @contextlib.contextmanager
-    def joined():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
-        try:
-            yield
-        finally:
-            ray.shutdown()
-
-    return joined()
 
 
 def _deployment(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -102,11 +81,7 @@ async def serve_until_signalled(config: Any, start_backend: Any, auto: Any = Non
 
 @click.command("serve", cls=OneLineCommand)
 @click.option("--model", "model_dir", type=click.Path(path_type=Path), required=True, help="Checkpoint directory.")
-@click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Plan nodes; without --address, simulated Ray nodes on this machine.")
-@click.option("--address", default=None, help="Join this Ray cluster (ray://... or HOST:PORT) instead.")
-@click.option("--gpus-per-node", "--workers-per-node", "workers_per_node", type=click.IntRange(min=1), default=1,
-              show_default=True, help="Expert workers (GPUs) per node; --workers-per-node is its old name.")
+@ray_cluster_options
 @click.option("--engines-per-node", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--plan", "plan_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Plan JSON; default: linear.")
@@ -176,7 +151,7 @@ def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: in
     """
     from switchyard.cluster.rebalance.auto import AutoRebalanceSettings
     from switchyard.cluster.gateway.server import GatewayConfig  # gRPC, Ray and Redis only when serving
-    from switchyard.cluster.runtime.runtime import Runtime, resolve_plan
+    from switchyard.cluster.runtime.runtime import Runtime, ray_cluster, resolve_plan
     from switchyard.cluster.gateway.backend import RuntimeBackend
     from switchyard.cluster.rebalance.startup import record_serving_plan, resumed_plan
     from switchyard.cluster.settings import state_store_url
@@ -234,7 +209,7 @@ def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: in
         return backend, shutdown, tuple(publisher.writers)
 
     try:
-        with _ray_cluster(nodes, address):
+        with ray_cluster(nodes, address):
             asyncio.run(serve_until_signalled(config, start_backend, auto, dashboard))
     finally:
         store.close()

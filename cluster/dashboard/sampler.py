@@ -7,14 +7,13 @@ refresh interval old. A reading that fails keeps the previous view and sets `err
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 
 from switchyard.cluster.dashboard.history import History, Sample
 from switchyard.cluster.dashboard.requests import RequestTotals
 from switchyard.cluster.dashboard.source import Source, SourceError
 from switchyard.cluster.dashboard.view import ClusterView
+from switchyard.cluster.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +28,7 @@ class Sampler:
         self.history = History(window_s=max(10.0, 3 * interval_s)) if history is None else history
         self.view: ClusterView | None = None
         self.error: str | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic(self.sample, interval_s, "dashboard: reading the cluster")
 
     async def sample(self) -> None:
         try:
@@ -58,19 +57,8 @@ class Sampler:
         return RequestTotals.empty() if self.view is None else self.view.requests
 
     def start(self) -> Sampler:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._loop.start()
         return self
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.sample()
-            except Exception:  # noqa: BLE001 - a broken reading is logged; the next interval tries again
-                log.exception("dashboard: reading the cluster failed")
-            await asyncio.sleep(self.interval_s)
+        await self._loop.stop()

@@ -135,9 +135,7 @@ class Engine:
         `timeout_s` (the switch then stays queued: switch again, to either plan, to settle it).
         """
         checked = self._checked_plan(plan)
-        if checked.topology != self.dispatcher.plan.topology:
-            raise ValueError(f"the plan is for {checked.topology.describe()}, the engine serves "
-                             f"{self.dispatcher.plan.topology.describe()}")
+        self.dispatcher.plan.topology.check_same(checked.topology, "the plan")
         with self._condition:
             steps_before = self.num_steps
             self._next_plan = (checked, epoch)

@@ -9,8 +9,6 @@ per `interval_s`, successful or not, so a cluster whose traffic keeps shifting i
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -18,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from switchyard.cluster.errors import InvalidSetting, SwitchyardError
+from switchyard.cluster.periodic import Periodic
 from switchyard.cluster.rebalance.applier import RebalanceOutcome
 from switchyard.cluster.settings import DEFAULTS
 from switchyard.placement.policies import DEFAULT_POLICY
@@ -83,7 +82,8 @@ class AutoRebalancer:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.backend, self.settings, self.clock = backend, settings, clock
         self.last_attempt: float | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic(self.check, settings.check_every_s, "automatic rebalance check",
+                              first_after_s=settings.check_every_s)
 
     async def check(self) -> RebalanceOutcome | None:
         """One look at the window; the applied outcome, or None when nothing was applied."""
@@ -115,20 +115,8 @@ class AutoRebalancer:
 
     def start(self) -> AutoRebalancer:
         """Check in an asyncio task of the running loop until `stop`."""
-        assert self._task is None, "an automatic rebalancer starts once"
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._loop.start()
         return self
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.check_every_s)
-            try:
-                await self.check()
-            except Exception:  # noqa: BLE001 - an unforeseen failure must not end automatic mode silently
-                log.exception("automatic rebalance check failed; trying again in %g s", self.settings.check_every_s)
+        await self._loop.stop()

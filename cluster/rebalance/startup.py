@@ -23,9 +23,8 @@ def resumed_plan(store: StateStore, default: Plan) -> Plan:
     if active is None:
         return default
     plan, epoch = active
-    if plan.topology != default.topology:
-        return default
     try:
+        default.topology.check_same(plan.topology, "the active plan")
         plan.check_matches(default.num_layers, default.num_logical_experts, "the model")
     except PlacementError:
         return default

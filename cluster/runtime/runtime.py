@@ -190,8 +190,22 @@ def local_cluster(num_nodes: int) -> Iterator[None]:
     try:
         for _ in range(num_nodes - 1):
             cluster.add_node(num_cpus=1)
-        ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
+        with ray_cluster(num_nodes, cluster.address):
+            yield
+    finally:
+        cluster.shutdown()
+
+
+@contextlib.contextmanager
+def ray_cluster(num_nodes: int, address: str | None = None) -> Iterator[None]:
+    """Connect this process to the Ray cluster at `address` (ray://... or HOST:PORT) and disconnect on exit,
+    leaving the cluster running; without `address`, an ephemeral `local_cluster(num_nodes)`."""
+    if address is None:
+        with local_cluster(num_nodes):
+            yield
+        return
+    ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    try:
         yield
     finally:
         ray.shutdown()
-        cluster.shutdown()

@@ -108,10 +108,7 @@ class AffinityPolicy:
         budgeted = current is not None and self.max_moves is not None
         if budgeted:
             current.check_matches(stats.num_layers, stats.num_experts, "the statistics")
-            if current.topology != topology:
-                raise PlacementError(
-                    f"the current plan is for {current.topology.describe()}, not {topology.describe()}"
-                )
+            topology.check_same(current.topology, "the current plan")
         layers = [self._layer_candidates(stats, layer, topology, current if budgeted else None)
                   for layer in range(stats.num_layers)]
         if not budgeted:
