@@ -217,6 +217,7 @@ def test_health_through_startup_and_drain(runtime):
         with ThreadPoolExecutor(1) as pool:
             drained = pool.submit(gateway.drain, 30)
             assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING  # as the drain starts
+            watch.cancel()  # an open Watch stream would hold the drain for all of its 30 s grace period
             rest = list(in_flight)  # the in-flight call finishes within the grace period
             drained.result()
         assert rest[-1].HasField("finished") and rest[-1].finished.generated_tokens == 12
