@@ -15,7 +15,7 @@ from switchyard.workers.errors import CheckpointError
 
 __all__ = ["CheckpointError", "Conflict", "FailedPrecondition", "InvalidRequest", "InvalidSetting",
            "MigrationAborted", "NotReady", "PlacementError", "QueueFull", "ServingError", "SwitchyardError",
-           "exit_code"]
+           "WorkerUnavailable", "exit_code"]
 
 CALLER_AT_FAULT = frozenset({
     "INVALID_ARGUMENT", "UNAUTHENTICATED", "PERMISSION_DENIED", "NOT_FOUND", "OUT_OF_RANGE",
@@ -71,3 +71,18 @@ class MigrationAborted(ServingError):
     """ABORTED: the live migration failed and was undone; the runtime serves the plan it served before."""
 
     status = "ABORTED"
+
+
+class WorkerUnavailable(ServingError):
+    """UNAVAILABLE: an expert worker is gone, hung (no answer within the dispatch timeout) or down while
+    it is replaced, and the request needed it. `worker` is its index (plan GPU); the engine that raised
+    it is fine, and a retry is served once the worker is back (or by another replica)."""
+
+    status = "UNAVAILABLE"
+
+    def __init__(self, worker: int, message: str) -> None:
+        super().__init__(message)
+        self.worker = worker
+
+    def __reduce__(self) -> tuple[type, tuple[int, str]]:  # crosses Ray as itself, with its worker
+        return type(self), (self.worker, str(self))

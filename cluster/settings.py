@@ -46,6 +46,11 @@ class Settings:
     auto_min_gain: float = 0.1
     auto_interval_s: float = 300.0
     auto_check_every_s: float = 30.0
+    # faults (docs/reliability.md): the supervisor probes every actor, replaces the dead or hung ones
+    dispatch_timeout_s: float = 10.0  # how long an engine waits for a worker's answer to one layer
+    probe_interval_s: float = 1.0  # between two probes of every worker and engine
+    probe_timeout_s: float = 3.0  # an actor that does not answer a probe within this is hung: replaced
+    replace_timeout_s: float = 120.0  # for a re-created actor to load its model
     # the ops dashboard (docs/dashboard.md); `serve` listens on --port + 1 unless told
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = 8051  # `switchyard dashboard --server`'s

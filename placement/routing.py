@@ -32,6 +32,9 @@ numpy). On half the ESFT trace (4k tokens x 26 layers x top-6) with 8 redundant 
 holding second replicas of the 8 busiest experts, as EPLB would (~205k of 641k picks replicated), that
 is ~0.25 s on one core.
 
+While a worker is down the runtime passes `live_gpus`: the same rule then chooses among the live
+replicas only (the plan's replicas are the redundancy), and a pick of an expert without one gets -1.
+
 `first_occurrence` and `gpu_load` read routed picks for `evaluate` and `cost`: distinct GPUs (nodes)
 per token-layer, and the picks every GPU serves.
 """
@@ -75,21 +78,39 @@ DEFAULT_RULE = RULES["gpu"]
 
 
 def assign_slots(plan: Plan, topk_ids: np.ndarray, home_node: np.ndarray,
-                 rule: ReplicaRule = DEFAULT_RULE) -> np.ndarray:
+                 rule: ReplicaRule = DEFAULT_RULE, live_gpus: np.ndarray | None = None) -> np.ndarray:
     """The slot serving every pick, by the rule in the module docstring.
 
     topk_ids: `[T, L, k]` int, logical expert ids in `[0, E)`; L must be the plan's layer count.
     home_node: `[T]` int, each token's home node in `[0, N)` (`RoutingTrace.home_node_of_token`).
     rule: the member of the rule family; the runtime uses the default.
-    Returns `[T, L, k]` int64 slot ids in `[0, P)`; slot `[t, l, j]` holds expert `topk_ids[t, l, j]`.
+    live_gpus: `[G]` bool, the GPUs that can serve (a worker down is False); None: all. The rule then
+    chooses among the live replicas only, and a pick of an expert with no live replica gets slot -1.
+    Returns `[T, L, k]` int64 slot ids in `[0, P)` (or -1, see `live_gpus`); slot `[t, l, j]` holds
+    expert `topk_ids[t, l, j]`.
     """
     ids, home = _checked(plan, topk_ids, home_node)
+    table, counts = plan.logical_to_physical, plan.replica_count
+    if live_gpus is not None:
+        table, counts = live_replicas(plan, live_gpus)
     layers = np.arange(plan.num_layers)[None, :, None]
-    slots = plan.logical_to_physical[layers, ids, 0]  # [T, L, k] each expert's first replica
-    replicated = plan.replica_count[layers, ids] > 1  # [T, L, k] picks the loop must resolve
+    slots = table[layers, ids, 0]  # [T, L, k] each expert's first (live) replica, -1 where none is live
+    replicated = counts[layers, ids] > 1  # [T, L, k] picks the loop must resolve
     if replicated.any():
-        _resolve_replicated(plan, ids, home, slots, replicated, rule)
+        _resolve_replicated(plan, table, ids, home, slots, replicated, rule)
     return slots
+
+
+def live_replicas(plan: Plan, live_gpus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`plan.logical_to_physical` and `plan.replica_count` with the replicas on dead GPUs left out.
+
+    live_gpus: `[G]` bool.  Returns `[L, E, R]` int64 slots of the live replicas in slot order, -1
+    padded, and `[L, E]` int64 their counts (0: no live replica).
+    """
+    table = plan.logical_to_physical
+    live = (table >= 0) & np.asarray(live_gpus, dtype=bool)[plan.topology.gpu_of_slot[table]]  # [L, E, R]
+    order = np.argsort(~live, axis=2, kind="stable")  # live replicas first, slot order kept
+    return np.take_along_axis(np.where(live, table, -1), order, axis=2), live.sum(axis=2)
 
 
 def first_occurrence(values: np.ndarray) -> np.ndarray:
@@ -130,19 +151,21 @@ def _checked(plan: Plan, topk_ids: np.ndarray, home_node: np.ndarray) -> tuple[n
     return ids.astype(np.int64, copy=False), home.astype(np.int64, copy=False)
 
 
-def _resolve_replicated(plan: Plan, ids: np.ndarray, home: np.ndarray, slots: np.ndarray,
+def _resolve_replicated(plan: Plan, table: np.ndarray, ids: np.ndarray, home: np.ndarray, slots: np.ndarray,
                         replicated: np.ndarray, rule: ReplicaRule) -> None:
-    """Overwrite `slots` at the `replicated` picks with the rule's choice (steps 2a-c)."""
+    """Overwrite `slots` at the `replicated` picks with the rule's choice (steps 2a-c) among the
+    replicas in `table` (`[L, E, R]`, -1 padded: `plan.logical_to_physical` or its live part)."""
     topology = plan.topology
     num_tokens, num_layers, _ = ids.shape
     num_slots, num_gpus = topology.num_slots, topology.num_gpus
     # The picks to resolve, in the rule's order: layer by layer, then token, then top-k position.
     layer, token, position = np.nonzero(replicated.transpose(1, 0, 2))  # each [n]
     expert = ids[token, layer, position]
-    candidates = plan.logical_to_physical[layer, expert]  # [n, R] slots, -1 padded
+    candidates = table[layer, expert]  # [n, R] slots, -1 padded
     valid = candidates >= 0
     candidate_gpu = np.where(valid, topology.gpu_of_slot[candidates], -1)  # [n, R]
-    single_gpu = np.where(replicated, -2, topology.gpu_of_slot[slots])  # [T, L, k], -2 at replicated picks
+    single = ~replicated & (slots >= 0)  # [T, L, k] picks with one (live) replica
+    single_gpu = np.where(single, topology.gpu_of_slot[slots], -2)  # [T, L, k], -2 elsewhere
     on_used_gpu = (candidate_gpu[:, :, None] == single_gpu[token, layer][:, None, :]).any(axis=2)
     on_home = (topology.node_of_slot[candidates] == home[token][:, None]) & rule.home_first
     static_tier = np.where(on_used_gpu, _SAME_GPU, np.where(on_home, _HOME_NODE, _ELSEWHERE))  # [n, R]
@@ -160,7 +183,6 @@ def _resolve_replicated(plan: Plan, ids: np.ndarray, home: np.ndarray, slots: np
     start = np.cumsum(count) - count
     if rule.balance == "gpu":
         counter = (candidate_gpu + (layer * num_gpus)[:, None])[valid]
-        single = ~replicated
         picks_layer = np.broadcast_to(np.arange(num_layers)[None, :, None], ids.shape)[single]
         load = (np.bincount(picks_layer * num_gpus + single_gpu[single], minlength=num_layers * num_gpus)
                 * slot_bound).tolist()

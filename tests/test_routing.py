@@ -225,3 +225,31 @@ def test_runtime_per_layer_calls_agree_with_the_evaluation(rule, random_plan):
         layer_plan = Plan(plan.physical_to_logical[layer:layer + 1], topology, 8)
         np.testing.assert_array_equal(assign_slots(layer_plan, ids[:, layer:layer + 1], home, rule)[:, 0],
                                       whole[:, layer])
+
+
+def test_down_gpus_are_never_chosen_and_picks_without_a_live_replica_get_minus_one():
+    live = np.array([True, True, False, True])  # GPU 2 down: expert 0 keeps slot 0, expert 4 (slot 5) has none
+    slots = assign_slots(TWO_NODES, one_layer([[0, 5], [4, 0]]), np.array([1, 1]), live_gpus=live)
+    assert slots[:, 0].tolist() == [[0, 6], [-1, 0]]
+
+
+@pytest.mark.parametrize("seed", range(4), ids=lambda seed: f"seed{seed}")
+def test_live_gpus_mask_on_random_plans(seed, random_plan):
+    rng = np.random.default_rng(seed)
+    topology = Topology(2, 2, 3)
+    plan = random_plan(rng, topology, num_layers=3, num_experts=8)
+    ids = np.stack([[rng.choice(8, 3, replace=False) for _ in range(3)] for _ in range(40)])
+    home = rng.integers(0, 2, 40)
+    np.testing.assert_array_equal(assign_slots(plan, ids, home, live_gpus=np.ones(4, dtype=bool)),
+                                  assign_slots(plan, ids, home))
+    live = np.ones(4, dtype=bool)
+    live[rng.integers(0, 4)] = False
+    slots = assign_slots(plan, ids, home, live_gpus=live)
+    layers = np.broadcast_to(np.arange(3)[None, :, None], ids.shape)
+    has_live = np.zeros((3, 8), dtype=bool)
+    for layer, slot in np.argwhere(live[topology.gpu_of_slot][None, :].repeat(3, axis=0)):
+        has_live[layer, plan.physical_to_logical[layer, slot]] = True
+    np.testing.assert_array_equal(slots >= 0, has_live[layers, ids])
+    served = slots >= 0
+    assert live[topology.gpu_of_slot[slots[served]]].all()
+    np.testing.assert_array_equal(plan.physical_to_logical[layers[served], slots[served]], ids[served])

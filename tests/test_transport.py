@@ -64,7 +64,7 @@ def _call(transport, n: int, layer: int = 1, epoch: int = 1):
 def test_round_trips_and_growing_segments(worker):
     address, _ = worker
     before = set(os.listdir("/dev/shm"))
-    transport = SharedMemoryTransport("0", address, HIDDEN, timeout_s=10)
+    transport = SharedMemoryTransport(0, "0", address, HIDDEN, timeout_s=10)
     for n in (1, 7, 5000, 3):  # 5000 tokens need a larger segment than the first
         output, expected, seconds = _call(transport, n)
         torch.testing.assert_close(output, expected)
@@ -74,7 +74,7 @@ def test_round_trips_and_growing_segments(worker):
 
 
 def test_worker_error_is_reported_and_the_channel_stays_usable(worker):
-    transport = SharedMemoryTransport("0", worker[0], HIDDEN, timeout_s=10)
+    transport = SharedMemoryTransport(0, "0", worker[0], HIDDEN, timeout_s=10)
     with pytest.raises(WorkerCallFailed, match="holds epochs"):
         _call(transport, 4, epoch=0)
     output, expected, _ = _call(transport, 4)
@@ -84,7 +84,7 @@ def test_worker_error_is_reported_and_the_channel_stays_usable(worker):
 
 def test_hung_worker_times_out_then_recovers(worker):
     address, process = worker
-    transport = SharedMemoryTransport("0", address, HIDDEN, timeout_s=1.0)
+    transport = SharedMemoryTransport(0, "0", address, HIDDEN, timeout_s=1.0)
     _call(transport, 2)
     os.kill(process.pid, signal.SIGSTOP)
     start = time.perf_counter()
@@ -99,7 +99,7 @@ def test_hung_worker_times_out_then_recovers(worker):
 
 def test_dead_worker_is_detected_at_once(worker):
     address, process = worker
-    transport = SharedMemoryTransport("0", address, HIDDEN, timeout_s=30.0)
+    transport = SharedMemoryTransport(0, "0", address, HIDDEN, timeout_s=30.0)
     _call(transport, 2)
     process.kill()
     process.join(10)

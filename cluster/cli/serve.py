@@ -152,6 +152,7 @@ def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: in
     from switchyard.cluster.rebalance.auto import AutoRebalanceSettings
     from switchyard.cluster.gateway.server import GatewayConfig  # gRPC, Ray and Redis only when serving
     from switchyard.cluster.runtime.runtime import Runtime, ray_cluster, resolve_plan
+    from switchyard.cluster.runtime.supervisor import Supervisor
     from switchyard.cluster.gateway.backend import RuntimeBackend
     from switchyard.cluster.rebalance.startup import record_serving_plan, resumed_plan
     from switchyard.cluster.settings import state_store_url
@@ -199,13 +200,16 @@ def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: in
         runtime = Runtime.start(model_dir, num_nodes=nodes, workers_per_node=workers_per_node, plan=plan,
                                 engines_per_node=engines_per_node, epoch=max(epoch, 1))
         publisher = StatsPublisher(store, runtime.engines, stats_interval_s).start()
+        supervisor = Supervisor(runtime).start()  # re-creates dead or hung workers and engines
 
         def shutdown() -> None:
+            supervisor.stop()
             publisher.stop()  # its last entries before the engines go
             runtime.shutdown()
 
         backend = RuntimeBackend(runtime, max_queue, tokenizer_dir=tokenizer_dir, store=store,
-                                 stats_window_s=stats_window_s, stats_window_tokens=stats_window_tokens)
+                                 stats_window_s=stats_window_s, stats_window_tokens=stats_window_tokens,
+                                 supervisor=supervisor)
         return backend, shutdown, tuple(publisher.writers)
 
     try:

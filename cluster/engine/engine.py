@@ -11,6 +11,11 @@ leave between steps; plan switches happen between steps too. The class is plain 
 
 `_moe` is the one place where the engine sees each MoE layer's top-k choices: it drops padding rows,
 records the routing and dispatches.
+
+Worker faults fail requests, never the engine: a worker that is gone or does not answer fails the
+step under way with `WorkerUnavailable` naming it. While the supervisor (`cluster.runtime.supervisor`)
+replaces a worker it marks it down (`mark_workers_down`): picks go to live replicas, and only the
+requests that need an expert without one fail; `replace_worker` swaps the new actor in at a step boundary.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from switchyard.cluster.engine.recorder import RoutingRecorder
 from switchyard.cluster.engine.requests import check_prompt
 from switchyard.cluster.engine.sampling import SamplingParams, next_tokens
 from switchyard.cluster.engine.transport import DEFAULT_TIMEOUT_S, connect
+from switchyard.cluster.errors import WorkerUnavailable
 from switchyard.placement.plan import Plan
 from switchyard.placement.stats import RoutingStats
 from switchyard.workers.checkpoints import load_spec
@@ -81,7 +87,7 @@ class Engine:
     may take to answer one layer before the step fails (`transport.WorkerUnavailable`).
     threads: torch threads for the engine's forward (None: leave torch's default).
     `load` picks the model and plan; `submit` / `result` / `generate` serve requests, `poll` / `cancel`
-    stream them, `queue_depth` counts them.
+    stream them, `queue_depth` counts them; `mark_workers_down` / `replace_worker` ride out a worker fault.
     """
 
     def __init__(self, workers: list[Any], home_node: int, max_batch: int = 64, stats_sample_every: int = 1,
@@ -102,6 +108,8 @@ class Engine:
         self._requests: dict[int, _Request] = {}
         self._next_id = 0
         self._next_plan: tuple[Plan, int] | None = None  # (plan, epoch) to switch to at the next step boundary
+        self._replacements: dict[int, tuple[Any, str | None]] = {}  # worker -> (handle, channel), next boundary
+        self._unserved = np.empty(0, dtype=np.int64)  # [B*T] of the forward: -1, or the down worker a token needed
         self._real_rows: torch.Tensor | None = None  # rows of the forward's [B*T] tokens that are not padding
         self._topk: list[np.ndarray] = []  # the forward's top-k ids `[n, k]` of each MoE layer so far
         threading.Thread(target=self._loop, name="engine-steps", daemon=True).start()
@@ -118,8 +126,7 @@ class Engine:
             self.spec = load_spec(model_dir)
             if self.dispatcher is not None:
                 self.dispatcher.close()
-            transports = [connect(f"{index} ({'same node' if address else 'other node'})", handle, address,
-                                  self.spec.hidden_size, self.dispatch_timeout_s)
+            transports = [connect(index, handle, address, self.spec.hidden_size, self.dispatch_timeout_s)
                           for index, (handle, address) in enumerate(zip(self.workers, self.channels))]
             self.dispatcher = ExpertDispatcher(self._checked_plan(plan), epoch, transports, self.home_node)
             self.num_steps, self.step_seconds = 0, 0.0
@@ -147,6 +154,31 @@ class Engine:
     def epoch(self) -> int:
         """The epoch of the plan this engine dispatches under."""
         return self.dispatcher.epoch
+
+    def mark_workers_down(self, workers: list[int]) -> None:
+        """Send nothing to `workers` (dead or hung, being replaced) from the next MoE layer on: picks go to
+        live replicas; a request needing an expert without one fails with `WorkerUnavailable`."""
+        self.dispatcher.set_down(self.dispatcher.down | frozenset(workers))
+
+    def replace_worker(self, worker: int, handle: Any, channel: str | None, timeout_s: float = 60.0) -> None:
+        """Reach worker `worker` at its re-created actor `handle` (and same-node `channel`, or None) from
+        the next step boundary on, and mark it up. The new actor must hold the engine's epoch already.
+        `TimeoutError` when no boundary comes within `timeout_s` (the replacement stays queued)."""
+        with self._condition:
+            self._replacements[worker] = (handle, channel)
+            self._condition.notify_all()
+            if not self._condition.wait_for(lambda: worker not in self._replacements, timeout_s):
+                raise TimeoutError(f"the engine did not reach a step boundary within {timeout_s:g} s")
+
+    def _apply_replacements(self) -> None:
+        """At a step boundary (the condition held): swap in the re-created workers queued by `replace_worker`."""
+        for worker, (handle, channel) in self._replacements.items():
+            self.workers[worker], self.channels[worker] = handle, channel
+            self.dispatcher.replace_transport(
+                worker, connect(worker, handle, channel, self.spec.hidden_size, self.dispatch_timeout_s))
+        self.dispatcher.set_down(self.dispatcher.down - self._replacements.keys())
+        self._replacements.clear()
+        self._condition.notify_all()
 
     def _checked_plan(self, plan: dict[str, Any]) -> Plan:
         checked = Plan.from_dict(plan)
@@ -254,8 +286,10 @@ class Engine:
         batch = DecodeBatch()
         while True:
             with self._condition:
-                while not len(batch) and not self._pending and self._next_plan is None:
+                while not len(batch) and not self._pending and self._next_plan is None and not self._replacements:
                     self._condition.wait()
+                if self._replacements:
+                    self._apply_replacements()
                 if self._next_plan is not None:  # a step boundary: no forward is in flight
                     self.dispatcher.set_plan(*self._next_plan)
                     self._next_plan = None
@@ -288,11 +322,12 @@ class Engine:
         """One forward of the new requests' prompts: their first tokens; they join `batch`."""
         inputs = prefill_inputs([request.prompt for request in joining])
         try:
-            cache, logits = self._forward(inputs, real=inputs["attention_mask"].reshape(-1).nonzero()[:, 0])
+            cache, logits, unserved = self._forward(inputs, real=inputs["attention_mask"].reshape(-1).nonzero()[:, 0])
         except Exception as error:  # only the joining requests fail; the batch never saw them
             for request in joining:
                 request.finish(error)
             return
+        self._fail_unserved(joining, unserved)
         self._sample(joining, logits)
         batch.join(joining, cache, inputs["attention_mask"])
 
@@ -300,27 +335,40 @@ class Engine:
         """One forward of one new token per active request."""
         inputs = batch.decode_inputs([request.output[-1] for request in batch.rows])
         try:
-            _, logits = self._forward(inputs, real=None)
+            _, logits, unserved = self._forward(inputs, real=None)
         except Exception as error:  # the caches are half-updated: every request of the batch fails
             for request in batch.rows:
                 request.finish(error)
             batch.keep([])
             return
         batch.advance(inputs)
+        self._fail_unserved(batch.rows, unserved)
         self._sample(batch.rows, logits)
 
-    def _forward(self, inputs: dict[str, Any], real: torch.Tensor | None) -> tuple[Any, torch.Tensor]:
-        """The model on `inputs`; its cache and the last position's logits `[B, V]` (float32).
+    def _forward(self, inputs: dict[str, Any], real: torch.Tensor | None) -> tuple[Any, torch.Tensor, np.ndarray]:
+        """The model on `inputs`; its cache, the last position's logits `[B, V]` (float32), and `[B]`
+        int64: -1, or a down worker one of the request's tokens needed (its logits are then wrong).
 
         real: indices of the flattened `[B*T]` tokens that are not padding (None: all are)."""
+        num_requests, length = inputs["input_ids"].shape
         self._real_rows, self._topk = real, []
+        self._unserved = np.full(num_requests * length, -1, dtype=np.int64)
         try:
             with torch.inference_mode():
                 out = self.model(**inputs, use_cache=True, logits_to_keep=1)
         finally:
             self._real_rows = None
         self.recorder.record(np.stack(self._topk, axis=1))  # [n, L, k]
-        return out.past_key_values, out.logits[:, -1].float()
+        return out.past_key_values, out.logits[:, -1].float(), self._unserved.reshape(num_requests, length).max(axis=1)
+
+    @staticmethod
+    def _fail_unserved(requests: list[_Request], unserved: np.ndarray) -> None:
+        """Fail each request that needed a down worker (`_forward`'s `[B]`), alone: the rest go on."""
+        for request, worker in zip(requests, unserved.tolist()):
+            if worker >= 0:
+                request.finish(WorkerUnavailable(worker, (
+                    f"expert worker {worker} is down (being replaced) and holds the only replica of an expert "
+                    "this request needs; retry shortly")))
 
     def _sample(self, requests: list[_Request], logits: torch.Tensor) -> None:
         """Each request's next token from its row of `logits` `[B, V]`; one request's error fails it alone."""
@@ -345,8 +393,18 @@ class Engine:
         real = self._real_rows
         if real is not None and real.numel() < hidden.shape[0]:
             output = torch.zeros_like(hidden)
-            output[real] = self._moe(layer, hidden[real], topk_ids[real], topk_weights[real])
+            output[real] = self._dispatch(layer, hidden[real], topk_ids[real], topk_weights[real], real.numpy())
             return output
+        return self._dispatch(layer, hidden, topk_ids, topk_weights, None)
+
+    def _dispatch(self, layer: int, hidden: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor,
+                  rows: np.ndarray | None) -> torch.Tensor:
+        """`_moe` on its real tokens, `rows` `[n]` their rows in the forward (None: all): recorded,
+        dispatched, and the tokens a down worker left unserved noted in `_unserved`."""
         assert len(self._topk) == layer, "MoE layers run in order"
         self._topk.append(topk_ids.numpy().astype(np.int64, copy=False))
-        return self.dispatcher.dispatch(layer, hidden, topk_ids, topk_weights.to(hidden.dtype))
+        output, unserved = self.dispatcher.dispatch(layer, hidden, topk_ids, topk_weights.to(hidden.dtype))
+        down = np.flatnonzero(unserved >= 0)
+        if down.size:
+            self._unserved[down if rows is None else rows[down]] = unserved[down]
+        return output

@@ -8,7 +8,7 @@ any), chosen per worker by where it runs (`connect`):
 A GPU path (Ray's tensor transport) would be a third class here.
 
 Faults never hang an engine: a worker that does not answer within `timeout_s`, or whose process is
-gone, raises `WorkerUnavailable` naming it; the transport then reconnects on its next use.
+gone, raises `WorkerUnavailable` (`cluster.errors`) naming it; the transport then reconnects on its next use.
 """
 
 from __future__ import annotations
@@ -22,14 +22,12 @@ import numpy as np
 import ray
 import torch
 
+from switchyard.cluster.errors import WorkerUnavailable
+from switchyard.cluster.settings import DEFAULTS
 from switchyard.workers.channel import (ATTACH, CALL, FAILED, MAX_MESSAGE, REPLY, REQUEST, segment_bytes,
                                         segment_views)
 
-DEFAULT_TIMEOUT_S = 30.0
-
-
-class WorkerUnavailable(RuntimeError):
-    """An expert worker is gone or did not answer in time; the message names it and says which."""
+DEFAULT_TIMEOUT_S = DEFAULTS.dispatch_timeout_s
 
 
 class WorkerCallFailed(RuntimeError):
@@ -49,10 +47,13 @@ class Transport(Protocol):
 
 
 class SharedMemoryTransport:
-    """The same-node path to worker `name` listening at `address` (`ChannelServer.address`)."""
+    """The same-node path to worker `worker` (`name`: how errors call it) listening at `address`
+    (`ChannelServer.address`)."""
 
-    def __init__(self, name: str, address: str, hidden_size: int, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-        self.name, self.address, self.hidden_size, self.timeout_s = name, address, hidden_size, timeout_s
+    def __init__(self, worker: int, name: str, address: str, hidden_size: int,
+                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self.worker, self.name, self.address, self.hidden_size = worker, name, address, hidden_size
+        self.timeout_s = timeout_s
         self._socket: socket.socket | None = None
         self._segment: mmap.mmap | None = None
         self._pending: tuple[int, int] | None = None  # (n, k) of the call in flight
@@ -74,13 +75,14 @@ class SharedMemoryTransport:
             reply = self._socket.recv(MAX_MESSAGE)
         except TimeoutError:
             self.close()
-            raise WorkerUnavailable(f"expert worker {self.name} did not answer within {self.timeout_s:g} s") from None
+            raise WorkerUnavailable(
+                self.worker, f"expert worker {self.name} did not answer within {self.timeout_s:g} s") from None
         except OSError as error:
             self.close()
-            raise WorkerUnavailable(f"expert worker {self.name} is gone ({error})") from None
+            raise WorkerUnavailable(self.worker, f"expert worker {self.name} is gone ({error})") from None
         if not reply:
             self.close()
-            raise WorkerUnavailable(f"expert worker {self.name} is gone (its process closed the channel)")
+            raise WorkerUnavailable(self.worker, f"expert worker {self.name} is gone (its process closed the channel)")
         status, seconds = REPLY.unpack(reply[:REPLY.size])
         if status == FAILED:
             raise WorkerCallFailed(f"expert worker {self.name}: {reply[REPLY.size:].decode(errors='replace')}")
@@ -96,7 +98,8 @@ class SharedMemoryTransport:
                 self._socket.connect(self.address)
             except OSError as error:
                 self.close()
-                raise WorkerUnavailable(f"expert worker {self.name} is gone (cannot connect: {error})") from None
+                raise WorkerUnavailable(
+                    self.worker, f"expert worker {self.name} is gone (cannot connect: {error})") from None
         if self._segment is not None and len(self._segment) >= size:
             return
         size = max(size * 2, 1 << 20)  # room to grow without a new segment every step
@@ -109,7 +112,7 @@ class SharedMemoryTransport:
             except OSError as error:
                 segment.close()
                 self.close()
-                raise WorkerUnavailable(f"expert worker {self.name} is gone ({error})") from None
+                raise WorkerUnavailable(self.worker, f"expert worker {self.name} is gone ({error})") from None
         finally:
             os.close(fd)  # the mapping (and the worker's) keep the memory; nothing in /dev/shm
         if self._segment is not None:
@@ -121,7 +124,7 @@ class SharedMemoryTransport:
             self._socket.sendall(message)
         except OSError as error:
             self.close()
-            raise WorkerUnavailable(f"expert worker {self.name} is gone ({error})") from None
+            raise WorkerUnavailable(self.worker, f"expert worker {self.name} is gone ({error})") from None
 
     def close(self) -> None:
         """Drop the connection and segment (the next `send` reconnects: a late answer is never read)."""
@@ -135,10 +138,10 @@ class SharedMemoryTransport:
 
 
 class RayTransport:
-    """The path to a worker on another node: one Ray actor call per layer with numpy arrays."""
+    """The path to worker `worker` on another node: one Ray actor call per layer with numpy arrays."""
 
-    def __init__(self, name: str, handle: Any, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-        self.name, self.handle, self.timeout_s = name, handle, timeout_s
+    def __init__(self, worker: int, name: str, handle: Any, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self.worker, self.name, self.handle, self.timeout_s = worker, name, handle, timeout_s
         self._pending: Any = None
 
     def send(self, layer: int, hidden: torch.Tensor, local_slots: np.ndarray, weights: torch.Tensor,
@@ -151,9 +154,10 @@ class RayTransport:
             output, seconds = ray.get(call, timeout=self.timeout_s)
         except ray.exceptions.GetTimeoutError:
             ray.cancel(call)
-            raise WorkerUnavailable(f"expert worker {self.name} did not answer within {self.timeout_s:g} s") from None
+            raise WorkerUnavailable(
+                self.worker, f"expert worker {self.name} did not answer within {self.timeout_s:g} s") from None
         except ray.exceptions.RayActorError as error:
-            raise WorkerUnavailable(f"expert worker {self.name} is gone ({type(error).__name__})") from None
+            raise WorkerUnavailable(self.worker, f"expert worker {self.name} is gone ({type(error).__name__})") from None
         except ray.exceptions.RayTaskError as error:
             raise WorkerCallFailed(f"expert worker {self.name}: {error.cause!r}") from None
         return torch.from_numpy(np.array(output)), seconds
@@ -162,9 +166,9 @@ class RayTransport:
         self._pending = None
 
 
-def connect(name: str, handle: Any, address: str | None, hidden_size: int, timeout_s: float) -> Transport:
-    """The transport to one worker: shared memory when `address` is given (the worker runs on the
+def connect(worker: int, handle: Any, address: str | None, hidden_size: int, timeout_s: float) -> Transport:
+    """The transport to worker `worker`: shared memory when `address` is given (the worker runs on the
     engine's node), Ray otherwise."""
     if address is not None:
-        return SharedMemoryTransport(name, address, hidden_size, timeout_s)
-    return RayTransport(name, handle, timeout_s)
+        return SharedMemoryTransport(worker, f"{worker} (same node)", address, hidden_size, timeout_s)
+    return RayTransport(worker, f"{worker} (other node)", handle, timeout_s)

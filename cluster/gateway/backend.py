@@ -4,7 +4,8 @@ The servicer (`gateway.servicer`) only translates protos; everything it asks of 
 through `Backend`. `RuntimeBackend` sends each request to the engine replica with the fewest requests
 in flight from this gateway (ties go round the engines, so round the nodes:
 `Topology.node_of_engine`) and streams its tokens (`gateway.streaming`). An engine whose actor died
-answers its request UNAVAILABLE and is never picked again.
+answers its requests UNAVAILABLE and is not picked until the supervisor (`runtime.supervisor`) has
+re-created it; meanwhile placement, statistics and the per-engine answers leave it out (epoch 0).
 
 With a state store (`switchyard serve` always passes one), the placement is the store's active plan
 and epoch, and the statistics are the store's window (by time, or by tokens), merged across every
@@ -29,12 +30,13 @@ import ray
 
 from switchyard.cluster.engine.requests import check_prompt
 from switchyard.cluster.engine.sampling import SamplingParams
-from switchyard.cluster.engine.traffic import merge_traffic
+from switchyard.cluster.engine.traffic import TrafficCounters, merge_traffic
 from switchyard.cluster.errors import InvalidSetting, NotReady, QueueFull
 from switchyard.cluster.gateway.streaming import EnginePoller, TokenStream
 from switchyard.cluster.rebalance.applier import PlanApplier, RebalanceOutcome, check_epoch
 from switchyard.cluster.rebalance.planner import model_cluster, plan_proposal
-from switchyard.cluster.runtime.runtime import Runtime
+from switchyard.cluster.runtime.runtime import Runtime, merge_engine_stats
+from switchyard.cluster.runtime.supervisor import Supervisor
 from switchyard.cluster.settings import DEFAULTS
 from switchyard.cluster.state.store import StateStore
 from switchyard.placement.plan import Plan
@@ -132,6 +134,10 @@ class Backend(Protocol):
     async def events(self, limit: int) -> list[dict[str, Any]]:
         """The newest `limit` rebalance events, newest first (none without a state store)."""
 
+    def serving(self) -> bool:
+        """Whether every request can be served now (health SERVING): an engine is up, and every expert
+        has a replica on a worker that is up."""
+
     async def close(self) -> None:
         """Stop background work (a pending gain observation); the gateway calls it when it drains."""
 
@@ -147,13 +153,15 @@ class RuntimeBackend:
     the statistics since loading, no events.  stats_window_s: the store's time window.
     stats_window_tokens: instead, a token window (`switchyard serve --stats-window-tokens`).
     observe_after_s: how long after an apply its gain is measured ("observed" event).
+    supervisor: the `Supervisor` re-creating the runtime's dead actors, whose view `serving` reports;
+    None: nothing re-creates them (an engine gone stays gone).
     """
 
     def __init__(self, runtime: Runtime, max_queue_per_engine: int = DEFAULTS.max_queue_per_engine,
                  poll_timeout_s: float = DEFAULTS.poll_timeout_s,
                  tokenizer_dir: str | Path | None = None, store: StateStore | None = None,
                  stats_window_s: float = DEFAULTS.stats_window_s, stats_window_tokens: float | None = None,
-                 observe_after_s: float = DEFAULTS.observe_after_s) -> None:
+                 observe_after_s: float = DEFAULTS.observe_after_s, supervisor: Supervisor | None = None) -> None:
         if max_queue_per_engine < 1:
             raise InvalidSetting(f"max_queue_per_engine must be at least 1, got {max_queue_per_engine}")
         if not stats_window_s > 0:
@@ -167,7 +175,9 @@ class RuntimeBackend:
         self.max_queue_per_engine, self.poll_timeout_s = max_queue_per_engine, poll_timeout_s
         self.applier = PlanApplier(runtime, store, self.snapshot, observe_after_s)
         self._in_flight = [0] * len(runtime.engines)
-        self._gone: set[int] = set()  # engines whose actor died: never picked again
+        self.supervisor = supervisor
+        self._gone: set[int] = set()  # engines whose actor died: not picked until re-created
+        self._handles = list(runtime.engines)  # the actor each poller polls: a new one means re-created
         self._pollers = [EnginePoller(engine, poll_timeout_s) for engine in runtime.engines]
         self._next = 0  # where the search for the least-loaded engine starts: ties go round the engines
 
@@ -178,12 +188,32 @@ class RuntimeBackend:
     def queue_depths(self) -> list[int]:
         return list(self._in_flight)
 
+    def _refresh_engines(self) -> None:
+        """Take up the engines the supervisor re-created: a new poller each, picked again."""
+        for index, engine in enumerate(self.runtime.engines):
+            if engine is not self._handles[index]:
+                self._handles[index], self._pollers[index] = engine, EnginePoller(engine, self.poll_timeout_s)
+                self._gone.discard(index)
+                log.info("engine %d is back", index)
+
+    def _unavailable_engines(self) -> set[int]:
+        self._refresh_engines()
+        return self._gone | (self.supervisor.down_engines if self.supervisor is not None else set())
+
+    def serving(self) -> bool:
+        if len(self._unavailable_engines()) >= len(self._in_flight):
+            return False
+        return self.supervisor is None or self.supervisor.can_serve()
+
     def _pick_engine(self) -> int:
+        unavailable = self._unavailable_engines()
         order = [engine for engine in ((self._next + i) % len(self._in_flight) for i in range(len(self._in_flight)))
-                 if engine not in self._gone]
+                 if engine not in unavailable]
         if not order:
             raise NotReady("no engine is running" if not self._in_flight else
-                           f"all {len(self._in_flight)} engines are gone; restart `switchyard serve`")
+                           f"all {len(self._in_flight)} engines are gone; "
+                           + ("they are being re-created, retry shortly" if self.supervisor is not None
+                              else "restart `switchyard serve`"))
         engine = min(order, key=lambda e: self._in_flight[e])
         if self._in_flight[engine] >= self.max_queue_per_engine:
             raise QueueFull(f"every engine has {self.max_queue_per_engine} requests in flight; retry later")
@@ -200,7 +230,8 @@ class RuntimeBackend:
         try:
             yield stream
         except ray.exceptions.RayActorError as error:
-            self._gone.add(engine)
+            if self._handles[engine] is stream.engine:  # not re-created meanwhile
+                self._gone.add(engine)
             log.warning("engine %d on node %d is gone; later requests go to the other engines", engine, stream.node)
             raise NotReady(f"engine {engine} on node {stream.node} is gone: {error}") from error
         finally:
@@ -217,9 +248,10 @@ class RuntimeBackend:
         return epoch, plan
 
     async def snapshot(self) -> Snapshot:
-        stats, per_engine = await asyncio.gather(
-            self._statistics(), asyncio.gather(*[engine.traffic.remote() for engine in self.runtime.engines]))
-        traffic = {**merge_traffic(per_engine), "engines": per_engine}
+        stats, per_engine = await asyncio.gather(self._statistics(), self._ask_engines("traffic"))
+        per_engine = [counters for counters in per_engine if counters is not None]
+        none = TrafficCounters(self.runtime.plan.topology.node_of_gpu, 0).to_dict()  # while no engine is up
+        traffic = {**merge_traffic(per_engine or [none]), "engines": per_engine}
         if self.store is None:  # since loading
             window_s, window_tokens = 0.0, 0.0
         elif self.stats_window_tokens is not None:
@@ -232,9 +264,10 @@ class RuntimeBackend:
     async def _statistics(self) -> RoutingStats:
         """What snapshots and proposals read: without a store, the statistics since loading; with one,
         its window (by tokens when configured, else by time), or no load when nothing was published."""
-        if self.store is None:
-            return await asyncio.to_thread(self.runtime.routing_stats)
-        if self.stats_window_tokens is not None:
+        if self.store is None:  # the engines up now (one gone is left out)
+            live = [stats for stats in await self._ask_engines("routing_stats") if stats is not None]
+            stats = merge_engine_stats(live) if live else None
+        elif self.stats_window_tokens is not None:
             stats = await asyncio.to_thread(self.store.window, "tokens", self.stats_window_tokens)
         else:
             stats = await asyncio.to_thread(self.store.window, "time", self.stats_window_s)
@@ -261,10 +294,22 @@ class RuntimeBackend:
         return await self._apply("rollback", by, "rollback", proposal, None)
 
     async def engine_epochs(self) -> list[int]:
-        return list(await asyncio.gather(*[engine.epoch.remote() for engine in self.runtime.engines]))
+        """0 for an engine that is gone (being re-created)."""
+        return [epoch or 0 for epoch in await self._ask_engines("epoch")]
 
     async def active_batches(self) -> list[int]:
-        return list(await asyncio.gather(*[engine.active_batch.remote() for engine in self.runtime.engines]))
+        return [batch or 0 for batch in await self._ask_engines("active_batch")]
+
+    async def _ask_engines(self, method: str) -> list[Any]:
+        """Every engine's answer to `method()`, in engine order; None from an engine that is gone."""
+        answers = await asyncio.gather(*[getattr(engine, method).remote() for engine in self.runtime.engines],
+                                       return_exceptions=True)
+        for index, answer in enumerate(answers):
+            if isinstance(answer, ray.exceptions.RayActorError):
+                log.warning("engine %d is gone; left out of %s", index, method)
+            elif isinstance(answer, BaseException):
+                raise answer
+        return [None if isinstance(answer, BaseException) else answer for answer in answers]
 
     async def events(self, limit: int) -> list[dict[str, Any]]:
         return [] if self.store is None else await asyncio.to_thread(self.store.events, limit)

@@ -3,7 +3,10 @@
 The servicer (`servicer`) only translates between protos and the backend (`backend`); errors become
 status codes in one place (`status`); tokens are checked by `auth`. Until a backend is attached (`Gateway.attach`), and
 again from the start of a drain, health answers NOT_SERVING and the Switchyard service UNAVAILABLE,
-so a probe never routes traffic to a gateway that is starting or stopping.
+so a probe never routes traffic to a gateway that is starting or stopping. While attached, health
+follows `Backend.serving` (read every `health_interval_s`): NOT_SERVING while a fault leaves
+the service unable to serve every request (no engine up, or an expert with no replica up), SERVING
+again once the supervisor has re-created what failed.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ class GatewayConfig:
     token: when set, every call but health needs `authorization: Bearer <token>`.  admin_token: when
     set, admin calls (Rebalance, Rollback) need it (PERMISSION_DENIED with another valid token).  tls_cert /
     tls_key: PEM files; both or neither.  max_batch_requests: prompts in one GenerateBatch.
-    grace_s: how long a drain waits for in-flight calls.
+    grace_s: how long a drain waits for in-flight calls.  health_interval_s: how often health reads
+    `Backend.serving`.
     """
 
     host: str = DEFAULTS.host
@@ -48,6 +52,7 @@ class GatewayConfig:
     max_message_bytes: int = DEFAULTS.max_message_bytes
     max_batch_requests: int = DEFAULTS.max_batch_requests
     grace_s: float = DEFAULTS.grace_s
+    health_interval_s: float = DEFAULTS.probe_interval_s
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -73,6 +78,7 @@ class Gateway:
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
                                             self.server)
         self.port = 0
+        self._watch: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         """Listen (health NOT_SERVING until `attach`); returns the bound port (useful with port 0)."""
@@ -90,13 +96,26 @@ class Gateway:
         return self.port
 
     async def attach(self, backend: Backend) -> None:
-        """Serve from `backend`: health turns SERVING."""
+        """Serve from `backend`: health turns SERVING, then follows `backend.serving()`."""
         self.servicer.backend = backend
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self._watch = asyncio.get_running_loop().create_task(self._watch_health(backend))
+
+    async def _watch_health(self, backend: Backend) -> None:
+        serving = True
+        while True:
+            await asyncio.sleep(self.config.health_interval_s)
+            if backend.serving() != serving:
+                serving = not serving
+                log.warning("health: %s", "SERVING (recovered)" if serving else "NOT_SERVING (an actor is down)")
+                await self._set_health(health_pb2.HealthCheckResponse.SERVING if serving
+                                       else health_pb2.HealthCheckResponse.NOT_SERVING)
 
     async def drain(self, grace_s: float | None = None) -> None:
         """Health NOT_SERVING first, refuse new calls, let in-flight ones finish for the grace period, stop."""
         self.servicer.draining = True
+        if self._watch is not None:
+            self._watch.cancel()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.config.grace_s if grace_s is None else grace_s)
         if self.servicer.backend is not None:

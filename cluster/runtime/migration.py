@@ -3,7 +3,7 @@
 The order (DESIGN.md: copy in, switch the epoch, drop the old copies):
 
 1. stage: every worker builds the new epoch's slots beside the old ones, in its migration thread
-   (`runtime.MIGRATION_GROUP`), so its `forward` calls go on meanwhile. Gained experts are copied
+   (`actors.MIGRATION_GROUP`), so its `forward` calls go on meanwhile. Gained experts are copied
    from a worker that holds them (`migration.plan_migration` picks the nearest), through Ray's object
    store: the coordinator passes only ObjectRefs of `export_slots` results to `stage`, so the weights
    go worker to worker, never through the gateway or the driver.
@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 import ray
 
-from switchyard.cluster.runtime.runtime import MIGRATION_GROUP, Runtime
+from switchyard.cluster.runtime.actors import MIGRATION_GROUP
+from switchyard.cluster.runtime.runtime import Runtime
 from switchyard.placement.errors import SwitchyardError
 from switchyard.placement.migration import plan_migration
 from switchyard.placement.plan import Plan

@@ -14,6 +14,7 @@ everywhere (to measure the difference).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import threading
 from collections.abc import Iterator
@@ -22,9 +23,7 @@ from typing import Any
 
 import numpy as np
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from switchyard.cluster.engine.engine import Engine
 from switchyard.cluster.engine.sampling import SamplingParams
 from switchyard.cluster.engine.traffic import merge_traffic
 from switchyard.cluster.engine.transport import DEFAULT_TIMEOUT_S
@@ -33,14 +32,8 @@ from switchyard.placement.plan import Plan
 from switchyard.placement.policies import get_policy
 from switchyard.placement.stats import RoutingStats
 from switchyard.placement.topology import Topology
+from switchyard.cluster.runtime.actors import ActorFactory
 from switchyard.workers.checkpoints import ModelSpec, load_spec
-from switchyard.workers.expert_worker import ExpertWorker
-
-MIGRATION_GROUP = "migration"
-"""The workers' second thread: a live migration's copies run there, beside `forward` (which keeps its
-own thread), so serving does not stall while experts are copied."""
-_RemoteWorker = ray.remote(concurrency_groups={MIGRATION_GROUP: 1})(ExpertWorker)
-_RemoteEngine = ray.remote(Engine)
 
 
 def resolve_plan(spec: ModelSpec, plan: Plan | str | Path, num_nodes: int, workers_per_node: int) -> Plan:
@@ -65,20 +58,32 @@ def resolve_plan(spec: ModelSpec, plan: Plan | str | Path, num_nodes: int, worke
     return plan
 
 
+def merge_engine_stats(stats: list[RoutingStats]) -> RoutingStats:
+    """Engines' routing statistics (at least one), merged; idle engines are left out (their load-only
+    stats would drop the others' top-k sets from the merge)."""
+    stats = [s for s in stats if s.num_tokens > 0] or stats[:1]
+    merged = stats[0]
+    for other in stats[1:]:
+        merged = merged.merge(other)
+    return merged
+
+
 class Runtime:
     """Expert workers and engines on the connected Ray cluster, serving one model under one plan.
 
     Use `Runtime.start(...)`, then `generate`, `routing_stats`, `traffic`, and `shutdown` (or `with`).
     `load` switches to another model or plan between requests, keeping the actors (and their processes);
     `switchyard.cluster.runtime.migration.migrate` switches plans while requests run. `epoch` is the
-    version of `plan` (the state store's epoch when serving with one).
+    version of `plan` (the state store's epoch when serving with one). `actors` starts more actors like
+    these (the supervisor's replacements); `addresses` is each worker's channel address.
     """
 
     def __init__(self, spec: ModelSpec, plan: Plan, epoch: int, workers: list[Any], engines: list[Any],
-                 device: str) -> None:
+                 actors: ActorFactory, addresses: list[str]) -> None:
         self.spec, self.plan, self.epoch = spec, plan, epoch
-        self.workers, self.engines, self.device = workers, engines, device
-        self.migration_lock = threading.Lock()  # one live migration at a time
+        self.workers, self.engines, self.actors, self.addresses = workers, engines, actors, addresses
+        self.device = actors.device
+        self.migration_lock = threading.Lock()  # one live migration (or worker replacement) at a time
 
     @classmethod
     def start(cls, model_dir: str | Path, num_nodes: int = 1, workers_per_node: int = 1,
@@ -90,43 +95,22 @@ class Runtime:
         nodes) or "ray".  dispatch_timeout_s: how long an engine waits for a worker's answer to one layer.
         expert_kernel: `ExpertCompute`'s kernel.  worker_threads / engine_threads: torch threads per
         actor (measured on 2 cores: 1 per worker, torch's default for the engine, docs/runtime.md)."""
-        if transport not in ("auto", "ray"):
-            raise ValueError(f"transport must be auto or ray, got {transport!r}")
+        actors = ActorFactory((), gpus_per_worker, transport, max_batch, dispatch_timeout_s, expert_kernel,
+                              worker_threads, engine_threads)  # bad options fail before anything starts
         spec = load_spec(model_dir)
         resolved = resolve_plan(spec, plan, num_nodes, workers_per_node)  # bad input fails before any actor
-        node_ids = [node["NodeID"] for node in ray.nodes() if node["Alive"]]
+        node_ids = tuple(node["NodeID"] for node in ray.nodes() if node["Alive"])
         if len(node_ids) < num_nodes:
             raise PlacementError(f"the plan needs {num_nodes} nodes but the Ray cluster has {len(node_ids)}")
-
-        def pinned(node: int) -> NodeAffinitySchedulingStrategy:
-            return NodeAffinitySchedulingStrategy(node_ids[node], soft=False)
-
-        device = "cuda" if gpus_per_worker > 0 else "cpu"
-        workers = [
-            _RemoteWorker.options(num_cpus=0, num_gpus=gpus_per_worker,
-                                  scheduling_strategy=pinned(int(resolved.topology.node_of_gpu[gpu])))
-            .remote(str(spec.model_dir), resolved.gpu_experts[:, gpu], device, epoch, expert_kernel, worker_threads)
-            for gpu in range(resolved.topology.num_gpus)
-        ]
+        actors = dataclasses.replace(actors, node_ids=node_ids)
+        workers = [actors.start_worker(str(spec.model_dir), resolved, gpu, epoch)
+                   for gpu in range(resolved.topology.num_gpus)]
         addresses = ray.get([worker.channel_address.remote() for worker in workers])
-        node_of_worker = resolved.topology.node_of_gpu
-
-        def channels(node: int) -> list[str | None]:
-            """The channel address of each worker on `node`, None for the others."""
-            return [address if transport == "auto" and node_of_worker[gpu] == node else None
-                    for gpu, address in enumerate(addresses)]
-
         # Engines go round the nodes (`Topology.node_of_engine`), so round-robin prompts go round the nodes.
-        engines = [
-            _RemoteEngine.options(num_cpus=0, max_concurrency=max_batch + 4,
-                                  scheduling_strategy=pinned(resolved.topology.node_of_engine(index)))
-            .remote(workers, resolved.topology.node_of_engine(index), max_batch,
-                    channels=channels(resolved.topology.node_of_engine(index)),
-                    dispatch_timeout_s=dispatch_timeout_s, threads=engine_threads)
-            for index in range(num_nodes * engines_per_node)
-        ]
+        engines = [actors.start_engine(resolved, index, workers, addresses)
+                   for index in range(num_nodes * engines_per_node)]
         ray.get([engine.load.remote(str(spec.model_dir), resolved.to_dict(), epoch) for engine in engines])
-        return cls(spec, resolved, epoch, workers, engines, device)
+        return cls(spec, resolved, epoch, workers, engines, actors, addresses)
 
     def load(self, model_dir: str | Path, plan: Plan | str | Path = "linear") -> None:
         """Serve another model or plan with the same actors (between requests only)."""
@@ -149,14 +133,8 @@ class Runtime:
         return outputs
 
     def routing_stats(self) -> RoutingStats:
-        """All engines' routing statistics, merged; idle engines are left out (their load-only stats would
-        drop the others' top-k sets from the merge)."""
-        stats = ray.get([engine.routing_stats.remote() for engine in self.engines])
-        stats = [s for s in stats if s.num_tokens > 0] or stats[:1]
-        merged = stats[0]
-        for other in stats[1:]:
-            merged = merged.merge(other)
-        return merged
+        """All engines' routing statistics, merged (`merge_engine_stats`)."""
+        return merge_engine_stats(ray.get([engine.routing_stats.remote() for engine in self.engines]))
 
     def traffic(self) -> dict[str, Any]:
         """All engines' traffic counters: per worker and total, same-node and cross-node."""
