@@ -36,6 +36,7 @@ PROMPTS = [[1 + i, 5 + 3 * i, 9, 33 + i, 100, 7 * i % 500] for i in range(16)]
 DEADLINE_S = 60.0
 REDIS_DOWN_S = 10.0
 STOP_S = 20.0
+RETRY_AFTER_S = 1.0  # a client's pause after a failed request
 
 
 @dataclass
@@ -116,7 +117,7 @@ class Clients:
                 outcome = Outcome(start, time.monotonic(), "OK", tokens != reference[prompt])
             except grpc.RpcError as error:
                 outcome = Outcome(start, time.monotonic(), error.code().name)
-                time.sleep(0.2)  # a failing service is retried, not hammered
+                time.sleep(RETRY_AFTER_S)  # a failing service is retried, not hammered
             self.outcomes.append(outcome)
             turn += 1
 
@@ -137,7 +138,7 @@ def run(model_dir: Path, minutes: float, clients: int, new_tokens: int, scratch:
     redis = subprocess.Popen(redis_cmd, stdout=subprocess.DEVNULL)
     log = open(scratch / "serve.log", "w")
     serve = subprocess.Popen(
-        [str(Path(sys.executable).parent / "switchyard"), "serve", str(model_dir), "--nodes", "2",
+        [str(Path(sys.executable).parent / "switchyard"), "serve", "--model", str(model_dir), "--nodes", "2",
          "--port", str(port), "--redis", f"redis://127.0.0.1:{redis_port}", "--deployment", "chaos",
          "--no-dashboard"], stdout=log, stderr=subprocess.STDOUT)
     target = f"127.0.0.1:{port}"
@@ -145,7 +146,7 @@ def run(model_dir: Path, minutes: float, clients: int, new_tokens: int, scratch:
     try:
         with Client(target) as probe:
             deadline = time.monotonic() + 240
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and serve.poll() is None:
                 try:
                     if probe.health() == "SERVING":
                         break
@@ -214,7 +215,7 @@ def render(report: dict, command: str, spec_line: str) -> tuple[str, bool]:
     lines = [f"# Chaos soak ({report['minutes']:g} minutes)", "", provenance(command), "", spec_line + ".", "",
              f"`switchyard serve --nodes 2` (one expert worker and one engine per node, linear plan, a private "
              f"redis-server), {report['clients']} clients in a loop, greedy, {report['new_tokens']} new tokens, "
-             f"deadline {DEADLINE_S:g} s.", "",
+             f"deadline {DEADLINE_S:g} s; a client pauses {RETRY_AFTER_S:g} s after a failed request.", "",
              f"Requests: {len(outcomes)}, succeeded {ok} ({share:.1%}), wrong tokens {wrong}, hung past the "
              f"deadline {hung}; before the first fault {sum(o.code != 'OK' for o in report['before'])} failed.", "",
              "| fault | at (s) | requests until the next fault | failed (codes) | recovered after (s) |",

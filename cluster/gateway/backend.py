@@ -4,7 +4,8 @@ The servicer (`gateway.servicer`) only translates protos; everything it asks of 
 through `Backend`. `RuntimeBackend` sends each request to the engine replica with the fewest requests
 in flight from this gateway (ties go round the engines, so round the nodes:
 `Topology.node_of_engine`) and streams its tokens (`gateway.streaming`). An engine whose actor died
-answers its requests UNAVAILABLE and is not picked until the supervisor (`runtime.supervisor`) has
+answers its requests UNAVAILABLE (a request that has no token yet starts over on another engine) and
+is not picked until the supervisor (`runtime.supervisor`) has
 re-created it; meanwhile placement, statistics and the per-engine answers leave it out (epoch 0).
 
 With a state store (`switchyard serve` always passes one), the placement is the store's active plan
@@ -31,7 +32,7 @@ import ray
 from switchyard.cluster.engine.requests import check_prompt
 from switchyard.cluster.engine.sampling import SamplingParams
 from switchyard.cluster.engine.traffic import TrafficCounters, merge_traffic
-from switchyard.cluster.errors import InvalidSetting, NotReady, QueueFull
+from switchyard.cluster.errors import InvalidSetting, NotReady, QueueFull, ServingError
 from switchyard.cluster.gateway.streaming import EnginePoller, TokenStream
 from switchyard.cluster.rebalance.applier import PlanApplier, RebalanceOutcome, check_epoch
 from switchyard.cluster.rebalance.planner import model_cluster, plan_proposal
@@ -226,17 +227,35 @@ class RuntimeBackend:
         engine = self._pick_engine()
         self._in_flight[engine] += 1
         stream = TokenStream(self.runtime.engines[engine], self._pollers[engine], engine,
-                             self.runtime.plan.topology.node_of_engine(engine), prompt, params)
+                             self.runtime.plan.topology.node_of_engine(engine), prompt, params, self._failover)
         try:
             yield stream
         except ray.exceptions.RayActorError as error:
-            if self._handles[engine] is stream.engine:  # not re-created meanwhile
-                self._gone.add(engine)
-            log.warning("engine %d on node %d is gone; later requests go to the other engines", engine, stream.node)
-            raise NotReady(f"engine {engine} on node {stream.node} is gone: {error}") from error
+            self._engine_died(stream)
+            raise NotReady(f"engine {stream.engine_index} on node {stream.node} is gone: {error}") from error
         finally:
             stream.cancel()
-            self._in_flight[engine] -= 1
+            self._in_flight[stream.engine_index] -= 1
+
+    def _engine_died(self, stream: TokenStream) -> None:
+        """`stream`'s engine died: not picked again until re-created."""
+        if self._handles[stream.engine_index] is stream.engine:  # not re-created meanwhile
+            self._gone.add(stream.engine_index)
+        log.warning("engine %d on node %d is gone; later requests go to the other engines", stream.engine_index,
+                    stream.node)
+
+    async def _failover(self, stream: TokenStream) -> bool:
+        """`stream`'s engine died before its first token: move it to another engine, if one is up."""
+        self._engine_died(stream)
+        try:
+            engine = self._pick_engine()
+        except ServingError:
+            return False
+        self._in_flight[stream.engine_index] -= 1
+        self._in_flight[engine] += 1
+        stream.move(self.runtime.engines[engine], self._pollers[engine], engine,
+                    self.runtime.plan.topology.node_of_engine(engine))
+        return True
 
     async def placement(self) -> tuple[int, Plan]:
         if self.store is None:

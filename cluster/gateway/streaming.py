@@ -1,14 +1,15 @@
 """Token streaming from the engines: one `Engine.poll` call at a time per engine covers all of its
 requests (`EnginePoller`), and each request is a `TokenStream` that stops its request in the engine with
 `Engine.cancel` when the caller goes away (deadline, cancellation, any error), which frees its batch
-slot and KV cache.
+slot and KV cache. A request whose engine dies before its first token starts over once on another
+engine (`failover`, given by the backend), so the caller never sees that engine's death.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import ray
@@ -68,17 +69,38 @@ class EnginePoller:
 
 
 class TokenStream:
-    """One request on one engine: iterate for lists of new token ids; `output` has them all."""
+    """One request on one engine: iterate for lists of new token ids; `output` has them all.
+
+    failover: called when the engine dies before the first token; it may `move` the stream to another
+    engine and return True to start over there (once), or return False (the death is raised).
+    """
 
     def __init__(self, engine: Any, poller: EnginePoller, engine_index: int, node: int, prompt: list[int],
-                 params: SamplingParams) -> None:
+                 params: SamplingParams,
+                 failover: Callable[[TokenStream], Awaitable[bool]] | None = None) -> None:
         self.engine, self.poller, self.engine_index, self.node = engine, poller, engine_index, node
-        self.prompt, self.params = prompt, params
+        self.prompt, self.params, self.failover = prompt, params, failover
         self.output: list[int] = []
         self.done = False
+        self.failed_over = False
         self._submitted: Any = None  # the ObjectRef of the submit call
 
+    def move(self, engine: Any, poller: EnginePoller, engine_index: int, node: int) -> None:
+        """Start over on another engine (nothing was streamed: see `failover`)."""
+        self.engine, self.poller, self.engine_index, self.node = engine, poller, engine_index, node
+        self._submitted, self.done, self.failed_over = None, False, True
+
     async def __aiter__(self) -> AsyncIterator[list[int]]:
+        while True:
+            try:
+                async for tokens in self._run():
+                    yield tokens
+                return
+            except ray.exceptions.RayActorError:
+                if self.output or self.failed_over or self.failover is None or not await self.failover(self):
+                    raise
+
+    async def _run(self) -> AsyncIterator[list[int]]:
         self._submitted = self.engine.submit.remote(self.prompt, self.params)
         request_id = await self._submitted
         queue = self.poller.subscribe(request_id)
