@@ -208,6 +208,14 @@ def test_stopped_worker_does_not_hang_requests_and_is_replaced(runtime, supervis
     assert _greedy_outputs(client) == reference
 
 
+def test_requests_sent_to_a_dead_engine_start_over_on_the_other(runtime, supervisor, client, reference):
+    """Engine 0 killed: the requests the gateway sends it before it knows (no token yet) go to engine 1."""
+    replaced_before = sum(entry["kind"] == "engine" for entry in supervisor.replaced)
+    os.kill(_pid(runtime.engines[0]), signal.SIGKILL)
+    assert _greedy_outputs(client) == reference
+    _wait_for(lambda: _replaced(supervisor, "engine", replaced_before + 1), 90, "the engine's re-creation")
+
+
 def test_killed_engines_are_re_created_and_placement_and_stats_keep_answering(runtime, supervisor, client,
                                                                                 reference):
     health = HealthWatch(client)
@@ -215,7 +223,7 @@ def test_killed_engines_are_re_created_and_placement_and_stats_keep_answering(ru
         os.kill(_pid(engine), signal.SIGKILL)
     assert client.placement().epoch == runtime.epoch  # answered while the engines are gone
     client.stats()
-    _wait_for(lambda: _replaced(supervisor, "engine", 2), 90, "both engines' re-creation")
+    _wait_for(lambda: _replaced(supervisor, "engine", 3), 90, "both engines' re-creation")
     _wait_for(lambda: client.health() == "SERVING", 10, "health SERVING")
     assert list(client.placement().engine_epochs) == [runtime.epoch] * 2
     assert client.stats().num_tokens >= 0
