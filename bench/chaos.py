@@ -8,6 +8,8 @@ SIGKILL of redis-server (restarted 10 s later), SIGSTOP of a worker for 20 s (th
 the requests that failed after it (with their status codes), the time from the fault until the last
 of them (after that every request succeeded), requests that hung past their deadline, wrong tokens.
 The resident memory of every process of the service is read at the start and at the end.
+`--plan linear` (serve's default: each expert on one worker) or `--plan replicated` (each expert on
+both workers: the plan's replicas are the redundancy that serves while a worker is re-created).
 
     python -m bench.chaos --minutes 10 --out docs/benchmarks/chaos.md
 """
@@ -129,7 +131,27 @@ class Clients:
             client.close()
 
 
-def run(model_dir: Path, minutes: float, clients: int, new_tokens: int, scratch: Path) -> dict:
+def _plan_options(model_dir: Path, plan: str, scratch: Path) -> list[str]:
+    """serve's `--plan` for `plan`: none for linear, a JSON file holding every expert on both workers."""
+    if plan == "linear":
+        return []
+    import json
+
+    import numpy as np
+
+    from switchyard.placement.plan import Plan
+    from switchyard.placement.topology import Topology
+    from switchyard.workers.checkpoints import load_spec
+
+    spec = load_spec(model_dir)
+    both = Plan(np.tile(np.arange(spec.num_experts), (spec.num_layers, 2)), Topology(2, 1, spec.num_experts),
+                spec.num_experts)
+    path = scratch / "replicated.json"
+    path.write_text(json.dumps(both.to_dict()))
+    return ["--plan", str(path)]
+
+
+def run(model_dir: Path, minutes: float, clients: int, new_tokens: int, plan: str, scratch: Path) -> dict:
     from switchyard.cluster.gateway.client import Client
 
     redis_port, port = _free_port(), _free_port()
@@ -140,7 +162,7 @@ def run(model_dir: Path, minutes: float, clients: int, new_tokens: int, scratch:
     serve = subprocess.Popen(
         [str(Path(sys.executable).parent / "switchyard"), "serve", "--model", str(model_dir), "--nodes", "2",
          "--port", str(port), "--redis", f"redis://127.0.0.1:{redis_port}", "--deployment", "chaos",
-         "--no-dashboard"], stdout=log, stderr=subprocess.STDOUT)
+         "--no-dashboard", *_plan_options(model_dir, plan, scratch)], stdout=log, stderr=subprocess.STDOUT)
     target = f"127.0.0.1:{port}"
     faults: list[Fault] = []
     try:
@@ -202,7 +224,7 @@ def run(model_dir: Path, minutes: float, clients: int, new_tokens: int, scratch:
         until = faults[index + 1].at if index + 1 < len(faults) else float("inf")
         fault.outcomes = [o for o in outcomes if fault.at <= o.end < until]
     before = [o for o in outcomes if o.end < faults[0].at]
-    return {"minutes": minutes, "clients": clients, "new_tokens": new_tokens, "outcomes": outcomes,
+    return {"minutes": minutes, "clients": clients, "new_tokens": new_tokens, "plan": plan, "outcomes": outcomes,
             "faults": faults, "before": before, "rss_start": rss_start, "rss_end": rss_end, "begin": begin}
 
 
@@ -213,7 +235,7 @@ def render(report: dict, command: str, spec_line: str) -> tuple[str, bool]:
     hung = sum(o.code == "DEADLINE_EXCEEDED" for o in outcomes)
     share = ok / max(len(outcomes), 1)
     lines = [f"# Chaos soak ({report['minutes']:g} minutes)", "", provenance(command), "", spec_line + ".", "",
-             f"`switchyard serve --nodes 2` (one expert worker and one engine per node, linear plan, a private "
+             f"`switchyard serve --nodes 2` (one expert worker and one engine per node, {report['plan']} plan, a private "
              f"redis-server), {report['clients']} clients in a loop, greedy, {report['new_tokens']} new tokens, "
              f"deadline {DEADLINE_S:g} s; a client pauses {RETRY_AFTER_S:g} s after a failed request.", "",
              f"Requests: {len(outcomes)}, succeeded {ok} ({share:.1%}), wrong tokens {wrong}, hung past the "
@@ -247,13 +269,14 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--plan", choices=("linear", "replicated"), default="linear")
     parser.add_argument("--out", type=Path, help="Markdown file to write, e.g. docs/benchmarks/chaos.md.")
     args = parser.parse_args()
     from switchyard.workers.checkpoints import init_checkpoint, load_spec
 
     with tempfile.TemporaryDirectory(prefix="switchyard-chaos-") as scratch:
         model_dir = init_checkpoint("mixtral", "tiny", Path(scratch) / "mixtral-tiny", skew=1.0)
-        report = run(model_dir, args.minutes, args.clients, args.new_tokens, Path(scratch))
+        report = run(model_dir, args.minutes, args.clients, args.new_tokens, args.plan, Path(scratch))
         text, passed = render(report, command_line("bench.chaos"), describe_checkpoint(load_spec(model_dir)))
     publish(text, args.out)
     if not passed:
