@@ -14,7 +14,8 @@ with SIGSTOP) is replaced:
   the statistics publisher read that list). Requests that were on it have failed (UNAVAILABLE).
 
 Replacements hold `runtime.migration_lock`, so a live migration never sees a half-replaced runtime.
-`Supervisor(runtime).start()` runs it in a daemon thread; `check_once` is one round (tests, benches).
+`Supervisor(runtime).start()` runs it in a daemon thread; `check_once` is one round; `replace_workers`
+and `replace_engine` re-create given actors (for a caller that detects faults its own way).
 """
 
 from __future__ import annotations
@@ -92,10 +93,10 @@ class Supervisor:
         engines = self._failed(self.runtime.engines, "epoch", "engine")
         self.down_workers, self.down_engines = frozenset(workers), frozenset(engines)
         if workers:
-            self._replace_workers(workers, [e for e in range(len(self.runtime.engines)) if e not in engines])
+            self.replace_workers(workers, [e for e in range(len(self.runtime.engines)) if e not in engines])
             self.down_workers = frozenset()
         for engine in engines:
-            self._replace_engine(engine)
+            self.replace_engine(engine)
             self.down_engines -= {engine}
 
     def _failed(self, actors: list[Any], method: str, kind: str) -> list[int]:
@@ -117,9 +118,10 @@ class Supervisor:
                 failed.append(index)
         return failed
 
-    def _replace_workers(self, workers: list[int], engines: list[int]) -> None:
-        """Mark `workers` down on the live `engines`, re-create each, and swap it in on those engines."""
+    def replace_workers(self, workers: list[int], engines: list[int] | None = None) -> None:
+        """Mark `workers` down on `engines` (default: all), re-create each, and swap it in on those engines."""
         runtime = self.runtime
+        engines = range(len(runtime.engines)) if engines is None else engines
         start = time.monotonic()
         ray.get([runtime.engines[e].mark_workers_down.remote(workers) for e in engines],
                 timeout=self.replace_timeout_s)
@@ -136,7 +138,7 @@ class Supervisor:
                     for e in engines], timeout=self.replace_timeout_s)
                 self._record("worker", worker, start)
 
-    def _replace_engine(self, engine: int) -> None:
+    def replace_engine(self, engine: int) -> None:
         """Re-create engine `engine` on its node, loaded with the active plan and epoch."""
         runtime = self.runtime
         start = time.monotonic()
