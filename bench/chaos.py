@@ -68,11 +68,11 @@ def _processes(root: psutil.Process) -> dict[str, list[psutil.Process]]:
     roles["serve"].append(root)
     for child in root.children(recursive=True):
         try:
-            line = " ".join(child.cmdline())
+            name, line = child.name(), " ".join(child.cmdline())
         except psutil.Error:
             continue
-        role = ("gcs_server" if "gcs_server" in line else "raylet" if "/raylet" in line else
-                "worker" if "ExpertWorker" in line else "engine" if "ray::Engine" in line else "other")
+        role = (name if name in ("gcs_server", "raylet") else "worker" if "ray::ExpertWorker" in line else
+                "engine" if "ray::Engine" in line else "other")
         roles[role].append(child)
     return roles
 
