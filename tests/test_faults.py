@@ -1,6 +1,6 @@
 """Actor faults on a real 2-node Ray cluster: a worker killed or stopped, engines killed.
 
-One Ray cluster and one runtime (2 nodes x 1 worker, one engine per node, the linear plan: each worker
+The session's Ray cluster and one runtime (2 nodes x 1 worker, one engine per node, the linear plan: each worker
 holds the only replica of half the experts) serve the module behind a gateway, with a supervisor
 probing every actor. Each fault is real (SIGKILL / SIGSTOP of the actor's process, `ray.kill`); what is
 checked is what a client sees: no hang, UNAVAILABLE (never INTERNAL) for what the fault broke, the
@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 
 import grpc
 import numpy as np
@@ -26,11 +25,12 @@ from switchyard.cluster.errors import WorkerUnavailable
 from switchyard.cluster.gateway.backend import RuntimeBackend
 from switchyard.cluster.gateway.client import Client
 from switchyard.cluster.gateway.server import BackgroundGateway, GatewayConfig
-from switchyard.cluster.runtime.runtime import Runtime, local_cluster
+from switchyard.cluster.runtime.runtime import Runtime
 from switchyard.cluster.runtime.supervisor import Supervisor
 from switchyard.placement.plan import Plan
 from switchyard.placement.topology import Topology
 from switchyard.workers.checkpoints import init_checkpoint
+from waiting import wait_until
 
 pytestmark = pytest.mark.ray
 
@@ -46,13 +46,10 @@ def model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def runtime(model_dir):
-    with local_cluster(2):
-        started = Runtime.start(model_dir, num_nodes=2, workers_per_node=1, dispatch_timeout_s=DISPATCH_TIMEOUT_S)
-        try:
-            yield started
-        finally:
-            started.shutdown()
+def runtime(ray_connected, model_dir):
+    with Runtime.start(model_dir, num_nodes=2, workers_per_node=1,
+                       dispatch_timeout_s=DISPATCH_TIMEOUT_S) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
@@ -100,13 +97,6 @@ class HealthWatch:
 
 def _pid(actor) -> int:
     return ray.get(actor.__ray_call__.remote(lambda self: os.getpid()), timeout=30)
-
-
-def _wait_for(condition, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} did not happen within {timeout_s:g} s"
-        time.sleep(0.1)
 
 
 def _replaced(supervisor: Supervisor, kind: str, count: int) -> bool:
@@ -162,23 +152,26 @@ def test_requests_needing_a_down_worker_fail_alone_and_fast(runtime, reference):
 
 def test_worker_killed_mid_stream_is_re_created(runtime, supervisor, client, reference):
     health = HealthWatch(client)
+    received: list[int] = []
     outcome: list[object] = []
 
     def long_stream() -> None:
         try:
-            outcome.append(sum(client.stream(PROMPTS[0], max_new_tokens=300, timeout_s=120), []))
+            for tokens in client.stream(PROMPTS[0], max_new_tokens=300, timeout_s=120):
+                received.extend(tokens)
+            outcome.append(received)
         except grpc.RpcError as error:
             outcome.append(error.code())
 
     streaming = threading.Thread(target=long_stream)
     streaming.start()
-    time.sleep(1.0)  # the stream is under way
+    wait_until(lambda: received, "the stream's first tokens", 60)
     os.kill(_pid(runtime.workers[0]), signal.SIGKILL)
     streaming.join(timeout=60)
     assert not streaming.is_alive(), "the stream hung"
     assert outcome[0] == Code.UNAVAILABLE or len(outcome[0]) == 300, outcome
-    _wait_for(lambda: _replaced(supervisor, "worker", 1), 60, "the worker's re-creation")
-    _wait_for(lambda: client.health() == "SERVING", 10, "health SERVING")
+    wait_until(lambda: _replaced(supervisor, "worker", 1), "the worker's re-creation", 60)
+    wait_until(lambda: client.health() == "SERVING", "health SERVING", 10)
     assert _greedy_outputs(client) == reference
     statuses = health.close()
     assert "NOT_SERVING" in statuses and statuses[-1] == "SERVING", statuses
@@ -194,14 +187,15 @@ def test_stopped_worker_does_not_hang_requests_and_is_replaced(runtime, supervis
                 client.generate(prompt, max_new_tokens=NEW_TOKENS, timeout_s=60)
             except grpc.RpcError as error:
                 assert error.code() == Code.UNAVAILABLE, error
-        _wait_for(lambda: _replaced(supervisor, "worker", replaced_before + 1), 60, "the stopped worker's replacement")
+        wait_until(lambda: _replaced(supervisor, "worker", replaced_before + 1), "the stopped worker's replacement",
+                   60)
     finally:
         try:  # ray.kill ended it; make sure, whatever happened
             os.kill(pid, signal.SIGCONT)
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    _wait_for(lambda: client.health() == "SERVING", 10, "health SERVING")
+    wait_until(lambda: client.health() == "SERVING", "health SERVING", 10)
     assert _greedy_outputs(client) == reference
 
 
@@ -210,7 +204,7 @@ def test_requests_sent_to_a_dead_engine_start_over_on_the_other(runtime, supervi
     replaced_before = sum(entry["kind"] == "engine" for entry in supervisor.replaced)
     os.kill(_pid(runtime.engines[0]), signal.SIGKILL)
     assert _greedy_outputs(client) == reference
-    _wait_for(lambda: _replaced(supervisor, "engine", replaced_before + 1), 90, "the engine's re-creation")
+    wait_until(lambda: _replaced(supervisor, "engine", replaced_before + 1), "the engine's re-creation", 90)
 
 
 def test_killed_engines_are_re_created_and_placement_and_stats_keep_answering(runtime, supervisor, client,
@@ -220,8 +214,8 @@ def test_killed_engines_are_re_created_and_placement_and_stats_keep_answering(ru
         os.kill(_pid(engine), signal.SIGKILL)
     assert client.placement().epoch == runtime.epoch  # answered while the engines are gone
     client.stats()
-    _wait_for(lambda: _replaced(supervisor, "engine", 3), 90, "both engines' re-creation")
-    _wait_for(lambda: client.health() == "SERVING", 10, "health SERVING")
+    wait_until(lambda: _replaced(supervisor, "engine", 3), "both engines' re-creation", 90)
+    wait_until(lambda: client.health() == "SERVING", "health SERVING", 10)
     assert list(client.placement().engine_epochs) == [runtime.epoch] * 2
     assert client.stats().num_tokens >= 0
     results = [client.generate(prompt, max_new_tokens=NEW_TOKENS, timeout_s=60) for prompt in PROMPTS]
