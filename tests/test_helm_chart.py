@@ -243,6 +243,7 @@ def test_gpu_counts_and_topology_arguments() -> None:
         resources = _container(group)["resources"]
         assert resources["limits"]["nvidia.com/gpu"] == resources["requests"]["nvidia.com/gpu"] == "4"
         assert group["minReplicas"] == group["maxReplicas"] == group["replicas"]
+        assert group["resources"] == {"switchyard_node": "1"}  # where the Serve app puts workers and engines
         shm = next(v for v in group["template"]["spec"]["volumes"] if v["name"] == "dshm")
         assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "32Gi"}
         assert any(m["mountPath"] == "/dev/shm" for m in _container(group)["volumeMounts"])

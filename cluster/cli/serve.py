@@ -19,7 +19,7 @@ import click
 
 from switchyard.cluster.cli.params import OneLineCommand, UserError, grpc_errors_exit, ray_cluster_options
 from switchyard.cluster.errors import SwitchyardError
-from switchyard.cluster.settings import ADMIN_TOKEN_ENV, DEFAULTS, TOKEN_ENV
+from switchyard.cluster.settings import ADMIN_TOKEN_ENV, DEFAULTS, REDIS_URL_ENV, TOKEN_ENV
 from switchyard.placement.policies import DEFAULT_POLICY, policy_names
 from switchyard.workers.checkpoints import load_spec
 
@@ -128,6 +128,10 @@ async def serve_until_signalled(config: Any, start_backend: Any, auto: Any = Non
               help="Where the dashboard listens.")
 @click.option("--dashboard-port", type=click.IntRange(0, 65535), default=None,
               help="The dashboard's port; default: --port + 1 (0, any free port, when --port is 0).")
+@click.option("--ray-serve", is_flag=True, default=False,
+              help="Run the Ray Serve application the Helm chart deploys (engines as Serve replicas, a "
+              "supervised expert pool, the gateway as a Serve deployment) instead of plain actors; "
+              "docs/kubernetes.md.")
 @click.option("--dashboard-refresh", "dashboard_refresh_s", type=click.FloatRange(min=0, min_open=True),
               default=DEFAULTS.dashboard_refresh_s, show_default=True,
               help="Seconds between the dashboard's readings of the cluster.")
@@ -137,7 +141,7 @@ def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: in
           auto_min_gain: float, auto_interval_s: float, auto_policy: str, host: str, port: int, token: str | None,
           admin_token: str | None, tls_cert: Path | None, tls_key: Path | None, max_queue: int,
           max_batch_requests: int, max_message_bytes: int, grace_s: float, with_dashboard: bool,
-          dashboard_host: str, dashboard_port: int | None, dashboard_refresh_s: float) -> None:
+          dashboard_host: str, dashboard_port: int | None, ray_serve: bool, dashboard_refresh_s: float) -> None:
     """Start the engines and workers on a Ray cluster and serve them over gRPC until SIGINT/SIGTERM.
 
     The state store (Redis with --redis or $SWITCHYARD_REDIS_URL, else in-process) receives the
@@ -148,6 +152,8 @@ def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: in
     job. With --auto-rebalance the gateway checks the window every 30 s (or --auto-interval, if
     shorter) and applies a proposal when a threshold is passed, at most once per --auto-interval.
     The dashboard (page and /metrics) listens on --dashboard-host:--dashboard-port with the same tokens.
+    With --ray-serve, the same cluster runs the chart's Serve application instead (no state store
+    without --redis or $SWITCHYARD_REDIS_URL: the embedded one is one process's).
     """
     from switchyard.cluster.rebalance.auto import AutoRebalanceSettings
     from switchyard.cluster.gateway.server import GatewayConfig  # gRPC, Ray and Redis only when serving
@@ -171,6 +177,24 @@ def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: in
                                      min(DEFAULTS.auto_check_every_s, auto_interval_s)) if auto_rebalance else None
     except SwitchyardError as error:
         raise UserError(str(error)) from None
+    if ray_serve:
+        unsupported = [name for name, value in (("--token", token), ("--admin-token", admin_token),
+                                                ("--auto-rebalance", auto_rebalance), ("--tokenizer", tokenizer_dir),
+                                                ("--stats-window-tokens", stats_window_tokens)) if value]
+        if unsupported:
+            raise UserError(f"{', '.join(unsupported)} cannot be used with --ray-serve")
+        if port == 0:
+            raise UserError("--ray-serve needs a fixed --port: the gateway replica binds it")
+        store.close()
+        metrics_port = (dashboard_port or port + 1) if with_dashboard else 0
+        _run_serve_application(
+            {"model": str(model_dir), "nodes": nodes, "gpus_per_node": workers_per_node,
+             "engines_per_node": engines_per_node, "deployment": deployment, "host": host, "grpc_port": port,
+             "metrics_port": metrics_port, "stats_interval_s": stats_interval_s, "stats_window_s": stats_window_s,
+             "plan": str(plan_path) if plan_path is not None else "linear", "max_queue": max_queue,
+             "tls_cert_file": str(tls_cert) if tls_cert else None, "tls_key_file": str(tls_key) if tls_key else None},
+            nodes, address, state_store_url(redis))
+        return
     dashboard = None
     if with_dashboard:
         if dashboard_port is None:
@@ -217,6 +241,37 @@ def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: in
             asyncio.run(serve_until_signalled(config, start_backend, auto, dashboard))
     finally:
         store.close()
+
+
+def _run_serve_application(args: dict[str, Any], nodes: int, address: str | None, store_url: str | None) -> None:
+    """Deploy the Serve application (`serving.app.app(args)`) on the ephemeral or joined cluster, serve
+    until SIGINT or SIGTERM, then delete it (its gateway drains)."""
+    import os
+    import threading
+
+    from ray import serve
+
+    from switchyard.cluster.runtime.runtime import ray_cluster
+    from switchyard.cluster.serving.app import APP_NAME, app
+
+    if store_url is not None:  # the replicas read it from the environment, as on Kubernetes
+        os.environ[REDIS_URL_ENV] = store_url
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    with ray_cluster(nodes, address):
+        serve.start(proxy_location="Disabled")  # no HTTP route: clients use the gateway's gRPC port
+        try:
+            serve.run(app(args), name=APP_NAME, route_prefix=None)
+            log.info("serving %s on %s:%d (Ray Serve application %r)", args["model"], args["host"],
+                     args["grpc_port"], APP_NAME)
+            while not stop.wait(1.0):
+                pass
+            log.info("stopping the Serve application")
+        finally:
+            serve.delete(APP_NAME)
+    log.info("stopped")
 
 
 def format_result(results: list[Any], as_json: bool) -> str:

@@ -121,6 +121,16 @@ class Gateway:
         if self.servicer.backend is not None:
             await self.servicer.backend.close()
 
+    async def serve_health_only(self, host: str, port: int) -> grpc.aio.Server:
+        """A second, plaintext server answering only grpc.health.v1 (the same statuses) on `host:port`:
+        beside a TLS gateway, for probes that cannot speak TLS (the kubelet's). Stop it with `stop`."""
+        server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        server.add_insecure_port(f"{host}:{port}")
+        await server.start()
+        log.info("grpc.health.v1 only, plaintext, on %s:%d", host, port)
+        return server
+
     async def _set_health(self, status: Any) -> None:
         for service in ("", SERVICE_NAME):
             await self.health.set(service, status)
@@ -129,7 +139,8 @@ class Gateway:
 class BackgroundGateway:
     """A `Gateway` on its own event loop in a daemon thread, for embedding (tests, benchmarks, notebooks).
 
-    `start()` returns the port; `attach(backend)`, `drain()` block until done on the gateway's loop.
+    `start()` returns the port; `attach(backend)`, `drain()` block until done on the gateway's loop;
+    `run(coroutine)` runs anything else there.
     """
 
     def __init__(self, config: GatewayConfig) -> None:
@@ -138,22 +149,23 @@ class BackgroundGateway:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="gateway", daemon=True)
         self._thread.start()
-        self.gateway = self._run(self._create(config))
+        self.gateway = self.run(self._create(config))
 
     @staticmethod
     async def _create(config: GatewayConfig) -> Gateway:
         return Gateway(config)  # grpc.aio objects belong to the loop they are made on
 
-    def _run(self, coroutine: Awaitable[Any]) -> Any:
+    def run(self, coroutine: Awaitable[Any]) -> Any:
+        """Run `coroutine` on the gateway's loop (beside the server: a dashboard, a health port) and wait."""
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
 
     def start(self) -> int:
-        return self._run(self.gateway.start())
+        return self.run(self.gateway.start())
 
     def attach(self, backend: Backend) -> None:
-        self._run(self.gateway.attach(backend))
+        self.run(self.gateway.attach(backend))
 
     def drain(self, grace_s: float | None = None) -> None:
-        self._run(self.gateway.drain(grace_s))
+        self.run(self.gateway.drain(grace_s))
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)

@@ -35,6 +35,14 @@ from switchyard.placement.topology import Topology
 from switchyard.cluster.runtime.actors import ActorFactory
 from switchyard.workers.checkpoints import ModelSpec, load_spec
 
+NODE_RESOURCE = "switchyard_node"
+"""The Ray resource (1 per node) of the nodes that hold expert workers and engines under Serve (the
+chart's GPU pods; every node of `local_cluster`). Each engine replica asks for 1/engines_per_node of
+it, so exactly `engines_per_node` engine replicas land on each such node."""
+GATEWAY_RESOURCE = "switchyard_gateway"
+"""The Ray resource (1 per node) of the nodes that run a Gateway replica under Serve (the chart's
+gateway pods; the head of `local_cluster`)."""
+
 
 def resolve_plan(spec: ModelSpec, plan: Plan | str | Path, num_nodes: int, workers_per_node: int) -> Plan:
     """The plan to serve: a `Plan`, a plan JSON file, or a policy name (placed on uniform load).
@@ -161,13 +169,17 @@ class Runtime:
 
 @contextlib.contextmanager
 def local_cluster(num_nodes: int) -> Iterator[None]:
-    """An ephemeral Ray cluster on this machine with `num_nodes` simulated nodes; shut down on exit."""
+    """An ephemeral Ray cluster on this machine with `num_nodes` simulated nodes; shut down on exit.
+
+    Every node offers `NODE_RESOURCE` and the head `GATEWAY_RESOURCE`, as the chart's pods do, so the
+    Serve application (`cluster.serving`) runs on it unchanged."""
     from ray.cluster_utils import Cluster  # only the ephemeral cluster needs the simulator
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "include_dashboard": False, "resources": {NODE_RESOURCE: 1, GATEWAY_RESOURCE: 1}})
     try:
         for _ in range(num_nodes - 1):
-            cluster.add_node(num_cpus=1)
+            cluster.add_node(num_cpus=1, resources={NODE_RESOURCE: 1})
         with ray_cluster(num_nodes, cluster.address):
             yield
     finally:
