@@ -17,10 +17,9 @@ import click
 
 from switchyard.cluster.cli.params import OneLineCommand, UserError, ray_cluster_options
 
-from switchyard.cluster.engine.requests import check_prompt
+from switchyard.cluster.engine.requests import check_prompt, check_stop_ids, make_params
 from switchyard.cluster.errors import SwitchyardError
 from switchyard.cluster.settings import DEFAULTS, TOKEN_ENV
-from switchyard.cluster.engine.sampling import SamplingParams
 from switchyard.workers.checkpoints import init_checkpoint, load_spec
 from switchyard.workers.families import FAMILIES, SIZES
 
@@ -117,6 +116,10 @@ def generate(ctx: click.Context, model_dir: Path | None, server: str | None, pro
     """Generate for the prompts and print the ids: on a Ray cluster (--model; joined with --address, else
     started for the call) or on a running gateway (--server)."""
     _check_mode(ctx, model_dir, server)
+    try:
+        params = make_params(max_new_tokens, temperature, top_p, seed, stop_ids)
+    except SwitchyardError as error:
+        raise UserError(str(error)) from None
     if server is not None:
         from switchyard.cluster.cli.serve import run_remote_generate  # gRPC only with --server
 
@@ -130,9 +133,9 @@ def generate(ctx: click.Context, model_dir: Path | None, server: str | None, pro
         plan = resolve_plan(spec, plan_path if plan_path is not None else "linear", nodes, workers_per_node)
         for prompt in prompts:
             check_prompt(prompt, spec.vocab_size, int(spec.config.max_position_embeddings), max_new_tokens)
+        check_stop_ids(params, spec.vocab_size)
     except SwitchyardError as error:
         raise UserError(str(error)) from None
-    params = SamplingParams(max_new_tokens, temperature, top_p, seed, stop_ids)
     with ray_cluster(nodes, address), Runtime.start(model_dir, nodes, workers_per_node, plan) as runtime:
         outputs = runtime.generate(prompts, params)
         traffic = runtime.traffic()
