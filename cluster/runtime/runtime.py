@@ -179,19 +179,22 @@ class Runtime:
         self.shutdown()
 
 
-@contextlib.contextmanager
 def ray_system_config() -> dict[str, int]:
     """Ray settings of a cluster that Switchyard starts: the GCS keeps fewer task events
     (`Settings.ray_task_events_max_in_gcs`), so its memory stays flat under sustained load."""
     return {"task_events_max_num_task_in_gcs": DEFAULTS.ray_task_events_max_in_gcs}
 
 
-def local_cluster(num_nodes: int) -> Iterator[None]:
-    """An ephemeral Ray cluster on this machine with `num_nodes` simulated nodes; shut down on exit."""
+@contextlib.contextmanager
+def local_cluster(num_nodes: int, system_config: dict[str, Any] | None = None) -> Iterator[None]:
+    """An ephemeral Ray cluster on this machine with `num_nodes` simulated nodes; shut down on exit.
+
+    system_config: Ray's `_system_config` of the head; None: `ray_system_config()`."""
     from ray.cluster_utils import Cluster  # only the ephemeral cluster needs the simulator
 
+    system_config = ray_system_config() if system_config is None else system_config
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
-                                                            "_system_config": ray_system_config()})
+                                                            "_system_config": system_config})
     try:
         for _ in range(num_nodes - 1):
             cluster.add_node(num_cpus=1)
