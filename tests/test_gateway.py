@@ -147,6 +147,10 @@ BAD_INPUTS = [
     pytest.param({"temperature": -0.5}, "temperature must be >= 0", id="negative-temperature"),
     pytest.param({"top_p": 0.0}, "top_p must be in (0, 1]", id="top-p-zero"),
     pytest.param({"top_p": 1.5}, "top_p must be in (0, 1]", id="top-p-above-one"),
+    pytest.param({"temperature": float("nan")}, "temperature must be >= 0 and finite", id="temperature-nan"),
+    pytest.param({"temperature": 1e-300}, "or at least 0.01, got 1e-300", id="temperature-1e-300"),
+    pytest.param({"top_p": 1e-46}, "float32's smallest normal number", id="top-p-below-float32-tiny"),
+    pytest.param({"stop_ids": [512]}, "stop id 512 is outside the vocabulary (512)", id="stop-id-outside-vocabulary"),
     pytest.param({"prompt_ids": [], "text": "hello"}, "ships none (send prompt_ids)", id="text-without-tokenizer"),
     pytest.param({"text": "hello"}, "send prompt_ids or text, not both", id="ids-and-text"),
 ]
@@ -155,7 +159,7 @@ BAD_INPUTS = [
 @pytest.mark.parametrize(("change", "message"), BAD_INPUTS)
 def test_bad_input_is_invalid_argument(client, change, message):
     fields = {"prompt_ids": [1, 2, 3], "text": "", **change}
-    params = {key: change[key] for key in ("max_new_tokens", "temperature", "top_p") if key in change}
+    params = {key: change[key] for key in ("max_new_tokens", "temperature", "top_p", "stop_ids") if key in change}
     request = pb.GenerateRequest(prompt_ids=fields["prompt_ids"], text=fields["text"],
                                  sampling=sampling(**{"max_new_tokens": 2, **params}))
     code, details = _code(lambda: list(client.stub.Generate(request, timeout=10)))
