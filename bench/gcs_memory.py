@@ -115,9 +115,9 @@ def measure(model_dir: Path, args: argparse.Namespace, command: str) -> tuple[st
         markdown_table(["setting", "gcs_server RSS"], series),
         "",
         "The GCS keeps one event record per Ray task until its buffer holds `task_events_max_num_task_in_gcs` "
-        "of them; at Ray's default it keeps growing for the first 100 000 tasks (~5 000 requests here). "
-        "`local_cluster` sets Switchyard's bound through Ray's `_system_config`; on Kubernetes set "
-        "`RAY_task_events_max_num_task_in_gcs` in the head's environment (docs/reliability.md).",
+        "of them, then drops the oldest; at Ray's default it grows for the first 100 000 tasks, longer than this run. "
+        "`local_cluster` sets Switchyard's bound through Ray's `_system_config`; the Helm chart sets "
+        "`RAY_task_events_max_num_task_in_gcs` in every Ray container (`ray.taskEventsMaxInGcs`; docs/reliability.md).",
     ])
     return text, True
 
