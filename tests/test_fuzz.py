@@ -1,8 +1,8 @@
 """Property-based tests (hypothesis) of hostile input.
 
 The loaders (plans, traces, statistics) answer any content with a result or a `SwitchyardError`, never
-another exception. Every RPC of a real gateway over the real runtime (one Ray node, two workers,
-started once for the module) answers any request fields, and any request bytes, with a status other
+another exception. Every RPC of a real gateway over the real runtime (on the session's Ray
+cluster: 2 nodes, one worker and one engine each, started once for the module) answers any request fields, and any request bytes, with a status other
 than INTERNAL or UNKNOWN, within its deadline. Examples are derandomized and bounded so the module
 stays under a minute.
 """
@@ -92,18 +92,17 @@ def test_trace_and_stats_files_raise_only_switchyard_errors(tmp_path, suffix, co
 # ---- every RPC of a real gateway ----
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory):
+def gateway(ray_connected, tmp_path_factory):
     from switchyard.cluster.gateway.backend import RuntimeBackend
     from switchyard.cluster.gateway.client import Client
     from switchyard.cluster.gateway.server import BackgroundGateway, GatewayConfig
     from switchyard.cluster.rebalance.startup import record_serving_plan
-    from switchyard.cluster.runtime.runtime import Runtime, local_cluster
+    from switchyard.cluster.runtime.runtime import Runtime
     from switchyard.cluster.state.store import EmbeddedStateStore
     from switchyard.workers.checkpoints import init_checkpoint
 
     model_dir = init_checkpoint("mixtral", "tiny", tmp_path_factory.mktemp("fuzz") / "mixtral", skew=0.5, seed=5)
-    with local_cluster(1):
-        runtime = Runtime.start(model_dir, num_nodes=1, workers_per_node=2)
+    with Runtime.start(model_dir, num_nodes=2, workers_per_node=1) as runtime:
         store = EmbeddedStateStore()
         record_serving_plan(store, runtime.plan)
         server = BackgroundGateway(GatewayConfig(port=0, max_batch_requests=4))
@@ -115,7 +114,6 @@ def gateway(tmp_path_factory):
                 yield client, runtime
         finally:
             server.drain(0)
-            runtime.shutdown()
 
 
 def _answers(call) -> None:

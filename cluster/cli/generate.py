@@ -126,6 +126,7 @@ def generate(ctx: click.Context, model_dir: Path | None, server: str | None, pro
         run_remote_generate(server, prompts, as_json, token, tls_ca, timeout_s, max_new_tokens=max_new_tokens,
                             temperature=temperature, top_p=top_p, seed=seed, stop_ids=stop_ids)
         return
+    from switchyard.cluster.cli.preflight import wait_for_ray
     from switchyard.cluster.runtime.runtime import Runtime, ray_cluster, resolve_plan  # Ray only when serving
 
     try:
@@ -136,6 +137,7 @@ def generate(ctx: click.Context, model_dir: Path | None, server: str | None, pro
         check_stop_ids(params, spec.vocab_size)
     except SwitchyardError as error:
         raise UserError(str(error)) from None
+    wait_for_ray(address)  # one line after a bounded wait, instead of Ray's silent retries
     with ray_cluster(nodes, address), Runtime.start(model_dir, nodes, workers_per_node, plan) as runtime:
         outputs = runtime.generate(prompts, params)
         traffic = runtime.traffic()

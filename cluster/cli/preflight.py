@@ -33,16 +33,24 @@ def check_serve_options(host: str, port: int, tls_cert: Path | None, tls_key: Pa
     connect_timeout_s: how long to wait for `address` to answer; None: `Settings.from_env()`'s."""
     listen_address = check_listen(host, port)
     check_tls(tls_cert, tls_key)
-    if address is not None and address not in LOCAL_ADDRESSES:
-        if connect_timeout_s is None:
-            try:
-                connect_timeout_s = Settings.from_env().ray_connect_timeout_s
-            except InvalidSetting as error:
-                raise UserError(str(error)) from None
-        wait_for_address(address, connect_timeout_s)
+    wait_for_ray(address, connect_timeout_s)
     if admin_token is None and not ipaddress.ip_address(listen_address).is_loopback:
         click.echo(f"warning: listening on {host} (beyond loopback) without --admin-token: anyone who can "
                    "reach the port may call Rebalance and Rollback", err=True)
+
+
+def wait_for_ray(address: str | None, connect_timeout_s: float | None = None) -> None:
+    """`wait_for_address` for a `--address` that names a host (nothing for None, "auto", "local").
+
+    connect_timeout_s: None: `Settings.from_env()`'s (`$SWITCHYARD_RAY_CONNECT_TIMEOUT`)."""
+    if address is None or address in LOCAL_ADDRESSES:
+        return
+    if connect_timeout_s is None:
+        try:
+            connect_timeout_s = Settings.from_env().ray_connect_timeout_s
+        except InvalidSetting as error:
+            raise UserError(str(error)) from None
+    wait_for_address(address, connect_timeout_s)
 
 
 def check_listen(host: str, port: int) -> str:
