@@ -19,8 +19,9 @@ lock until the thread ends and records the outcome either way.
    "rebalance_failed" event.
 
 Every apply, rollback and failed attempt is also a log line naming who asked (`by`), the epochs and
-the replicas moved. Events (`StateStore.record_event`, fields in docs/state-store.md): "rebalance" / "rollback" after an
-apply, "rebalance_failed" for an attempt that changed nothing, "observed" `observe_after_s` later.
+the replicas moved. Events (`StateStore.record_event`, fields in docs/state-store.md): "rebalance" /
+"rollback" after an apply, "rebalance_failed" for an attempt that changed nothing, "observed"
+`observe_after_s` later.
 """
 
 from __future__ import annotations
