@@ -9,6 +9,7 @@ a process that sets a variable before calling sees it.
     SWITCHYARD_TOKEN         the gateway's bearer token (`serve --token`, the client commands' `--token`)
     SWITCHYARD_ADMIN_TOKEN   the token admin calls need (`serve --admin-token`)
     SWITCHYARD_TLS_CA        the CA of a TLS gateway (`placement show/rebalance/rollback --tls-ca`)
+    SWITCHYARD_RAY_CONNECT_TIMEOUT  seconds `serve --address` waits for the Ray head to answer (30)
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from switchyard.cluster.errors import InvalidSetting
+
 REDIS_URL_ENV = "SWITCHYARD_REDIS_URL"
 TOKEN_ENV = "SWITCHYARD_TOKEN"
 ADMIN_TOKEN_ENV = "SWITCHYARD_ADMIN_TOKEN"
 TLS_CA_ENV = "SWITCHYARD_TLS_CA"
+RAY_CONNECT_TIMEOUT_ENV = "SWITCHYARD_RAY_CONNECT_TIMEOUT"
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,12 @@ class Settings:
     dashboard_refresh_s: float = 2.0  # between two readings of the cluster
     # clients
     client_timeout_s: float = 60.0  # deadline of the CLI's admin calls
+    # Ray
+    ray_connect_timeout_s: float = 30.0  # how long `serve --address` waits for the Ray head to answer
+    # Task events the GCS keeps (Ray's default: 100 000). Each request runs ~20 Ray tasks, so at the
+    # default the GCS grows by hundreds of MiB under sustained load before the buffer is full
+    # (docs/reliability.md); `local_cluster` sets it, the Helm chart passes it as the head's env.
+    ray_task_events_max_in_gcs: int = 10_000
     # from the environment
     redis_url: str | None = None
     token: str | None = None
@@ -66,9 +76,18 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """`DEFAULTS` with the environment's variables (module doc); an empty value counts as unset."""
         environ = os.environ if environ is None else environ
+        connect_timeout = environ.get(RAY_CONNECT_TIMEOUT_ENV) or None
+        try:
+            connect_timeout_s = DEFAULTS.ray_connect_timeout_s if connect_timeout is None else float(connect_timeout)
+        except ValueError:
+            connect_timeout_s = -1.0
+        if not 0 < connect_timeout_s < float("inf"):
+            raise InvalidSetting(f"${RAY_CONNECT_TIMEOUT_ENV} must be a positive number of seconds, "
+                                 f"got {connect_timeout!r}")
         return dataclasses.replace(DEFAULTS, redis_url=environ.get(REDIS_URL_ENV) or None,
                                    token=environ.get(TOKEN_ENV) or None,
-                                   admin_token=environ.get(ADMIN_TOKEN_ENV) or None)
+                                   admin_token=environ.get(ADMIN_TOKEN_ENV) or None,
+                                   ray_connect_timeout_s=connect_timeout_s)
 
 
 DEFAULTS = Settings()

@@ -17,6 +17,12 @@ from switchyard.placement.errors import PlacementError
 from switchyard.placement.topology import Topology
 
 
+MAX_EXPERT_ID = 2**31 - 1
+"""The largest logical expert id a plan may hold (ids of real models are below a few thousand)."""
+MAX_TOPOLOGY_SIZE = 2**20
+"""The most nodes, or GPUs per node, a plan may name."""
+
+
 @dataclass(frozen=True, eq=False)
 class Plan:
     """An expert placement for every MoE layer.
@@ -148,15 +154,10 @@ class Plan:
         missing = [k for k in ("physical_to_logical_map", "num_nodes", "gpus_per_node") if k not in data]
         if missing:
             raise PlacementError(f"the plan lacks the key(s) {', '.join(missing)}")
-        try:
-            table = np.asarray(data["physical_to_logical_map"], dtype=np.int64)
-        except (TypeError, ValueError) as error:
-            raise PlacementError(f"physical_to_logical_map is not a rectangular table of ids: {error}") from None
-        if table.ndim != 2 or table.size == 0:
-            raise PlacementError(f"physical_to_logical_map must be 2-D [layers, slots], got shape {table.shape}")
+        table = _id_table(data["physical_to_logical_map"])
         num_nodes, gpus_per_node = data["num_nodes"], data["gpus_per_node"]
         for name, value in (("num_nodes", num_nodes), ("gpus_per_node", gpus_per_node)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TOPOLOGY_SIZE:
                 raise PlacementError(f"{name} must be a positive integer, got {value!r}")
         num_gpus = num_nodes * gpus_per_node
         if table.shape[1] % num_gpus:
@@ -166,6 +167,8 @@ class Plan:
             )
         topology = Topology(num_nodes, gpus_per_node, table.shape[1] // num_gpus)
         num_experts = data.get("num_logical_experts", int(table.max()) + 1)
+        if isinstance(num_experts, bool) or not isinstance(num_experts, int) or not 0 < num_experts <= MAX_EXPERT_ID + 1:
+            raise PlacementError(f"num_logical_experts must be a positive integer, got {num_experts!r}")
         return cls(table, topology, num_experts)
 
     def __eq__(self, other: object) -> bool:
@@ -177,3 +180,26 @@ class Plan:
         )
 
     __hash__ = None  # type: ignore[assignment]
+
+
+def _id_table(value: Any) -> np.ndarray:
+    """`physical_to_logical_map` of a plan's JSON as `[L, P]` int64: a list of equally long lists of
+    integer ids in `[0, MAX_EXPERT_ID]`. Anything else (a fraction such as 0.5, 1e30, a string, a
+    boolean, a ragged or deeper table) is a `PlacementError` naming the first bad entry, never
+    truncated or wrapped."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if not isinstance(value, list) or not value or not all(isinstance(row, list) and row for row in value):
+        raise PlacementError("physical_to_logical_map must be 2-D [layers, slots]: a non-empty list of "
+                             "non-empty lists of expert ids")
+    width = len(value[0])
+    for layer, row in enumerate(value):
+        if len(row) != width:
+            raise PlacementError(f"physical_to_logical_map is not a rectangular table of ids: layer {layer} "
+                                 f"has {len(row)} slots, layer 0 has {width}")
+        for slot, item in enumerate(row):
+            whole = isinstance(item, (int, np.integer)) and not isinstance(item, bool)
+            if not whole or not 0 <= item <= MAX_EXPERT_ID:
+                raise PlacementError(f"layer {layer} slot {slot}: {item!r} is not an expert id (an integer "
+                                     f"in [0, {MAX_EXPERT_ID}])")
+    return np.array(value, dtype=np.int64)

@@ -123,7 +123,7 @@ def scenario(cluster):
                        f"every panel but the history drawn: {_panels(driver)}", timeout_s=60)
             _screenshot(driver, "dashboard-before-rebalance.png")
             before = _panels(driver)
-        applied = admin.rebalance(dry_run=False, policy="affinity")
+        applied = admin.rebalance(apply=True, policy="affinity")
         assert applied.applied and applied.applied_epoch == 2
         client.generate_batch(PROMPTS, max_new_tokens=NEW_TOKENS)  # traffic on the new plan, then observed
         wait_until(lambda: any(json.loads(e)["kind"] == "observed" for e in client.events(10).event_json),

@@ -126,7 +126,7 @@ def test_placement_stats_and_cluster_info(runtime, client):
     assert [(e.index, e.node) for e in info.engines] == [(0, 0), (1, 1)]
     assert [e.active_batch for e in info.engines] == [0, 0]  # no request in flight: empty decode batches
     assert len(info.nodes) == 2 and [w.node for w in info.workers] == [0, 1] and info.device == "cpu"
-    code, message = _code(lambda: client.rebalance(dry_run=False, expected_epoch=0))  # moves nothing
+    code, message = _code(lambda: client.rebalance(apply=True, expected_epoch=0))  # moves nothing
     assert code == Code.ABORTED and "not 0" in message
 
 
@@ -147,6 +147,10 @@ BAD_INPUTS = [
     pytest.param({"temperature": -0.5}, "temperature must be >= 0", id="negative-temperature"),
     pytest.param({"top_p": 0.0}, "top_p must be in (0, 1]", id="top-p-zero"),
     pytest.param({"top_p": 1.5}, "top_p must be in (0, 1]", id="top-p-above-one"),
+    pytest.param({"temperature": float("nan")}, "temperature must be >= 0 and finite", id="temperature-nan"),
+    pytest.param({"temperature": 1e-300}, "or at least 0.01, got 1e-300", id="temperature-1e-300"),
+    pytest.param({"top_p": 1e-46}, "float32's smallest normal number", id="top-p-below-float32-tiny"),
+    pytest.param({"stop_ids": [512]}, "stop id 512 is outside the vocabulary (512)", id="stop-id-outside-vocabulary"),
     pytest.param({"prompt_ids": [], "text": "hello"}, "ships none (send prompt_ids)", id="text-without-tokenizer"),
     pytest.param({"text": "hello"}, "send prompt_ids or text, not both", id="ids-and-text"),
 ]
@@ -155,7 +159,7 @@ BAD_INPUTS = [
 @pytest.mark.parametrize(("change", "message"), BAD_INPUTS)
 def test_bad_input_is_invalid_argument(client, change, message):
     fields = {"prompt_ids": [1, 2, 3], "text": "", **change}
-    params = {key: change[key] for key in ("max_new_tokens", "temperature", "top_p") if key in change}
+    params = {key: change[key] for key in ("max_new_tokens", "temperature", "top_p", "stop_ids") if key in change}
     request = pb.GenerateRequest(prompt_ids=fields["prompt_ids"], text=fields["text"],
                                  sampling=sampling(**{"max_new_tokens": 2, **params}))
     code, details = _code(lambda: list(client.stub.Generate(request, timeout=10)))
@@ -239,7 +243,7 @@ def test_auth(runtime):
                 code, details = _code(call)
                 assert code == Code.PERMISSION_DENIED and "admin token" in details
         with Client(target, token="admin-secret") as client:  # past auth; neither moves anything
-            assert _code(lambda: client.rebalance(dry_run=False, expected_epoch=0))[0] == Code.ABORTED
+            assert _code(lambda: client.rebalance(apply=True, expected_epoch=0))[0] == Code.ABORTED
             assert _code(client.rollback)[0] == Code.FAILED_PRECONDITION
             assert len(client.cluster_info().engines) == 2
     finally:
@@ -431,7 +435,7 @@ def test_publisher_buffers_through_an_outage(runtime, backend):
 
 def test_rebalance_dry_run_proposes(runtime, client):
     client.generate_batch(PROMPTS, max_new_tokens=NEW_TOKENS)  # statistics to plan on
-    answer = client.rebalance(dry_run=True, policy="affinity")
+    answer = client.rebalance(apply=False, policy="affinity")
     assert answer.epoch == 1 and not answer.applied and answer.policy == "affinity"
     proposed = Plan.from_dict(json.loads(answer.plan_json))
     assert proposed.topology == runtime.plan.topology and (proposed.replica_count >= 1).all()
@@ -442,11 +446,11 @@ def test_rebalance_dry_run_proposes(runtime, client):
         assert 0 < metrics.balancedness <= 1 and metrics.HasField("gpus_per_token")
         assert metrics.layer_time_s > 0
     assert answer.balancedness_before == answer.current.balancedness
-    kept = client.rebalance(dry_run=True, max_moves=0)  # the default policy is affinity
+    kept = client.rebalance(apply=False, max_moves=0)  # the default policy is affinity
     assert kept.replicas_moved == 0 and kept.current == kept.proposed
-    code, details = _code(lambda: client.rebalance(dry_run=True, policy="eplb", max_moves=1))
+    code, details = _code(lambda: client.rebalance(apply=False, policy="eplb", max_moves=1))
     assert code == Code.INVALID_ARGUMENT and "cannot bound the moves" in details
-    code, details = _code(lambda: client.rebalance(dry_run=True, expected_epoch=2))
+    code, details = _code(lambda: client.rebalance(apply=False, expected_epoch=2))
     assert code == Code.ABORTED and "epoch 1, not 2" in details
 
 
@@ -456,13 +460,13 @@ def test_rebalance_reads_the_store_window(runtime):
     gateway, target = _gateway(RuntimeBackend(runtime, store=store))
     try:
         with Client(target) as client:
-            code, details = _code(lambda: client.rebalance(dry_run=True))
+            code, details = _code(lambda: client.rebalance(apply=False))
             assert code == Code.FAILED_PRECONDITION and "serve some requests" in details
             result = CliRunner().invoke(main, ["placement", "rebalance", "--server", target])
             assert result.exit_code == 2 and result.stderr.startswith("FAILED_PRECONDITION: ")
             client.generate_batch(PROMPTS, max_new_tokens=2)  # statistics, however the tests are ordered
             store.append_stats("engine-0", runtime.routing_stats(), time.time())
-            answer = client.rebalance(dry_run=True, max_moves=1)
+            answer = client.rebalance(apply=False, max_moves=1)
             assert answer.epoch == 1 and answer.replicas_moved <= 1 and answer.evaluated_tokens > 0
     finally:
         gateway.drain(0)

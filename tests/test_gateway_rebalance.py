@@ -9,6 +9,7 @@ some valid plan and assert relative to the epoch they find, so they do not depen
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 
@@ -23,6 +24,7 @@ from switchyard.cluster.runtime.runtime import Runtime
 from switchyard.cluster.gateway.backend import RuntimeBackend
 from switchyard.cluster.state.store import EmbeddedStateStore, StateStoreUnavailable
 from switchyard.placement.plan import Plan
+from switchyard.protos.generated import serving_pb2 as pb
 from switchyard.workers.checkpoints import init_checkpoint
 from waiting import wait_until
 
@@ -108,12 +110,12 @@ def test_apply_moves_every_engine_to_a_new_epoch_with_identical_outputs(runtime,
     epoch, plan = _served(client)
     before = _greedy(client)
     store.append_stats("engine-0", runtime.routing_stats(), time.time())  # a window for the policy
-    planned = client.rebalance(dry_run=False, policy="eplb", expected_epoch=epoch)
+    planned = client.rebalance(apply=True, policy="eplb", expected_epoch=epoch)
     assert planned.applied and planned.epoch == epoch and planned.applied_epoch == epoch + 1
     assert planned.policy == "eplb" and planned.apply_seconds > 0
     assert _served(client)[0] == epoch + 1 == runtime.epoch
     moved = _moved(plan)
-    answer = client.rebalance(dry_run=False, plan_json=json.dumps(moved.to_dict()))
+    answer = client.rebalance(apply=True, plan_json=json.dumps(moved.to_dict()))
     assert answer.applied and answer.policy == "given" and answer.applied_epoch == epoch + 2
     assert answer.replicas_moved > 0 and answer.bytes_copied > 0
     served_epoch, served = _served(client)
@@ -124,11 +126,11 @@ def test_apply_moves_every_engine_to_a_new_epoch_with_identical_outputs(runtime,
 
 def test_rollback_returns_to_the_previous_plan_as_a_new_epoch(client):
     epoch, plan = _served(client)
-    client.rebalance(dry_run=False, plan_json=json.dumps(_moved(plan).to_dict()))
-    preview = client.rollback(dry_run=True)
+    client.rebalance(apply=True, plan_json=json.dumps(_moved(plan).to_dict()))
+    preview = client.rollback(apply=False)
     assert not preview.applied and preview.epoch == epoch + 1 and preview.policy == "rollback"
     assert _served(client)[0] == epoch + 1  # a dry run moves nothing
-    answer = client.rollback()
+    answer = client.rollback(apply=True)
     assert answer.applied and answer.applied_epoch == epoch + 2
     served_epoch, served = _served(client)
     assert served_epoch == epoch + 2
@@ -148,31 +150,31 @@ def test_invalid_plans_and_stale_epochs_change_nothing(client):
     other_gpus = {**plan.to_dict(), "gpus_per_node": 1}
     for bad, message in ((other_gpus, "cannot migrate between topologies"), (_missing_expert(plan), "expert 0"),
                          ({"physical_to_logical_map": [[0]]}, "lacks the key")):
-        code, details = _code(lambda: client.rebalance(dry_run=False, plan_json=json.dumps(bad)))
+        code, details = _code(lambda: client.rebalance(apply=True, plan_json=json.dumps(bad)))
         assert code == Code.INVALID_ARGUMENT and message in details, details
-    code, details = _code(lambda: client.rebalance(dry_run=False, plan_json="{not json"))
+    code, details = _code(lambda: client.rebalance(apply=True, plan_json="{not json"))
     assert code == Code.INVALID_ARGUMENT and "not JSON" in details
     moved = json.dumps(_moved(plan).to_dict())
-    code, details = _code(lambda: client.rebalance(dry_run=False, plan_json=moved, expected_epoch=epoch - 1))
+    code, details = _code(lambda: client.rebalance(apply=True, plan_json=moved, expected_epoch=epoch - 1))
     assert code == Code.ABORTED and f"epoch {epoch}, not {epoch - 1}" in details
     assert _served(client)[0] == epoch
 
 
 def test_events_record_the_apply_and_its_observed_gain(store, client):
     epoch, plan = _served(client)
-    answer = client.rebalance(dry_run=False, plan_json=json.dumps(_moved(plan).to_dict()))
+    answer = client.rebalance(apply=True, plan_json=json.dumps(_moved(plan).to_dict()))
     _greedy(client)  # traffic after the switch
     wait_until(lambda: any(e["kind"] == "observed" and e["epoch"] == epoch + 1 for e in store.events()),
                "the observed gain's event", timeout_s=20)
     events = store.events()
     applied = next(e for e in events if e["kind"] == "rebalance" and e["epoch"] == epoch + 1)
-    assert applied["from_epoch"] == epoch and applied["by"] == "admin" and applied["policy"] == "given"
+    assert applied["from_epoch"] == epoch and applied["by"].startswith("admin (no token") and applied["policy"] == "given"
     assert applied["copies"] == answer.replicas_moved and applied["bytes_copied"] == answer.bytes_copied
     assert 0 < applied["predicted_after"]["balancedness"] <= 1 and applied["apply_seconds"] > 0
     observed = next(e for e in events if e["kind"] == "observed" and e["epoch"] == epoch + 1)
     assert observed["token_vectors_after"] > 0 and observed["cross_node_bytes_per_token_after"] is not None
     assert observed["cross_node_bytes_per_token_before"] > 0 and 0 < observed["balancedness"] <= 1
-    _code(lambda: client.rebalance(dry_run=False, plan_json=json.dumps(plan.to_dict()), expected_epoch=0))
+    _code(lambda: client.rebalance(apply=True, plan_json=json.dumps(plan.to_dict()), expected_epoch=0))
     failed = store.events(1)[0]
     assert failed["kind"] == "rebalance_failed" and failed["action"] == "rebalance" and "not 0" in failed["error"]
 
@@ -201,7 +203,7 @@ def test_store_down_is_unavailable_and_the_old_epoch_serves(runtime, store, clie
     try:
         with Client(target, timeout_s=120) as admin:
             moved = json.dumps(_moved(plan).to_dict())
-            code, details = _code(lambda: admin.rebalance(dry_run=False, plan_json=moved))
+            code, details = _code(lambda: admin.rebalance(apply=True, plan_json=moved))
             assert code == Code.UNAVAILABLE, details
     finally:
         gateway.drain(0)
@@ -232,17 +234,41 @@ def test_a_cancelled_apply_holds_the_lock_until_it_ends_and_records_its_event(ru
     try:
         with Client(target, timeout_s=120) as admin:
             moved = json.dumps(_moved(plan).to_dict())
-            code, _ = _code(lambda: admin.rebalance(dry_run=False, plan_json=moved, timeout_s=1.0))
+            code, _ = _code(lambda: admin.rebalance(apply=True, plan_json=moved, timeout_s=1.0))
             assert code == Code.DEADLINE_EXCEEDED
             assert gated.committing.wait(60), "the migration went on after its caller left"
-            code, details = _code(lambda: admin.rebalance(dry_run=False, plan_json=json.dumps(plan.to_dict())))
+            code, details = _code(lambda: admin.rebalance(apply=True, plan_json=json.dumps(plan.to_dict())))
             assert code == Code.ABORTED and "another rebalance is in progress" in details
             gated.gate.set()
             wait_until(lambda: any(e["kind"] == "rebalance" and e["epoch"] == epoch + 1
                                    for e in store.events(20)), "the committed rebalance's event", timeout_s=60)
             assert _served(client)[0] == epoch + 1 == runtime.epoch  # committed, and the store knows it
-            answer = admin.rebalance(dry_run=False, plan_json=json.dumps(plan.to_dict()))  # the lock is free
+            answer = admin.rebalance(apply=True, plan_json=json.dumps(plan.to_dict()))  # the lock is free
             assert answer.applied and answer.applied_epoch == epoch + 2
     finally:
         gated.gate.set()
         gateway.drain(0)
+
+
+def test_defaults_are_dry_runs_a_noop_apply_changes_nothing_and_applies_are_logged(client, caplog):
+    caplog.set_level(logging.INFO, logger="switchyard.cluster.rebalance.applier")
+    epoch, plan = _served(client)
+    moved = json.dumps(_moved(plan).to_dict())
+    answer = client.stub.Rebalance(pb.RebalanceRequest(plan_json=moved), timeout=60)  # `apply` unset
+    assert not answer.applied and answer.replicas_moved > 0 and _served(client)[0] == epoch
+    raw = client.channel.unary_unary("/switchyard.v1.Switchyard/Rollback", request_serializer=None,
+                                     response_deserializer=pb.RebalanceResponse.FromString)
+    for request in (b"", b"\x08\x01"):  # empty, and the old `dry_run = true`'s bytes: both parse as dry runs
+        try:
+            assert not raw(request, timeout=60).applied
+        except grpc.RpcError as error:  # no earlier plan in this store
+            assert error.code() == Code.FAILED_PRECONDITION
+        assert _served(client)[0] == epoch
+    same = client.rebalance(apply=True, plan_json=json.dumps(plan.to_dict()))
+    assert not same.applied and same.applied_epoch == 0 and _served(client)[0] == epoch  # no epoch bump
+    assert f"the plan equals the served one (epoch {epoch}); nothing changed" in caplog.text
+    applied = client.rebalance(apply=True, plan_json=moved)
+    assert applied.applied and _served(client)[0] == epoch + 1
+    line = next(r.getMessage() for r in caplog.records if "rebalance applied by" in r.getMessage())
+    assert "admin (no token: admin calls are open, ipv4:127.0.0.1:" in line
+    assert f"epoch {epoch} -> {epoch + 1}, {applied.replicas_moved} replica(s) moved" in line

@@ -298,7 +298,8 @@ def test_redis_without_password_and_without_gcs_fault_tolerance() -> None:
     rayservice = _one(objects, "RayService")
     assert "gcsFaultToleranceOptions" not in rayservice["spec"]["rayClusterConfig"]
     env = _env(_container(_groups(rayservice)["head"]))
-    assert env == {"SWITCHYARD_REDIS_URL": "redis://redis-master.data.svc.cluster.local:6379/2"}
+    assert env == {"SWITCHYARD_REDIS_URL": "redis://redis-master.data.svc.cluster.local:6379/2",
+                   "RAY_task_events_max_num_task_in_gcs": "10000"}  # the GCS's memory stays bounded
 
 
 def test_auth_tls_plan_rebalance_and_monitors() -> None:

@@ -155,7 +155,9 @@ def test_bad_sampling_fails_only_its_request(runtime, checkpoints):
     engine = runtime.engines[0]
     greedy = SamplingParams(max_new_tokens=NEW_TOKENS)
     first = ray.get(engine.submit.remote(PROMPTS[0], greedy))
-    bad = ray.get(engine.submit.remote(PROMPTS[1], SamplingParams(max_new_tokens=NEW_TOKENS, temperature=1e-300)))
+    unchecked = SamplingParams(max_new_tokens=NEW_TOKENS, temperature=0.5)
+    object.__setattr__(unchecked, "temperature", 1e-300)  # past validation, as a bug elsewhere could let it
+    bad = ray.get(engine.submit.remote(PROMPTS[1], unchecked))
     last = ray.get(engine.submit.remote(PROMPTS[2], greedy))
     with pytest.raises(SamplingFailed, match="temperature 1e-300"):
         ray.get(engine.result.remote(bad))
@@ -165,8 +167,11 @@ def test_bad_sampling_fails_only_its_request(runtime, checkpoints):
     for value in (float("nan"), float("inf"), -1.0):
         with pytest.raises(ValueError, match="temperature must be >= 0 and finite"):
             SamplingParams(temperature=value)
-    with pytest.raises(ValueError, match="top_p must be in"):
-        SamplingParams(top_p=float("nan"))
+    for value in (float("nan"), 1e-46):
+        with pytest.raises(ValueError, match="top_p must be in"):
+            SamplingParams(top_p=value)
+    with pytest.raises(ValueError, match="or at least 0.01"):
+        SamplingParams(temperature=1e-300)
 
 
 def test_bad_input(runtime, checkpoints):

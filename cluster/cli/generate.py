@@ -17,10 +17,9 @@ import click
 
 from switchyard.cluster.cli.params import OneLineCommand, UserError, ray_cluster_options
 
-from switchyard.cluster.engine.requests import check_prompt
+from switchyard.cluster.engine.requests import check_prompt, check_stop_ids, make_params
 from switchyard.cluster.errors import SwitchyardError
 from switchyard.cluster.settings import DEFAULTS, TOKEN_ENV
-from switchyard.cluster.engine.sampling import SamplingParams
 from switchyard.workers.checkpoints import init_checkpoint, load_spec
 from switchyard.workers.families import FAMILIES, SIZES
 
@@ -117,12 +116,17 @@ def generate(ctx: click.Context, model_dir: Path | None, server: str | None, pro
     """Generate for the prompts and print the ids: on a Ray cluster (--model; joined with --address, else
     started for the call) or on a running gateway (--server)."""
     _check_mode(ctx, model_dir, server)
+    try:
+        params = make_params(max_new_tokens, temperature, top_p, seed, stop_ids)
+    except SwitchyardError as error:
+        raise UserError(str(error)) from None
     if server is not None:
         from switchyard.cluster.cli.serve import run_remote_generate  # gRPC only with --server
 
         run_remote_generate(server, prompts, as_json, token, tls_ca, timeout_s, max_new_tokens=max_new_tokens,
                             temperature=temperature, top_p=top_p, seed=seed, stop_ids=stop_ids)
         return
+    from switchyard.cluster.cli.preflight import wait_for_ray
     from switchyard.cluster.runtime.runtime import Runtime, ray_cluster, resolve_plan  # Ray only when serving
 
     try:
@@ -130,9 +134,10 @@ def generate(ctx: click.Context, model_dir: Path | None, server: str | None, pro
         plan = resolve_plan(spec, plan_path if plan_path is not None else "linear", nodes, workers_per_node)
         for prompt in prompts:
             check_prompt(prompt, spec.vocab_size, int(spec.config.max_position_embeddings), max_new_tokens)
+        check_stop_ids(params, spec.vocab_size)
     except SwitchyardError as error:
         raise UserError(str(error)) from None
-    params = SamplingParams(max_new_tokens, temperature, top_p, seed, stop_ids)
+    wait_for_ray(address)  # one line after a bounded wait, instead of Ray's silent retries
     with ray_cluster(nodes, address), Runtime.start(model_dir, nodes, workers_per_node, plan) as runtime:
         outputs = runtime.generate(prompts, params)
         traffic = runtime.traffic()

@@ -10,6 +10,7 @@ when the request was at fault (`errors.exit_code`), 1 otherwise."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import click
 import numpy as np
+from click.core import ParameterSource
 
 from switchyard.cluster.cli.params import (
     INPUT_FILE, OUTPUT_FILE, TOKEN_RANGE, drop_incomplete_option, grpc_errors_exit, topology_options,
@@ -210,6 +212,30 @@ def show(server: str, token: str | None, tls_ca: Path | None, as_json: bool) -> 
                                "window_tokens": stats.window_tokens}))
 
 
+def _apply_options(apply_by_default: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`--dry-run` and `--apply` as two flags, so that giving both is a usage error instead of the last
+    one silently winning; the command receives `apply`."""
+    default = "--apply" if apply_by_default else "--dry-run"
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(command)
+        def resolved(*args: Any, dry_run: bool, apply: bool, **kwargs: Any) -> Any:
+            if dry_run and apply:
+                raise click.UsageError("--dry-run and --apply contradict each other: give one of them")
+            return command(*args, apply=apply or (apply_by_default and not dry_run), **kwargs)
+
+        resolved = click.option("--apply", is_flag=True, help=f"Then move the experts live (default: {default}).")(
+            resolved)
+        return click.option("--dry-run", is_flag=True, help="Only propose and report; move nothing.")(resolved)
+
+    return decorate
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    """Whether option `name` was given (command line or environment), not left at its default."""
+    return ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+
+
 @placement.command("rebalance")
 @_server_option
 @click.option("--policy", type=click.Choice(policy_names()), default=DEFAULT_POLICY, show_default=True,
@@ -218,50 +244,54 @@ def show(server: str, token: str | None, tls_ca: Path | None, as_json: bool) -> 
               help="The most expert copies the proposal may need (migration-aware policies: affinity).")
 @click.option("--plan", "plan_path", type=INPUT_FILE, default=None,
               help="Propose this plan (JSON, e.g. from `placement plan`) instead of planning with --policy.")
-@click.option("--dry-run/--apply", "dry_run", default=True, show_default=True,
-              help="Only propose and report, or then move the experts live.")
+@_apply_options(apply_by_default=False)
 @_yes_option
 @_token_option
 @_tls_ca_option
 @_json_option
 @verbose_option
-def rebalance(server: str, policy: str, max_moves: int | None, plan_path: Path | None, dry_run: bool, yes: bool,
-              token: str | None, tls_ca: Path | None, as_json: bool) -> None:
+@click.pass_context
+def rebalance(ctx: click.Context, server: str, policy: str, max_moves: int | None, plan_path: Path | None,
+              apply: bool, yes: bool, token: str | None, tls_ca: Path | None, as_json: bool) -> None:
     """Propose a new plan from the gateway's statistics window (the diff and the predicted gain) and,
     with --apply, move the experts live: copies first, then every engine switches, then old copies go."""
+    if plan_path is not None:
+        for name, option in (("policy", "--policy"), ("max_moves", "--max-moves")):
+            if _given(ctx, name):
+                raise click.UsageError(f"--plan and {option} conflict: a given plan is proposed whole, "
+                                       f"{option} only shapes planning; give one of them")
     plan_json = json.dumps(load_plan(plan_path).to_dict()) if plan_path is not None else None
     with _gateway(server, token, tls_ca) as client:
-        answer = client.rebalance(dry_run=True, policy=policy, max_moves=max_moves, plan_json=plan_json)
+        answer = client.rebalance(apply=False, policy=policy, max_moves=max_moves, plan_json=plan_json)
         summary = rebalance_summary(answer)
         source = f"the plan in {plan_path}" if plan_path is not None else policy
         _show_then_apply(f"{source} on {summary['window_tokens']:.0f} tokens of statistics", summary,
-                         dry_run, yes, as_json, "rebalance",
-                         lambda: client.rebalance(dry_run=False, policy=policy, max_moves=max_moves,
+                         apply, yes, as_json, "rebalance",
+                         lambda: client.rebalance(apply=True, policy=policy, max_moves=max_moves,
                                                   plan_json=answer.plan_json, expected_epoch=answer.epoch))
 
 
 @placement.command("rollback")
 @_server_option
-@click.option("--dry-run/--apply", "dry_run", default=False, show_default=True,
-              help="Only show what returning to the previous plan would move and change.")
+@_apply_options(apply_by_default=True)
 @_yes_option
 @_token_option
 @_tls_ca_option
 @_json_option
 @verbose_option
-def rollback(server: str, dry_run: bool, yes: bool, token: str | None, tls_ca: Path | None,
-             as_json: bool) -> None:
-    """Return to the plan before the active one, live and the same way as `rebalance --apply`."""
+def rollback(server: str, apply: bool, yes: bool, token: str | None, tls_ca: Path | None, as_json: bool) -> None:
+    """Return to the plan before the active one, live and the same way as `rebalance --apply` (after
+    showing it and asking); --dry-run only shows what it would move and change."""
     with _gateway(server, token, tls_ca) as client:
-        _show_then_apply("the previous plan", rebalance_summary(client.rollback(dry_run=True)), dry_run, yes,
-                         as_json, "roll back", lambda: client.rollback(dry_run=False))
+        _show_then_apply("the previous plan", rebalance_summary(client.rollback(apply=False)), apply, yes,
+                         as_json, "roll back", lambda: client.rollback(apply=True))
 
 
-def _show_then_apply(source: str, summary: dict[str, Any], dry_run: bool, yes: bool, as_json: bool, action: str,
-                     apply: Callable[[], Any]) -> None:
-    """Print a proposal, then `apply()` it unless a dry run or not confirmed, then print the outcome."""
+def _show_then_apply(source: str, summary: dict[str, Any], apply: bool, yes: bool, as_json: bool, action: str,
+                     do_apply: Callable[[], Any]) -> None:
+    """Print a proposal, then `do_apply()` unless a dry run or not confirmed, then print the outcome."""
     _echo_proposal(source, summary)
-    applied = None if dry_run or not _confirmed(summary, yes, action) else apply()
+    applied = do_apply() if apply and _confirmed(summary, yes, action) else None
     _echo_result(summary, applied, as_json)
 
 
@@ -285,6 +315,8 @@ def _confirmed(summary: dict[str, Any], yes: bool, action: str) -> bool:
 
 def _echo_result(summary: dict[str, Any], applied: Any, as_json: bool) -> None:
     """The closing line (applied or not) and, with --json, the summary with what was applied."""
+    if applied is not None and not applied.applied:  # the gateway found the plan already active
+        applied = None
     if applied is None:
         click.echo("nothing applied")
     else:

@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from switchyard.cluster.cli.params import OneLineCommand, UserError, grpc_errors_exit, ray_cluster_options
+from switchyard.cluster.cli.preflight import check_serve_options
 from switchyard.cluster.errors import SwitchyardError
 from switchyard.cluster.settings import ADMIN_TOKEN_ENV, DEFAULTS, REDIS_URL_ENV, TOKEN_ENV
 from switchyard.placement.policies import DEFAULT_POLICY, policy_names
@@ -166,6 +167,7 @@ def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: in
     from switchyard.cluster.state.publisher import StatsPublisher
     from switchyard.cluster.dashboard.server import DashboardConfig, bind
 
+    check_serve_options(host, port, tls_cert, tls_key, address, admin_token)  # before Ray: one line each
     try:
         spec = load_spec(model_dir)
         plan = resolve_plan(spec, plan_path if plan_path is not None else "linear", nodes, workers_per_node)

@@ -146,7 +146,7 @@ class ClientSource:
 
     async def dry_run(self, policy: str, max_moves: int | None) -> dict[str, Any]:
         try:
-            r = await asyncio.to_thread(self.admin_client.rebalance, True, policy, max_moves)
+            r = await asyncio.to_thread(self.admin_client.rebalance, False, policy, max_moves)
         except grpc.RpcError as error:
             hint = (" (the dry run is an admin call: start the dashboard with --admin-token)"
                     if error.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED) else "")

@@ -29,9 +29,17 @@ def check_prompt(prompt: Sequence[int], vocab_size: int, max_context: int | None
     return ids
 
 
+def check_stop_ids(params: SamplingParams, vocab_size: int) -> None:
+    """`InvalidRequest` when a stop id is outside `[0, vocab_size)`: it could never end the request."""
+    for stop_id in params.stop_ids:
+        if stop_id >= vocab_size:
+            raise InvalidRequest(f"stop id {stop_id} is outside the vocabulary ({vocab_size})")
+
+
 def make_params(max_new_tokens: int, temperature: float, top_p: float, seed: int,
                 stop_ids: Sequence[int]) -> SamplingParams:
-    """`SamplingParams`, with its `ValueError` turned into `InvalidRequest`."""
+    """`SamplingParams`, with its `ValueError` turned into `InvalidRequest` (every field is checked
+    there: finite, in range)."""
     try:
         return SamplingParams(max_new_tokens, temperature, top_p, seed, tuple(stop_ids))
     except ValueError as error:

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 import ray
 
-from switchyard.cluster.engine.requests import check_prompt
+from switchyard.cluster.engine.requests import check_prompt, check_stop_ids
 from switchyard.cluster.engine.sampling import SamplingParams
 from switchyard.cluster.engine.traffic import TrafficCounters, merge_traffic
 from switchyard.cluster.errors import InvalidSetting, NotReady, QueueFull, ServingError
@@ -73,6 +73,7 @@ class ModelInfo:
 def check_request(prompt: list[int], params: SamplingParams, model: ModelInfo) -> None:
     """`InvalidRequest` naming the first problem of one request against the served model."""
     check_prompt(prompt, model.vocab_size, model.max_context, params.max_new_tokens)
+    check_stop_ids(params, model.vocab_size)
 
 
 @dataclass(frozen=True)

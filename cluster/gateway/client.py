@@ -98,22 +98,23 @@ class Client:
     def request_metrics(self) -> pb.RequestMetrics:
         return self.stub.GetRequestMetrics(pb.GetRequestMetricsRequest(), **self._call(None))
 
-    def rebalance(self, dry_run: bool = True, policy: str = "", max_moves: int | None = None,
+    def rebalance(self, apply: bool = False, policy: str = "", max_moves: int | None = None,
                   plan_json: str | None = None, expected_epoch: int | None = None,
                   timeout_s: float | None = None) -> pb.RebalanceResponse:
-        """A rebalance proposal (admin), applied live unless `dry_run`. plan_json: evaluate or apply this
+        """A rebalance proposal (admin), applied live only with `apply`. plan_json: evaluate or apply this
         plan (GetPlacement's format) instead of planning with `policy`.  expected_epoch: ABORTED unless
         the active epoch is still this one."""
-        request = pb.RebalanceRequest(dry_run=dry_run, policy=policy, plan_json=plan_json or "")
+        request = pb.RebalanceRequest(apply=apply, policy=policy, plan_json=plan_json or "")
         if max_moves is not None:
             request.max_moves = max_moves
         if expected_epoch is not None:
             request.expected_epoch = expected_epoch
         return self.stub.Rebalance(request, **self._call(timeout_s))
 
-    def rollback(self, dry_run: bool = False, timeout_s: float | None = None) -> pb.RebalanceResponse:
-        """Move back to the plan active before the current one, as a new epoch (admin)."""
-        return self.stub.Rollback(pb.RollbackRequest(dry_run=dry_run), **self._call(timeout_s))
+    def rollback(self, apply: bool = False, timeout_s: float | None = None) -> pb.RebalanceResponse:
+        """What moving back to the plan active before the current one would do; with `apply`, do it as
+        a new epoch (admin)."""
+        return self.stub.Rollback(pb.RollbackRequest(apply=apply), **self._call(timeout_s))
 
     def health(self, service: str = "") -> str:
         """The health status name (`SERVING`, `NOT_SERVING`, ...) of `service` ("" is the server)."""

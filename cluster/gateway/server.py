@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from switchyard.cluster.errors import InvalidSetting
 from switchyard.cluster.gateway.auth import SERVICE_NAME, AuthInterceptor
 from switchyard.cluster.gateway.backend import Backend
+from switchyard.cluster.gateway.decoding import StrictDecoding
 from switchyard.cluster.gateway.servicer import SwitchyardServicer
 from switchyard.cluster.settings import DEFAULTS
 from switchyard.protos.generated import serving_pb2_grpc as pb_grpc
@@ -69,9 +70,11 @@ class Gateway:
         self.servicer = SwitchyardServicer(config)
         self.health = health.aio.HealthServicer()
         options = [("grpc.max_send_message_length", config.max_message_bytes),
-                   ("grpc.max_receive_message_length", config.max_message_bytes)]
+                   ("grpc.max_receive_message_length", config.max_message_bytes),
+                   ("grpc.so_reuseport", 0)]  # a second gateway on a port in use fails instead of sharing it
         interceptors = [AuthInterceptor(config.token, config.admin_token)] if (
             config.token or config.admin_token) else []
+        interceptors.append(StrictDecoding())
         self.server = grpc.aio.server(options=options, interceptors=interceptors)
         pb_grpc.add_SwitchyardServicer_to_server(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -86,9 +89,12 @@ class Gateway:
         if self.config.tls_cert is not None:
             credentials = grpc.ssl_server_credentials(
                 [(self.config.tls_key.read_bytes(), self.config.tls_cert.read_bytes())])
-            self.port = self.server.add_secure_port(address, credentials)
-        else:
-            self.port = self.server.add_insecure_port(address)
+        try:
+            self.port = (self.server.add_secure_port(address, credentials) if self.config.tls_cert is not None
+                         else self.server.add_insecure_port(address))
+        except RuntimeError as error:  # gRPC's "Failed to bind to address"
+            raise InvalidSetting(f"cannot listen on {address}: the port is in use, or the host is not an "
+                                 f"address of this machine ({error})") from None
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
         log.info("gateway listening on %s:%d (%s)", self.config.host, self.port,

@@ -23,6 +23,7 @@ from switchyard.cluster.engine.requests import make_params
 from switchyard.cluster.rebalance.applier import RebalanceOutcome
 from switchyard.cluster.settings import DEFAULTS
 from switchyard.placement.errors import PlacementError
+from switchyard.placement.formats.plans import plan_of_json
 from switchyard.placement.plan import Plan
 from switchyard.placement.policies import DEFAULT_POLICY
 from switchyard.placement.proposal import PlanMetrics
@@ -224,14 +225,22 @@ class SwitchyardServicer(pb_grpc.SwitchyardServicer):
             raise InvalidRequest(f"max_moves must be non-negative, got {max_moves}")
         plan = _plan_of_json(request.plan_json) if request.plan_json else None
         expected_epoch = request.expected_epoch if request.HasField("expected_epoch") else None
-        outcome = await self._ready().rebalance(request.dry_run, request.policy or DEFAULT_POLICY, max_moves,
-                                                plan, expected_epoch)
+        outcome = await self._ready().rebalance(not request.apply, request.policy or DEFAULT_POLICY, max_moves,
+                                                plan, expected_epoch, by=self._caller(context))
         return _rebalance_response(outcome)
 
     @guarded
     async def Rollback(self, request: pb.RollbackRequest, context: grpc.aio.ServicerContext
                        ) -> pb.RebalanceResponse:
-        return _rebalance_response(await self._ready().rollback(request.dry_run))
+        return _rebalance_response(await self._ready().rollback(not request.apply, by=self._caller(context)))
+
+    def _caller(self, context: grpc.aio.ServicerContext) -> str:
+        """Who asks for an admin call, for the applier's log line and event: the credential the auth
+        interceptor let through (it admits admin calls with the admin token only, when one is set) and
+        the peer's address."""
+        credential = ("admin token" if self.config.admin_token else "user token" if self.config.token
+                      else "no token: admin calls are open")
+        return f"admin ({credential}, {context.peer()})"
 
 
 def _reason(finished: pb.Finished) -> str:
@@ -252,9 +261,7 @@ def _request_metrics(totals: RequestTotals) -> pb.RequestMetrics:
 def _plan_of_json(text: str) -> Plan:
     """The plan a request carries (`InvalidRequest` naming what is wrong with it)."""
     try:
-        return Plan.from_dict(json.loads(text))
-    except json.JSONDecodeError as error:
-        raise InvalidRequest(f"plan_json is not JSON: {error}") from None
+        return plan_of_json(text)
     except PlacementError as error:
         raise InvalidRequest(f"plan_json is not a valid plan: {error}") from None
 

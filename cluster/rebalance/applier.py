@@ -12,13 +12,16 @@ lock until the thread ends and records the outcome either way.
    migration that may change the plan it planned on.
 2. `active_epoch()`: the epoch E the proposal starts from, read from the store first (an outage ends
    the call before anything moves); without a store, the runtime's.
-3. `apply()`: `migrate` to epoch E + 1 in a thread; with a store, its commit is
+3. `apply()`, unless the proposed plan equals the served one (then nothing changes, no new epoch):
+   `migrate` to epoch E + 1 in a thread; with a store, its commit is
    `set_active_plan(plan, E)`, so an outage or a lost race undoes the migration. Then a "rebalance"
    (or "rollback") event, and an observation task that records the measured gain; any failure is a
    "rebalance_failed" event.
 
-Events (`StateStore.record_event`, fields in docs/state-store.md): "rebalance" / "rollback" after an
-apply, "rebalance_failed" for an attempt that changed nothing, "observed" `observe_after_s` later.
+Every apply, rollback and failed attempt is also a log line naming who asked (`by`), the epochs and
+the replicas moved. Events (`StateStore.record_event`, fields in docs/state-store.md): "rebalance" /
+"rollback" after an apply, "rebalance_failed" for an attempt that changed nothing, "observed"
+`observe_after_s` later.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ class RebalanceOutcome:
     """What one Rebalance or Rollback did.
 
     epoch: the active epoch the proposal started from.  applied: the migration's report (its `epoch`
-    is the new active one); None for a dry run.
+    is the new active one); None for a dry run, or when the plan was already served.
     """
 
     epoch: int
@@ -97,8 +100,12 @@ class PlanApplier:
         try:
             epoch = check_epoch(await self.active_epoch(), expected_epoch)
             planned = await proposal()
+            if planned.proposed == self.runtime.plan:
+                log.info("%s by %s: the plan equals the served one (epoch %d); nothing changed", kind, by, epoch)
+                return RebalanceOutcome(epoch, planned, None)
             return RebalanceOutcome(epoch, planned, await self.apply(planned, epoch, kind, by))
         except Exception as error:  # noqa: BLE001 - every failed attempt is recorded, then raised
+            log.warning("%s by %s failed from epoch %s: %s", kind, by, epoch, error)
             await self.record_failure(kind, by, epoch, policy, error)
             raise
         finally:
@@ -151,6 +158,8 @@ class PlanApplier:
             if isinstance(cause, StateStoreUnavailable):
                 raise StateStoreUnavailable(f"{error}; the migration was undone") from None
             raise MigrationAborted(f"{error}; the previous plan still serves") from None
+        log.info("%s applied by %s: epoch %d -> %d, %d replica(s) moved (%d bytes) in %.2f s", kind, by, from_epoch,
+                 report.epoch, report.copies, report.bytes_copied, report.total_seconds)
         at_switch = await asyncio.to_thread(self.runtime.traffic)
         if self.store is None:
             self._previous = previous

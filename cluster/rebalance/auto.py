@@ -108,7 +108,8 @@ class AutoRebalancer:
         except SwitchyardError as error:  # the backend recorded and undid it
             log.warning("automatic rebalance from epoch %d failed: %s", dry.epoch, error)
             return None
-        assert outcome.applied is not None, "an applied rebalance reports its migration"
+        if outcome.applied is None:  # the proposal is the served plan: nothing to move (the applier logged it)
+            return None
         log.info("automatic rebalance: epoch %d active, %d replica(s) copied in %.2f s", outcome.applied.epoch,
                  outcome.applied.copies, outcome.applied.total_seconds)
         return outcome

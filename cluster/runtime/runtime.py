@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +26,9 @@ import ray
 from switchyard.cluster.engine.sampling import SamplingParams
 from switchyard.cluster.engine.traffic import merge_traffic
 from switchyard.cluster.engine.transport import DEFAULT_TIMEOUT_S
+from switchyard.cluster.settings import DEFAULTS
 from switchyard.placement.errors import PlacementError
+from switchyard.placement.formats.plans import load_plan
 from switchyard.placement.plan import Plan
 from switchyard.placement.policies import get_policy
 from switchyard.placement.stats import RoutingStats
@@ -50,10 +51,7 @@ def resolve_plan(spec: ModelSpec, plan: Plan | str | Path, num_nodes: int, worke
     Raises `PlacementError` when the plan does not fit the model or the requested nodes and workers.
     """
     if isinstance(plan, Path) or (isinstance(plan, str) and plan.endswith(".json")):
-        try:
-            plan = Plan.from_dict(json.loads(Path(plan).read_text()))
-        except (OSError, json.JSONDecodeError) as error:
-            raise PlacementError(f"cannot read the plan {plan}: {error}") from None
+        plan = load_plan(plan)
     elif isinstance(plan, str):
         uniform = RoutingStats.from_load(np.ones((spec.num_layers, spec.num_experts)))
         plan = get_policy(plan).place(uniform, Topology.for_experts(spec.num_experts, num_nodes, workers_per_node))
@@ -167,16 +165,25 @@ class Runtime:
         self.shutdown()
 
 
+def ray_system_config() -> dict[str, int]:
+    """Ray settings of a cluster that Switchyard starts: the GCS keeps fewer task events
+    (`Settings.ray_task_events_max_in_gcs`), so its memory stays flat under sustained load."""
+    return {"task_events_max_num_task_in_gcs": DEFAULTS.ray_task_events_max_in_gcs}
+
+
 @contextlib.contextmanager
-def local_cluster(num_nodes: int) -> Iterator[None]:
+def local_cluster(num_nodes: int, system_config: dict[str, Any] | None = None) -> Iterator[None]:
     """An ephemeral Ray cluster on this machine with `num_nodes` simulated nodes; shut down on exit.
 
     Every node offers `NODE_RESOURCE` and the head `GATEWAY_RESOURCE`, as the chart's pods do, so the
-    Serve application (`cluster.serving`) runs on it unchanged."""
+    Serve application (`cluster.serving`) runs on it unchanged.  system_config: Ray's `_system_config`
+    of the head; None: `ray_system_config()`."""
     from ray.cluster_utils import Cluster  # only the ephemeral cluster needs the simulator
 
+    system_config = ray_system_config() if system_config is None else system_config
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "include_dashboard": False, "resources": {NODE_RESOURCE: 1, GATEWAY_RESOURCE: 1}})
+        "num_cpus": 1, "include_dashboard": False, "resources": {NODE_RESOURCE: 1, GATEWAY_RESOURCE: 1},
+        "_system_config": system_config})
     try:
         for _ in range(num_nodes - 1):
             cluster.add_node(num_cpus=1, resources={NODE_RESOURCE: 1})

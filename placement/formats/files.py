@@ -44,8 +44,22 @@ def _read_jsonl(path: Path) -> list[Any]:
 def _json_line(line: str, number: int) -> Any:
     try:
         return json.loads(line)
-    except json.JSONDecodeError as error:
+    except (ValueError, RecursionError) as error:  # JSONDecodeError is a ValueError; too deep a nesting
         raise PlacementError(f"line {number} is not JSON: {error}") from None
+
+
+def json_value(text: str | bytes) -> Any:
+    """The value of JSON `text`; a `PlacementError` for anything `json.loads` refuses, including what it
+    refuses with a `RecursionError` (nesting deeper than Python's recursion limit) or a `ValueError`
+    (an integer of more than 4300 digits, bad UTF-8)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise PlacementError(f"unreadable content: not JSON ({error})") from None
+    except RecursionError:
+        raise PlacementError("unreadable content: JSON nested too deeply") from None
+    except ValueError as error:
+        raise PlacementError(f"unreadable content: not usable JSON ({error})") from None
 
 
 def _read_npy(path: Path) -> np.ndarray:
@@ -53,7 +67,7 @@ def _read_npy(path: Path) -> np.ndarray:
 
 
 def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
+    return json_value(path.read_bytes())
 
 
 def _read_torch(path: Path) -> Any:

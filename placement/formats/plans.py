@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from switchyard.placement.formats.files import file_errors
+from switchyard.placement.formats.files import file_errors, json_value
 from switchyard.placement.plan import Plan
 
 
@@ -20,4 +20,9 @@ def load_plan(path: str | Path) -> Plan:
     """Read a plan written by `save_plan`."""
     path = Path(path)
     with file_errors(path, "read"):
-        return Plan.from_dict(json.loads(path.read_text()))
+        return plan_of_json(path.read_bytes())
+
+
+def plan_of_json(text: str | bytes) -> Plan:
+    """The plan in JSON `text` (`Plan.to_dict`'s form); `PlacementError` for any other content."""
+    return Plan.from_dict(json_value(text))

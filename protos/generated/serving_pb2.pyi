@@ -241,24 +241,24 @@ class ClusterInfoResponse(_message.Message):
     def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., engines: _Optional[_Iterable[_Union[EngineInfo, _Mapping]]] = ..., workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., device: _Optional[str] = ...) -> None: ...
 
 class RebalanceRequest(_message.Message):
-    __slots__ = ("dry_run", "policy", "max_moves", "plan_json", "expected_epoch")
-    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("apply", "policy", "max_moves", "plan_json", "expected_epoch")
+    APPLY_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     MAX_MOVES_FIELD_NUMBER: _ClassVar[int]
     PLAN_JSON_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_EPOCH_FIELD_NUMBER: _ClassVar[int]
-    dry_run: bool
+    apply: bool
     policy: str
     max_moves: int
     plan_json: str
     expected_epoch: int
-    def __init__(self, dry_run: _Optional[bool] = ..., policy: _Optional[str] = ..., max_moves: _Optional[int] = ..., plan_json: _Optional[str] = ..., expected_epoch: _Optional[int] = ...) -> None: ...
+    def __init__(self, apply: _Optional[bool] = ..., policy: _Optional[str] = ..., max_moves: _Optional[int] = ..., plan_json: _Optional[str] = ..., expected_epoch: _Optional[int] = ...) -> None: ...
 
 class RollbackRequest(_message.Message):
-    __slots__ = ("dry_run",)
-    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
-    dry_run: bool
-    def __init__(self, dry_run: _Optional[bool] = ...) -> None: ...
+    __slots__ = ("apply",)
+    APPLY_FIELD_NUMBER: _ClassVar[int]
+    apply: bool
+    def __init__(self, apply: _Optional[bool] = ...) -> None: ...
 
 class PlanMetrics(_message.Message):
     __slots__ = ("balancedness", "gpus_per_token", "remote_nodes_per_token", "layer_time_s")

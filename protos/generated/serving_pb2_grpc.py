@@ -135,16 +135,16 @@ class SwitchyardServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Rebalance(self, request, context):
-        """Plan a new placement (or take the one given) and, unless dry_run, move experts live to it while
-        requests keep running: a new epoch. Admin call.
+        """Plan a new placement (or take the one given) and report it; with `apply`, also move experts live to
+        it while requests keep running: a new epoch. A default request is a dry run. Admin call.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Rollback(self, request, context):
-        """Move back to the plan active before the current one, as a new epoch (the history keeps growing).
-        Admin call.
+        """Show moving back to the plan active before the current one; with `apply`, do it, as a new epoch
+        (the history keeps growing). A default request is a dry run. Admin call.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -300,6 +300,7 @@ initContainers:
 
 {{- define "switchyard.ray.env" -}}
 {{ include "switchyard.redis.env" . }}
+- {name: RAY_task_events_max_num_task_in_gcs, value: {{ .Values.ray.taskEventsMaxInGcs | quote }}}
 {{- with .Values.ray.extraEnv }}
 {{ toYaml . }}
 {{- end }}
