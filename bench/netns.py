@@ -173,9 +173,10 @@ class NetnsCluster:
         self._processes.append(process)
         return process
 
-    def run(self, node: int, argv: Sequence[str], timeout_s: float = 300.0) -> subprocess.CompletedProcess:
+    def run(self, node: int, argv: Sequence[str], timeout_s: float = 300.0, cwd: Path | None = None
+            ) -> subprocess.CompletedProcess:
         """Run `argv` in node `node`'s namespace to completion; raises with its stderr if it fails."""
-        done = subprocess.run(self.command(node, argv), capture_output=True, text=True, timeout=timeout_s)
+        done = subprocess.run(self.command(node, argv), capture_output=True, text=True, timeout=timeout_s, cwd=cwd)
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(argv[:3])} ... in node {node} exited {done.returncode}:\n"
                                f"{done.stderr[-3000:]}")
