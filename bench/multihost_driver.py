@@ -56,7 +56,6 @@ def rebalance(runtime: Runtime, config: dict, replay: RoutingTrace) -> dict:
     and how many requests completed and failed."""
     runtime.load(config["model"], load_plan(config["plans"][config["from"]]), replay=replay)
     params = SamplingParams(max_new_tokens=config["new_tokens"])
-    rng = np.random.default_rng(1)
     start = time.perf_counter()
     arrivals: list[float] = []
     outcome = {"completed": 0, "failed": 0, "errors": []}
@@ -64,6 +63,7 @@ def rebalance(runtime: Runtime, config: dict, replay: RoutingTrace) -> dict:
 
     def client(index: int) -> None:
         engine = runtime.engines[index % len(runtime.engines)]
+        rng = np.random.default_rng(index)
         while time.perf_counter() - start < config["seconds"]:
             prompt = rng.integers(0, runtime.spec.vocab_size, size=config["prompt_len"]).tolist()
             try:
