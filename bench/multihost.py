@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from bench.netns import LinkShape, netns_cluster
+from bench.netns import NO_NETEM_NOTE, LinkShape, netns_cluster
 from bench.report import describe_checkpoint, main, provenance
 
 from switchyard.cluster.cli.formatting import markdown_table
@@ -86,32 +86,31 @@ def measure(model_dir: Path, args: argparse.Namespace, command: str) -> tuple[st
                 save_plan(plan, paths[name])
             config = {"model": str(model_dir), "nodes": nodes, "workers_per_node": workers_per_node,
                       "trace": str(args.trace), "plans": paths, "prompt_len": args.prompt_len,
-                      "new_tokens": args.new_tokens}
+                      "new_tokens": args.new_tokens, "batches": batches,
+                      "shapes": [[shape.rate_mbit, shape.delay_ms] for shape in shapes]}
+            if (nodes, workers_per_node) == (2, 2):
+                seconds = 20.0 if args.quick else args.rebalance_seconds
+                config["rebalance"] = {"shape": [1000, args.delay_ms], "from": "eplb", "to": "affinity",
+                                       "concurrency": 8, "seconds": seconds, "switch_at": seconds / 2}
             with netns_cluster(nodes, shapes[0]) as bed:
-                config["address"] = bed.ray_address
-                for shape in shapes:
-                    bed.reshape(shape)
-                    points = _driver(bed, scratch, {**config, "mode": "points", "batches": batches})
-                    for point in points:
-                        rows.append({**point, "setup": f"{nodes} x {workers_per_node}", "link": bed.shape.describe(),
-                                     "rate_mbit": shape.rate_mbit,
-                                     **_predicted(plans[point["plan"]], second, point, nodes, spec, shape, args)})
-                if (nodes, workers_per_node) == (2, 2):
-                    bed.reshape(LinkShape(1000, args.delay_ms))
-                    seconds = 20.0 if args.quick else args.rebalance_seconds
-                    rebalance = _driver(bed, scratch, {**config, "mode": "rebalance", "from": "eplb", "to": "affinity",
-                                                       "concurrency": 8, "seconds": seconds, "switch_at": seconds / 2})
-                    rebalance["link"] = bed.shape.describe()
-                notes += [note for note in bed.notes if note not in notes]
+                result = _driver(bed, scratch, {**config, "address": bed.ray_address, "link_ends": bed.link_ends})
+            for point in result["points"]:
+                shape = LinkShape(point["rate_mbit"], args.delay_ms if point["rate_mbit"] else 0.0)
+                rows.append({**point, "setup": f"{nodes} x {workers_per_node}",
+                             **_predicted(plans[point["plan"]], second, point, nodes, spec, shape, args)})
+                if not point["delay_applied"] and NO_NETEM_NOTE not in notes:
+                    notes.append(NO_NETEM_NOTE)
+            if result["rebalance"] is not None:
+                rebalance = {**result["rebalance"], "link": LinkShape(1000, 0.0 if notes else args.delay_ms).describe()}
     report = {"spec": spec, "rows": rows, "rebalance": rebalance, "notes": notes, "batches": batches, "args": args}
     return render(report, command), rebalance is not None and rebalance["failed"] == 0
 
 
-def _driver(bed, scratch: str, config: dict) -> dict | list:
+def _driver(bed, scratch: str, config: dict) -> dict:
     """Run `bench.multihost_driver` with `config` in the head node's namespace; its JSON result."""
     path = Path(scratch) / "config.json"
     path.write_text(json.dumps(config))
-    out = bed.run(0, [sys.executable, "-m", "bench.multihost_driver", str(path)], timeout_s=900, cwd=REPO)
+    out = bed.run(0, [sys.executable, "-m", "bench.multihost_driver", str(path)], timeout_s=1800, cwd=REPO)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

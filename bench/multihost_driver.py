@@ -3,11 +3,14 @@
     python -m bench.multihost_driver CONFIG.json     (started by bench.multihost; prints one JSON line)
 
 CONFIG: {"address", "model", "nodes", "workers_per_node", "trace" (replayed: its second half),
-"plans": {name: plan JSON path}, "mode": "points" or "rebalance", and
-  points:    "batches", "prompt_len", "new_tokens": for every plan and batch, one batch of prompts
-             served at once (greedy, no early stop), replaying the served rows from their start;
-  rebalance: "from", "to" (plan names), "concurrency", "seconds", "switch_at" (seconds), "window":
-             requests kept in flight for `seconds`, a live migration to "to" at `switch_at`.}
+"plans": {name: plan JSON path}, "link_ends": [[namespace, device]] to shape (`bench.netns`),
+"shapes": [[rate Mbit/s or null, delay ms]], "batches", "prompt_len", "new_tokens": for every plan,
+link shape and batch, one batch of prompts served at once (greedy, no early stop), replaying the
+trace from the start of each engine's share; then, if "rebalance" is given ({"shape", "from", "to"
+(plan names), "concurrency", "seconds", "switch_at"}): requests kept in flight for `seconds`, a live
+migration from "from" to "to" at `switch_at`.}
+The driver shapes the links itself (root may run `tc -n` from any namespace), so that one Runtime
+serves every shape and the workers load each plan's experts once.
 """
 
 from __future__ import annotations
@@ -20,32 +23,41 @@ import time
 import numpy as np
 import ray
 
+from bench.netns import LinkShape, shape_links
 from bench.runtime import stream_arrivals
 from switchyard.cluster.engine.sampling import SamplingParams
 from switchyard.cluster.runtime.migration import migrate
-from switchyard.cluster.runtime.runtime import Runtime
+from switchyard.cluster.runtime.runtime import Runtime, replay_shares
 from switchyard.placement.formats import load_plan, load_trace
 from switchyard.placement.trace import RoutingTrace
 
 
 def points(runtime: Runtime, config: dict, replay: RoutingTrace) -> list[dict]:
-    """One measurement per plan and batch size: rate, inter-token latency, traffic, tokens replayed."""
+    """One measurement per plan, link shape and batch size: rate, inter-token latency, traffic."""
     rng = np.random.default_rng(0)
     params = SamplingParams(max_new_tokens=config["new_tokens"])
+    shares = replay_shares(replay, len(runtime.engines))
     results = []
     for name, path in config["plans"].items():
-        for batch in config["batches"]:
-            runtime.load(config["model"], load_plan(path), replay=replay)  # counters and replay from zero
-            prompts = rng.integers(0, runtime.spec.vocab_size, size=(batch, config["prompt_len"])).tolist()
-            start, arrivals = stream_arrivals(runtime, prompts, params)
-            elapsed = max(times[-1] for times in arrivals.values()) - start
-            gaps = [b - a for times in arrivals.values() for a, b in zip(times, times[1:]) if b > a]
-            traffic, timings = runtime.traffic(), runtime.timings()
-            results.append({
-                "plan": name, "batch": batch, "tokens_per_s": batch * config["new_tokens"] / elapsed,
-                "itl_p50_ms": 1e3 * float(np.percentile(gaps, 50)), "itl_p99_ms": 1e3 * float(np.percentile(gaps, 99)),
-                "routed_tokens": int(runtime.routing_stats().num_tokens), "cross_node_bytes": traffic["cross_node_bytes"],
-                "same_node_bytes": traffic["same_node_bytes"], "steps": timings["steps"]})
+        plan = load_plan(path)
+        runtime.load(config["model"], plan, replay=replay)  # the workers load the plan's experts once
+        for rate_mbit, delay_ms in config["shapes"]:
+            applied = shape_links([tuple(end) for end in config["link_ends"]], LinkShape(rate_mbit, delay_ms))
+            for batch in config["batches"]:
+                # Counters and replay from zero: the engines alone reload (the workers hold the plan).
+                ray.get([engine.load.remote(config["model"], plan.to_dict(), runtime.epoch, share)
+                         for engine, share in zip(runtime.engines, shares)])
+                prompts = rng.integers(0, runtime.spec.vocab_size, size=(batch, config["prompt_len"])).tolist()
+                start, arrivals = stream_arrivals(runtime, prompts, params)
+                elapsed = max(times[-1] for times in arrivals.values()) - start
+                gaps = [b - a for times in arrivals.values() for a, b in zip(times, times[1:]) if b > a]
+                traffic = runtime.traffic()
+                results.append({
+                    "plan": name, "batch": batch, "rate_mbit": rate_mbit, "link": applied.describe(),
+                    "delay_applied": applied.delay_ms == delay_ms, "tokens_per_s": batch * config["new_tokens"] / elapsed,
+                    "itl_p50_ms": 1e3 * float(np.percentile(gaps, 50)), "itl_p99_ms": 1e3 * float(np.percentile(gaps, 99)),
+                    "routed_tokens": int(runtime.routing_stats().num_tokens),
+                    "cross_node_bytes": traffic["cross_node_bytes"], "same_node_bytes": traffic["same_node_bytes"]})
     return results
 
 
@@ -106,7 +118,11 @@ def main() -> None:
     with Runtime.start(config["model"], config["nodes"], config["workers_per_node"], plan=first_plan,
                        replay=replay, engine_threads=1) as runtime:
         runtime.generate([[1, 2, 3]] * len(runtime.engines), SamplingParams(max_new_tokens=2))  # warm-up
-        result = points(runtime, config, replay) if config["mode"] == "points" else rebalance(runtime, config, replay)
+        result = {"points": points(runtime, config, replay), "rebalance": None}
+        if config.get("rebalance"):
+            rate_mbit, delay_ms = config["rebalance"]["shape"]
+            shape_links([tuple(end) for end in config["link_ends"]], LinkShape(rate_mbit, delay_ms))
+            result["rebalance"] = rebalance(runtime, {**config, **config["rebalance"]}, replay)
     print(json.dumps(result))
 
 

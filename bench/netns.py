@@ -90,6 +90,28 @@ def _tc(namespace: str, *args: str, check: bool = True) -> bool:
     return done.returncode == 0
 
 
+NO_NETEM_NOTE = ("the requested delay was not applied: this kernel has no netem qdisc "
+                 "(CONFIG_NET_SCH_NETEM); links are rate-limited only")
+
+
+def shape_links(ends: list[tuple[str, str]], shape: LinkShape) -> LinkShape:
+    """Shape the egress of every (namespace, device) in `ends` as `shape`; returns the shape applied
+    (its delay 0 where the kernel has no netem). Any root process may call it, in any namespace."""
+    delay_ok = True
+    for namespace, device in ends:
+        _tc(namespace, "qdisc", "del", "dev", device, "root", check=False)  # none yet is fine
+        if shape.rate_mbit is None and not shape.delay_ms:
+            continue
+        rate = f"{shape.rate_mbit or 100_000:g}mbit"  # delay only: an htb class no link can fill
+        _tc(namespace, "qdisc", "add", "dev", device, "root", "handle", "1:", "htb", "default", "10")
+        _tc(namespace, "class", "add", "dev", device, "parent", "1:", "classid", "1:10", "htb",
+            "rate", rate, "quantum", "60000")
+        if shape.delay_ms and delay_ok:
+            delay_ok = _tc(namespace, "qdisc", "add", "dev", device, "parent", "1:10", "handle", "10:",
+                           "netem", "delay", f"{shape.delay_ms:g}ms", "limit", "100000", check=False)
+    return LinkShape(shape.rate_mbit, shape.delay_ms if delay_ok else 0.0)
+
+
 class NetnsCluster:
     """Namespaced nodes with a Ray cluster across them; made by `netns_cluster`.
 
@@ -129,31 +151,17 @@ class NetnsCluster:
             _ip("-n", namespace, "addr", "add", f"{self.addresses[node]}/24", "dev", "eth0")
             _ip("-n", namespace, "link", "set", "eth0", "up")
 
-    def _link_ends(self) -> list[tuple[str, str]]:
+    @property
+    def link_ends(self) -> list[tuple[str, str]]:
         """(namespace, device) of both ends of every node's link: node egress, then bridge egress."""
         return [end for node, namespace in enumerate(self.namespaces)
                 for end in ((namespace, "eth0"), (self.bridge, f"v{node}"))]
 
     def reshape(self, shape: LinkShape) -> None:
         """Shape every link as `shape` from now on (the cluster keeps running)."""
-        delay_ok = True
-        for namespace, device in self._link_ends():
-            _tc(namespace, "qdisc", "del", "dev", device, "root", check=False)  # none yet is fine
-            if shape.rate_mbit is None and not shape.delay_ms:
-                continue
-            rate = f"{shape.rate_mbit or 100_000:g}mbit"  # delay only: an htb class no link can fill
-            _tc(namespace, "qdisc", "add", "dev", device, "root", "handle", "1:", "htb", "default", "10")
-            _tc(namespace, "class", "add", "dev", device, "parent", "1:", "classid", "1:10", "htb",
-                "rate", rate, "quantum", "60000")
-            if shape.delay_ms and delay_ok:
-                delay_ok = _tc(namespace, "qdisc", "add", "dev", device, "parent", "1:10", "handle", "10:",
-                               "netem", "delay", f"{shape.delay_ms:g}ms", "limit", "100000", check=False)
-        if not delay_ok:
-            note = (f"the requested {shape.delay_ms:g} ms delay was not applied: this kernel has no netem "
-                    "qdisc (CONFIG_NET_SCH_NETEM); links are rate-limited only")
-            if note not in self.notes:
-                self.notes.append(note)
-        self.shape = LinkShape(shape.rate_mbit, shape.delay_ms if delay_ok else 0.0)
+        self.shape = shape_links(self.link_ends, shape)
+        if self.shape.delay_ms < shape.delay_ms and NO_NETEM_NOTE not in self.notes:
+            self.notes.append(NO_NETEM_NOTE)
 
     def link_bytes(self, node: int) -> int:
         """Bytes sent plus received on node `node`'s link since it was made (its `eth0` counters)."""
@@ -260,6 +268,7 @@ def netns_cluster(num_nodes: int = 2, shape: LinkShape = LinkShape(), cpus_per_n
     if not 1 <= num_nodes <= 254:
         raise ValueError(f"num_nodes must be 1..254, got {num_nodes}")
     bed = NetnsCluster(num_nodes, Path(f"/tmp/sy-netns-{os.getpid()}"))
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)  # a killed run still tears down
     try:
         bed._build_network()
         bed.reshape(shape)
@@ -267,3 +276,8 @@ def netns_cluster(num_nodes: int = 2, shape: LinkShape = LinkShape(), cpus_per_n
         yield bed
     finally:
         bed.close()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
