@@ -54,12 +54,12 @@ def publish(text: str, out: Path | None, echo: bool = True) -> None:
 
 
 def main(doc: str, module: str, size: str, add_arguments: Callable[[argparse.ArgumentParser], None],
-         measure: Measure) -> None:
+         measure: Measure, arch: str = "mixtral") -> None:
     """The `main` of a checkpoint benchmark: parse `--model`, `--out` and `add_arguments`' options, write
-    a fresh `size` Mixtral (router skew 1) to a temporary folder unless `--model` names one, run
-    `measure`, publish its report; exit 1 when one of its checks failed."""
+    a fresh `size` checkpoint of `arch` (router skew 1) to a temporary folder unless `--model` names one,
+    run `measure`, publish its report; exit 1 when one of its checks failed."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, help=f"A checkpoint; default: a fresh `{size}` Mixtral (skew 1).")
+    parser.add_argument("--model", type=Path, help=f"A checkpoint; default: a fresh `{size}` {arch} (skew 1).")
     parser.add_argument("--out", type=Path, help=f"Markdown file to write, e.g. docs/benchmarks/"
                         f"{module.rsplit('.', 1)[-1]}.md.")
     add_arguments(parser)
@@ -67,7 +67,7 @@ def main(doc: str, module: str, size: str, add_arguments: Callable[[argparse.Arg
     from switchyard.workers.checkpoints import init_checkpoint  # torch and transformers only when run
 
     with tempfile.TemporaryDirectory() as scratch:
-        model_dir = args.model or init_checkpoint("mixtral", size, Path(scratch) / f"mixtral-{size}", skew=1.0)
+        model_dir = args.model or init_checkpoint(arch, size, Path(scratch) / f"{arch}-{size}", skew=1.0)
         text, passed = measure(model_dir, args, command_line(module))
     publish(text, args.out)
     if not passed:

@@ -114,8 +114,20 @@ def run(model_dir: Path, batches: list[int], new_tokens: int, with_vllm: bool, l
 
 
 def _latencies(runtime: Runtime, prompts: list[list[int]], params: SamplingParams) -> dict[str, float]:
-    """Submit every prompt at once (round the engines) and poll as the gateway does: time to first
-    token and inter-token gaps (p50 / p99, ms) over all requests."""
+    """Time to first token and inter-token gaps (p50 / p99, ms) over all requests (`stream_arrivals`)."""
+    start, arrivals = stream_arrivals(runtime, prompts, params)
+    first = [times[0] - start for times in arrivals.values()]
+    gaps = [b - a for times in arrivals.values() for a, b in zip(times, times[1:]) if b > a]
+    return {"ttft_p50": 1e3 * float(np.percentile(first, 50)), "ttft_p99": 1e3 * float(np.percentile(first, 99)),
+            "itl_p50": 1e3 * float(np.percentile(gaps, 50)), "itl_p99": 1e3 * float(np.percentile(gaps, 99))}
+
+
+def stream_arrivals(runtime: Runtime, prompts: list[list[int]], params: SamplingParams
+                    ) -> tuple[float, dict[tuple[int, int], list[float]]]:
+    """Submit every prompt at once (round the engines) and poll as the gateway does.
+
+    Returns the submit time and, per (engine, request id), the `time.perf_counter()` of each of its
+    tokens' arrival (tokens that arrive in one poll share a time)."""
     import ray
 
     engines = runtime.engines
@@ -135,10 +147,7 @@ def _latencies(runtime: Runtime, prompts: list[list[int]], params: SamplingParam
                 pending[request_id] += len(tokens)
                 if done:
                     del pending[request_id]
-    first = [times[0] - start for times in arrivals.values()]
-    gaps = [b - a for times in arrivals.values() for a, b in zip(times, times[1:]) if b > a]
-    return {"ttft_p50": 1e3 * float(np.percentile(first, 50)), "ttft_p99": 1e3 * float(np.percentile(first, 99)),
-            "itl_p50": 1e3 * float(np.percentile(gaps, 50)), "itl_p99": 1e3 * float(np.percentile(gaps, 99))}
+    return start, arrivals
 
 
 def _agreement(tokens: list[list[int]], reference: list[list[int]]) -> float:

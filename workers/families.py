@@ -24,14 +24,18 @@ import transformers
 
 from switchyard.workers.errors import CheckpointError
 
-# Shapes of the `model init` sizes: `tiny` (a few MB, for tests) and `small` (hundreds of MB, for
-# benchmarks; the 240M-parameter Mixtral shape of ../shared/DESIGN.md). Documented in docs/runtime.md.
+# Shapes of the `model init` sizes: `tiny` (a few MB, for tests), `small` (hundreds of MB, for
+# benchmarks; the 240M-parameter Mixtral shape of ../shared/DESIGN.md) and `esft` (the routing shape of
+# the ESFT traces, DeepSeek-V2-Lite's 26 MoE layers x 64 experts, top-6, at a hidden size two cores
+# serve: for trace replay). Documented in docs/runtime.md.
 SIZES: dict[str, dict[str, int]] = {
     "tiny": dict(vocab_size=512, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
                  num_key_value_heads=1, expert_ffn=64, num_experts=8, top_k=2, max_position_embeddings=512),
     "small": dict(vocab_size=32000, hidden_size=512, num_hidden_layers=8, num_attention_heads=8,
                   num_key_value_heads=2, expert_ffn=1024, num_experts=16, top_k=2,
                   max_position_embeddings=2048),
+    "esft": dict(vocab_size=512, hidden_size=128, num_hidden_layers=26, num_attention_heads=2,
+                 num_key_value_heads=1, expert_ffn=32, num_experts=64, top_k=6, max_position_embeddings=512),
 }
 
 

@@ -44,7 +44,8 @@ def model() -> None:
 @model.command("init", cls=OneLineCommand)
 @click.option("--arch", type=click.Choice(list(FAMILIES)), required=True, help="Model family.")
 @click.option("--size", type=click.Choice(list(SIZES)), default="tiny", show_default=True,
-              help="tiny: tests (a few MB); small: benchmarks (~240M parameters).")
+              help="tiny: tests (a few MB); small: benchmarks (~240M parameters); esft: the ESFT traces' "
+              "routing shape (26 MoE layers x 64 experts, top-6), for trace replay.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output directory.")
 @click.option("--skew", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Router bias: hot experts and experts picked together (0: none).")

@@ -10,7 +10,8 @@ leave between steps; plan switches happen between steps too. The class is plain 
 `result` run while the step loop does).
 
 `_moe` is the one place where the engine sees each MoE layer's top-k choices: it drops padding rows,
-records the routing and dispatches.
+swaps in a routing trace's choices in replay mode (`replay.TraceReplay`, a benchmark mode), records
+the routing and dispatches.
 
 Worker faults fail requests, never the engine: a worker that is gone or does not answer fails the
 step under way with `WorkerUnavailable` naming it. While the supervisor (`cluster.runtime.supervisor`)
@@ -33,12 +34,14 @@ from switchyard.cluster.engine.batch import DecodeBatch, prefill_inputs
 from switchyard.cluster.engine.dispatch import ExpertDispatcher
 from switchyard.cluster.engine.model import build_engine_model
 from switchyard.cluster.engine.recorder import RoutingRecorder
+from switchyard.cluster.engine.replay import TraceReplay
 from switchyard.cluster.engine.requests import check_prompt
 from switchyard.cluster.engine.sampling import SamplingParams, next_tokens
 from switchyard.cluster.engine.transport import DEFAULT_TIMEOUT_S, connect
 from switchyard.cluster.errors import WorkerUnavailable
 from switchyard.placement.plan import Plan
 from switchyard.placement.stats import RoutingStats
+from switchyard.placement.trace import RoutingTrace
 from switchyard.workers.checkpoints import load_spec
 
 
@@ -112,18 +115,25 @@ class Engine:
         self._unserved = np.empty(0, dtype=np.int64)  # [B*T] of the forward: -1, or the down worker a token needed
         self._real_rows: torch.Tensor | None = None  # rows of the forward's [B*T] tokens that are not padding
         self._topk: list[np.ndarray] = []  # the forward's top-k ids `[n, k]` of each MoE layer so far
+        self.replay: TraceReplay | None = None  # replay mode: choices from a trace
+        self._replay_rows: np.ndarray | None = None  # the forward's trace tokens `[n]` in replay mode
         threading.Thread(target=self._loop, name="engine-steps", daemon=True).start()
 
-    def load(self, model_dir: str, plan: dict[str, Any], epoch: int = 1) -> None:
+    def load(self, model_dir: str, plan: dict[str, Any], epoch: int = 1, replay: RoutingTrace | None = None) -> None:
         """Serve `model_dir` under `plan` (`Plan.to_dict()` form) at `epoch`; only between requests.
 
         The workers must hold the plan's experts already (`ExpertWorker.load`). Routing statistics and
-        traffic counters start again from zero.
+        traffic counters start again from zero. replay: a trace whose choices replace the gate's (a
+        benchmark mode, `replay.TraceReplay`); `PlacementError` when it does not fit the model.
         """
         with self._condition:
             if self._requests:
                 raise RuntimeError(f"the engine still has {len(self._requests)} request(s); load between requests")
-            self.spec = load_spec(model_dir)
+            spec = load_spec(model_dir)
+            replayer = None if replay is None else TraceReplay(replay)
+            if replayer is not None:
+                replayer.check_fits(spec.num_layers, spec.num_experts, spec.top_k, f"the model {model_dir}")
+            self.spec, self.replay = spec, replayer
             if self.dispatcher is not None:
                 self.dispatcher.close()
             transports = [connect(index, handle, address, self.spec.hidden_size, self.dispatch_timeout_s)
@@ -357,7 +367,7 @@ class Engine:
             with torch.inference_mode():
                 out = self.model(**inputs, use_cache=True, logits_to_keep=1)
         finally:
-            self._real_rows = None
+            self._real_rows = self._replay_rows = None
         self.recorder.record(np.stack(self._topk, axis=1))  # [n, L, k]
         return out.past_key_values, out.logits[:, -1].float(), self._unserved.reshape(num_requests, length).max(axis=1)
 
@@ -387,8 +397,9 @@ class Engine:
              topk_weights: torch.Tensor) -> torch.Tensor:
         """MoE layer `layer` of the forward under way: `hidden` `[B*T, H]`, choices `[B*T, k]` -> `[B*T, H]`.
 
-        The one place where the engine gets each layer's top-k ids (a trace replay would swap them
-        here): padding rows are dropped, the real tokens' choices recorded, and the rest dispatched.
+        The one place where the engine gets each layer's top-k ids: padding rows are dropped, in replay
+        mode the real tokens' choices replaced by the next trace tokens' (taken at the first MoE layer,
+        kept for the forward's others), the choices recorded, and the rest dispatched.
         """
         real = self._real_rows
         if real is not None and real.numel() < hidden.shape[0]:
@@ -402,6 +413,11 @@ class Engine:
         """`_moe` on its real tokens, `rows` `[n]` their rows in the forward (None: all): recorded,
         dispatched, and the tokens a down worker left unserved noted in `_unserved`."""
         assert len(self._topk) == layer, "MoE layers run in order"
+        if self.replay is not None:
+            if layer == 0:
+                self._replay_rows = self.replay.take(hidden.shape[0])
+            ids, weights = self.replay.choices(self._replay_rows, layer)
+            topk_ids, topk_weights = torch.from_numpy(ids), torch.from_numpy(weights)
         self._topk.append(topk_ids.numpy().astype(np.int64, copy=False))
         output, unserved = self.dispatcher.dispatch(layer, hidden, topk_ids, topk_weights.to(hidden.dtype))
         down = np.flatnonzero(unserved >= 0)

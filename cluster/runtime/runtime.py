@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import ray
 
+from switchyard.cluster.engine.replay import TraceReplay
 from switchyard.cluster.engine.sampling import SamplingParams
 from switchyard.cluster.engine.traffic import merge_traffic
 from switchyard.cluster.engine.transport import DEFAULT_TIMEOUT_S
@@ -34,6 +35,7 @@ from switchyard.placement.policies import get_policy
 from switchyard.placement.stats import RoutingStats
 from switchyard.placement.topology import Topology
 from switchyard.cluster.runtime.actors import ActorFactory
+from switchyard.placement.trace import RoutingTrace
 from switchyard.workers.checkpoints import ModelSpec, load_spec
 
 NODE_RESOURCE = "switchyard_node"
@@ -74,6 +76,15 @@ def merge_engine_stats(stats: list[RoutingStats]) -> RoutingStats:
     return merged
 
 
+def replay_shares(trace: RoutingTrace | None, num_engines: int) -> list[RoutingTrace | None]:
+    """Engine e's part of `trace`: the e-th of `num_engines` contiguous runs of its tokens (all None
+    without a trace), so that the engines together replay every token once before any wraps round."""
+    if trace is None:
+        return [None] * num_engines
+    bounds = np.linspace(0, trace.num_tokens, num_engines + 1).astype(np.int64)
+    return [trace.slice_tokens(start, stop) for start, stop in zip(bounds[:-1], bounds[1:])]
+
+
 class Runtime:
     """Expert workers and engines on the connected Ray cluster, serving one model under one plan.
 
@@ -96,15 +107,20 @@ class Runtime:
               plan: Plan | str | Path = "linear", engines_per_node: int = 1, max_batch: int = 64,
               gpus_per_worker: float = 0.0, epoch: int = 1, transport: str = "auto",
               dispatch_timeout_s: float = DEFAULT_TIMEOUT_S, expert_kernel: str = "auto",
-              worker_threads: int | None = 1, engine_threads: int | None = None) -> Runtime:
+              worker_threads: int | None = 1, engine_threads: int | None = None,
+              replay: RoutingTrace | None = None) -> Runtime:
         """Start the actors and load the model. transport: "auto" (shared memory on a node, Ray between
         nodes) or "ray".  dispatch_timeout_s: how long an engine waits for a worker's answer to one layer.
         expert_kernel: `ExpertCompute`'s kernel.  worker_threads / engine_threads: torch threads per
-        actor (measured on 2 cores: 1 per worker, torch's default for the engine, docs/runtime.md)."""
+        actor (measured on 2 cores: 1 per worker, torch's default for the engine, docs/runtime.md).
+        replay: a routing trace the engines replay instead of their gates' choices (a benchmark mode,
+        `cluster.engine.replay`), split between them (`replay_shares`)."""
         actors = ActorFactory((), gpus_per_worker, transport, max_batch, dispatch_timeout_s, expert_kernel,
                               worker_threads, engine_threads)  # bad options fail before anything starts
         spec = load_spec(model_dir)
         resolved = resolve_plan(spec, plan, num_nodes, workers_per_node)  # bad input fails before any actor
+        if replay is not None:
+            TraceReplay(replay).check_fits(spec.num_layers, spec.num_experts, spec.top_k, f"the model {model_dir}")
         node_ids = tuple(node["NodeID"] for node in ray.nodes() if node["Alive"])
         if len(node_ids) < num_nodes:
             raise PlacementError(f"the plan needs {num_nodes} nodes but the Ray cluster has {len(node_ids)}")
@@ -115,17 +131,22 @@ class Runtime:
         # Engines go round the nodes (`Topology.node_of_engine`), so round-robin prompts go round the nodes.
         engines = [actors.start_engine(resolved, index, workers, addresses)
                    for index in range(num_nodes * engines_per_node)]
-        ray.get([engine.load.remote(str(spec.model_dir), resolved.to_dict(), epoch) for engine in engines])
+        shares = replay_shares(replay, len(engines))
+        ray.get([engine.load.remote(str(spec.model_dir), resolved.to_dict(), epoch, share)
+                 for engine, share in zip(engines, shares)])
         return cls(spec, resolved, epoch, workers, engines, actors, addresses)
 
-    def load(self, model_dir: str | Path, plan: Plan | str | Path = "linear") -> None:
-        """Serve another model or plan with the same actors (between requests only)."""
+    def load(self, model_dir: str | Path, plan: Plan | str | Path = "linear", replay: RoutingTrace | None = None
+             ) -> None:
+        """Serve another model or plan with the same actors (between requests only); `replay` as in `start`."""
         spec = load_spec(model_dir)
         topology = self.plan.topology
         resolved = resolve_plan(spec, plan, topology.num_nodes, topology.gpus_per_node)
         ray.get([worker.load.remote(str(spec.model_dir), resolved.gpu_experts[:, gpu], self.device, self.epoch)
                  for gpu, worker in enumerate(self.workers)])
-        ray.get([engine.load.remote(str(spec.model_dir), resolved.to_dict(), self.epoch) for engine in self.engines])
+        shares = replay_shares(replay, len(self.engines))
+        ray.get([engine.load.remote(str(spec.model_dir), resolved.to_dict(), self.epoch, share)
+                 for engine, share in zip(self.engines, shares)])
         self.spec, self.plan = spec, resolved
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[int]]:
