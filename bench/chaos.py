@@ -3,11 +3,12 @@
 A real `switchyard serve` subprocess (its own 2-node Ray cluster, its own `redis-server` on a private
 port that this benchmark starts) serves a tiny Mixtral. Clients loop over a fixed set of prompts with
 greedy sampling, so every successful answer must equal the reference taken before the first fault.
-Faults, evenly spread over the run: SIGKILL of an expert worker's process, SIGKILL of an engine's,
+Faults, evenly spread over the run: SIGKILL of an engine's process, SIGKILL of an expert worker's,
 SIGKILL of redis-server (restarted 10 s later), SIGSTOP of a worker for 20 s (then SIGCONT). Per fault:
 the requests that failed after it (with their status codes), the time from the fault until the last
 of them (after that every request succeeded), requests that hung past their deadline, wrong tokens.
-The resident memory of every process of the service is read at the start and at the end.
+The resident memory of every process of the service is read at the start, a third of the way in, and at
+the end: over the last two thirds (the last 20 minutes of a 30-minute soak) it should stay flat.
 `--plan linear` (serve's default: each expert on one worker) or `--plan replicated` (each expert on
 both workers: the plan's replicas are the redundancy that serves while a worker is re-created).
 
@@ -184,7 +185,12 @@ def run(model_dir: Path, minutes: float, clients: int, new_tokens: int, plan: st
         load = Clients(target, clients, new_tokens, reference)
         begin = time.monotonic()
         total_s = minutes * 60
-        schedule = [("worker SIGKILL", 0.12), ("engine SIGKILL", 0.32), ("redis-server SIGKILL", 0.52),
+        rss_third: dict[str, list[float]] = {}
+        third = threading.Timer(total_s / 3, lambda: rss_third.update(_rss_mib(root)))
+        third.start()
+        # The engine goes first: a re-created engine takes minutes to reach its steady memory, so it
+        # is warm by the reading a third of the way in; a re-created worker is steady at once.
+        schedule = [("engine SIGKILL", 0.12), ("worker SIGKILL", 0.32), ("redis-server SIGKILL", 0.52),
                     (f"worker SIGSTOP {STOP_S:g} s", 0.72)]
         for name, fraction in schedule:
             time.sleep(max(0.0, begin + fraction * total_s - time.monotonic()))
@@ -210,6 +216,7 @@ def run(model_dir: Path, minutes: float, clients: int, new_tokens: int, plan: st
                     pass
         time.sleep(max(0.0, begin + total_s - time.monotonic()))
         load.stop()
+        third.join()
         rss_end = _rss_mib(root)
     finally:
         serve.send_signal(signal.SIGTERM)
@@ -225,7 +232,8 @@ def run(model_dir: Path, minutes: float, clients: int, new_tokens: int, plan: st
         fault.outcomes = [o for o in outcomes if fault.at <= o.end < until]
     before = [o for o in outcomes if o.end < faults[0].at]
     return {"minutes": minutes, "clients": clients, "new_tokens": new_tokens, "plan": plan, "outcomes": outcomes,
-            "faults": faults, "before": before, "rss_start": rss_start, "rss_end": rss_end, "begin": begin}
+            "faults": faults, "before": before, "rss_start": rss_start, "rss_third": rss_third, "rss_end": rss_end,
+            "begin": begin}
 
 
 def render(report: dict, command: str, spec_line: str) -> tuple[str, bool]:
@@ -252,15 +260,23 @@ def render(report: dict, command: str, spec_line: str) -> tuple[str, bool]:
                      f"({', '.join(f'{c} {n}' for c, n in codes.most_common()) or '-'}) | {recovered:.1f} |")
     lines += ["", "\"Recovered after\": from the fault to the end of the last request that failed after it; every "
               "request that ended later succeeded. A SIGSTOP fault's clock starts when the process is stopped.", "",
-              "Resident memory (MiB) of every process of the service, at the start and the end of the soak:", "",
-              "| process | start | end |", "| ------- | ----- | --- |"]
+              "Resident memory (MiB) of every process of the service, at the start, a third of the way in and at "
+              "the end of the soak; the change is of each role's total over the last two thirds (a re-created "
+              "actor is a new process, counted in its role):", "",
+              "| process | start | after a third | end | change over the last two thirds |",
+              "| ------- | ----- | ------------- | --- | ------------------------------: |"]
+    grown = []
     for role in sorted(set(report["rss_start"]) | set(report["rss_end"])):
-        start = ", ".join(f"{v:.0f}" for v in report["rss_start"].get(role, []))
-        end = ", ".join(f"{v:.0f}" for v in report["rss_end"].get(role, []))
-        lines.append(f"| {role} | {start} | {end} |")
+        start, third, end = (report[key].get(role, []) for key in ("rss_start", "rss_third", "rss_end"))
+        change = sum(end) / sum(third) - 1 if sum(third) else float("nan")
+        if not abs(change) <= 0.10:
+            grown.append(role)
+        cells = [", ".join(f"{v:.0f}" for v in values) for values in (start, third, end)]
+        lines.append(f"| {role} | {' | '.join(cells)} | {change:+.1%} |")
     passed = share >= 0.97 and wrong == 0 and hung == 0 and all(r < 30 for r in recoveries)
     lines += ["", f"Targets: at least 97% succeed, no wrong tokens, no hang, recovery within 30 s of each fault: "
-              f"{'met' if passed else 'NOT met'}."]
+              f"{'met' if passed else 'NOT met'}. Memory of every role flat within 10% over the last two thirds: "
+              f"{'met' if not grown else 'NOT met (' + ', '.join(grown) + ')'}."]
     return "\n".join(lines), passed
 
 

@@ -11,7 +11,10 @@ import subprocess
 import sys
 import urllib.request
 
+import grpc
 import pytest
+import torch
+import transformers
 from click.testing import CliRunner
 
 from switchyard.cluster.cli.serve import serve
@@ -101,6 +104,48 @@ def _serve_generate_and_stop(model_dir, extra_args: list[str]) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_serve_ray_serve_until_sigterm(model_dir):
+    """`serve --ray-serve` deploys the chart's Serve application on its own 2-node cluster: health turns
+    SERVING, Generate gives transformers' greedy tokens, SIGTERM deletes the application and exits 0."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-c", SERVE, "--model", str(model_dir), "--ray-serve",
+                                "--nodes", "2", "--port", str(port), "--no-dashboard"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        with Client(f"127.0.0.1:{port}") as client:
+            wait_until(lambda: process.poll() is not None or _health(client) == "SERVING",
+                       "the Serve application's gateway SERVING", timeout_s=240, poll_s=0.5)
+            assert process.poll() is None, process.communicate()[0]
+            assert list(client.generate(PROMPT, max_new_tokens=NEW_TOKENS).token_ids) == _greedy(model_dir)
+        process.send_signal(signal.SIGTERM)
+        log, _ = process.communicate(timeout=120)
+        assert process.returncode == 0, log
+        assert "Ray Serve application" in log and "stopped" in log
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _health(client: Client) -> str:
+    """The gateway's health, "" while nothing listens yet."""
+    try:
+        return client.health()
+    except grpc.RpcError:
+        return ""
+
+
+def _greedy(model_dir) -> list[int]:
+    """transformers' greedy tokens of `PROMPT`."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    with torch.inference_mode():
+        output = model.generate(torch.tensor([PROMPT]), max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
+                                do_sample=False)
+    return output[0, len(PROMPT):].tolist()
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -35,6 +35,7 @@ from switchyard.cluster.gateway.client import Client
 from switchyard.cluster.runtime.runtime import local_cluster
 from switchyard.cluster.settings import REDIS_URL_ENV
 from switchyard.workers.checkpoints import init_checkpoint
+from waiting import wait_until
 
 pytestmark = pytest.mark.ray
 
@@ -63,16 +64,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _wait(condition, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -119,15 +110,16 @@ def gateway(serve_config, monkeypatch_module):
                                  proxy_location=schema.proxy_location,
                                  grpc_options=gRPCOptions(**schema.grpc_options.model_dump()))
             client.deploy_apps(schema)
-            _wait(lambda: serve.status().applications.get(APP) is not None
-                  and serve.status().applications[APP].status in ("RUNNING", "DEPLOY_FAILED"),
-                  DEPLOY_TIMEOUT_S, "the Serve application")
+            wait_until(lambda: serve.status().applications.get(APP) is not None
+                       and serve.status().applications[APP].status in ("RUNNING", "DEPLOY_FAILED"),
+                       "the Serve application", timeout_s=DEPLOY_TIMEOUT_S, poll_s=0.5)
             status = serve.status().applications[APP]
             assert status.status == "RUNNING", status.message
             args = serve_config["applications"][0]["args"]
             target = f"127.0.0.1:{args['grpc_port']}"
             with Client(target) as probe:
-                _wait(lambda: probe.health() == "SERVING", 60, "the gateway's health SERVING")
+                wait_until(lambda: probe.health() == "SERVING", "the gateway's health SERVING", timeout_s=60,
+                           poll_s=0.5)
             yield target
         finally:
             serve.shutdown()
@@ -153,8 +145,8 @@ def test_chart_config_serves_transformers_tokens(gateway, expected, serve_config
     with Client(gateway) as client:
         assert _greedy(client) == expected
         # the gateway serves from the first engine registered, and takes in the others as they come
-        info = _wait(lambda: (lambda info: len(info.engines) == 2 and info)(client.cluster_info()), 30,
-                     "the gateway to see both engine replicas")
+        info = wait_until(lambda: (lambda info: len(info.engines) == 2 and info)(client.cluster_info()),
+                          "the gateway to see both engine replicas", timeout_s=30, poll_s=0.5)
         assert sorted(engine.node for engine in info.engines) == [0, 1]  # one engine replica per node
         assert [worker.node for worker in info.workers] == [0, 1]
     metrics_port = serve_config["applications"][0]["args"]["metrics_port"]
@@ -175,9 +167,9 @@ def test_engine_replica_killed_mid_stream_is_replaced(gateway, expected):
                 pass
         assert error.value.code() == grpc.StatusCode.UNAVAILABLE
         assert _greedy(client) == expected  # the other engine serves meanwhile
-        _wait(lambda: (lambda now: now["replicas"][busy] not in (None, victim)
-                       and now["engines"][busy] != layout["engines"][busy])(_pool().layout.remote().result()),
-              120, "Serve to replace the engine replica and its engine to register")
+        wait_until(lambda: (lambda now: now["replicas"][busy] not in (None, victim)
+                            and now["engines"][busy] != layout["engines"][busy])(_pool().layout.remote().result()),
+                   "Serve to replace the engine replica and its engine to register", timeout_s=120, poll_s=0.5)
         engines_used = set()
         deadline = time.monotonic() + 30
         while len(engines_used) < 2 and time.monotonic() < deadline:  # the gateway takes the new engine up
@@ -192,11 +184,11 @@ def test_expert_worker_killed_is_recreated_with_its_experts(gateway, expected):
     layout = _pool().layout.remote().result()
     victim = layout["workers"][1]
     ray.kill(victim)
-    _wait(lambda: _pool().layout.remote().result()["recreated"] > layout["recreated"], 60,
-          "the pool to re-create the worker")
+    wait_until(lambda: _pool().layout.remote().result()["recreated"] > layout["recreated"],
+               "the pool to re-create the worker", timeout_s=60, poll_s=0.5)
     assert _pool().layout.remote().result()["workers"][1] != victim
     with Client(gateway) as client:
-        _wait(lambda: _succeeds(client), 30, "requests to succeed again")
+        wait_until(lambda: _succeeds(client), "requests to succeed again", timeout_s=30, poll_s=0.5)
         assert _greedy(client) == expected  # its experts are back: the same tokens as transformers'
 
 

@@ -260,9 +260,10 @@ def _run_serve_application(args: dict[str, Any], nodes: int, address: str | None
         os.environ[REDIS_URL_ENV] = store_url
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
     with ray_cluster(nodes, address):
+        # After Ray is up: its driver installs a SIGTERM handler of its own that aborts the process.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
         serve.start(proxy_location="Disabled")  # no HTTP route: clients use the gateway's gRPC port
         try:
             serve.run(app(args), name=APP_NAME, route_prefix=None)
@@ -273,6 +274,7 @@ def _run_serve_application(args: dict[str, Any], nodes: int, address: str | None
             log.info("stopping the Serve application")
         finally:
             serve.delete(APP_NAME)
+            serve.shutdown()  # Serve's controller and replicas go before Ray does
     log.info("stopped")
 
 
