@@ -29,7 +29,7 @@ def test_staggered_requests_equal_transformers(tmp_path, arch):
     plan = get_policy("linear").place(RoutingStats.from_load(np.ones((spec.num_layers, spec.num_experts))),
                                       Topology.for_experts(spec.num_experts, 1, 2))
     workers = [ExpertWorker(str(model_dir), plan.gpu_experts[:, gpu]) for gpu in range(2)]
-    engine = Engine([None, None], home_node=0, channels=[worker.channel_address() for worker in workers],
+    engine = Engine([None, None], home_node=0, channels=[worker.channel_address().local for worker in workers],
                     dispatch_timeout_s=30)
     engine.load(str(model_dir), plan.to_dict())
     ids = [engine.submit(prompt, SamplingParams(max_new_tokens=n)) for prompt, n in zip(PROMPTS[:3], LENGTHS)]
@@ -47,3 +47,25 @@ def test_staggered_requests_equal_transformers(tmp_path, arch):
     stats = engine.routing_stats()  # only real tokens (no padding) were routed and counted
     assert stats.num_tokens == sum(len(p) + n - 1 for p, n in zip(PROMPTS, LENGTHS))
     assert engine.timings()["steps"] < sum(LENGTHS)  # requests shared steps
+
+
+@pytest.mark.parametrize("arch", ["mixtral", "deepseek-v2"])
+def test_two_nodes_over_tcp_equal_transformers(tmp_path, arch):
+    """An engine on node 0 reaches worker 0 through shared memory and worker 1 (node 1) over TCP."""
+    model_dir = init_checkpoint(arch, "tiny", tmp_path / arch, skew=0.5, seed=5)
+    spec = load_spec(model_dir)
+    plan = get_policy("linear").place(RoutingStats.from_load(np.ones((spec.num_layers, spec.num_experts))),
+                                      Topology.for_experts(spec.num_experts, 2, 1))
+    workers = [ExpertWorker(str(model_dir), plan.gpu_experts[:, gpu]) for gpu in range(2)]
+    addresses = [worker.channel_address() for worker in workers]
+    engine = Engine([None, None], home_node=0, channels=[addresses[0].local, addresses[1].remote],
+                    dispatch_timeout_s=30)
+    engine.load(str(model_dir), plan.to_dict())
+    outputs = engine.generate(PROMPTS, SamplingParams(max_new_tokens=6))
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    with torch.inference_mode():
+        expected = [model.generate(torch.tensor([p]), max_new_tokens=6, min_new_tokens=6, do_sample=False)
+                    [0, len(p):].tolist() for p in PROMPTS]
+    assert outputs == expected
+    traffic = engine.traffic()
+    assert traffic["same_node_bytes"] > 0 and traffic["cross_node_bytes"] > 0
