@@ -41,6 +41,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from switchyard.workers.combiner import CallCombiner, Forward
+
 log = logging.getLogger(__name__)
 
 ATTACH, CALL = 1, 2  # request kinds
@@ -49,8 +51,6 @@ REQUEST = struct.Struct("<6q")  # kind, layer, epoch, tokens n, picks k, hidden 
 REPLY = struct.Struct("<qdq")  # status, worker compute seconds, bytes that follow (FAILED: a UTF-8
 # message; OK over TCP: the output `[n, H]` f32; OK in shared memory: none, the output is in the segment)
 MAX_MESSAGE = 4096
-
-Forward = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
 def segment_views(buffer: memoryview | mmap.mmap, n: int, k: int, hidden: int
@@ -100,11 +100,12 @@ class ChannelServer:
     """Serves `forward` to engines: a Unix socket for this node's engines (shared memory) and a TCP
     socket on `host` (this node's IP) for the others; one thread per connected engine.
 
-    forward: `(layer, hidden [n, H], local_slots [n, k], weights [n, k], epoch) -> [n, H]`.
+    forward: `(layer, hidden [n, H], local_slots [n, k], weights [n, k], epoch) -> [n, H]`, run through
+    a `combiner.CallCombiner` (calls of several engines for the same layer run together).
     """
 
     def __init__(self, forward: Forward, host: str = "127.0.0.1") -> None:
-        self.forward = forward
+        self.combiner = CallCombiner(forward)
         local = f"\0switchyard-{uuid.uuid4().hex}"
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._listener.bind(local)
@@ -124,6 +125,10 @@ class ChannelServer:
             except OSError:  # closed
                 return
             threading.Thread(target=serve, args=(connection,), name="channel", daemon=True).start()
+
+    def _forget(self) -> None:
+        """This thread's engine hung up (`_call` names the caller by its connection's thread)."""
+        self.combiner.forget(threading.get_ident())
 
     def _serve(self, connection: socket.socket) -> None:
         """Answer one engine's calls until it hangs up."""
@@ -152,6 +157,7 @@ class ChannelServer:
                     break
         if segment is not None:
             segment.close()
+        self._forget()
 
     def _serve_stream(self, connection: socket.socket) -> None:
         """Answer one other-node engine's calls over TCP until it hangs up (module doc for the framing).
@@ -175,6 +181,7 @@ class ChannelServer:
                         connection.sendall(REPLY.pack(OK, seconds, outputs) + buffer[size - outputs:size])
             except OSError:  # the engine gave up on a call (a timeout) or went away
                 pass
+        self._forget()
 
     def _call(self, segment: mmap.mmap | bytearray, layer: int, epoch: int, n: int, k: int, hidden: int
               ) -> tuple[bytes, float]:
@@ -183,8 +190,8 @@ class ChannelServer:
         start = time.perf_counter()
         try:
             tokens, slots, weights, output = segment_views(segment, n, k, hidden)
-            result = self.forward(layer, torch.from_numpy(tokens), torch.from_numpy(slots),
-                                  torch.from_numpy(weights), epoch)
+            result = self.combiner.run(threading.get_ident(), layer, torch.from_numpy(tokens),
+                                       torch.from_numpy(slots), torch.from_numpy(weights), epoch)
             output[...] = result.numpy()
         except Exception as error:  # noqa: BLE001 - reported to the engine, which raises it for its step
             return f"{type(error).__name__}: {error}".encode()[:MAX_MESSAGE - REPLY.size] or b"?", 0.0
