@@ -84,6 +84,11 @@ class CallCombiner:
             raise call.error
         return call.output
 
+    def queued(self) -> int:
+        """Calls waiting for their computation (not counting one under way)."""
+        with self._condition:
+            return len(self._pending)
+
     def forget(self, caller: int) -> None:
         """`caller` hung up: do not wait for it any more."""
         with self._condition:
@@ -96,7 +101,7 @@ class CallCombiner:
         def same(call: _Call) -> bool:
             return call.layer == leader.layer and call.epoch == leader.epoch
 
-        previous = leader.layer - 1 if leader.layer > 0 else self._last_layer
+        previous = leader.layer - 1 if leader.layer > 0 else self._last_layer or None  # None: nobody's before
         deadline = leader.arrived + self.window_s
         while True:
             now = time.monotonic()
