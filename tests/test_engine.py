@@ -22,16 +22,32 @@ PROMPTS = [[1, 5, 9, 33, 100, 7], [4, 8, 15, 16, 23, 42, 99], [300, 2], [77], li
 LENGTHS = [8, 3, 8, 5, 8, 6]  # max_new_tokens: some requests leave while others run
 
 
+def _engine_and_workers(model_dir, num_nodes: int) -> Engine:
+    """An engine on node 0 and 2 workers in this process over `num_nodes` plan nodes (linear plan): it
+    reaches the workers on its node through shared memory and the others over TCP."""
+    spec = load_spec(model_dir)
+    plan = get_policy("linear").place(RoutingStats.from_load(np.ones((spec.num_layers, spec.num_experts))),
+                                      Topology.for_experts(spec.num_experts, num_nodes, 2 // num_nodes))
+    addresses = [ExpertWorker(str(model_dir), plan.gpu_experts[:, gpu]).channel_address() for gpu in range(2)]
+    channels = [address.local if plan.topology.node_of_gpu[gpu] == 0 else address.remote
+                for gpu, address in enumerate(addresses)]
+    engine = Engine([None, None], home_node=0, channels=channels, dispatch_timeout_s=30)
+    engine.load(str(model_dir), plan.to_dict())
+    return engine
+
+
+def _generated(model_dir, prompts: list[list[int]], lengths: list[int]) -> list[list[int]]:
+    """transformers' greedy tokens, one prompt at a time."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    with torch.inference_mode():
+        return [model.generate(torch.tensor([p]), max_new_tokens=n, min_new_tokens=n, do_sample=False)
+                [0, len(p):].tolist() for p, n in zip(prompts, lengths)]
+
+
 @pytest.mark.parametrize("arch", list(FAMILIES))
 def test_staggered_requests_equal_transformers(tmp_path, arch):
     model_dir = init_checkpoint(arch, "tiny", tmp_path / arch, skew=0.5, seed=3)
-    spec = load_spec(model_dir)
-    plan = get_policy("linear").place(RoutingStats.from_load(np.ones((spec.num_layers, spec.num_experts))),
-                                      Topology.for_experts(spec.num_experts, 1, 2))
-    workers = [ExpertWorker(str(model_dir), plan.gpu_experts[:, gpu]) for gpu in range(2)]
-    engine = Engine([None, None], home_node=0, channels=[worker.channel_address() for worker in workers],
-                    dispatch_timeout_s=30)
-    engine.load(str(model_dir), plan.to_dict())
+    engine = _engine_and_workers(model_dir, num_nodes=1)
     ids = [engine.submit(prompt, SamplingParams(max_new_tokens=n)) for prompt, n in zip(PROMPTS[:3], LENGTHS)]
     first = {ids[0]: 0}
     while not engine.poll(first, 5.0)[ids[0]][0]:  # the first requests are decoding: the rest join mid-batch
@@ -39,11 +55,18 @@ def test_staggered_requests_equal_transformers(tmp_path, arch):
     assert 1 <= engine.active_batch() <= 3  # the first requests' decode batch (the dashboard's gauge)
     ids += [engine.submit(prompt, SamplingParams(max_new_tokens=n)) for prompt, n in zip(PROMPTS[3:], LENGTHS[3:])]
     outputs = [engine.result(request_id) for request_id in ids]
-    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    with torch.inference_mode():
-        expected = [model.generate(torch.tensor([p]), max_new_tokens=n, min_new_tokens=n, do_sample=False)
-                    [0, len(p):].tolist() for p, n in zip(PROMPTS, LENGTHS)]
-    assert outputs == expected
+    assert outputs == _generated(model_dir, PROMPTS, LENGTHS)
     stats = engine.routing_stats()  # only real tokens (no padding) were routed and counted
     assert stats.num_tokens == sum(len(p) + n - 1 for p, n in zip(PROMPTS, LENGTHS))
     assert engine.timings()["steps"] < sum(LENGTHS)  # requests shared steps
+
+
+@pytest.mark.parametrize("arch", ["mixtral", "deepseek-v2"])
+def test_two_nodes_over_tcp_equal_transformers(tmp_path, arch):
+    """An engine on node 0 reaches worker 0 through shared memory and worker 1 (node 1) over TCP."""
+    model_dir = init_checkpoint(arch, "tiny", tmp_path / arch, skew=0.5, seed=5)
+    engine = _engine_and_workers(model_dir, num_nodes=2)
+    outputs = engine.generate(PROMPTS, SamplingParams(max_new_tokens=6))
+    assert outputs == _generated(model_dir, PROMPTS, [6] * len(PROMPTS))
+    traffic = engine.traffic()
+    assert traffic["same_node_bytes"] > 0 and traffic["cross_node_bytes"] > 0

@@ -30,7 +30,7 @@ def _engine(model_dir, workers_per_node: int = 2) -> tuple[Engine, Plan, list[Ex
                                       Topology.for_experts(spec.num_experts, 1, workers_per_node))
     workers = [ExpertWorker(str(model_dir), plan.gpu_experts[:, gpu]) for gpu in range(workers_per_node)]
     engine = Engine([None] * workers_per_node, home_node=0,
-                    channels=[worker.channel_address() for worker in workers], dispatch_timeout_s=30)
+                    channels=[worker.channel_address().local for worker in workers], dispatch_timeout_s=30)
     return engine, plan, workers
 
 

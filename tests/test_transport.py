@@ -1,5 +1,6 @@
-"""The same-node transport against a worker channel in another process: answers, errors, a hung and a
-dead worker (a clear error within the timeout, never a hang), and nothing left in /dev/shm."""
+"""Both channel transports (shared memory for the worker's node, TCP for other nodes) against a worker
+channel in another process: answers, errors, a hung and a dead worker (a clear error within the
+timeout, never a hang), and nothing left in /dev/shm."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from switchyard.cluster.engine.transport import SharedMemoryTransport, WorkerCallFailed, WorkerUnavailable
+from switchyard.cluster.engine.transport import (SharedMemoryTransport, TcpTransport, WorkerCallFailed,
+                                                  WorkerUnavailable)
 
 HIDDEN = 64
 
@@ -36,7 +38,7 @@ def _serve(pipe) -> None:
 
 @pytest.fixture
 def worker():
-    """A worker process serving `_forward` on a channel: (address, process)."""
+    """A worker process serving `_forward` on a channel: (its `ChannelAddress`, process)."""
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
     process = context.Process(target=_serve, args=(child,), daemon=True)
@@ -51,6 +53,14 @@ def worker():
         process.kill()
 
 
+@pytest.fixture(params=["shared memory", "tcp"])
+def connect(request):
+    """Makes the transport under test to a worker's `ChannelAddress`: `connect(address, timeout_s)`."""
+    if request.param == "tcp":
+        return lambda address, timeout_s: TcpTransport(0, "0", address.remote, HIDDEN, timeout_s=timeout_s)
+    return lambda address, timeout_s: SharedMemoryTransport(0, "0", address.local, HIDDEN, timeout_s=timeout_s)
+
+
 def _call(transport, n: int, layer: int = 1, epoch: int = 1):
     hidden = torch.randn(n, HIDDEN)
     slots = np.where(np.arange(2 * n).reshape(n, 2) % 3 == 0, 0, -1).astype(np.int64)
@@ -61,11 +71,11 @@ def _call(transport, n: int, layer: int = 1, epoch: int = 1):
     return output, expected, seconds
 
 
-def test_round_trips_and_growing_segments(worker):
+def test_round_trips_and_growing_segments(worker, connect):
     address, _ = worker
     before = set(os.listdir("/dev/shm"))
-    transport = SharedMemoryTransport(0, "0", address, HIDDEN, timeout_s=10)
-    for n in (1, 7, 5000, 3):  # 5000 tokens need a larger segment than the first
+    transport = connect(address, 10)
+    for n in (1, 7, 5000, 3):  # 5000 tokens need a larger segment (buffer over TCP) than the first
         output, expected, seconds = _call(transport, n)
         torch.testing.assert_close(output, expected)
         assert seconds >= 0
@@ -73,8 +83,8 @@ def test_round_trips_and_growing_segments(worker):
     assert set(os.listdir("/dev/shm")) == before  # memfd segments have no name
 
 
-def test_worker_error_is_reported_and_the_channel_stays_usable(worker):
-    transport = SharedMemoryTransport(0, "0", worker[0], HIDDEN, timeout_s=10)
+def test_worker_error_is_reported_and_the_channel_stays_usable(worker, connect):
+    transport = connect(worker[0], 10)
     with pytest.raises(WorkerCallFailed, match="holds epochs"):
         _call(transport, 4, epoch=0)
     output, expected, _ = _call(transport, 4)
@@ -82,9 +92,9 @@ def test_worker_error_is_reported_and_the_channel_stays_usable(worker):
     transport.close()
 
 
-def test_hung_worker_times_out_then_recovers(worker):
+def test_hung_worker_times_out_then_recovers(worker, connect):
     address, process = worker
-    transport = SharedMemoryTransport(0, "0", address, HIDDEN, timeout_s=1.0)
+    transport = connect(address, 1.0)
     _call(transport, 2)
     os.kill(process.pid, signal.SIGSTOP)
     start = time.perf_counter()
@@ -97,9 +107,9 @@ def test_hung_worker_times_out_then_recovers(worker):
     transport.close()
 
 
-def test_dead_worker_is_detected_at_once(worker):
+def test_dead_worker_is_detected_at_once(worker, connect):
     address, process = worker
-    transport = SharedMemoryTransport(0, "0", address, HIDDEN, timeout_s=30.0)
+    transport = connect(address, 30.0)
     _call(transport, 2)
     process.kill()
     process.join(10)

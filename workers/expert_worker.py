@@ -11,8 +11,9 @@ one by one, and `commit` then drops the old epoch (or `discard` the new one when
 The runtime runs these in a second actor thread beside `forward`; they only add or drop whole epochs
 (one dict operation each under the GIL), never change an epoch `forward` may be using.
 
-Engines on the worker's node reach `forward` through shared memory (`channel.ChannelServer`, started
-with the worker; `channel_address` names it), engines on other nodes through `forward_numpy`.
+Engines reach `forward` through the worker's channel (`channel.ChannelServer`, started on the first
+`channel_address`): shared memory from its node, TCP to its node's IP from other nodes;
+`forward_numpy` serves the Ray transport (`transport="ray"`).
 Exports are numpy arrays, which Ray's object store moves without pickling.
 """
 
@@ -23,7 +24,7 @@ import time
 import numpy as np
 import torch
 
-from switchyard.workers.channel import ChannelServer
+from switchyard.workers.channel import ChannelAddress, ChannelServer
 from switchyard.workers.checkpoints import load_spec, read_experts
 from switchyard.workers.expert_compute import ExpertCompute
 
@@ -46,10 +47,11 @@ class ExpertWorker:
         self.load(model_dir, experts, device, epoch)
         self._channel: ChannelServer | None = None
 
-    def channel_address(self) -> str:
-        """The same-node channel's socket address (`channel.ChannelServer`), started on first ask."""
+    def channel_address(self) -> ChannelAddress:
+        """The channel's addresses (`channel.ChannelServer`, started on first ask), its TCP socket on
+        this Ray node's IP (127.0.0.1 outside Ray)."""
         if self._channel is None:
-            self._channel = ChannelServer(self.forward)
+            self._channel = ChannelServer(self.forward, _node_ip())
         return self._channel.address
 
     def load(self, model_dir: str, experts: np.ndarray, device: str = "cpu", epoch: int = 1) -> None:
@@ -137,3 +139,10 @@ class ExpertWorker:
     def kernel_name(self) -> str:
         """The expert kernel in use ("vllm" or "torch", see `expert_compute`)."""
         return self.computes[self.epoch].kernel
+
+
+def _node_ip() -> str:
+    """This Ray node's IP address (what other nodes reach it at), 127.0.0.1 in a process without Ray."""
+    import ray  # only inside a Ray actor; tests use the class without Ray
+
+    return ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1"

@@ -16,6 +16,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from switchyard.cluster.engine.engine import Engine
 from switchyard.cluster.engine.transport import DEFAULT_TIMEOUT_S
 from switchyard.placement.plan import Plan
+from switchyard.workers.channel import ChannelAddress
 from switchyard.workers.expert_worker import ExpertWorker
 
 MIGRATION_GROUP = "migration"
@@ -29,8 +30,8 @@ _RemoteEngine = ray.remote(Engine)
 class ActorFactory:
     """Starts the actors of one runtime; every option is kept so that a replacement matches.
 
-    node_ids: the Ray node id of each plan node.  transport: "auto" (shared memory on a node, Ray
-    between nodes) or "ray".  The others are `Runtime.start`'s arguments of the same names.
+    node_ids: the Ray node id of each plan node.  transport: "auto" (shared memory on a node, TCP
+    between nodes) or "ray" (Ray actor calls everywhere, to measure against).  The others are `Runtime.start`'s arguments of the same names.
     """
 
     node_ids: tuple[str, ...]
@@ -62,16 +63,19 @@ class ActorFactory:
             scheduling_strategy=self.pinned(int(plan.topology.node_of_gpu[gpu]))).remote(
                 model_dir, plan.gpu_experts[:, gpu], self.device, epoch, self.expert_kernel, self.worker_threads)
 
-    def channel(self, plan: Plan, node: int, gpu: int, address: str) -> str | None:
-        """What an engine on `node` is handed for worker `gpu` at channel `address`: the address when the
-        worker is on `node` and the transport is "auto", None otherwise (reached through Ray)."""
-        return address if self.transport == "auto" and int(plan.topology.node_of_gpu[gpu]) == node else None
+    def channel(self, plan: Plan, node: int, gpu: int, address: ChannelAddress) -> str | None:
+        """What an engine on `node` is handed for worker `gpu` at channel `address` (`transport.connect`):
+        with the "auto" transport its shared-memory socket when the worker is on `node`, its TCP address
+        otherwise; None with "ray" (reached through Ray actor calls)."""
+        if self.transport == "ray":
+            return None
+        return address.local if int(plan.topology.node_of_gpu[gpu]) == node else address.remote
 
-    def channels(self, plan: Plan, node: int, addresses: list[str]) -> list[str | None]:
+    def channels(self, plan: Plan, node: int, addresses: list[ChannelAddress]) -> list[str | None]:
         """`channel` of every worker (`addresses`: `[G]`)."""
         return [self.channel(plan, node, gpu, address) for gpu, address in enumerate(addresses)]
 
-    def start_engine(self, plan: Plan, index: int, workers: list[Any], addresses: list[str]) -> Any:
+    def start_engine(self, plan: Plan, index: int, workers: list[Any], addresses: list[ChannelAddress]) -> Any:
         """Engine `index` on its node (`Topology.node_of_engine`), reaching `workers` (`[G]` handles, their
         channel `addresses`); call its `load` before sending it requests."""
         node = plan.topology.node_of_engine(index)

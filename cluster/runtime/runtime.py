@@ -6,9 +6,9 @@ Worker g (plan GPU g) runs on plan node `g // workers_per_node`; each node runs 
 engines, whose tokens' home node is that node. Actors ask for no CPUs (they share the machine's
 cores) and, with `gpus_per_worker`, for a GPU each.
 
-Engines reach the workers on their own node through shared memory (each worker's channel address is
-handed to them) and the others through Ray (`cluster.engine.transport`); `transport="ray"` forces Ray
-everywhere (to measure the difference).
+Engines reach the workers on their own node through shared memory and the others over TCP to the
+worker's node IP (each worker's `ChannelAddress` is handed to them, `cluster.engine.transport`);
+`transport="ray"` uses a Ray actor call per layer everywhere instead (to measure the difference).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from switchyard.placement.stats import RoutingStats
 from switchyard.placement.topology import Topology
 from switchyard.cluster.runtime.actors import ActorFactory
 from switchyard.placement.trace import RoutingTrace
+from switchyard.workers.channel import ChannelAddress
 from switchyard.workers.checkpoints import ModelSpec, load_spec
 
 NODE_RESOURCE = "switchyard_node"
@@ -96,7 +97,7 @@ class Runtime:
     """
 
     def __init__(self, spec: ModelSpec, plan: Plan, epoch: int, workers: list[Any], engines: list[Any],
-                 actors: ActorFactory, addresses: list[str]) -> None:
+                 actors: ActorFactory, addresses: list[ChannelAddress]) -> None:
         self.spec, self.plan, self.epoch = spec, plan, epoch
         self.workers, self.engines, self.actors, self.addresses = workers, engines, actors, addresses
         self.device = actors.device
@@ -109,8 +110,8 @@ class Runtime:
               dispatch_timeout_s: float = DEFAULT_TIMEOUT_S, expert_kernel: str = "auto",
               worker_threads: int | None = 1, engine_threads: int | None = None,
               replay: RoutingTrace | None = None) -> Runtime:
-        """Start the actors and load the model. transport: "auto" (shared memory on a node, Ray between
-        nodes) or "ray".  dispatch_timeout_s: how long an engine waits for a worker's answer to one layer.
+        """Start the actors and load the model. transport: "auto" (shared memory on a node, TCP between
+        nodes) or "ray" (a Ray actor call per layer everywhere).  dispatch_timeout_s: how long an engine waits for a worker's answer to one layer.
         expert_kernel: `ExpertCompute`'s kernel.  worker_threads / engine_threads: torch threads per
         actor (measured on 2 cores: 1 per worker, torch's default for the engine, docs/runtime.md).
         replay: a routing trace the engines replay instead of their gates' choices (a benchmark mode,
