@@ -39,6 +39,11 @@ from pathlib import Path
 SUBNET = "198.18.0"
 """The /24 the nodes live on: inside 198.18.0.0/15, the range reserved for benchmarking networks."""
 RAY_PORT = 6379  # each namespace has its own ports, so the default cannot clash with another cluster
+# Every process of the test bed's Ray cluster runs with one authentication mode. Left unset, Ray >= 2.5x
+# turns token auth on in a process only when ~/.ray/auth_token exists (any local `ray.init()` on the
+# machine writes it), and its head and its clients then disagree ("InvalidAuthToken"). The cluster lives
+# on private namespaces with 198.18.0.0/15 addresses, so it runs without tokens.
+RAY_AUTH_ENV = "RAY_AUTH_MODE=disabled"
 STARTUP_TIMEOUT_S = 90.0
 
 
@@ -173,7 +178,7 @@ class NetnsCluster:
     # ---- processes ----
     def command(self, node: int, argv: Sequence[str]) -> list[str]:
         """`argv` run inside node `node`'s namespace."""
-        return ["ip", "netns", "exec", self.namespaces[node], *argv]
+        return ["ip", "netns", "exec", self.namespaces[node], "env", RAY_AUTH_ENV, *argv]
 
     def popen(self, node: int, argv: Sequence[str], **kwargs) -> subprocess.Popen:
         """Start `argv` in node `node`'s namespace (ended at teardown if still running)."""
