@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +13,7 @@ import transformers
 from switchyard.workers.checkpoints import init_checkpoint, load_spec
 from switchyard.workers.expert_compute import ExpertCompute, _vllm_cpu_available
 from switchyard.workers.expert_worker import ExpertWorker
+from switchyard.workers.slot_transfer import read_shared
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +134,32 @@ def test_stage_commit_discard(qwen3_dir):
     assert worker.held_epochs() == [2]
     with pytest.raises(AssertionError, match="needs copied weights"):
         worker.stage(4, old, [])  # layer 0 slots 1 and 3 would change without weights
+
+
+def test_stage_from_shared_memory_matches_the_ray_path(qwen3_dir):
+    """`export_shared` (same machine) stages the same weights as `export_slots`; commit frees the segment."""
+    old, new = np.array([[0, 1, 2, 3], [0, 1, 2, 3]]), np.array([[0, 5, 2, 7], [4, 1, 2, 3]])
+    source = ExpertWorker(str(qwen3_dir), np.array([[4, 5, 6, 7], [4, 5, 6, 7]]))
+    slots, targets = [(0, 1), (0, 3), (1, 0)], [[(0, 1), (0, 3), (1, 0)]]
+    by_ray, by_memory = ExpertWorker(str(qwen3_dir), old), ExpertWorker(str(qwen3_dir), old)
+    shared = source.export_shared(2, slots)
+    assert by_memory.stage(2, new, targets, shared) == by_ray.stage(2, new, targets, source.export_slots(slots))
+    for layer in (0, 1):
+        torch.testing.assert_close(_forward_all_slots(by_memory, layer, 2), _forward_all_slots(by_ray, layer, 2),
+                                   rtol=0, atol=0)
+    fd_path = f"/proc/{os.getpid()}/fd/{shared.fd}"
+    assert os.path.exists(fd_path)
+    source.commit(source.epoch)  # the source's epoch ends: its exports are closed
+    assert not os.path.exists(fd_path) or os.readlink(fd_path).find("switchyard-migration") < 0
+    by_memory.commit(2)
+    torch.testing.assert_close(_forward_all_slots(by_memory, 0, 2), _forward_all_slots(by_ray, 0, 2), rtol=0, atol=0)
+
+
+def test_shared_slots_refuse_a_stale_descriptor(qwen3_dir):
+    source = ExpertWorker(str(qwen3_dir), np.array([[4, 5, 6, 7], [4, 5, 6, 7]]))
+    shared = source.export_shared(2, [(0, 1)])
+    source.discard(2)
+    with pytest.raises(OSError):
+        read_shared(shared)
+    with pytest.raises(OSError, match="host"):
+        read_shared(dataclasses.replace(shared, host="another-machine"))

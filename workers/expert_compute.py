@@ -57,8 +57,10 @@ class ExpertCompute:
                            for pair, up, dn in zip(given, self.gate_up, self.down)]
 
     def slot_weights(self, layer: int, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """One slot's `(gate_up [2F, H], down [H, F])`, copied to the CPU (to send to another worker)."""
-        return self.gate_up[layer][slot].cpu().clone(), self.down[layer][slot].cpu().clone()
+        """One slot's `(gate_up [2F, H], down [H, F])` on the CPU, without a copy where they are there: an
+        export only reads them (into shared memory or Ray's object store), and the tensors of an epoch
+        never change in place (`replaced` builds new ones)."""
+        return self.gate_up[layer][slot].cpu(), self.down[layer][slot].cpu()
 
     def replaced(self, slot_weights: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]]) -> ExpertCompute:
         """A compute with the slots `(layer, slot)` of `slot_weights` holding new weights, the rest as here.
