@@ -80,19 +80,21 @@ def test_cuda_matches_cpu():
     torch.testing.assert_close(cuda, cpu, rtol=1e-4, atol=1e-4)
 
 
-def test_replaced_copies_changed_layers_and_shares_the_rest():
+def test_replaced_holds_new_slots_and_shares_the_rest():
     gate_up, down = [torch.randn(2, 8, 4), torch.randn(2, 8, 4)], [torch.randn(2, 4, 4), torch.randn(2, 4, 4)]
     compute = ExpertCompute(gate_up, down, "silu")
-    before = [t.clone() for t in compute.gate_up + compute.down]
+    before = [t.clone() for layer in compute.gate_up + compute.down for t in layer]
     new_gate_up, new_down = torch.randn(8, 4), torch.randn(4, 4)
     staged = compute.replaced({(0, 1): (new_gate_up, new_down)})
     assert torch.equal(staged.gate_up[0][1], new_gate_up) and torch.equal(staged.down[0][1], new_down)
     assert torch.equal(staged.gate_up[0][0], compute.gate_up[0][0])
-    # The changed layer is a copy (the old compute, still serving, is untouched); the other shares memory.
-    assert staged.gate_up[0].data_ptr() != compute.gate_up[0].data_ptr()
-    assert staged.gate_up[1].data_ptr() == compute.gate_up[1].data_ptr()
-    assert staged.down[1].data_ptr() == compute.down[1].data_ptr()
-    assert all(torch.equal(a, b) for a, b in zip(before, compute.gate_up + compute.down))
+    # Unchanged slots share memory; the changed slot is the new tensor (the old compute, still serving,
+    # is untouched).
+    assert staged.gate_up[0][1].data_ptr() != compute.gate_up[0][1].data_ptr()
+    assert staged.gate_up[0][0].data_ptr() == compute.gate_up[0][0].data_ptr()
+    assert staged.gate_up[1][1].data_ptr() == compute.gate_up[1][1].data_ptr()
+    assert staged.down[1][0].data_ptr() == compute.down[1][0].data_ptr()
+    assert all(torch.equal(a, b) for a, b in zip(before, [t for layer in compute.gate_up + compute.down for t in layer]))
 
 
 def _forward_all_slots(worker: ExpertWorker, layer: int, epoch: int) -> torch.Tensor:
@@ -120,8 +122,9 @@ def test_stage_commit_discard(qwen3_dir):
                                    rtol=0, atol=0)
         torch.testing.assert_close(_forward_all_slots(worker, layer, 1), _forward_all_slots(direct_old, layer, 1),
                                    rtol=0, atol=0)
-    assert worker.computes[2].gate_up[1].data_ptr() == worker.computes[1].gate_up[1].data_ptr()
-    assert worker.computes[2].gate_up[0].data_ptr() != worker.computes[1].gate_up[0].data_ptr()
+    assert worker.computes[2].gate_up[1][1].data_ptr() == worker.computes[1].gate_up[1][1].data_ptr()
+    assert worker.computes[2].gate_up[0][0].data_ptr() == worker.computes[1].gate_up[0][0].data_ptr()
+    assert worker.computes[2].gate_up[0][1].data_ptr() != worker.computes[1].gate_up[0][1].data_ptr()
 
     worker.commit(2)
     assert worker.held_epochs() == [2] and worker.slot_experts() == new.tolist()

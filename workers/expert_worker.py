@@ -117,7 +117,7 @@ class ExpertWorker:
         result (read from the source's shared memory). Every other slot must keep the committed epoch's
         expert (`migration.plan_migration` aligns plans so that it does).
         """
-        copied = tuple(read_shared(batch) if isinstance(batch, SharedSlots) else batch for batch in copied)
+        copied = tuple(_received(batch) for batch in copied)
         experts = np.asarray(experts, dtype=np.int64)
         current = self.experts[self.epoch]
         assert experts.shape == current.shape, f"staged experts {experts.shape} != held {current.shape}"
@@ -165,3 +165,12 @@ class ExpertWorker:
     def kernel_name(self) -> str:
         """The expert kernel in use ("vllm" or "torch", see `expert_compute`)."""
         return self.computes[self.epoch].kernel
+
+
+def _received(batch: list[SlotWeights] | SharedSlots) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One export's slots as tensors this worker may keep: shared memory is mapped privately and held as
+    it is (no copy); arrays from Ray's object store are copied out of it (they are read-only views that
+    would pin the object)."""
+    if isinstance(batch, SharedSlots):
+        return read_shared(batch)
+    return [(torch.tensor(gate_up), torch.tensor(down)) for gate_up, down in batch]
