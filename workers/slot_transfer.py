@@ -3,10 +3,10 @@
 A live migration copies experts worker to worker (`cluster.runtime.migration`). Between workers on
 one machine the weights need not pass through Ray's object store: the source writes the slots once
 into a `memfd` (anonymous shared memory, no name in /dev/shm) and hands out a small `SharedSlots`
-(its pid, the fd number, a random token); the target maps `/proc/<pid>/fd/<fd>` and copies the slots
-straight into its new epoch's tensors. One memcpy on each side, no pickling, no object-manager
-transfer (measured in docs/benchmarks/rebalance.md; Ray's transfer between two raylets on the same
-machine runs at ~100 MiB/s on a first large object).
+(its pid, the fd number, a random token); the target maps `/proc/<pid>/fd/<fd>` privately and keeps
+the mapped slots as its new epoch's weights. One memcpy on the source, none on the target (beyond
+the vllm kernel's packing), no pickling, no object-manager transfer (docs/runtime.md: Ray's transfer
+between two raylets on the same machine ran at ~100 MiB/s on a first large object).
 
 Lifecycle: the source keeps the fd open until the migration's epoch is committed or discarded
 (`ExpertWorker.commit` / `discard` call `close`); the memory is freed when the fd is closed and the
@@ -84,9 +84,10 @@ def write_shared(weights: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[int,
 
 
 def read_shared(shared: SharedSlots) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The slots of `shared`, mapped from the source's memfd (private, copy-on-write: nothing is copied
-    until the caller copies them into its own tensors). Raises `OSError` when the source is on another
-    machine, gone, or its fd now holds something else."""
+    """The slots of `shared`, mapped from the source's memfd (private, copy-on-write: the pages stay
+    shared unless written, and the mapping outlives the source's fd, so the caller may keep the tensors
+    as its own). Raises `OSError` when the source is on another machine, gone, or its fd now holds
+    something else."""
     if shared.host != host_identity():
         raise OSError(f"shared slots of host {shared.host} cannot be read on host {host_identity()}")
     fd = os.open(f"/proc/{shared.pid}/fd/{shared.fd}", os.O_RDONLY)
