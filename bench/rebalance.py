@@ -12,7 +12,8 @@ policy plans on `Runtime.routing_stats()` (with the plan in service as `current`
 `live_migration.migrate` applies the plan; the load goes on for `--seconds` more.
 
 Reported: request latency p50/p99 before the rebalance, during it (requests overlapping planning or
-migration) and after it; the migration's phases, copies and bytes; cross-node bytes per generated
+migration) and after it; the migration's phases, copies, bytes and worker-to-worker MiB/s, and the
+same for a migration back to the linear plan once the load has stopped (the copy path alone); cross-node bytes per generated
 token before and after, both under load (`Runtime.traffic()` deltas per phase over the tokens of that
 phase) and on a fixed prompt set run alone before and after (exact). The fixed set's greedy outputs
 must be identical before and after, and no request may fail.
@@ -125,9 +126,10 @@ def run(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
         for thread in threads:
             thread.join()
         check_after, check_traffic_after = _fixed_set(runtime, check_prompts, params)
+        idle = migrate(runtime, old_plan, runtime.epoch + 1)  # the copy path alone: back, with no load
     windows = {"before": ("load", "rebalance"), "during": ("rebalance", "after"), "after": ("after", "stop")}
     return {
-        "spec": spec, "args": args, "requests": requests, "report": migration,
+        "spec": spec, "args": args, "requests": requests, "report": migration, "idle_report": idle,
         "plan_seconds": marks["migrate"] - marks["rebalance"],
         "expected_copies": plan_migration(old_plan, proposed).num_copies,
         "latency": _latency_by_phase(requests, marks),
@@ -196,9 +198,11 @@ def render(report: dict[str, Any], command: str) -> str:
                      f"{rates[phase]['tokens_per_s']:.1f}", f"{rates[phase]['steps_per_s']:.1f}"]
                     for phase in PHASES]
     migration_rows = [[
-        f"{report['plan_seconds']:.2f}", f"{migration.stage_seconds:.2f}", f"{migration.switch_seconds:.2f}",
-        f"{migration.drop_seconds:.3f}", f"{migration.total_seconds:.2f}", str(migration.copies),
-        f"{migration.bytes_copied / 2**20:.1f}", str(migration.steps_during_switch)]]
+        when, f"{report['plan_seconds']:.2f}" if when == "rebalance, under load" else "-",
+        f"{done.stage_seconds:.2f}", f"{done.switch_seconds:.2f}", f"{done.drop_seconds:.3f}",
+        f"{done.total_seconds:.2f}", str(done.copies), f"{done.bytes_copied / 2**20:.1f}",
+        f"{done.bytes_copied / 2**20 / done.stage_seconds:.0f}", str(done.steps_during_switch)]
+        for when, done in (("rebalance, under load", migration), ("back to the old plan, idle", report["idle_report"]))]
     traffic_rows = []
     for name, measured in (("under load", report["load_traffic"]), ("fixed prompt set, alone", report["fixed_traffic"])):
         before, after = measured["before"], measured["after"]
@@ -242,8 +246,15 @@ def render(report: dict[str, Any], command: str) -> str:
         "",
         "## The migration",
         "",
-        markdown_table(["plan s", "stage s", "switch s", "drop s", "migrate total s", "copies", "MiB copied",
-                        "engine steps during switch"], migration_rows, numeric_from=0),
+        markdown_table(["migration", "plan s", "stage s", "switch s", "drop s", "migrate total s", "copies",
+                        "MiB copied", "MiB/s worker to worker", "engine steps during switch"], migration_rows,
+                       numeric_from=1),
+        "",
+        "MiB/s worker to worker: MiB copied over the stage phase (every copy's export on its source, the "
+        "move, and the new epoch built on its target, all workers at once). `rebalance, under load`: the "
+        "measured rebalance, while the clients' load runs on the same cores. `back to the old plan, idle`: "
+        "after the load and the fixed prompt set, `migrate` back to the linear plan with nothing else "
+        "running (the copy path's own speed).",
         "",
         "## Traffic per generated token",
         "",

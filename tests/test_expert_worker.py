@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +13,7 @@ import transformers
 from switchyard.workers.checkpoints import init_checkpoint, load_spec
 from switchyard.workers.expert_compute import ExpertCompute, _vllm_cpu_available
 from switchyard.workers.expert_worker import ExpertWorker
+from switchyard.workers.slot_transfer import read_shared
 
 
 @pytest.fixture(scope="module")
@@ -76,19 +80,21 @@ def test_cuda_matches_cpu():
     torch.testing.assert_close(cuda, cpu, rtol=1e-4, atol=1e-4)
 
 
-def test_replaced_copies_changed_layers_and_shares_the_rest():
+def test_replaced_holds_new_slots_and_shares_the_rest():
     gate_up, down = [torch.randn(2, 8, 4), torch.randn(2, 8, 4)], [torch.randn(2, 4, 4), torch.randn(2, 4, 4)]
     compute = ExpertCompute(gate_up, down, "silu")
-    before = [t.clone() for t in compute.gate_up + compute.down]
+    before = [t.clone() for layer in compute.gate_up + compute.down for t in layer]
     new_gate_up, new_down = torch.randn(8, 4), torch.randn(4, 4)
     staged = compute.replaced({(0, 1): (new_gate_up, new_down)})
     assert torch.equal(staged.gate_up[0][1], new_gate_up) and torch.equal(staged.down[0][1], new_down)
     assert torch.equal(staged.gate_up[0][0], compute.gate_up[0][0])
-    # The changed layer is a copy (the old compute, still serving, is untouched); the other shares memory.
-    assert staged.gate_up[0].data_ptr() != compute.gate_up[0].data_ptr()
-    assert staged.gate_up[1].data_ptr() == compute.gate_up[1].data_ptr()
-    assert staged.down[1].data_ptr() == compute.down[1].data_ptr()
-    assert all(torch.equal(a, b) for a, b in zip(before, compute.gate_up + compute.down))
+    # Unchanged slots share memory; the changed slot is the new tensor (the old compute, still serving,
+    # is untouched).
+    assert staged.gate_up[0][1].data_ptr() != compute.gate_up[0][1].data_ptr()
+    assert staged.gate_up[0][0].data_ptr() == compute.gate_up[0][0].data_ptr()
+    assert staged.gate_up[1][1].data_ptr() == compute.gate_up[1][1].data_ptr()
+    assert staged.down[1][0].data_ptr() == compute.down[1][0].data_ptr()
+    assert all(torch.equal(a, b) for a, b in zip(before, [t for layer in compute.gate_up + compute.down for t in layer]))
 
 
 def _forward_all_slots(worker: ExpertWorker, layer: int, epoch: int) -> torch.Tensor:
@@ -116,8 +122,9 @@ def test_stage_commit_discard(qwen3_dir):
                                    rtol=0, atol=0)
         torch.testing.assert_close(_forward_all_slots(worker, layer, 1), _forward_all_slots(direct_old, layer, 1),
                                    rtol=0, atol=0)
-    assert worker.computes[2].gate_up[1].data_ptr() == worker.computes[1].gate_up[1].data_ptr()
-    assert worker.computes[2].gate_up[0].data_ptr() != worker.computes[1].gate_up[0].data_ptr()
+    assert worker.computes[2].gate_up[1][1].data_ptr() == worker.computes[1].gate_up[1][1].data_ptr()
+    assert worker.computes[2].gate_up[0][0].data_ptr() == worker.computes[1].gate_up[0][0].data_ptr()
+    assert worker.computes[2].gate_up[0][1].data_ptr() != worker.computes[1].gate_up[0][1].data_ptr()
 
     worker.commit(2)
     assert worker.held_epochs() == [2] and worker.slot_experts() == new.tolist()
@@ -130,3 +137,32 @@ def test_stage_commit_discard(qwen3_dir):
     assert worker.held_epochs() == [2]
     with pytest.raises(AssertionError, match="needs copied weights"):
         worker.stage(4, old, [])  # layer 0 slots 1 and 3 would change without weights
+
+
+def test_stage_from_shared_memory_matches_the_ray_path(qwen3_dir):
+    """`export_shared` (same machine) stages the same weights as `export_slots`; commit frees the segment."""
+    old, new = np.array([[0, 1, 2, 3], [0, 1, 2, 3]]), np.array([[0, 5, 2, 7], [4, 1, 2, 3]])
+    source = ExpertWorker(str(qwen3_dir), np.array([[4, 5, 6, 7], [4, 5, 6, 7]]))
+    slots, targets = [(0, 1), (0, 3), (1, 0)], [[(0, 1), (0, 3), (1, 0)]]
+    by_ray, by_memory = ExpertWorker(str(qwen3_dir), old), ExpertWorker(str(qwen3_dir), old)
+    shared = source.export_shared(2, slots)
+    assert by_memory.stage(2, new, targets, shared) == by_ray.stage(2, new, targets, source.export_slots(slots))
+    for layer in (0, 1):
+        torch.testing.assert_close(_forward_all_slots(by_memory, layer, 2), _forward_all_slots(by_ray, layer, 2),
+                                   rtol=0, atol=0)
+    fd_path = f"/proc/{os.getpid()}/fd/{shared.fd}"
+    assert os.path.exists(fd_path)
+    source.commit(source.epoch)  # the source's epoch ends: its exports are closed
+    assert not os.path.exists(fd_path) or os.readlink(fd_path).find("switchyard-migration") < 0
+    by_memory.commit(2)
+    torch.testing.assert_close(_forward_all_slots(by_memory, 0, 2), _forward_all_slots(by_ray, 0, 2), rtol=0, atol=0)
+
+
+def test_shared_slots_refuse_a_stale_descriptor(qwen3_dir):
+    source = ExpertWorker(str(qwen3_dir), np.array([[4, 5, 6, 7], [4, 5, 6, 7]]))
+    shared = source.export_shared(2, [(0, 1)])
+    source.discard(2)
+    with pytest.raises(OSError):
+        read_shared(shared)
+    with pytest.raises(OSError, match="host"):
+        read_shared(dataclasses.replace(shared, host="another-machine"))

@@ -31,50 +31,58 @@ ACTIVATIONS = {"silu": functional.silu, "swish": functional.silu, "gelu": functi
 class ExpertCompute:
     """The experts held in one worker's slots, for every MoE layer.
 
-    gate_up: per layer `[S, 2F, H]` (gate rows then up rows).  down: per layer `[S, H, F]`.
-    activation: the config's `hidden_act` name (e.g. "silu").
+    gate_up: per layer `[S, 2F, H]` (gate rows then up rows), or a list of the S slots' `[2F, H]`.
+    down: per layer `[S, H, F]`, or the S slots' `[H, F]`.  activation: the config's `hidden_act` name
+    (e.g. "silu").  packed: per layer the vllm kernel's `(gate_up, down)` to reuse, None to pack.
+
+    The plain weights are kept per slot (`self.gate_up[layer][slot]`), so a new epoch (`replaced`)
+    shares every unchanged slot and holds a new slot's tensor as it was received, without copying the
+    layer; only the vllm kernel's layout is per layer (one `[S, ...]` tensor the kernel reads).
     """
 
-    def __init__(self, gate_up: list[torch.Tensor], down: list[torch.Tensor], activation: str,
-                 device: torch.device | str = "cpu", kernel: str = "auto",
+    def __init__(self, gate_up: list[torch.Tensor | list[torch.Tensor]], down: list[torch.Tensor | list[torch.Tensor]],
+                 activation: str, device: torch.device | str = "cpu", kernel: str = "auto",
                  packed: list[tuple[torch.Tensor, torch.Tensor] | None] | None = None) -> None:
         assert len(gate_up) == len(down), "one gate_up and one down tensor per layer"
         self.device = torch.device(device)
-        self.gate_up = [tensor.to(self.device) for tensor in gate_up]
-        self.down = [tensor.to(self.device) for tensor in down]
+        self.gate_up = [[slot.to(self.device) for slot in layer] for layer in gate_up]
+        self.down = [[slot.to(self.device) for slot in layer] for layer in down]
         if activation not in ACTIVATIONS:
             raise CheckpointError(f"unsupported expert activation {activation!r}; supported: {', '.join(ACTIVATIONS)}")
         self.activation, self.act_fn = activation, ACTIVATIONS[activation]
-        self.kernel = _pick_kernel(kernel, self.device, activation, self.down[0].shape[1:] if self.down else (0, 0))
+        shape = self.down[0][0].shape if self.down and self.down[0] else (0, 0)
+        self.kernel = _pick_kernel(kernel, self.device, activation, shape)
         # vllm: per layer (gate_up, down) in the kernel's layout; `packed` reuses a previous compute's.
         self.packed: list[tuple[torch.Tensor, torch.Tensor]] = []
         if self.kernel == "vllm":
-            from vllm._custom_ops import cpu_prepack_moe_weight
-
             given = packed or [None] * len(gate_up)
-            self.packed = [pair if pair is not None else
-                           (cpu_prepack_moe_weight(up.contiguous(), "vec"), cpu_prepack_moe_weight(dn.contiguous(), "vec"))
+            self.packed = [pair if pair is not None else (_prepack(torch.stack(up)), _prepack(torch.stack(dn)))
                            for pair, up, dn in zip(given, self.gate_up, self.down)]
 
     def slot_weights(self, layer: int, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """One slot's `(gate_up [2F, H], down [H, F])`, copied to the CPU (to send to another worker)."""
-        return self.gate_up[layer][slot].cpu().clone(), self.down[layer][slot].cpu().clone()
+        """One slot's `(gate_up [2F, H], down [H, F])` on the CPU, without a copy where they are there: an
+        export only reads them (into shared memory or Ray's object store), and the tensors of an epoch
+        never change in place (`replaced` builds new ones)."""
+        return self.gate_up[layer][slot].cpu(), self.down[layer][slot].cpu()
 
     def replaced(self, slot_weights: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]]) -> ExpertCompute:
         """A compute with the slots `(layer, slot)` of `slot_weights` holding new weights, the rest as here.
 
-        Layers without a replaced slot share this compute's tensors, so a migration only doubles the
-        memory of the layers it changes, and only until the old compute is dropped.
+        Unchanged slots share this compute's tensors and new ones are held as given (moved to the
+        device), so a migration only adds the memory of the slots it copies, plus, with the vllm
+        kernel, a new packed tensor of each layer it changes (its unchanged slots copied over, the new
+        ones packed): both only until the old compute is dropped.
         """
-        gate_up, down = list(self.gate_up), list(self.down)
-        packed: list[tuple[torch.Tensor, torch.Tensor] | None] = list(self.packed) or [None] * len(gate_up)
-        for layer in sorted({layer for layer, _ in slot_weights}):
-            gate_up[layer], down[layer] = gate_up[layer].clone(), down[layer].clone()
-            packed[layer] = None  # packed again by the new compute
+        gate_up, down = [list(layer) for layer in self.gate_up], [list(layer) for layer in self.down]
         for (layer, slot), (new_gate_up, new_down) in slot_weights.items():
             gate_up[layer][slot] = torch.as_tensor(new_gate_up).to(self.device)
             down[layer][slot] = torch.as_tensor(new_down).to(self.device)
-        return ExpertCompute(gate_up, down, self.activation, self.device, self.kernel, packed)
+        packed = list(self.packed)
+        for layer in sorted({layer for layer, _ in slot_weights} if packed else ()):
+            slots = {slot for changed, slot in slot_weights if changed == layer}
+            packed[layer] = (_repacked(packed[layer][0], slots, gate_up[layer]),
+                             _repacked(packed[layer][1], slots, down[layer]))
+        return ExpertCompute(gate_up, down, self.activation, self.device, self.kernel, packed or None)
 
     @torch.inference_mode()
     def forward(self, layer: int, hidden: torch.Tensor, local_slots: torch.Tensor,
@@ -126,6 +134,21 @@ class ExpertCompute:
         with _VLLM_KERNEL_LOCK:
             cpu_fused_moe(output, hidden, gate_up, down, None, None, gate_weights, ids, "silu", "vec")
         return output
+
+
+def _prepack(weights: torch.Tensor) -> torch.Tensor:
+    """`[S, ...]` weights in the vllm kernel's layout (which packs each slot on its own)."""
+    from vllm._custom_ops import cpu_prepack_moe_weight
+
+    return cpu_prepack_moe_weight(weights.contiguous(), "vec")
+
+
+def _repacked(packed: torch.Tensor, slots: set[int], weights: list[torch.Tensor]) -> torch.Tensor:
+    """A new packed `[S, ...]` layer: `packed`'s slots, but `slots` packed from `weights[slot]`."""
+    out = torch.empty_like(packed)
+    for slot in range(packed.shape[0]):
+        out[slot] = _prepack(weights[slot][None])[0] if slot in slots else packed[slot]
+    return out
 
 
 def _pick_kernel(kernel: str, device: torch.device, activation: str, hidden_ffn: tuple[int, ...]) -> str:

@@ -14,11 +14,14 @@ The runtime runs these in a second actor thread beside `forward`; they only add 
 Engines reach `forward` through the worker's channel (`channel.ChannelServer`, started on the first
 `channel_address`): shared memory from its node, TCP to its node's IP from other nodes;
 `forward_numpy` serves the Ray transport (`transport="ray"`).
-Exports are numpy arrays, which Ray's object store moves without pickling.
+Exports go one of two ways (`migration._stage_calls` picks per source and target): to a worker on
+the same machine through shared memory (`export_shared`, `slot_transfer`), to one on another machine
+as numpy arrays, which Ray's object store moves without pickling (`export_slots`).
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -27,6 +30,7 @@ import torch
 from switchyard.workers.channel import ChannelAddress, ChannelServer
 from switchyard.workers.checkpoints import load_spec, read_experts
 from switchyard.workers.expert_compute import ExpertCompute
+from switchyard.workers.slot_transfer import SharedSlots, host_identity, read_shared, write_shared
 
 SlotWeights = tuple[np.ndarray, np.ndarray]  # (gate_up [2F, H], down [H, F]) float32 of one slot
 
@@ -46,6 +50,7 @@ class ExpertWorker:
         self.kernel = kernel
         self.load(model_dir, experts, device, epoch)
         self._channel: ChannelServer | None = None
+        self._shared_exports: dict[int, list[int]] = {}  # migration epoch -> memfds held for its targets
 
     def channel_address(self) -> ChannelAddress:
         """The channel's addresses (`channel.ChannelServer`, started on first ask), its TCP socket on
@@ -92,14 +97,29 @@ class ExpertWorker:
         compute = self.computes[self.epoch]
         return [tuple(w.numpy() for w in compute.slot_weights(layer, slot)) for layer, slot in slots]
 
+    def host(self) -> str:
+        """This worker's machine (`slot_transfer.host_identity`): exports to a worker with the same one go
+        through shared memory."""
+        return host_identity()
+
+    def export_shared(self, epoch: int, slots: list[tuple[int, int]]) -> SharedSlots:
+        """`export_slots` for a worker on this machine: the weights go into shared memory, held for the
+        migration to `epoch` until it is committed or discarded here (`slot_transfer`)."""
+        compute = self.computes[self.epoch]
+        fd, shared = write_shared([compute.slot_weights(layer, slot) for layer, slot in slots])
+        self._shared_exports.setdefault(epoch, []).append(fd)
+        return shared
+
     def stage(self, epoch: int, experts: np.ndarray, targets: list[list[tuple[int, int]]],
-              *copied: list[SlotWeights]) -> int:
+              *copied: list[SlotWeights] | SharedSlots) -> int:
         """Hold `experts` `[L, S]` for `epoch` beside the committed epoch; returns the bytes received.
 
-        targets[i]: the `(layer, slot)` that `copied[i]` (one `export_slots` result, passed as an
-        ObjectRef so Ray moves it from the source worker to here) fills, in order. Every other slot must
-        keep the committed epoch's expert (`migration.plan_migration` aligns plans so that it does).
+        targets[i]: the `(layer, slot)` that `copied[i]` fills, in order: one `export_slots` result
+        (passed as an ObjectRef so Ray moves it from the source worker to here) or one `export_shared`
+        result (read from the source's shared memory). Every other slot must keep the committed epoch's
+        expert (`migration.plan_migration` aligns plans so that it does).
         """
+        copied = tuple(_received(batch) for batch in copied)
         experts = np.asarray(experts, dtype=np.int64)
         current = self.experts[self.epoch]
         assert experts.shape == current.shape, f"staged experts {experts.shape} != held {current.shape}"
@@ -119,12 +139,20 @@ class ExpertWorker:
         self.computes = {epoch: self.computes[epoch]}
         self.experts = {epoch: self.experts[epoch]}
         self.epoch = epoch
+        for exported in list(self._shared_exports):
+            self._close_exports(exported)
 
     def discard(self, epoch: int) -> None:
         """Drop a staged `epoch` (a failed migration); the committed epoch stays. No-op if absent."""
         if epoch != self.epoch:
             self.computes.pop(epoch, None)
             self.experts.pop(epoch, None)
+        self._close_exports(epoch)
+
+    def _close_exports(self, epoch: int) -> None:
+        """Free the shared memory exported for the migration to `epoch` (its targets have read it or failed)."""
+        for fd in self._shared_exports.pop(epoch, []):
+            os.close(fd)
 
     def held_epochs(self) -> list[int]:
         return sorted(self.computes)
@@ -146,3 +174,12 @@ def _node_ip() -> str:
     import ray  # only inside a Ray actor; tests use the class without Ray
 
     return ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1"
+
+
+def _received(batch: list[SlotWeights] | SharedSlots) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One export's slots as tensors this worker may keep: shared memory is mapped privately and held as
+    it is (no copy); arrays from Ray's object store are copied out of it (they are read-only views that
+    would pin the object)."""
+    if isinstance(batch, SharedSlots):
+        return read_shared(batch)
+    return [(torch.tensor(gate_up), torch.tensor(down)) for gate_up, down in batch]

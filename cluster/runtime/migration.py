@@ -4,9 +4,11 @@ The order (DESIGN.md: copy in, switch the epoch, drop the old copies):
 
 1. stage: every worker builds the new epoch's slots beside the old ones, in its migration thread
    (`actors.MIGRATION_GROUP`), so its `forward` calls go on meanwhile. Gained experts are copied
-   from a worker that holds them (`migration.plan_migration` picks the nearest), through Ray's object
-   store: the coordinator passes only ObjectRefs of `export_slots` results to `stage`, so the weights
-   go worker to worker, never through the gateway or the driver.
+   from a worker that holds them (`migration.plan_migration` picks the nearest), worker to worker,
+   never through the gateway or the driver: the coordinator passes only ObjectRefs of the exports to
+   `stage`. A source on the target's machine writes the slots once into shared memory
+   (`ExpertWorker.export_shared`, `workers.slot_transfer`) and the target copies them from there; a
+   source on another machine exports numpy arrays that Ray's object store moves (`export_slots`).
 2. switch: every engine moves to the new plan at its next step boundary (`Engine.switch_plan`). The
    step under way finishes on the old epoch, which the workers still hold, so no request fails and
    greedy outputs do not change.
@@ -94,7 +96,10 @@ def _migrate(runtime: Runtime, proposed: Plan, epoch: int, commit: Callable[[Pla
     plan = migration.aligned
     start = time.perf_counter()
     try:
-        received = _call_all(_stage_calls(runtime.workers, migration.copies, plan, epoch), timeout_s, "stage")
+        hosts = _call_all([_beside_serving(worker.host).remote() for worker in runtime.workers], timeout_s,
+                          "reach")
+        received = _call_all(_stage_calls(runtime.workers, hosts, migration.copies, plan, epoch), timeout_s,
+                             "stage")
     except MigrationFailed:
         _discard(runtime.workers, epoch)
         raise
@@ -126,21 +131,32 @@ def _migrate(runtime: Runtime, proposed: Plan, epoch: int, commit: Callable[[Pla
                            switched - staged, time.perf_counter() - switched, int(sum(steps)))
 
 
-def _stage_calls(workers: list[Any], copies: np.ndarray, plan: Plan, epoch: int) -> list[Any]:
-    """One `stage` call per worker, fed by `export_slots` calls on the workers that hold the copies."""
+def _stage_calls(workers: list[Any], hosts: list[str], copies: np.ndarray, plan: Plan, epoch: int) -> list[Any]:
+    """One `stage` call per worker, fed by one export call per worker that holds some of its copies:
+    `export_shared` where source and target share a machine (`hosts`: `ExpertWorker.host` of each
+    worker), else `export_slots`.
+
+    Every export is submitted before any stage: a worker runs its migration calls one at a time, in the
+    order they were sent, so a stage sent first would hold back that worker's exports for the others
+    until its own copies arrived, and the copies would go one worker after another instead of at once.
+    """
     slots = plan.topology.slots_per_gpu
     target_worker, source_worker = copies["target_slot"] // slots, copies["source_slot"] // slots
-    calls = []
-    for worker, handle in enumerate(workers):
-        targets, exported = [], []
+    targets: list[list[list[tuple[int, int]]]] = [[] for _ in workers]
+    exported: list[list[Any]] = [[] for _ in workers]
+    for worker in range(len(workers)):
         for source in np.unique(source_worker[target_worker == worker]).tolist():
             rows = copies[(target_worker == worker) & (source_worker == source)]
             layers = rows["layer"].tolist()
-            exported.append(_beside_serving(workers[source].export_slots).remote(
-                list(zip(layers, (rows["source_slot"] % slots).tolist()))))
-            targets.append(list(zip(layers, (rows["target_slot"] % slots).tolist())))
-        calls.append(_beside_serving(handle.stage).remote(epoch, plan.gpu_experts[:, worker], targets, *exported))
-    return calls
+            sources = list(zip(layers, (rows["source_slot"] % slots).tolist()))
+            if hosts[source] == hosts[worker]:
+                exported[worker].append(_beside_serving(workers[source].export_shared).remote(epoch, sources))
+            else:
+                exported[worker].append(_beside_serving(workers[source].export_slots).remote(sources))
+            targets[worker].append(list(zip(layers, (rows["target_slot"] % slots).tolist())))
+    return [_beside_serving(handle.stage).remote(epoch, plan.gpu_experts[:, worker], targets[worker],
+                                                 *exported[worker])
+            for worker, handle in enumerate(workers)]
 
 
 def _beside_serving(method: Any) -> Any:
