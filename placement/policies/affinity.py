@@ -45,7 +45,7 @@ from switchyard.placement.migration import plan_migration
 from switchyard.placement.partition import LayerRows, Score, expert_vertices, refine, score
 from switchyard.placement.plan import Plan
 from switchyard.placement.policies.base import check_capacity
-from switchyard.placement.seeding import graph_partition, initial_layout, replica_counts
+from switchyard.placement.seeding import graph_partition, initial_layouts, replica_counts
 from switchyard.placement.stats import RoutingStats
 from switchyard.placement.topology import Topology
 
@@ -109,8 +109,7 @@ class AffinityPolicy:
         if budgeted:
             current.check_matches(stats.num_layers, stats.num_experts, "the statistics")
             topology.check_same(current.topology, "the current plan")
-        layers = [self._layer_candidates(stats, layer, topology, current if budgeted else None)
-                  for layer in range(stats.num_layers)]
+        layers = self._candidates(stats, topology, current if budgeted else None)
         if not budgeted:
             table = np.stack([candidates[-1][0] for candidates in layers])
             return Plan(table, topology, stats.num_experts)
@@ -123,32 +122,41 @@ class AffinityPolicy:
         table = np.stack([candidates[index][0] for candidates, index in zip(layers, chosen)])
         return plan_migration(current, Plan(table, topology, stats.num_experts)).aligned
 
-    def _layer_candidates(self, stats: RoutingStats, layer: int, topology: Topology,
-                          current: Plan | None) -> list[tuple[np.ndarray, Score | None]]:
-        """`[P]` tables (slot -> expert) with their scores: the fresh plan last; with `current`, the
-        current table first and the path refined from it before the fresh one."""
-        load = stats.load[layer]
-        cap = load.sum() / topology.num_gpus * (1 + self.max_imbalance)
-        rng = np.random.default_rng([self.seed, layer])
-        rows = layer_rows(stats, layer, topology, self.remote_node_weight, rng)
-        refined = len(rows.sets) * topology.num_slots <= _REFINED_WORK
-        pairs = stats.pair_counts[layer] if stats.pair_counts is not None else np.zeros((len(load),) * 2)
-        replicas = replica_counts(load, topology.num_slots, topology.num_gpus)
-        preferred = graph_partition(pairs, load, topology, self.seed)
+    def _candidates(self, stats: RoutingStats, topology: Topology, current: Plan | None
+                    ) -> list[list[tuple[np.ndarray, Score | None]]]:
+        """Per layer, `[P]` tables (slot -> expert) with their scores: the fresh plan last; with
+        `current`, the current table first and the path refined from it before the fresh one."""
+        rows = [layer_rows(stats, layer, topology, self.remote_node_weight, np.random.default_rng([self.seed, layer]))
+                for layer in range(stats.num_layers)]
+        caps = stats.load.sum(axis=1) / topology.num_gpus * (1 + self.max_imbalance)
+        refined = np.array([len(layer.sets) * topology.num_slots <= _REFINED_WORK for layer in rows])
+        pairs = stats.pair_counts if stats.pair_counts is not None else np.zeros(
+            (stats.num_layers, stats.num_experts, stats.num_experts))
+        replicas = np.stack([replica_counts(load, topology.num_slots, topology.num_gpus) for load in stats.load])
+        preferred = np.stack([graph_partition(pairs[layer], stats.load[layer], topology, self.seed)
+                              for layer in range(stats.num_layers)])
         # Refinement balances load itself, better from a start that follows co-activation alone.
-        experts, gpus = initial_layout(pairs, load, replicas, preferred, topology,
-                                       np.inf if refined else cap)
+        experts, gpus = initial_layouts(pairs, stats.load, replicas, preferred, topology,
+                                        np.where(refined, np.inf, caps))
+        return [self._layer_candidates(rows[layer], experts[layer], gpus[layer], bool(refined[layer]), caps[layer],
+                                       topology, None if current is None else current.physical_to_logical[layer],
+                                       None if current is None else current.gpu_experts[layer], stats.num_experts)
+                for layer in range(stats.num_layers)]
+
+    @staticmethod
+    def _layer_candidates(rows: LayerRows, experts: np.ndarray, gpus: np.ndarray, refined: bool, cap: float,
+                          topology: Topology, current_table: np.ndarray | None, current_gpu_experts: np.ndarray | None,
+                          num_experts: int) -> list[tuple[np.ndarray, Score | None]]:
+        """One layer's candidates from its seeding (`experts`, `gpus`: `[V]` vertex -> expert, GPU)."""
         fresh = refine(rows, experts, gpus, topology, cap, _MAX_ROUNDS)[-1] if refined else (gpus, None)
         fresh_table = _table(experts, fresh[0])
-        if current is None:
+        if current_table is None:
             return [(fresh_table, fresh[1])]
-        current_table = current.physical_to_logical[layer]
-        path = refine(rows, current_table, topology.gpu_of_slot, topology, cap,
-                      _MAX_ROUNDS if refined else 0)
+        path = refine(rows, current_table, topology.gpu_of_slot, topology, cap, _MAX_ROUNDS if refined else 0)
         candidates = [(_table(current_table, gpus), result) for gpus, result in path]
-        gpu_experts = relabel_gpus(current.gpu_experts[layer], fresh_table.reshape(topology.num_gpus, -1),
+        gpu_experts = relabel_gpus(current_gpu_experts, fresh_table.reshape(topology.num_gpus, -1),
                                    topology).reshape(-1)
-        vertices = expert_vertices(gpu_experts, stats.num_experts)
+        vertices = expert_vertices(gpu_experts, num_experts)
         candidates.append((gpu_experts, score(rows, vertices, topology.gpu_of_slot, topology, cap)))
         return candidates
 
