@@ -53,6 +53,10 @@ from switchyard.placement.topology import Topology
 # 72 slots (225K); 4096 synthetic DeepSeek-V3 rows on 288 slots are 1.2M.
 _REFINED_WORK = 1 << 19
 _MAX_ROUNDS = 64  # refinement batches per layer at most; ESFT-sized layers settle in ~15
+# Larger layers are refined (option `sampled_rounds`) on a sample of rows that brings them to
+# _REFINED_WORK (at least _SAMPLED_MIN_ROWS), among _SWAP_VERTICES vertices a round.
+_SAMPLED_MIN_ROWS = 256
+_SWAP_VERTICES = 512
 _ROW_PIECES = 512  # rows heavier than 1/512 of a layer's tokens are split, as the rule splits tokens
 _OVERLOAD_VALUE = 1e6  # a token of overload weighs this much cost when steps are compared
 
@@ -67,6 +71,8 @@ class AffinityPolicy:
     cluster: the hardware the plan is for; it prices remote nodes (give it or node_weight, not both).
     max_moves: with a current plan, the most expert copies the new plan may need (None: plan afresh).
     seed: METIS's seed and the model's random top-k order and home nodes.
+    sampled_rounds: refinement batches, at most, for layers above the work bound (`_REFINED_WORK`),
+        on a sample of their rows; 0 (default): those layers are seeded only, under the cap.
     """
 
     max_imbalance: float = 0.02
@@ -74,6 +80,7 @@ class AffinityPolicy:
     cluster: ClusterSpec | None = None
     max_moves: int | None = None
     seed: int = 0
+    sampled_rounds: int = 0
     name: ClassVar[str] = "affinity"
 
     def __post_init__(self) -> None:
@@ -87,7 +94,7 @@ class AffinityPolicy:
             raise PlacementError(f"cluster must be a ClusterSpec, got {self.cluster!r}")
         if self.cluster is not None and self.node_weight is not None:
             raise PlacementError("give node_weight or cluster (which prices remote nodes), not both")
-        for option in ("max_moves", "seed"):
+        for option in ("max_moves", "seed", "sampled_rounds"):
             value = getattr(self, option)
             if value is None and option == "max_moves":
                 continue
@@ -126,10 +133,13 @@ class AffinityPolicy:
                     ) -> list[list[tuple[np.ndarray, Score | None]]]:
         """Per layer, `[P]` tables (slot -> expert) with their scores: the fresh plan last; with
         `current`, the current table first and the path refined from it before the fresh one."""
-        rows = [layer_rows(stats, layer, topology, self.remote_node_weight, np.random.default_rng([self.seed, layer]))
-                for layer in range(stats.num_layers)]
+        rows = []
+        for layer in range(stats.num_layers):
+            rng = np.random.default_rng([self.seed, layer])
+            rows.append(sampled_rows(layer_rows(stats, layer, topology, self.remote_node_weight, rng),
+                                     max(_REFINED_WORK // topology.num_slots, _SAMPLED_MIN_ROWS), rng))
         caps = stats.load.sum(axis=1) / topology.num_gpus * (1 + self.max_imbalance)
-        refined = np.array([len(layer.sets) * topology.num_slots <= _REFINED_WORK for layer in rows])
+        refined = np.array([not layer.sampled for layer in rows])
         pairs = stats.pair_counts if stats.pair_counts is not None else np.zeros(
             (stats.num_layers, stats.num_experts, stats.num_experts))
         replicas = np.stack([replica_counts(load, topology.num_slots, topology.num_gpus) for load in stats.load])
@@ -143,16 +153,17 @@ class AffinityPolicy:
                                        None if current is None else current.gpu_experts[layer], stats.num_experts)
                 for layer in range(stats.num_layers)]
 
-    @staticmethod
-    def _layer_candidates(rows: LayerRows, experts: np.ndarray, gpus: np.ndarray, refined: bool, cap: float,
+    def _layer_candidates(self, rows: LayerRows, experts: np.ndarray, gpus: np.ndarray, refined: bool, cap: float,
                           topology: Topology, current_table: np.ndarray | None, current_gpu_experts: np.ndarray | None,
                           num_experts: int) -> list[tuple[np.ndarray, Score | None]]:
         """One layer's candidates from its seeding (`experts`, `gpus`: `[V]` vertex -> expert, GPU)."""
-        fresh = refine(rows, experts, gpus, topology, cap, _MAX_ROUNDS)[-1] if refined else (gpus, None)
+        rounds, swap_vertices = (_MAX_ROUNDS, None) if refined else (self.sampled_rounds, _SWAP_VERTICES)
+        fresh = (gpus, None) if rounds == 0 and current_table is None else \
+            refine(rows, experts, gpus, topology, cap, rounds, swap_vertices)[-1]
         fresh_table = _table(experts, fresh[0])
         if current_table is None:
             return [(fresh_table, fresh[1])]
-        path = refine(rows, current_table, topology.gpu_of_slot, topology, cap, _MAX_ROUNDS if refined else 0)
+        path = refine(rows, current_table, topology.gpu_of_slot, topology, cap, rounds, swap_vertices)
         candidates = [(_table(current_table, gpus), result) for gpus, result in path]
         gpu_experts = relabel_gpus(current_gpu_experts, fresh_table.reshape(topology.num_gpus, -1),
                                    topology).reshape(-1)
@@ -186,6 +197,22 @@ def layer_rows(stats: RoutingStats, layer: int, topology: Topology, node_weight:
     if stats.topk_sets is None:
         home[:] = -1  # one row per expert says nothing about homes: replicas share its load evenly
     return LayerRows(sets, weight, home, node_weight * weight * (topology.num_nodes > 1))
+
+
+def sampled_rows(rows: LayerRows, count: int, rng: np.random.Generator) -> LayerRows:
+    """`rows` if there are at most `count`, else a sample of about `count` of them in proportion to
+    weight (systematic, over a random order), each weighing its share of the total: the sample's
+    cost and load estimate the layer's, and it is marked `sampled`."""
+    if len(rows.sets) <= count:
+        return rows
+    order = rng.permutation(len(rows.sets))
+    total = rows.weight.sum()
+    points = (rng.random() + np.arange(count)) * (total / count)
+    picked = order[np.minimum(np.searchsorted(np.cumsum(rows.weight[order]), points, side="right"), len(order) - 1)]
+    picked, times = np.unique(picked, return_counts=True)
+    weight = times * (total / count)
+    return LayerRows(rows.sets[picked], weight, rows.home[picked],
+                     rows.node_weight[picked] / rows.weight[picked] * weight, sampled=True)
 
 
 def _table(expert_of_vertex: np.ndarray, gpu_of_vertex: np.ndarray) -> np.ndarray:
