@@ -17,8 +17,10 @@ Per layer: METIS on the co-activation graph, nodes first and then the GPUs of ea
 expert a GPU; the replicas are seeded there one by one (`seeding`); swap refinement (`partition`)
 then brings load under the cap and lowers the cost. A refinement round builds `[rows, GPUs]` and
 `[slots, slots]` tables, so its cost grows with rows x slots: layers where that exceeds
-`_REFINED_WORK` (every DeepSeek-V3-sized case: 4096 rows on 288 slots already needs ~0.7 s per
-layer, against a budget of 5 s for 58 layers) are planned by the seeding alone, under the cap.
+`_REFINED_WORK` (every DeepSeek-V3-sized case: 4096 rows on 288 slots already needs ~1.2 s per
+layer refined in full) are planned by the seeding alone, under the cap, or, with `sampled_rounds`,
+refined for that many rounds at most on a sample of their rows that fits the bound, each round
+among `_SWAP_VERTICES` vertices (docs/placement.md, "DeepSeek-V3 scale", for what it costs and buys).
 Replicas of hot experts spread over nodes, and their picks go to the replica on a GPU the token
 already uses, so replication serves locality as well as balance.
 
