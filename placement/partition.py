@@ -202,32 +202,32 @@ def swap_deltas(rows: LayerRows, pins: np.ndarray, gpu_of_vertex: np.ndarray, to
     """`[C, C]` float64 the cost change of swapping the GPUs of two vertices of `subset` (ascending
     vertex ids; None: all V), picks staying pinned."""
     num_vertices = len(gpu_of_vertex)
-    subset = np.arange(num_vertices) if subset is None else subset
-    size = len(subset)
-    local = np.full(num_vertices, -1)
-    local[subset] = np.arange(size)
     gpu_counts, node_counts = _counts(rows, pins, gpu_of_vertex, topology)
     gpu, node = gpu_of_vertex, topology.node_of_gpu[gpu_of_vertex]
     node_of_gpu = topology.node_of_gpu
     num_rows, width = pins.shape
     pin_row = np.repeat(np.arange(num_rows), width)  # [M * k] the row of every pin
     pin_vertex = pins.ravel()
-    kept = local[pin_vertex] >= 0  # pins of the subset
-    pin_row, pin_vertex = pin_row[kept], pin_vertex[kept]
-    pin_local = local[pin_vertex]
     first, second = np.triu_indices(width, 1)  # the pairs of picks within a row
     pair_a, pair_b = pins[:, first].ravel(), pins[:, second].ravel()  # [M * k(k-1)/2]
     pair_row = np.repeat(np.arange(num_rows), len(first))
-    kept = (local[pair_a] >= 0) & (local[pair_b] >= 0)
-    pair_a, pair_b, pair_row = pair_a[kept], pair_b[kept], pair_row[kept]
+    if subset is None:
+        subset, local = np.arange(num_vertices), np.arange(num_vertices)
+    else:  # keep the pins, and pairs of pins, of the subset; number its vertices 0 .. C-1
+        local = np.full(num_vertices, -1)
+        local[subset] = np.arange(len(subset))
+        kept = local[pin_vertex] >= 0
+        pin_row, pin_vertex = pin_row[kept], pin_vertex[kept]
+        kept = (local[pair_a] >= 0) & (local[pair_b] >= 0)
+        pair_a, pair_b, pair_row = pair_a[kept], pair_b[kept], pair_row[kept]
+    size, pin_local = len(subset), local[pin_vertex]
 
     def level(counts: np.ndarray, weight: np.ndarray, block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Move deltas `[C, blocks]` and swap corrections `[C, C]` at one level (GPU or node)."""
         alone = (counts == 1) * weight[:, None]  # [M, blocks] weight of rows with one pick there
         empty = (counts == 0) * weight[:, None]  # [M, blocks] weight of rows with none there
-        blocks = counts.shape[1]
-        gain = np.bincount((pin_local[:, None] * blocks + np.arange(blocks)).ravel(), weights=empty[pin_row].ravel(),
-                           minlength=size * blocks).reshape(size, blocks)
+        gain = np.stack([np.bincount(pin_local, weights=empty[pin_row, b], minlength=size)
+                         for b in range(counts.shape[1])], axis=1)
         loss = np.bincount(pin_local, weights=alone[pin_row, block[pin_vertex]], minlength=size)
         both = alone[pair_row, block[pair_a]] + alone[pair_row, block[pair_b]]
         fix = np.bincount(local[pair_a] * size + local[pair_b], weights=both, minlength=size ** 2)
