@@ -51,8 +51,8 @@ from switchyard.placement.seeding import graph_partition, initial_layouts, repli
 from switchyard.placement.stats import RoutingStats
 from switchyard.placement.topology import Topology
 
-# Layers with more rows x slots are seeded only (the fast path). ESFT's largest layer has ~3100 rows on
-# 72 slots (225K); 4096 synthetic DeepSeek-V3 rows on 288 slots are 1.2M.
+# Layers with more rows x slots are seeded only, unless `sampled_rounds` is set. ESFT's largest layer has
+# ~3100 rows on 72 slots (225K); 4096 synthetic DeepSeek-V3 rows on 288 slots are 1.2M.
 _REFINED_WORK = 1 << 19
 _MAX_ROUNDS = 64  # refinement batches per layer at most; ESFT-sized layers settle in ~15
 # Larger layers are refined (option `sampled_rounds`) on a sample of rows that brings them to
