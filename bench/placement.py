@@ -3,6 +3,7 @@ serve them and on a half/half split, the replica-choice rule family, and plannin
 DeepSeek-V3 scale beside vLLM's `DefaultEplbPolicy`, in one run.
 
     python -m bench.placement --out docs/benchmarks/placement.md      (or: make bench)
+    python -m bench.placement --v3-only --out docs/benchmarks/placement-v3.md   (DeepSeek-V3 scale, ~3 min)
 
 Prints markdown tables as it goes and writes them, with the command that produced them, to `--out`,
 and the per-window figure to `--figure`. Every cell is a trace x layout (1 x 8, 2 x 4, 4 x 2 GPUs)
@@ -13,7 +14,7 @@ x slots per GPU (8, 9):
 - the targets of issue 17 per cell, each marked met or missed;
 - the rule family: every policy's half/half plan routed by each rule of `routing.RULES`, the test
   half as one batch and in batches of `RUNTIME_BATCH` tokens (what one dispatcher call knows).
-Takes ~15 minutes on two cores, most of it planning affinity for 2 x 12 x 7 windows.
+Takes ~17 minutes on two cores, most of it planning affinity for 2 x 12 x 7 windows (--v3-only: ~2).
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ SYNTH_SEEDS = (11,)  # DeepSeek-V3 scale (2304 slots) planned within this, refin
 V3_LAYERS, V3_EXPERTS, V3_TOP_K, V3_GROUPS = 58, 256, 8, 8
 V3_TOKENS = 4096
 V3_TOPOLOGIES = (Topology(4, 8, 9), Topology(32, 8, 2), Topology(32, 8, 9))
+V3_SAMPLED_ROUNDS = 8  # affinity's refinement above the work bound (`sampled_rounds`), as measured
+V3_SPLIT_LAYERS, V3_SPLIT_TOKENS = 4, 8192  # the V3-shaped trace planned on one half, judged on the other
+V3_REFINED = f"affinity, sampled_rounds={V3_SAMPLED_ROUNDS}"
 TIMING_REPEATS = 3
 TIMING_BUDGET_S = 10.0
 
@@ -78,14 +82,23 @@ def main() -> None:
                         help="PNG of the per-window distribution (default: docs/img/placement-windows.png).")
     parser.add_argument("--traces", type=Path, default=REPO.parent / "shared" / "traces",
                         help="Folder with esft/intent.npz and esft/law.npz (default: ../shared/traces).")
+    parser.add_argument("--v3-only", action="store_true",
+                        help="Only the DeepSeek-V3-scale sections (planning time and the V3-shaped split).")
     args = parser.parse_args()
 
     lines = ["# Placement benchmark", "", provenance(command_line("bench.placement"), ("numpy",)), ""]
     emit = _emitter(lines)
     started = time.perf_counter()
+    if args.v3_only:
+        deepseek_v3_section(emit)
+        deepseek_v3_split_section(emit)
+        emit(f"Total benchmark time: {time.perf_counter() - started:.0f} s.")
+        publish("\n".join(lines), args.out, echo=False)
+        return
     cells = esft_section(args.traces, emit)
     synthetic_cells = synthetic_section(emit)
     v3_affinity_s = deepseek_v3_section(emit)
+    deepseek_v3_split_section(emit)
     targets_section(cells + synthetic_cells, v3_affinity_s, emit)
     if cells:
         window_figure([(cell["label"], cell["time_ratios"], cell["balance_gaps"]) for cell in cells],
@@ -244,12 +257,12 @@ def targets_section(cells: list[dict], v3_affinity_s: float, emit: Callable[[str
                "half: bal. gap", "half: time"]
     emit(markdown_table(headers, rows))
     emit(f"{met_count} of {total} cell targets met. DeepSeek-V3 scale (2304 slots), affinity planning: "
-         f"{mark(f'{v3_affinity_s:.2f} s', v3_affinity_s <= V3_PLAN_S)} (target {V3_PLAN_S:.0f} s with "
-         "refinement on; above `_REFINED_WORK` it plans by seeding alone).")
+         f"{mark(f'{v3_affinity_s:.2f} s', v3_affinity_s <= V3_PLAN_S)} with refinement on "
+         f"(`sampled_rounds={V3_SAMPLED_ROUNDS}`; target {V3_PLAN_S:.0f} s).")
 
 
 def deepseek_v3_section(emit: Callable[[str], None]) -> float:
-    """Planning times at DeepSeek-V3 scale; returns affinity's on 2304 slots."""
+    """Planning times at DeepSeek-V3 scale; returns affinity's with refinement on, on 2304 slots."""
     emit("## Planning time at DeepSeek-V3 scale")
     started = time.perf_counter()
     trace = synthetic_trace(V3_LAYERS, V3_EXPERTS, V3_TOP_K, V3_TOKENS, seed=0)
@@ -265,7 +278,9 @@ def deepseek_v3_section(emit: Callable[[str], None]) -> float:
         "balancedness here is the expected one from the load (each expert's load split evenly over "
         "its replicas), which needs no routing. "
         f"`num_groups={V3_GROUPS}` is DeepSeek-V3's expert-group count: EPLB is hierarchical where the "
-        "groups divide over the nodes (4 nodes), global otherwise."
+        "groups divide over the nodes (4 nodes), global otherwise. `affinity` alone plans these layers by "
+        "seeding (they are above its work bound, `_REFINED_WORK`); "
+        f"`affinity, sampled_rounds={V3_SAMPLED_ROUNDS}` refines them on sampled rows."
     )
     vllm_policy = _vllm_policy()
     if vllm_policy is None:
@@ -274,6 +289,7 @@ def deepseek_v3_section(emit: Callable[[str], None]) -> float:
     rows = []
     for topology in V3_TOPOLOGIES:
         planners = {name: _switchyard_planner(name, {}, stats, topology) for name in policy_names()}
+        planners[V3_REFINED] = _switchyard_planner("affinity", {"sampled_rounds": V3_SAMPLED_ROUNDS}, stats, topology)
         planners[f"eplb, num_groups={V3_GROUPS}"] = _switchyard_planner(
             "eplb", {"num_groups": V3_GROUPS}, stats, topology)
         if vllm_policy is not None:
@@ -286,7 +302,34 @@ def deepseek_v3_section(emit: Callable[[str], None]) -> float:
                          f"{seconds / timed['eplb'][0]:.2f}x",
                          f"{balancedness(_expected_gpu_load(physical_to_logical, stats.load, topology)):.3f}"])
     emit(markdown_table(["slots", "planner", "seconds", "vs eplb", "balancedness"], rows, numeric_from=2))
-    return timed["affinity"][0]
+    return timed[V3_REFINED][0]
+
+
+def deepseek_v3_split_section(emit: Callable[[str], None]) -> None:
+    """What refinement buys at V3 scale: plans made on one half of a V3-shaped trace, judged on the other."""
+    emit("## DeepSeek-V3 scale: quality on a split")
+    trace = synthetic_trace(V3_SPLIT_LAYERS, V3_EXPERTS, V3_TOP_K, V3_SPLIT_TOKENS, seed=0)
+    train, test = trace.split()
+    stats = RoutingStats.from_trace(train)
+    emit(f"Planned on the first half of a synthetic trace ({V3_SPLIT_TOKENS} tokens, {V3_SPLIT_LAYERS} layers x "
+         f"{V3_EXPERTS} experts, top-{V3_TOP_K}, seed 0), evaluated on the second (rule `{DEFAULT_RULE.name}`). "
+         "`affinity`: seeding only (the default above the work bound); `sampled_rounds`: refined on sampled "
+         "rows. s/layer: planning time per layer.")
+    rows = []
+    for topology in (V3_TOPOLOGIES[0], V3_TOPOLOGIES[2]):
+        policies = {"eplb": get_policy("eplb"), "affinity": get_policy("affinity"),
+                    V3_REFINED: get_policy("affinity", sampled_rounds=V3_SAMPLED_ROUNDS)}
+        for name, policy in policies.items():
+            started = time.perf_counter()
+            plan = policy.place(stats, topology)
+            seconds = (time.perf_counter() - started) / V3_SPLIT_LAYERS
+            evaluation = evaluate(plan, test)
+            rows.append([f"{topology.num_slots} ({topology.describe()})", name, f"{evaluation.gpus_per_token:.2f}",
+                         f"{evaluation.remote_nodes_per_token:.2f}", f"{evaluation.balancedness:.3f}",
+                         f"{seconds:.3f}"])
+    emit(markdown_table(["slots", "planner", "GPUs/token", "remote/token", "balancedness", "s/layer"], rows,
+                        numeric_from=2))
+
 
 
 def _switchyard_planner(name: str, options: dict, stats: RoutingStats, topology: Topology

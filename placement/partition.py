@@ -34,6 +34,7 @@ from switchyard.placement.topology import Topology
 
 _TOLERANCE = 1e-9
 _SINGLE_TRIES = 8  # best single swaps tried when a batch fails
+_DISJOINT_CHUNK = 4096  # swaps read at a time when a batch is gathered
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,12 +45,14 @@ class LayerRows:
     weight: `[M]` float64 tokens behind each row (the weight of its GPU count).
     home: `[M]` int64 the row's home node, or -1 when unknown.
     node_weight: `[M]` float64 the weight of the row's remote-node count.
+    sampled: the rows are a sample of the layer's (`affinity.sampled_rows`), weighted to its total.
     """
 
     sets: np.ndarray
     weight: np.ndarray
     home: np.ndarray
     node_weight: np.ndarray
+    sampled: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,12 +100,16 @@ def score(rows: LayerRows, vertices: np.ndarray, gpu_of_vertex: np.ndarray, topo
 
 
 def refine(rows: LayerRows, expert_of_vertex: np.ndarray, gpu_of_vertex: np.ndarray,
-           topology: Topology, cap: float, max_rounds: int) -> list[tuple[np.ndarray, Score]]:
+           topology: Topology, cap: float, max_rounds: int, swap_vertices: int | None = None
+           ) -> list[tuple[np.ndarray, Score]]:
     """Improve a layout by swaps; returns the path: the start and every kept step, with its score.
 
     expert_of_vertex: `[V]` int64 the expert each vertex replicates (fixed: swaps move vertices).
     gpu_of_vertex: `[V]` int64 the start layout, exactly S vertices per GPU, no expert twice on a GPU.
     cap: the most picks a GPU should serve. max_rounds: batches tried at most.
+    swap_vertices: with more vertices than this, each round considers the swaps among this many
+        (`_swap_candidates`) instead of all `V x V`, which at DeepSeek-V3's 2304 slots per layer would
+        cost ~0.5 s a round; None: all.
     The last element of the path is the best layout found.
     """
     num_experts = int(expert_of_vertex.max()) + 1
@@ -111,11 +118,14 @@ def refine(rows: LayerRows, expert_of_vertex: np.ndarray, gpu_of_vertex: np.ndar
     best = score(rows, vertices, current, topology, cap)
     path = [(current.copy(), best)]
     for _ in range(max_rounds):
-        swaps = _ranked_swaps(rows, best, expert_of_vertex, current, topology, cap)
-        if not swaps:
+        subset = (np.arange(len(current)) if swap_vertices is None or swap_vertices >= len(current)
+                  else _swap_candidates(rows, best, current, topology, cap, swap_vertices))
+        first, second = _ranked_swaps(rows, best, expert_of_vertex, current, topology, cap, subset)
+        if not len(first):
             break
-        batch = _disjoint(swaps, current)
-        trials = ([batch] if len(batch) > 1 else []) + [[swap] for swap in swaps[:_SINGLE_TRIES]]
+        batch = _disjoint(first, second, current)
+        trials = ([batch] if len(batch) > 1 else []) + [[swap] for swap in
+                                                        zip(first[:_SINGLE_TRIES].tolist(), second[:_SINGLE_TRIES].tolist())]
         for trial in trials:
             layout = current.copy()
             for a, b in trial:
@@ -146,21 +156,36 @@ def _counts(rows: LayerRows, pins: np.ndarray, gpu_of_vertex: np.ndarray, topolo
     return gpu_counts, node_counts
 
 
-def _ranked_swaps(rows: LayerRows, current: Score, expert_of_vertex: np.ndarray,
-                  gpu_of_vertex: np.ndarray, topology: Topology, cap: float) -> list[tuple[int, int]]:
-    """The improving swaps (vertex pairs) for the current routing, best first."""
-    delta = swap_deltas(rows, current.pins, gpu_of_vertex, topology)
-    gpu = gpu_of_vertex
-    gpu_load = np.bincount(gpu, weights=current.vertex_load, minlength=topology.num_gpus)
-    shift = current.vertex_load[None, :] - current.vertex_load[:, None]  # [a, b]: b's load minus a's
+def _swap_candidates(rows: LayerRows, current: Score, gpu_of_vertex: np.ndarray, topology: Topology,
+                     cap: float, count: int) -> np.ndarray:
+    """`[count]` int64 ascending: the vertices a round of swaps considers when there are too many for
+    all pairs. Those on GPUs above the cap first, then those that serve the most row weight alone
+    on their GPU (the GPUs a move could save), then by id."""
+    gpu_counts, _ = _counts(rows, current.pins, gpu_of_vertex, topology)
+    alone = (np.take_along_axis(gpu_counts, gpu_of_vertex[current.pins], axis=1) == 1) * rows.weight[:, None]
+    saving = np.bincount(current.pins.ravel(), weights=alone.ravel(), minlength=len(gpu_of_vertex))
+    gpu_load = np.bincount(gpu_of_vertex, weights=current.vertex_load, minlength=topology.num_gpus)
+    over = gpu_load[gpu_of_vertex] > cap
+    return np.sort(np.lexsort((-saving, ~over))[:count])
+
+
+def _ranked_swaps(rows: LayerRows, current: Score, expert_of_vertex: np.ndarray, gpu_of_vertex: np.ndarray,
+                  topology: Topology, cap: float, subset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The improving swaps among `subset` (ascending vertex ids) for the current routing, best first:
+    two `[n]` int64 arrays of vertices."""
+    delta = swap_deltas(rows, current.pins, gpu_of_vertex, topology, subset)
+    gpu = gpu_of_vertex[subset]
+    vertex_load = current.vertex_load[subset]
+    gpu_load = np.bincount(gpu_of_vertex, weights=current.vertex_load, minlength=topology.num_gpus)
+    shift = vertex_load[None, :] - vertex_load[:, None]  # [a, b]: b's load minus a's
     over = np.maximum(gpu_load - cap, 0)
     overload = (np.maximum(gpu_load[gpu][:, None] + shift - cap, 0)
                 + np.maximum(gpu_load[gpu][None, :] - shift - cap, 0)
                 - over[gpu][:, None] - over[gpu][None, :])
     # Allowed: different GPUs, different experts, neither expert already on the other's GPU.
     experts_on_gpu = np.zeros((int(expert_of_vertex.max()) + 1, topology.num_gpus), dtype=bool)
-    experts_on_gpu[expert_of_vertex, gpu] = True
-    blocked = experts_on_gpu[expert_of_vertex][:, gpu]  # [a, b]: a's expert already on b's GPU
+    experts_on_gpu[expert_of_vertex, gpu_of_vertex] = True
+    blocked = experts_on_gpu[expert_of_vertex[subset]][:, gpu]  # [a, b]: a's expert already on b's GPU
     allowed = ~(blocked | blocked.T) & np.triu(np.ones(delta.shape, dtype=bool), 1)
     improving = (overload < -_TOLERANCE) | ((overload <= _TOLERANCE) & (delta < -_TOLERANCE))
     a, b = np.nonzero(allowed & improving)
@@ -169,12 +194,13 @@ def _ranked_swaps(rows: LayerRows, current: Score, expert_of_vertex: np.ndarray,
     relieves = cut > _TOLERANCE
     rank = np.where(relieves, delta[a, b] / np.where(relieves, cut, 1.0), delta[a, b])
     order = np.lexsort((rank, ~relieves))
-    return list(zip(a[order].tolist(), b[order].tolist()))
+    return subset[a[order]], subset[b[order]]
 
 
-def swap_deltas(rows: LayerRows, pins: np.ndarray, gpu_of_vertex: np.ndarray, topology: Topology
-                ) -> np.ndarray:
-    """`[V, V]` float64 the cost change of swapping the GPUs of two vertices, picks staying pinned."""
+def swap_deltas(rows: LayerRows, pins: np.ndarray, gpu_of_vertex: np.ndarray, topology: Topology,
+                subset: np.ndarray | None = None) -> np.ndarray:
+    """`[C, C]` float64 the cost change of swapping the GPUs of two vertices of `subset` (ascending
+    vertex ids; None: all V), picks staying pinned."""
     num_vertices = len(gpu_of_vertex)
     gpu_counts, node_counts = _counts(rows, pins, gpu_of_vertex, topology)
     gpu, node = gpu_of_vertex, topology.node_of_gpu[gpu_of_vertex]
@@ -185,37 +211,51 @@ def swap_deltas(rows: LayerRows, pins: np.ndarray, gpu_of_vertex: np.ndarray, to
     first, second = np.triu_indices(width, 1)  # the pairs of picks within a row
     pair_a, pair_b = pins[:, first].ravel(), pins[:, second].ravel()  # [M * k(k-1)/2]
     pair_row = np.repeat(np.arange(num_rows), len(first))
+    if subset is None:
+        subset, local = np.arange(num_vertices), np.arange(num_vertices)
+    else:  # keep the pins, and pairs of pins, of the subset; number its vertices 0 .. C-1
+        local = np.full(num_vertices, -1)
+        local[subset] = np.arange(len(subset))
+        kept = local[pin_vertex] >= 0
+        pin_row, pin_vertex = pin_row[kept], pin_vertex[kept]
+        kept = (local[pair_a] >= 0) & (local[pair_b] >= 0)
+        pair_a, pair_b, pair_row = pair_a[kept], pair_b[kept], pair_row[kept]
+    size, pin_local = len(subset), local[pin_vertex]
 
     def level(counts: np.ndarray, weight: np.ndarray, block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Move deltas `[V, blocks]` and swap corrections `[V, V]` at one level (GPU or node)."""
+        """Move deltas `[C, blocks]` and swap corrections `[C, C]` at one level (GPU or node)."""
         alone = (counts == 1) * weight[:, None]  # [M, blocks] weight of rows with one pick there
         empty = (counts == 0) * weight[:, None]  # [M, blocks] weight of rows with none there
-        gain = np.stack([np.bincount(pin_vertex, weights=empty[pin_row, b], minlength=num_vertices)
+        gain = np.stack([np.bincount(pin_local, weights=empty[pin_row, b], minlength=size)
                          for b in range(counts.shape[1])], axis=1)
-        loss = np.bincount(pin_vertex, weights=alone[pin_row, block[pin_vertex]], minlength=num_vertices)
+        loss = np.bincount(pin_local, weights=alone[pin_row, block[pin_vertex]], minlength=size)
         both = alone[pair_row, block[pair_a]] + alone[pair_row, block[pair_b]]
-        fix = np.bincount(pair_a * num_vertices + pair_b, weights=both, minlength=num_vertices ** 2)
-        fix = fix.reshape(num_vertices, num_vertices)
+        fix = np.bincount(local[pair_a] * size + local[pair_b], weights=both, minlength=size ** 2)
+        fix = fix.reshape(size, size)
         return gain - loss[:, None], fix + fix.T
 
     move_gpu, fix_gpu = level(gpu_counts, rows.weight, gpu)
     move_node, fix_node = level(node_counts, rows.node_weight, node)
-    cross = node[:, None] != node[None, :]  # [V, V] pairs on different nodes
+    gpu, node = gpu[subset], node[subset]
+    cross = node[:, None] != node[None, :]  # [C, C] pairs on different nodes
     move = move_gpu + np.where(node_of_gpu[None, :] != node[:, None], move_node[:, node_of_gpu], 0.0)
     return move[:, gpu] + move[:, gpu].T + fix_gpu + np.where(cross, fix_node, 0.0)
 
 
-def _disjoint(swaps: list[tuple[int, int]], gpu_of_vertex: np.ndarray) -> list[tuple[int, int]]:
-    """The best swaps that share no GPU, greedily: their deltas then add up except through rows."""
+def _disjoint(first: np.ndarray, second: np.ndarray, gpu_of_vertex: np.ndarray) -> list[tuple[int, int]]:
+    """The best swaps (`first[i]`, `second[i]`, best first) that share no GPU, greedily: their deltas
+    then add up except through rows. Read in chunks: the batch fills long before the list ends."""
     num_gpus = int(gpu_of_vertex.max()) + 1
     taken: set[int] = set()
     batch = []
-    for a, b in swaps:
-        ga, gb = int(gpu_of_vertex[a]), int(gpu_of_vertex[b])
-        if ga in taken or gb in taken:
-            continue
-        batch.append((a, b))
-        taken.update((ga, gb))
-        if len(taken) >= num_gpus - 1:  # no two GPUs left: the rest of the list cannot join
-            break
+    for start in range(0, len(first), _DISJOINT_CHUNK):
+        chunk = slice(start, start + _DISJOINT_CHUNK)
+        for a, b, ga, gb in zip(first[chunk].tolist(), second[chunk].tolist(),
+                                gpu_of_vertex[first[chunk]].tolist(), gpu_of_vertex[second[chunk]].tolist()):
+            if ga in taken or gb in taken:
+                continue
+            batch.append((a, b))
+            taken.update((ga, gb))
+            if len(taken) >= num_gpus - 1:  # no two GPUs left: the rest of the list cannot join
+                return batch
     return batch

@@ -14,7 +14,7 @@ from switchyard.placement.migration import plan_migration
 from switchyard.placement.partition import expert_vertices, score, swap_deltas
 from switchyard.placement.plan import Plan
 from switchyard.placement.policies import affinity, get_policy
-from switchyard.placement.policies.affinity import AffinityPolicy, layer_rows
+from switchyard.placement.policies.affinity import AffinityPolicy, layer_rows, sampled_rows
 from switchyard.placement.policies.eplb import EplbPolicy
 from switchyard.placement.seeding import replica_counts
 from switchyard.placement.set_routing import route_sets
@@ -127,11 +127,40 @@ def test_fast_path_above_the_work_bound(synthetic, monkeypatch: pytest.MonkeyPat
     assert seeded != refined
 
 
+def test_sampled_refinement_above_the_work_bound(synthetic, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With `sampled_rounds`, layers above the work bound are refined on sampled rows among a subset of
+    vertices a round: the plan stays valid and deterministic, uses fewer GPUs per token on its window
+    than the seeding alone, and budget 0 still returns the current plan."""
+    stats, train, _ = synthetic
+    topology = Topology(2, 2, 9)
+    monkeypatch.setattr(affinity, "_REFINED_WORK", 0)  # every layer: rows sampled to _SAMPLED_MIN_ROWS
+    monkeypatch.setattr(affinity, "_SWAP_VERTICES", 16)  # of 36 vertices
+    seeded = AffinityPolicy().place(stats, topology)
+    refined = AffinityPolicy(sampled_rounds=8).place(stats, topology)
+    _assert_valid(refined, stats, topology)
+    assert AffinityPolicy(sampled_rounds=8).place(stats, topology) == refined
+    assert evaluate(refined, train).gpus_per_token < evaluate(seeded, train).gpus_per_token
+    assert AffinityPolicy(sampled_rounds=8, max_moves=0).place(stats, topology, seeded) == seeded
+
+
+def test_sampled_rows_keep_the_totals(synthetic) -> None:
+    stats, _, _ = synthetic
+    topology = Topology(2, 2, 9)
+    rows = layer_rows(stats, 0, topology, 1.5, np.random.default_rng(0))
+    assert sampled_rows(rows, len(rows.sets), np.random.default_rng(1)) is rows
+    sample = sampled_rows(rows, 100, np.random.default_rng(1))
+    assert sample.sampled and len(sample.sets) <= 100
+    assert sample.weight.sum() == pytest.approx(rows.weight.sum())
+    assert sample.node_weight == pytest.approx(1.5 * sample.weight)  # the node price per token is kept
+    assert sampled_rows(rows, 100, np.random.default_rng(1)).sets.tolist() == sample.sets.tolist()
+
+
 @pytest.mark.parametrize("options, message", [
     pytest.param({"max_imbalance": -0.1}, "max_imbalance must be a non-negative number", id="imbalance"),
     pytest.param({"node_weight": "2"}, "node_weight must be a non-negative number", id="node-weight"),
     pytest.param({"max_moves": -1}, "max_moves must be a non-negative integer", id="moves"),
     pytest.param({"seed": 1.5}, "seed must be a non-negative integer", id="seed"),
+    pytest.param({"sampled_rounds": -1}, "sampled_rounds must be a non-negative integer", id="rounds"),
     pytest.param({"cluster": "h100"}, "cluster must be a ClusterSpec", id="cluster"),
     pytest.param({"cluster": PRESETS["h100"], "node_weight": 2.0}, "not both", id="cluster-and-weight"),
 ])
@@ -237,6 +266,8 @@ def test_swap_deltas_match_recounting(synthetic) -> None:
         swapped = gpu_of_vertex.copy()
         swapped[[a, b]] = gpu_of_vertex[[b, a]]
         assert delta[a, b] == pytest.approx(cost(swapped) - base, abs=1e-6)
+    subset = np.sort(rng.choice(topology.num_slots, 12, replace=False))  # a round among some vertices
+    assert swap_deltas(rows, pins, gpu_of_vertex, topology, subset) == pytest.approx(delta[np.ix_(subset, subset)])
 
 
 def test_route_sets_follows_the_rule() -> None:

@@ -17,8 +17,10 @@ Per layer: METIS on the co-activation graph, nodes first and then the GPUs of ea
 expert a GPU; the replicas are seeded there one by one (`seeding`); swap refinement (`partition`)
 then brings load under the cap and lowers the cost. A refinement round builds `[rows, GPUs]` and
 `[slots, slots]` tables, so its cost grows with rows x slots: layers where that exceeds
-`_REFINED_WORK` (every DeepSeek-V3-sized case: 4096 rows on 288 slots already needs ~0.7 s per
-layer, against a budget of 5 s for 58 layers) are planned by the seeding alone, under the cap.
+`_REFINED_WORK` (every DeepSeek-V3-sized case: 4096 rows on 288 slots already needs ~1.2 s per
+layer refined in full) are planned by the seeding alone, under the cap, or, with `sampled_rounds`,
+refined for that many rounds at most on a sample of their rows that fits the bound, each round
+among `_SWAP_VERTICES` vertices (docs/placement.md, "DeepSeek-V3 scale", for what it costs and buys).
 Replicas of hot experts spread over nodes, and their picks go to the replica on a GPU the token
 already uses, so replication serves locality as well as balance.
 
@@ -45,14 +47,18 @@ from switchyard.placement.migration import plan_migration
 from switchyard.placement.partition import LayerRows, Score, expert_vertices, refine, score
 from switchyard.placement.plan import Plan
 from switchyard.placement.policies.base import check_capacity
-from switchyard.placement.seeding import graph_partition, initial_layout, replica_counts
+from switchyard.placement.seeding import graph_partition, initial_layouts, replica_counts
 from switchyard.placement.stats import RoutingStats
 from switchyard.placement.topology import Topology
 
-# Layers with more rows x slots are seeded only (the fast path). ESFT's largest layer has ~3100 rows on
-# 72 slots (225K); 4096 synthetic DeepSeek-V3 rows on 288 slots are 1.2M.
+# Layers with more rows x slots are seeded only, unless `sampled_rounds` is set. ESFT's largest layer has
+# ~3100 rows on 72 slots (225K); 4096 synthetic DeepSeek-V3 rows on 288 slots are 1.2M.
 _REFINED_WORK = 1 << 19
 _MAX_ROUNDS = 64  # refinement batches per layer at most; ESFT-sized layers settle in ~15
+# Larger layers are refined (option `sampled_rounds`) on a sample of rows that brings them to
+# _REFINED_WORK (at least _SAMPLED_MIN_ROWS), among _SWAP_VERTICES vertices a round.
+_SAMPLED_MIN_ROWS = 256
+_SWAP_VERTICES = 512
 _ROW_PIECES = 512  # rows heavier than 1/512 of a layer's tokens are split, as the rule splits tokens
 _OVERLOAD_VALUE = 1e6  # a token of overload weighs this much cost when steps are compared
 
@@ -67,6 +73,8 @@ class AffinityPolicy:
     cluster: the hardware the plan is for; it prices remote nodes (give it or node_weight, not both).
     max_moves: with a current plan, the most expert copies the new plan may need (None: plan afresh).
     seed: METIS's seed and the model's random top-k order and home nodes.
+    sampled_rounds: refinement batches, at most, for layers above the work bound (`_REFINED_WORK`),
+        on a sample of their rows; 0 (default): those layers are seeded only, under the cap.
     """
 
     max_imbalance: float = 0.02
@@ -74,6 +82,7 @@ class AffinityPolicy:
     cluster: ClusterSpec | None = None
     max_moves: int | None = None
     seed: int = 0
+    sampled_rounds: int = 0
     name: ClassVar[str] = "affinity"
 
     def __post_init__(self) -> None:
@@ -87,7 +96,7 @@ class AffinityPolicy:
             raise PlacementError(f"cluster must be a ClusterSpec, got {self.cluster!r}")
         if self.cluster is not None and self.node_weight is not None:
             raise PlacementError("give node_weight or cluster (which prices remote nodes), not both")
-        for option in ("max_moves", "seed"):
+        for option in ("max_moves", "seed", "sampled_rounds"):
             value = getattr(self, option)
             if value is None and option == "max_moves":
                 continue
@@ -109,8 +118,7 @@ class AffinityPolicy:
         if budgeted:
             current.check_matches(stats.num_layers, stats.num_experts, "the statistics")
             topology.check_same(current.topology, "the current plan")
-        layers = [self._layer_candidates(stats, layer, topology, current if budgeted else None)
-                  for layer in range(stats.num_layers)]
+        layers = self._candidates(stats, topology, current if budgeted else None)
         if not budgeted:
             table = np.stack([candidates[-1][0] for candidates in layers])
             return Plan(table, topology, stats.num_experts)
@@ -123,32 +131,45 @@ class AffinityPolicy:
         table = np.stack([candidates[index][0] for candidates, index in zip(layers, chosen)])
         return plan_migration(current, Plan(table, topology, stats.num_experts)).aligned
 
-    def _layer_candidates(self, stats: RoutingStats, layer: int, topology: Topology,
-                          current: Plan | None) -> list[tuple[np.ndarray, Score | None]]:
-        """`[P]` tables (slot -> expert) with their scores: the fresh plan last; with `current`, the
-        current table first and the path refined from it before the fresh one."""
-        load = stats.load[layer]
-        cap = load.sum() / topology.num_gpus * (1 + self.max_imbalance)
-        rng = np.random.default_rng([self.seed, layer])
-        rows = layer_rows(stats, layer, topology, self.remote_node_weight, rng)
-        refined = len(rows.sets) * topology.num_slots <= _REFINED_WORK
-        pairs = stats.pair_counts[layer] if stats.pair_counts is not None else np.zeros((len(load),) * 2)
-        replicas = replica_counts(load, topology.num_slots, topology.num_gpus)
-        preferred = graph_partition(pairs, load, topology, self.seed)
+    def _candidates(self, stats: RoutingStats, topology: Topology, current: Plan | None
+                    ) -> list[list[tuple[np.ndarray, Score | None]]]:
+        """Per layer, `[P]` tables (slot -> expert) with their scores: the fresh plan last; with
+        `current`, the current table first and the path refined from it before the fresh one."""
+        rows = []
+        for layer in range(stats.num_layers):
+            rng = np.random.default_rng([self.seed, layer])
+            rows.append(sampled_rows(layer_rows(stats, layer, topology, self.remote_node_weight, rng),
+                                     max(_REFINED_WORK // topology.num_slots, _SAMPLED_MIN_ROWS), rng))
+        caps = stats.load.sum(axis=1) / topology.num_gpus * (1 + self.max_imbalance)
+        refined = np.array([not layer.sampled for layer in rows])
+        pairs = stats.pair_counts if stats.pair_counts is not None else np.zeros(
+            (stats.num_layers, stats.num_experts, stats.num_experts))
+        replicas = np.stack([replica_counts(load, topology.num_slots, topology.num_gpus) for load in stats.load])
+        preferred = np.stack([graph_partition(pairs[layer], stats.load[layer], topology, self.seed)
+                              for layer in range(stats.num_layers)])
         # Refinement balances load itself, better from a start that follows co-activation alone.
-        experts, gpus = initial_layout(pairs, load, replicas, preferred, topology,
-                                       np.inf if refined else cap)
-        fresh = refine(rows, experts, gpus, topology, cap, _MAX_ROUNDS)[-1] if refined else (gpus, None)
+        experts, gpus = initial_layouts(pairs, stats.load, replicas, preferred, topology,
+                                        np.where(refined, np.inf, caps))
+        return [self._layer_candidates(rows[layer], experts[layer], gpus[layer], bool(refined[layer]), caps[layer],
+                                       topology, None if current is None else current.physical_to_logical[layer],
+                                       None if current is None else current.gpu_experts[layer], stats.num_experts)
+                for layer in range(stats.num_layers)]
+
+    def _layer_candidates(self, rows: LayerRows, experts: np.ndarray, gpus: np.ndarray, refined: bool, cap: float,
+                          topology: Topology, current_table: np.ndarray | None, current_gpu_experts: np.ndarray | None,
+                          num_experts: int) -> list[tuple[np.ndarray, Score | None]]:
+        """One layer's candidates from its seeding (`experts`, `gpus`: `[V]` vertex -> expert, GPU)."""
+        rounds, swap_vertices = (_MAX_ROUNDS, None) if refined else (self.sampled_rounds, _SWAP_VERTICES)
+        fresh = (gpus, None) if rounds == 0 and current_table is None else \
+            refine(rows, experts, gpus, topology, cap, rounds, swap_vertices)[-1]
         fresh_table = _table(experts, fresh[0])
-        if current is None:
+        if current_table is None:
             return [(fresh_table, fresh[1])]
-        current_table = current.physical_to_logical[layer]
-        path = refine(rows, current_table, topology.gpu_of_slot, topology, cap,
-                      _MAX_ROUNDS if refined else 0)
+        path = refine(rows, current_table, topology.gpu_of_slot, topology, cap, rounds, swap_vertices)
         candidates = [(_table(current_table, gpus), result) for gpus, result in path]
-        gpu_experts = relabel_gpus(current.gpu_experts[layer], fresh_table.reshape(topology.num_gpus, -1),
+        gpu_experts = relabel_gpus(current_gpu_experts, fresh_table.reshape(topology.num_gpus, -1),
                                    topology).reshape(-1)
-        vertices = expert_vertices(gpu_experts, stats.num_experts)
+        vertices = expert_vertices(gpu_experts, num_experts)
         candidates.append((gpu_experts, score(rows, vertices, topology.gpu_of_slot, topology, cap)))
         return candidates
 
@@ -178,6 +199,22 @@ def layer_rows(stats: RoutingStats, layer: int, topology: Topology, node_weight:
     if stats.topk_sets is None:
         home[:] = -1  # one row per expert says nothing about homes: replicas share its load evenly
     return LayerRows(sets, weight, home, node_weight * weight * (topology.num_nodes > 1))
+
+
+def sampled_rows(rows: LayerRows, count: int, rng: np.random.Generator) -> LayerRows:
+    """`rows` if there are at most `count`, else a sample of about `count` of them in proportion to
+    weight (systematic, over a random order), each weighing its share of the total: the sample's
+    cost and load estimate the layer's, and it is marked `sampled`."""
+    if len(rows.sets) <= count:
+        return rows
+    order = rng.permutation(len(rows.sets))
+    total = rows.weight.sum()
+    points = (rng.random() + np.arange(count)) * (total / count)
+    picked = order[np.minimum(np.searchsorted(np.cumsum(rows.weight[order]), points, side="right"), len(order) - 1)]
+    picked, times = np.unique(picked, return_counts=True)
+    weight = times * (total / count)
+    return LayerRows(rows.sets[picked], weight, rows.home[picked],
+                     rows.node_weight[picked] / rows.weight[picked] * weight, sampled=True)
 
 
 def _table(expert_of_vertex: np.ndarray, gpu_of_vertex: np.ndarray) -> np.ndarray:
