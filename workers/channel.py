@@ -87,6 +87,11 @@ def receive_exactly(connection: socket.socket, view: memoryview) -> bool:
     return True
 
 
+def _failed_reply(message: bytes) -> bytes:
+    """The reply to a call that failed, on either socket: the header, then the error's message."""
+    return REPLY.pack(FAILED, 0.0, len(message)) + message
+
+
 @dataclass(frozen=True)
 class ChannelAddress:
     """Where a worker's channel listens. local: the abstract Unix socket (engines on the worker's
@@ -150,7 +155,7 @@ class ChannelServer:
                     continue
                 assert kind == CALL and segment is not None, "a call before any segment was attached"
                 failure, seconds = self._call(segment, layer, epoch, n, k, hidden)
-                reply = REPLY.pack(FAILED, 0.0, len(failure)) + failure if failure else REPLY.pack(OK, seconds, 0)
+                reply = _failed_reply(failure) if failure else REPLY.pack(OK, seconds, 0)
                 try:
                     connection.sendall(reply)
                 except OSError:  # the engine gave up on this call (a timeout) and closed the channel
@@ -176,7 +181,7 @@ class ChannelServer:
                         break
                     failure, seconds = self._call(buffer, layer, epoch, n, k, hidden)
                     if failure:
-                        connection.sendall(REPLY.pack(FAILED, 0.0, len(failure)) + failure)
+                        connection.sendall(_failed_reply(failure))
                     else:
                         connection.sendall(REPLY.pack(OK, seconds, outputs) + buffer[size - outputs:size])
             except OSError:  # the engine gave up on a call (a timeout) or went away

@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -45,7 +45,6 @@ class _Call:
     output: torch.Tensor | None = None
     error: Exception | None = None
     done: bool = False
-    peers: list[_Call] = field(default_factory=list)
 
 
 class CallCombiner:

@@ -53,11 +53,6 @@ class SharedSlots:
     shapes: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]
     dtype: str
 
-    @property
-    def nbytes(self) -> int:
-        """Weight bytes in the segment (what the copy moves)."""
-        return sum(_layout(self.shapes, getattr(torch, self.dtype))[1])
-
 
 def write_shared(weights: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[int, SharedSlots]:
     """A new memfd holding `weights` (`(gate_up, down)` per slot, one dtype); returns its fd, which the

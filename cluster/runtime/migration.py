@@ -7,7 +7,7 @@ The order (DESIGN.md: copy in, switch the epoch, drop the old copies):
    from a worker that holds them (`migration.plan_migration` picks the nearest), worker to worker,
    never through the gateway or the driver: the coordinator passes only ObjectRefs of the exports to
    `stage`. A source on the target's machine writes the slots once into shared memory
-   (`ExpertWorker.export_shared`, `workers.slot_transfer`) and the target copies them from there; a
+   (`ExpertWorker.export_shared`, `workers.slot_transfer`) and the target maps them from there; a
    source on another machine exports numpy arrays that Ray's object store moves (`export_slots`).
 2. switch: every engine moves to the new plan at its next step boundary (`Engine.switch_plan`). The
    step under way finishes on the old epoch, which the workers still hold, so no request fails and

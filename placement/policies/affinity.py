@@ -160,8 +160,7 @@ class AffinityPolicy:
                           num_experts: int) -> list[tuple[np.ndarray, Score | None]]:
         """One layer's candidates from its seeding (`experts`, `gpus`: `[V]` vertex -> expert, GPU)."""
         rounds, swap_vertices = (_MAX_ROUNDS, None) if refined else (self.sampled_rounds, _SWAP_VERTICES)
-        fresh = (gpus, None) if rounds == 0 and current_table is None else \
-            refine(rows, experts, gpus, topology, cap, rounds, swap_vertices)[-1]
+        fresh = refine(rows, experts, gpus, topology, cap, rounds, swap_vertices)[-1] if rounds else (gpus, None)
         fresh_table = _table(experts, fresh[0])
         if current_table is None:
             return [(fresh_table, fresh[1])]
