@@ -92,11 +92,22 @@ def test_worker_error_is_reported_and_the_channel_stays_usable(worker, connect):
     transport.close()
 
 
+def _stop(pid: int) -> None:
+    """SIGSTOP `pid` and wait until every thread of it is stopped: `kill` returns before they are, and a
+    thread not yet stopped could still answer the next call."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}/task/{task}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T"
+              for task in os.listdir(f"/proc/{pid}/task")):
+        assert time.monotonic() < deadline, f"process {pid} did not stop"
+        time.sleep(0.01)
+
+
 def test_hung_worker_times_out_then_recovers(worker, connect):
     address, process = worker
     transport = connect(address, 1.0)
     _call(transport, 2)
-    os.kill(process.pid, signal.SIGSTOP)
+    _stop(process.pid)
     start = time.perf_counter()
     with pytest.raises(WorkerUnavailable, match="did not answer within 1 s"):
         _call(transport, 2)
