@@ -65,13 +65,17 @@ class ExpertCompute:
         never change in place (`replaced` builds new ones)."""
         return self.gate_up[layer][slot].cpu(), self.down[layer][slot].cpu()
 
-    def replaced(self, slot_weights: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]]) -> ExpertCompute:
+    def replaced(self, slot_weights: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]],
+                 spares: list[torch.Tensor] | None = None) -> ExpertCompute:
         """A compute with the slots `(layer, slot)` of `slot_weights` holding new weights, the rest as here.
 
         Unchanged slots share this compute's tensors and new ones are held as given (moved to the
         device), so a migration only adds the memory of the slots it copies, plus, with the vllm
         kernel, a new packed tensor of each layer it changes (its unchanged slots copied over, the new
-        ones packed): both only until the old compute is dropped.
+        ones packed): both only until the old compute is dropped. That tensor is taken from `spares`
+        (packed layers of a dropped epoch, `released`; taken ones are removed) where one has its shape:
+        memory written before is ~6x faster to write than new memory, whose every page faults on first
+        touch (measured on this machine: 7.1 GB/s into written memory, 1.2 GB/s into new).
         """
         gate_up, down = [list(layer) for layer in self.gate_up], [list(layer) for layer in self.down]
         for (layer, slot), (new_gate_up, new_down) in slot_weights.items():
@@ -80,9 +84,14 @@ class ExpertCompute:
         packed = list(self.packed)
         for layer in sorted({layer for layer, _ in slot_weights} if packed else ()):
             slots = {slot for changed, slot in slot_weights if changed == layer}
-            packed[layer] = (_repacked(packed[layer][0], slots, gate_up[layer]),
-                             _repacked(packed[layer][1], slots, down[layer]))
+            packed[layer] = (_repacked(packed[layer][0], slots, gate_up[layer], spares),
+                             _repacked(packed[layer][1], slots, down[layer], spares))
         return ExpertCompute(gate_up, down, self.activation, self.device, self.kernel, packed or None)
+
+    def released(self, kept: ExpertCompute) -> list[torch.Tensor]:
+        """This compute's packed layers that `kept` does not use: free to reuse once this one is dropped."""
+        in_use = {tensor.data_ptr() for pair in kept.packed for tensor in pair}
+        return [tensor for pair in self.packed for tensor in pair if tensor.data_ptr() not in in_use]
 
     @torch.inference_mode()
     def forward(self, layer: int, hidden: torch.Tensor, local_slots: torch.Tensor,
@@ -143,11 +152,14 @@ def _prepack(weights: torch.Tensor) -> torch.Tensor:
     return cpu_prepack_moe_weight(weights.contiguous(), "vec")
 
 
-def _repacked(packed: torch.Tensor, slots: set[int], weights: list[torch.Tensor]) -> torch.Tensor:
-    """A new packed `[S, ...]` layer: `packed`'s slots, but `slots` packed from `weights[slot]`."""
-    out = torch.empty_like(packed)
+def _repacked(packed: torch.Tensor, slots: set[int], weights: list[torch.Tensor],
+              spares: list[torch.Tensor] | None) -> torch.Tensor:
+    """A new packed `[S, ...]` layer: `packed`'s slots, but `slots` packed from `weights[slot]`; written
+    into a spare of `packed`'s shape where `spares` has one (it is taken), else into new memory."""
+    spare = next((i for i, t in enumerate(spares or ()) if t.shape == packed.shape and t.dtype == packed.dtype), None)
+    out = spares.pop(spare) if spare is not None else torch.empty_like(packed)
     for slot in range(packed.shape[0]):
-        out[slot] = _prepack(weights[slot][None])[0] if slot in slots else packed[slot]
+        out[slot].copy_(_prepack(weights[slot][None])[0] if slot in slots else packed[slot])
     return out
 
 

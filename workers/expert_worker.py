@@ -17,6 +17,12 @@ Engines reach `forward` through the worker's channel (`channel.ChannelServer`, s
 Exports go one of two ways (`migration._stage_calls` picks per source and target): to a worker on
 the same machine through shared memory (`export_shared`, `slot_transfer`), to one on another machine
 as numpy arrays, which Ray's object store moves without pickling (`export_slots`).
+
+Memory: with the vllm kernel a worker holds its experts three times, the plain weights (what exports
+read), the packed layers the kernel reads, and one spare of each packed layer, written at load, that a
+migration packs the new epoch into (a committed migration's dropped layers become the next spares).
+New memory faults in every page on first touch, which made building the new epoch ~7x slower than
+writing into memory already in place (docs/runtime.md, *The copy path*).
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ class ExpertWorker:
     def load(self, model_dir: str, experts: np.ndarray, device: str = "cpu", epoch: int = 1) -> None:
         """Replace every held expert with `experts` of `model_dir` (the process and its imports stay)."""
         self.computes: dict[int, ExpertCompute] = {}  # drop the old experts before reading the new ones
+        self._spare_packed: list[torch.Tensor] = []  # layers for a migration to pack into (`_keep_spares`)
         self.experts: dict[int, np.ndarray] = {}
         self.busy_seconds = 0.0  # time spent in `forward` since loading (profiling)
         spec = load_spec(model_dir)
@@ -72,6 +79,9 @@ class ExpertWorker:
                                              spec.config.hidden_act, device, self.kernel)
         self.experts[epoch] = experts
         self.epoch = epoch  # the newest committed epoch
+        # One spare of every packed layer, written now so that its pages are in place: the first
+        # migration then writes into them as fast as later ones do into a dropped epoch's layers.
+        self._spare_packed = [torch.zeros_like(tensor) for pair in self.computes[epoch].packed for tensor in pair]
 
     def forward(self, layer: int, hidden: torch.Tensor, local_slots: torch.Tensor,
                 weights: torch.Tensor, epoch: int) -> torch.Tensor:
@@ -128,7 +138,7 @@ class ExpertWorker:
         changed = experts != current
         assert {tuple(index) for index in np.argwhere(changed).tolist()} <= set(replaced), \
             "every slot whose expert changes needs copied weights"
-        self.computes[epoch] = self.computes[self.epoch].replaced(replaced)
+        self.computes[epoch] = self.computes[self.epoch].replaced(replaced, self._spare_packed)
         self.experts[epoch] = experts
         return sum(gate_up.nbytes + down.nbytes for gate_up, down in replaced.values())
 
@@ -136,7 +146,11 @@ class ExpertWorker:
         """Make the staged `epoch` the committed one and drop every other epoch's experts."""
         if epoch not in self.computes:
             raise KeyError(f"this worker holds epochs {sorted(self.computes)}, not {epoch}")
-        self.computes = {epoch: self.computes[epoch]}
+        kept = self.computes[epoch]
+        for dropped in self.computes.values():
+            if dropped is not kept:
+                self._keep_spares(dropped.released(kept))
+        self.computes = {epoch: kept}
         self.experts = {epoch: self.experts[epoch]}
         self.epoch = epoch
         for exported in list(self._shared_exports):
@@ -144,10 +158,15 @@ class ExpertWorker:
 
     def discard(self, epoch: int) -> None:
         """Drop a staged `epoch` (a failed migration); the committed epoch stays. No-op if absent."""
-        if epoch != self.epoch:
-            self.computes.pop(epoch, None)
+        if epoch != self.epoch and epoch in self.computes:
+            self._keep_spares(self.computes.pop(epoch).released(self.computes[self.epoch]))
             self.experts.pop(epoch, None)
         self._close_exports(epoch)
+
+    def _keep_spares(self, tensors: list[torch.Tensor]) -> None:
+        """Keep packed layers of a dropped epoch for the next migration to write into, at most one set
+        (as many as the committed epoch has): a worker then holds up to twice its packed experts."""
+        self._spare_packed = (tensors + self._spare_packed)[:2 * len(self.computes[self.epoch].packed)]
 
     def _close_exports(self, epoch: int) -> None:
         """Free the shared memory exported for the migration to `epoch` (its targets have read it or failed)."""

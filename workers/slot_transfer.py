@@ -2,7 +2,7 @@
 
 A live migration copies experts worker to worker (`cluster.runtime.migration`). Between workers on
 one machine the weights need not pass through Ray's object store: the source writes the slots once
-into a `memfd` (anonymous shared memory, no name in /dev/shm) and hands out a small `SharedSlots`
+into a `memfd` (anonymous shared memory, no name in /dev/shm, written with `pwrite`) and hands out a small `SharedSlots`
 (its pid, the fd number, a random token); the target maps `/proc/<pid>/fd/<fd>` privately and keeps
 the mapped slots as its new epoch's weights. One memcpy on the source, none on the target (beyond
 the vllm kernel's packing), no pickling, no object-manager transfer (docs/runtime.md: Ray's transfer
@@ -65,17 +65,24 @@ def write_shared(weights: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[int,
     fd = os.memfd_create("switchyard-migration", os.MFD_CLOEXEC)
     try:
         os.ftruncate(fd, total)
-        with mmap.mmap(fd, total) as segment:
-            segment[:TOKEN_BYTES] = token
-            tensors = [tensor for pair in weights for tensor in pair]
-            for tensor, offset, size in zip(tensors, offsets, sizes, strict=True):
-                view = torch.frombuffer(segment, dtype=dtype, count=size // dtype.itemsize, offset=offset)
-                view.copy_(tensor.reshape(-1))
-                del view  # the mapping closes only without exported views
+        _write_at(fd, token, 0)
+        tensors = [tensor for pair in weights for tensor in pair]
+        for tensor, offset in zip(tensors, offsets, strict=True):
+            _write_at(fd, memoryview(tensor.detach().contiguous().numpy()).cast("B"), offset)
     except BaseException:
         os.close(fd)
         raise
     return fd, SharedSlots(host_identity(), os.getpid(), fd, token, shapes, str(dtype).removeprefix("torch."))
+
+
+def _write_at(fd: int, data: bytes | memoryview, offset: int) -> None:
+    """All of `data` into `fd` at `offset`. A write, not a copy into a mapping: the kernel allocates the
+    memfd's pages as it fills them, ~5x faster on this machine than faulting each page of a fresh
+    mapping in on first touch (1986 vs 377 MiB/s, 256 MiB)."""
+    view = memoryview(data)
+    while view.nbytes:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
 
 
 def read_shared(shared: SharedSlots) -> list[tuple[torch.Tensor, torch.Tensor]]:
