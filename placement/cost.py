@@ -82,6 +82,16 @@ class ClusterSpec:
         """
         return self.nvlink_bandwidth / self.network_bandwidth - 1.0
 
+    def overload_weight(self, num_gpus: int) -> float:
+        """What one pick more on the busiest GPU costs, in distinct GPUs per token, by this model.
+
+        The pick adds `flops_per_pick / gpu_flops` seconds of compute to the layer. A distinct GPU
+        per token is one hidden state out and one back over NVLink; spread over the `num_gpus` GPUs'
+        links it adds `2 * hidden_bytes / nvlink_bandwidth / num_gpus` seconds to the busiest. Their
+        ratio is the exchange rate of balance for locality: fast GPUs or slow links favour locality.
+        """
+        return (self.flops_per_pick / self.gpu_flops) / (2.0 * self.hidden_bytes / self.nvlink_bandwidth / num_gpus)
+
     @property
     def expert_bytes(self) -> int:
         """Bytes of one expert's weights (3 matrices), what a migration copies per new replica."""

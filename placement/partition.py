@@ -7,7 +7,11 @@ by the runtime's rule (`set_routing.route_sets`), is
     cost = sum over rows of weight * (distinct GPUs) + node_weight * (remote nodes)
 
 which for rows without replicated experts is the connectivity (KM1) objective of hypergraph
-partitioning, on two levels. Load enters as a cap: no GPU may serve more than `cap` picks.
+partitioning, on two levels. Load enters as a cap (`LoadCap`): no GPU may serve more picks than its
+limit, on each window of traffic the rows were counted over (a plan made on past windows serves the
+next one, and a layout that balances only their sum may balance none of them: it fits the noise of
+the sum). A window's GPU load is each replica's routed load scaled by its expert's share in that
+window, and the overload is summed over windows.
 
 Moves are swaps of two replicas on different GPUs, so every GPU keeps exactly S slots; a swap may not
 put two replicas of one expert on one GPU. Each round computes the exact change of the cost for every
@@ -56,8 +60,49 @@ class LayerRows:
 
 
 @dataclass(frozen=True, eq=False)
+class LoadCap:
+    """The most picks a GPU should serve, on each of S windows.
+
+    limit: `[S]` float64 the cap in each window.
+    share: `[S, E]` float64 each expert's load in that window over its load in all of them (one
+        window: all ones), by which a replica's routed load splits over the windows.
+
+    price: what one pick above a limit costs, in units of the cost (distinct GPUs per token); inf:
+        the cap comes first and the cost only decides among layouts with as much overload.
+    """
+
+    limit: np.ndarray
+    share: np.ndarray
+    price: float = np.inf
+
+    @classmethod
+    def single(cls, cap: float, num_experts: int) -> LoadCap:
+        """One window: `cap` on the load of all rows."""
+        return cls(np.array([float(cap)]), np.ones((1, num_experts)))
+
+    @classmethod
+    def per_window(cls, window_load: np.ndarray, num_gpus: int, max_imbalance: float, price: float = np.inf
+                   ) -> LoadCap:
+        """`(1 + max_imbalance)` x the mean GPU load of each window; window_load: `[S, E]`."""
+        total = window_load.sum(axis=0)
+        share = np.divide(window_load, total, out=np.full(window_load.shape, 1.0 / len(window_load)),
+                          where=total > 0)
+        return cls(window_load.sum(axis=1) / num_gpus * (1 + max_imbalance), share, price)
+
+    def vertex_loads(self, vertex_load: np.ndarray, expert_of_vertex: np.ndarray) -> np.ndarray:
+        """`[S, V]` each vertex's load in every window."""
+        return vertex_load[None, :] * self.share[:, expert_of_vertex]
+
+    def overload(self, vertex_load: np.ndarray, expert_of_vertex: np.ndarray, gpu_of_vertex: np.ndarray,
+                 num_gpus: int) -> float:
+        """Picks above the cap, summed over GPUs and windows."""
+        return float(sum(np.maximum(np.bincount(gpu_of_vertex, weights=loads, minlength=num_gpus) - limit, 0).sum()
+                         for loads, limit in zip(self.vertex_loads(vertex_load, expert_of_vertex), self.limit)))
+
+
+@dataclass(frozen=True, eq=False)
 class Score:
-    """A layout's cost on its rows. overload: picks above the cap, summed over GPUs (0 when within).
+    """A layout's cost on its rows. overload: picks above the cap, summed over GPUs and windows (0 when within).
     pins: `[M, k]` int64 the vertex serving each pick; vertex_load: `[V]` float64."""
 
     overload: float
@@ -65,8 +110,12 @@ class Score:
     pins: np.ndarray
     vertex_load: np.ndarray
 
-    def better_than(self, other: Score) -> bool:
-        """Less overload, or as little and a lower cost."""
+    def better_than(self, other: Score, price: float = np.inf) -> bool:
+        """With an infinite `price`: less overload, or as little and a lower cost. Else a lower
+        `cost + price * overload` (both in the cost's units)."""
+        if np.isfinite(price):
+            mine, theirs = self.cost + price * self.overload, other.cost + price * other.overload
+            return mine < theirs - _TOLERANCE * (1 + abs(theirs))
         if self.overload < other.overload - _TOLERANCE * (1 + other.overload):
             return True
         return (self.overload <= other.overload + _TOLERANCE * (1 + other.overload)
@@ -84,7 +133,7 @@ def expert_vertices(expert_of_vertex: np.ndarray, num_experts: int) -> np.ndarra
 
 
 def score(rows: LayerRows, vertices: np.ndarray, gpu_of_vertex: np.ndarray, topology: Topology,
-          cap: float) -> Score:
+          cap: LoadCap) -> Score:
     """Route the rows' picks to replicas and measure the layout.
 
     vertices: `[E, R]` int64 from `expert_vertices`; gpu_of_vertex: `[V]` int64.
@@ -95,18 +144,19 @@ def score(rows: LayerRows, vertices: np.ndarray, gpu_of_vertex: np.ndarray, topo
     home_known = (rows.home >= 0).astype(np.float64)
     cost = (rows.weight @ (gpu_counts > 0).sum(axis=1)
             + rows.node_weight @ ((node_counts > 0).sum(axis=1) - home_known))
-    gpu_load = np.bincount(gpu_of_vertex, weights=vertex_load, minlength=topology.num_gpus)
-    return Score(float(np.maximum(gpu_load - cap, 0).sum()), float(cost), pins, vertex_load)
+    overload = cap.overload(vertex_load, _expert_of_vertex(vertices, len(gpu_of_vertex)), gpu_of_vertex,
+                            topology.num_gpus)
+    return Score(overload, float(cost), pins, vertex_load)
 
 
 def refine(rows: LayerRows, expert_of_vertex: np.ndarray, gpu_of_vertex: np.ndarray,
-           topology: Topology, cap: float, max_rounds: int, swap_vertices: int | None = None
+           topology: Topology, cap: LoadCap, max_rounds: int, swap_vertices: int | None = None
            ) -> list[tuple[np.ndarray, Score]]:
     """Improve a layout by swaps; returns the path: the start and every kept step, with its score.
 
     expert_of_vertex: `[V]` int64 the expert each vertex replicates (fixed: swaps move vertices).
     gpu_of_vertex: `[V]` int64 the start layout, exactly S vertices per GPU, no expert twice on a GPU.
-    cap: the most picks a GPU should serve. max_rounds: batches tried at most.
+    cap: the most picks a GPU should serve, per window. max_rounds: batches tried at most.
     swap_vertices: with more vertices than this, each round considers the swaps among this many
         (`_swap_candidates`) instead of all `V x V`, which at DeepSeek-V3's 2304 slots per layer would
         cost ~0.5 s a round; None: all.
@@ -119,7 +169,7 @@ def refine(rows: LayerRows, expert_of_vertex: np.ndarray, gpu_of_vertex: np.ndar
     path = [(current.copy(), best)]
     for _ in range(max_rounds):
         subset = (np.arange(len(current)) if swap_vertices is None or swap_vertices >= len(current)
-                  else _swap_candidates(rows, best, current, topology, cap, swap_vertices))
+                  else _swap_candidates(rows, best, expert_of_vertex, current, topology, cap, swap_vertices))
         first, second = _ranked_swaps(rows, best, expert_of_vertex, current, topology, cap, subset)
         if not len(first):
             break
@@ -131,13 +181,21 @@ def refine(rows: LayerRows, expert_of_vertex: np.ndarray, gpu_of_vertex: np.ndar
             for a, b in trial:
                 layout[a], layout[b] = current[b], current[a]
             result = score(rows, vertices, layout, topology, cap)
-            if result.better_than(best):
+            if result.better_than(best, cap.price):
                 current, best = layout, result
                 path.append((current.copy(), best))
                 break
         else:
             break
     return path
+
+
+def _expert_of_vertex(vertices: np.ndarray, num_vertices: int) -> np.ndarray:
+    """`[V]` int64 the expert of every vertex, from `expert_vertices`' table."""
+    expert = np.empty(num_vertices, dtype=np.int64)
+    held = vertices >= 0
+    expert[vertices[held]] = np.nonzero(held)[0]
+    return expert
 
 
 def _counts(rows: LayerRows, pins: np.ndarray, gpu_of_vertex: np.ndarray, topology: Topology
@@ -156,37 +214,46 @@ def _counts(rows: LayerRows, pins: np.ndarray, gpu_of_vertex: np.ndarray, topolo
     return gpu_counts, node_counts
 
 
-def _swap_candidates(rows: LayerRows, current: Score, gpu_of_vertex: np.ndarray, topology: Topology,
-                     cap: float, count: int) -> np.ndarray:
+def _swap_candidates(rows: LayerRows, current: Score, expert_of_vertex: np.ndarray, gpu_of_vertex: np.ndarray,
+                     topology: Topology, cap: LoadCap, count: int) -> np.ndarray:
     """`[count]` int64 ascending: the vertices a round of swaps considers when there are too many for
     all pairs. Those on GPUs above the cap first, then those that serve the most row weight alone
     on their GPU (the GPUs a move could save), then by id."""
     gpu_counts, _ = _counts(rows, current.pins, gpu_of_vertex, topology)
     alone = (np.take_along_axis(gpu_counts, gpu_of_vertex[current.pins], axis=1) == 1) * rows.weight[:, None]
     saving = np.bincount(current.pins.ravel(), weights=alone.ravel(), minlength=len(gpu_of_vertex))
-    gpu_load = np.bincount(gpu_of_vertex, weights=current.vertex_load, minlength=topology.num_gpus)
-    over = gpu_load[gpu_of_vertex] > cap
+    over = np.zeros(topology.num_gpus, dtype=bool)
+    for loads, limit in zip(cap.vertex_loads(current.vertex_load, expert_of_vertex), cap.limit):
+        over |= np.bincount(gpu_of_vertex, weights=loads, minlength=topology.num_gpus) > limit
+    over = over[gpu_of_vertex]
     return np.sort(np.lexsort((-saving, ~over))[:count])
 
 
 def _ranked_swaps(rows: LayerRows, current: Score, expert_of_vertex: np.ndarray, gpu_of_vertex: np.ndarray,
-                  topology: Topology, cap: float, subset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                  topology: Topology, cap: LoadCap, subset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The improving swaps among `subset` (ascending vertex ids) for the current routing, best first:
     two `[n]` int64 arrays of vertices."""
     delta = swap_deltas(rows, current.pins, gpu_of_vertex, topology, subset)
     gpu = gpu_of_vertex[subset]
-    vertex_load = current.vertex_load[subset]
-    gpu_load = np.bincount(gpu_of_vertex, weights=current.vertex_load, minlength=topology.num_gpus)
-    shift = vertex_load[None, :] - vertex_load[:, None]  # [a, b]: b's load minus a's
-    over = np.maximum(gpu_load - cap, 0)
-    overload = (np.maximum(gpu_load[gpu][:, None] + shift - cap, 0)
-                + np.maximum(gpu_load[gpu][None, :] - shift - cap, 0)
-                - over[gpu][:, None] - over[gpu][None, :])
+    overload = np.zeros(delta.shape)  # [a, b] the change of the overload, summed over windows
+    for all_loads, limit in zip(cap.vertex_loads(current.vertex_load, expert_of_vertex), cap.limit):
+        gpu_load = np.bincount(gpu_of_vertex, weights=all_loads, minlength=topology.num_gpus)
+        vertex_load = all_loads[subset]
+        shift = vertex_load[None, :] - vertex_load[:, None]  # [a, b]: b's load minus a's
+        over = np.maximum(gpu_load - limit, 0)
+        overload += (np.maximum(gpu_load[gpu][:, None] + shift - limit, 0)
+                     + np.maximum(gpu_load[gpu][None, :] - shift - limit, 0)
+                     - over[gpu][:, None] - over[gpu][None, :])
     # Allowed: different GPUs, different experts, neither expert already on the other's GPU.
     experts_on_gpu = np.zeros((int(expert_of_vertex.max()) + 1, topology.num_gpus), dtype=bool)
     experts_on_gpu[expert_of_vertex, gpu_of_vertex] = True
     blocked = experts_on_gpu[expert_of_vertex[subset]][:, gpu]  # [a, b]: a's expert already on b's GPU
     allowed = ~(blocked | blocked.T) & np.triu(np.ones(delta.shape, dtype=bool), 1)
+    if np.isfinite(cap.price):  # one objective: the cost with the overload priced in
+        total = delta + cap.price * overload
+        a, b = np.nonzero(allowed & (total < -_TOLERANCE))
+        order = np.argsort(total[a, b], kind="stable")
+        return subset[a[order]], subset[b[order]]
     improving = (overload < -_TOLERANCE) | ((overload <= _TOLERANCE) & (delta < -_TOLERANCE))
     a, b = np.nonzero(allowed & improving)
     # Rank: swaps that cut overload first, cheapest cost per token of overload cut; then by cost.

@@ -31,6 +31,11 @@ class RoutingStats:
         `from_load` without a token count it is the mean number of selections per layer, which is
         tokens * k.
 
+    window_load: `[W, L, E]` float64 or None: the load of each window these stats were merged from,
+        oldest first, weighted as in `load` (so they sum to it); policies that hedge against drift
+        hold their plan on each window separately. None: one window, `load` itself. A `merge` makes
+        one window again (`windows.decayed_stats` keeps the windows apart).
+
     Load-only stats have `pair_counts`, `topk_sets` and `set_counts` None.
     """
 
@@ -39,11 +44,18 @@ class RoutingStats:
     topk_sets: tuple[np.ndarray, ...] | None
     set_counts: tuple[np.ndarray, ...] | None
     num_tokens: float
+    window_load: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         load = _load_table(self.load)
         num_layers, num_experts = load.shape
         pairs = _counts("pair_counts", self.pair_counts, (num_layers, num_experts, num_experts))
+        windows = None
+        if self.window_load is not None:
+            windows = _counts("window_load", self.window_load, None)
+            if windows.ndim != 3 or windows.shape[1:] != load.shape or not len(windows):
+                raise PlacementError(f"window_load must be [windows, {num_layers}, {num_experts}], "
+                                     f"got shape {windows.shape}")
         if (self.topk_sets is None) != (self.set_counts is None):
             raise PlacementError("topk_sets and set_counts must be given together")
         sets = counts = None
@@ -53,7 +65,8 @@ class RoutingStats:
         if not num_tokens >= 0:
             raise PlacementError(f"num_tokens must be non-negative, got {self.num_tokens!r}")
         for name, value in (("load", load), ("pair_counts", pairs),
-                            ("topk_sets", sets), ("set_counts", counts), ("num_tokens", num_tokens)):
+                            ("topk_sets", sets), ("set_counts", counts), ("num_tokens", num_tokens),
+                            ("window_load", windows)):
             object.__setattr__(self, name, value)
 
     def _checked_sets(self, num_layers: int, num_experts: int
@@ -158,6 +171,11 @@ class RoutingStats:
             self.num_tokens + other.num_tokens,
         )
 
+    @property
+    def windows(self) -> np.ndarray:
+        """`[W, L, E]` the load of every window merged into these stats (`[1, L, E]` for one)."""
+        return self.load[None] if self.window_load is None else self.window_load
+
     def decayed(self, factor: float) -> RoutingStats:
         """Every count multiplied by `factor` in [0, 1]: how an older window fades before a merge."""
         if not 0.0 <= factor <= 1.0:
@@ -168,6 +186,7 @@ class RoutingStats:
             self.topk_sets,
             None if self.set_counts is None else tuple(c * factor for c in self.set_counts),
             self.num_tokens * factor,
+            None if self.window_load is None else self.window_load * factor,
         )
 
 

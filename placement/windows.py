@@ -13,6 +13,7 @@ traffic does in a live window); a last window shorter than `window_tokens` is dr
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -45,7 +46,8 @@ def split_windows(trace: RoutingTrace, window_tokens: int) -> list[RoutingTrace]
 
 
 def decayed_stats(window_stats: list[RoutingStats], decay: float) -> RoutingStats:
-    """The statistics of all windows, window j of n weighted `decay ** (n - 1 - j)` (the last one 1).
+    """The statistics of all windows, window j of n weighted `decay ** (n - 1 - j)` (the last one 1),
+    with each kept window's weighted load in `window_load` (a plan can then be held on each).
 
     decay: in [0, 1]; 0 keeps only the last window, 1 weighs every window alike.
     """
@@ -53,10 +55,14 @@ def decayed_stats(window_stats: list[RoutingStats], decay: float) -> RoutingStat
         raise PlacementError("no windows to merge")
     if not 0.0 <= decay <= 1.0:
         raise PlacementError(f"decay must be in [0, 1], got {decay!r}")
+    if decay == 0:
+        return window_stats[-1]
     merged = window_stats[0]
     for stats in window_stats[1:]:
-        merged = stats if decay == 0 else merged.decayed(decay).merge(stats)
-    return merged
+        merged = merged.decayed(decay).merge(stats)
+    weights = decay ** np.arange(len(window_stats) - 1, -1, -1.0)
+    return dataclasses.replace(merged, window_load=np.stack([stats.load for stats in window_stats])
+                               * weights[:, None, None])
 
 
 def serve_windows(trace: RoutingTrace, topology: Topology, policies: Mapping[str, Policy],

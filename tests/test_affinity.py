@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -11,7 +13,7 @@ from switchyard.placement.errors import PlacementError
 from switchyard.placement.evaluate import evaluate
 from switchyard.placement.formats import load_trace
 from switchyard.placement.migration import plan_migration
-from switchyard.placement.partition import expert_vertices, score, swap_deltas
+from switchyard.placement.partition import LayerRows, LoadCap, Score, expert_vertices, refine, score, swap_deltas
 from switchyard.placement.plan import Plan
 from switchyard.placement.policies import affinity, get_policy
 from switchyard.placement.policies.affinity import AffinityPolicy, layer_rows, sampled_rows
@@ -21,6 +23,7 @@ from switchyard.placement.set_routing import route_sets
 from switchyard.placement.stats import RoutingStats
 from switchyard.placement.synthetic import synthetic_trace
 from switchyard.placement.topology import Topology
+from switchyard.placement.windows import decayed_stats, split_windows
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +90,76 @@ def test_cluster_prices_remote_nodes_and_moves_the_plan(synthetic) -> None:
     on_slow = AffinityPolicy(cluster=slow).place(stats, topology)
     assert on_fast != on_slow
     assert AffinityPolicy(cluster=slow).place(stats, topology) == on_slow
-    assert AffinityPolicy(node_weight=35.0).place(stats, topology) == on_slow
+
+
+def _two_windows() -> tuple[np.ndarray, LayerRows]:
+    """Four experts, one token row each, 10 tokens apiece over two windows that load them crosswise:
+    window 0 only experts 0 and 3, window 1 only 1 and 2. Summed, every expert carries 10."""
+    window_load = np.array([[10.0, 0.0, 0.0, 10.0], [0.0, 10.0, 10.0, 0.0]])
+    rows = LayerRows(np.arange(4)[:, None], np.full(4, 10.0), np.full(4, -1), np.zeros(4))
+    return window_load, rows
+
+
+def test_per_window_cap_sees_what_the_sum_hides() -> None:
+    """{0, 3} | {1, 2} on two GPUs is balanced on the sum but puts a whole window on one GPU: 10
+    picks over the cap (the window's mean, 10) in each window; {0, 1} | {2, 3} is balanced in both."""
+    window_load, _ = _two_windows()
+    cap = LoadCap.per_window(window_load, num_gpus=2, max_imbalance=0.0)
+    np.testing.assert_allclose(cap.limit, [10.0, 10.0])
+    experts, vertex_load = np.arange(4), np.full(4, 10.0)
+    assert cap.overload(vertex_load, experts, np.array([0, 1, 1, 0]), 2) == pytest.approx(20.0)
+    assert cap.overload(vertex_load, experts, np.array([0, 0, 1, 1]), 2) == 0.0
+    summed = LoadCap.single(20.0, 4)
+    assert summed.overload(vertex_load, experts, np.array([0, 1, 1, 0]), 2) == 0.0
+
+
+def test_refinement_balances_every_window() -> None:
+    window_load, rows = _two_windows()
+    topology = Topology(1, 2, 2)
+    cap = LoadCap.per_window(window_load, topology.num_gpus, 0.0)
+    path = refine(rows, np.arange(4), np.array([0, 1, 1, 0]), topology, cap, max_rounds=8)
+    gpus, result = path[-1]
+    assert result.overload == 0.0
+    assert gpus[0] != gpus[3] and gpus[1] != gpus[2]
+
+
+def test_priced_overload_trades_with_cost() -> None:
+    """With a price, a layout is better when cost + price x overload is lower; without, overload first."""
+    low_cost = Score(overload=1.0, cost=10.0, pins=np.zeros((0, 1), dtype=np.int64), vertex_load=np.zeros(0))
+    balanced = Score(overload=0.0, cost=20.0, pins=low_cost.pins, vertex_load=low_cost.vertex_load)
+    assert balanced.better_than(low_cost)
+    assert low_cost.better_than(balanced, price=5.0)
+    assert balanced.better_than(low_cost, price=20.0)
+
+
+def test_time_objective_moves_the_plan_with_the_cluster(synthetic) -> None:
+    """Given a cluster, overload is priced at its exchange rate of compute for NVLink traffic
+    (`ClusterSpec.overload_weight`); GPUs 8x slower make balance cheaper to give up than a fast one."""
+    stats, _, _ = synthetic
+    topology = Topology(1, 4, 9)
+    fast = PRESETS["h100"]
+    slow_gpus = dataclasses.replace(fast, name="slow", gpu_flops=fast.gpu_flops / 8)
+    assert AffinityPolicy().overload_price(topology) == np.inf
+    assert AffinityPolicy(cluster=slow_gpus).overload_price(topology) == pytest.approx(
+        8 * AffinityPolicy(cluster=fast).overload_price(topology))
+    plans = [AffinityPolicy(cluster=cluster).place(stats, topology) for cluster in (None, fast, slow_gpus)]
+    assert plans[0] != plans[1] and plans[1] != plans[2]
+    assert AffinityPolicy(cluster=fast).place(stats, topology) == plans[1]
+
+
+def test_plans_hold_on_each_window_and_stay_deterministic() -> None:
+    """Planned on three decayed windows of a drifting trace, the plan is valid and the same each time,
+    and budget 0 keeps the current plan."""
+    trace = synthetic_trace(4, 32, 4, 3000, seq_len=100, skew=1.0, seed=3)
+    stats = decayed_stats([RoutingStats.from_trace(w) for w in split_windows(trace, 1000)], 0.5)
+    topology = Topology(2, 2, 9)
+    policy = AffinityPolicy(cluster=PRESETS["h100"])
+    plan = policy.place(stats, topology)
+    _assert_valid(plan, stats, topology)
+    assert policy.place(stats, topology) == plan
+    current = EplbPolicy().place(stats, topology)
+    kept = AffinityPolicy(cluster=PRESETS["h100"], max_moves=0).place(stats, topology, current)
+    np.testing.assert_array_equal(kept.physical_to_logical, current.physical_to_logical)
 
 
 def test_beats_eplb_on_held_out_tokens(synthetic) -> None:
@@ -249,7 +321,7 @@ def test_swap_deltas_match_recounting(synthetic) -> None:
     expert_of_vertex = np.repeat(np.arange(stats.num_experts), replicas)
     gpu_of_vertex = rng.permutation(topology.gpu_of_slot)
     pins = score(rows, expert_vertices(expert_of_vertex, stats.num_experts), gpu_of_vertex, topology,
-                 np.inf).pins
+                 LoadCap.single(np.inf, stats.num_experts)).pins
     delta = swap_deltas(rows, pins, gpu_of_vertex, topology)
 
     def cost(layout: np.ndarray) -> float:

@@ -72,3 +72,14 @@ def test_non_positive_figures_raise(field):
 def test_mismatched_sequences_raise():
     with pytest.raises(PlacementError, match="sequence_of_token"):
         simulate_layer_times(Topology(1, 2, 2), np.zeros((3, 1, 2), dtype=np.int64), np.zeros(2), UNIT)
+
+
+def test_overload_weight_is_the_models_exchange_rate():
+    """One pick on the busiest H100 (17.3 MFLOP at 989 TFLOP/s) against one hidden state out and back
+    over NVLink (2 x 4096 B at 450 GB/s) spread over 8 GPUs' links: about 7.7 GPUs per token."""
+    h100 = PRESETS["h100"]
+    pick_s = 6 * 2048 * 1408 / 989e12
+    assert h100.overload_weight(8) == pytest.approx(pick_s / (2 * 4096 / 450e9 / 8))
+    assert h100.overload_weight(8) == pytest.approx(7.69, abs=0.01)
+    assert h100.overload_weight(16) == pytest.approx(2 * h100.overload_weight(8))
+    assert PRESETS["h100-100gbit"].overload_weight(8) == h100.overload_weight(8)  # NVLink and compute only

@@ -38,6 +38,10 @@ def test_decayed_stats_weigh_older_windows_down() -> None:
                                0.25 * stats[0].pair_counts + 0.5 * stats[1].pair_counts + stats[2].pair_counts)
     assert merged.num_tokens == pytest.approx(1750)
     assert all(counts.sum() == pytest.approx(1750) for counts in merged.set_counts)
+    np.testing.assert_allclose(merged.window_load, [0.25 * stats[0].load, 0.5 * stats[1].load, stats[2].load])
+    np.testing.assert_allclose(merged.window_load.sum(axis=0), merged.load)
+    np.testing.assert_allclose(merged.decayed(0.5).window_load, 0.5 * merged.window_load)
+    assert merged.merge(stats[0]).window_load is None  # a merge is one window again
     assert decayed_stats(stats, 0.0) is stats[-1]
     np.testing.assert_allclose(decayed_stats(stats, 1.0).load, sum(s.load for s in stats))
     with pytest.raises(PlacementError, match="decay must be in"):

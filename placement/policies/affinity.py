@@ -4,7 +4,10 @@ EPLB balances load and ignores which experts a token picks together, so a token'
 almost as many GPUs as a random layout gives. This policy places, per layer, the replicas that
 `seeding.replica_counts` asks for (EPLB's rule: spare slots to the busiest experts) so that:
 
-- no GPU serves more than `(1 + max_imbalance)` times the mean load on the statistics' window;
+- no GPU serves more than `(1 + max_imbalance)` times the mean load, on each window the statistics
+  were merged from (`RoutingStats.window_load`; one window when they were not): the plan serves the
+  next window, and a layout balanced on each past window, not only on their sum, has not fitted the
+  noise of one sample of traffic (`partition.LoadCap`);
 - within that, a token's picks touch as few GPUs, and nodes other than its home node, as possible:
   the cost `distinct GPUs + node_weight * remote nodes`, summed over the window's top-k sets, with
   each pick routed to a replica by the runtime's own rule (`set_routing`). Given the cluster
@@ -44,7 +47,7 @@ from switchyard.placement.budget import allocate, copies_needed, relabel_gpus
 from switchyard.placement.cost import ClusterSpec
 from switchyard.placement.errors import PlacementError
 from switchyard.placement.migration import plan_migration
-from switchyard.placement.partition import LayerRows, Score, expert_vertices, refine, score
+from switchyard.placement.partition import LayerRows, LoadCap, Score, expert_vertices, refine, score
 from switchyard.placement.plan import Plan
 from switchyard.placement.policies.base import check_capacity
 from switchyard.placement.seeding import graph_partition, initial_layouts, replica_counts
@@ -110,6 +113,12 @@ class AffinityPolicy:
             return float(self.node_weight)
         return self.cluster.remote_node_weight if self.cluster is not None else 1.0
 
+    def overload_price(self, topology: Topology) -> float:
+        """What a pick above the cap costs against the cost (distinct GPUs per token): the cluster's
+        exchange rate (`ClusterSpec.overload_weight`), so the plan minimises the modelled layer time;
+        without a cluster, infinite: the cap comes first."""
+        return np.inf if self.cluster is None else self.cluster.overload_weight(topology.num_gpus)
+
     def place(self, stats: RoutingStats, topology: Topology, current: Plan | None = None) -> Plan:
         """A plan for `stats`; with `max_moves` set and `current` given, one reachable from `current`
         with at most `max_moves` expert copies."""
@@ -126,7 +135,8 @@ class AffinityPolicy:
         moves = [np.array([copies_needed(current_gpu_experts[layer], table.reshape(topology.num_gpus, -1),
                                          stats.num_experts) for table, _ in candidates])
                  for layer, candidates in enumerate(layers)]
-        values = [np.array([_value(result) for _, result in candidates]) for candidates in layers]
+        price = self.overload_price(topology)
+        values = [np.array([_value(result, price) for _, result in candidates]) for candidates in layers]
         chosen = allocate(moves, values, self.max_moves)
         table = np.stack([candidates[index][0] for candidates, index in zip(layers, chosen)])
         return plan_migration(current, Plan(table, topology, stats.num_experts)).aligned
@@ -150,12 +160,15 @@ class AffinityPolicy:
         # Refinement balances load itself, better from a start that follows co-activation alone.
         experts, gpus = initial_layouts(pairs, stats.load, replicas, preferred, topology,
                                         np.where(refined, np.inf, caps))
-        return [self._layer_candidates(rows[layer], experts[layer], gpus[layer], bool(refined[layer]), caps[layer],
+        windows = stats.windows
+        return [self._layer_candidates(rows[layer], experts[layer], gpus[layer], bool(refined[layer]),
+                                       LoadCap.per_window(windows[:, layer], topology.num_gpus, self.max_imbalance,
+                                                          self.overload_price(topology)),
                                        topology, None if current is None else current.physical_to_logical[layer],
                                        None if current is None else current.gpu_experts[layer], stats.num_experts)
                 for layer in range(stats.num_layers)]
 
-    def _layer_candidates(self, rows: LayerRows, experts: np.ndarray, gpus: np.ndarray, refined: bool, cap: float,
+    def _layer_candidates(self, rows: LayerRows, experts: np.ndarray, gpus: np.ndarray, refined: bool, cap: LoadCap,
                           topology: Topology, current_table: np.ndarray | None, current_gpu_experts: np.ndarray | None,
                           num_experts: int) -> list[tuple[np.ndarray, Score | None]]:
         """One layer's candidates from its seeding (`experts`, `gpus`: `[V]` vertex -> expert, GPU)."""
@@ -221,6 +234,7 @@ def _table(expert_of_vertex: np.ndarray, gpu_of_vertex: np.ndarray) -> np.ndarra
     return expert_of_vertex[np.lexsort((np.arange(len(gpu_of_vertex)), gpu_of_vertex))]
 
 
-def _value(result: Score | None) -> float:
-    """A layout's worth for the budget (higher is better): overload first, then cost."""
-    return -(result.overload * _OVERLOAD_VALUE + result.cost)
+def _value(result: Score | None, price: float) -> float:
+    """A layout's worth for the budget (higher is better): the cost with overload at `price` (at most
+    `_OVERLOAD_VALUE`: overload first)."""
+    return -(result.overload * min(price, _OVERLOAD_VALUE) + result.cost)
