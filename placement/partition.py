@@ -250,11 +250,9 @@ def _ranked_swaps(rows: LayerRows, current: Score, expert_of_vertex: np.ndarray,
     blocked = experts_on_gpu[expert_of_vertex[subset]][:, gpu]  # [a, b]: a's expert already on b's GPU
     allowed = ~(blocked | blocked.T) & np.triu(np.ones(delta.shape, dtype=bool), 1)
     if np.isfinite(cap.price):  # one objective: the cost with the overload priced in
-        total = delta + cap.price * overload
-        a, b = np.nonzero(allowed & (total < -_TOLERANCE))
-        order = np.argsort(total[a, b], kind="stable")
-        return subset[a[order]], subset[b[order]]
-    improving = (overload < -_TOLERANCE) | ((overload <= _TOLERANCE) & (delta < -_TOLERANCE))
+        improving = delta + cap.price * overload < -_TOLERANCE
+    else:
+        improving = (overload < -_TOLERANCE) | ((overload <= _TOLERANCE) & (delta < -_TOLERANCE))
     a, b = np.nonzero(allowed & improving)
     # Rank: swaps that cut overload first, cheapest cost per token of overload cut; then by cost.
     cut = -overload[a, b]
