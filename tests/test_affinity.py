@@ -134,7 +134,7 @@ def test_priced_overload_trades_with_cost() -> None:
 
 def test_time_objective_moves_the_plan_with_the_cluster(synthetic) -> None:
     """Given a cluster, overload is priced at its exchange rate of compute for NVLink traffic
-    (`ClusterSpec.overload_weight`); GPUs 8x slower make balance cheaper to give up than a fast one."""
+    (`ClusterSpec.overload_weight`); on GPUs 8x slower a pick of overload costs 8x as much locality."""
     stats, _, _ = synthetic
     topology = Topology(1, 4, 9)
     fast = PRESETS["h100"]

@@ -7,7 +7,10 @@ almost as many GPUs as a random layout gives. This policy places, per layer, the
 - no GPU serves more than `(1 + max_imbalance)` times the mean load, on each window the statistics
   were merged from (`RoutingStats.window_load`; one window when they were not): the plan serves the
   next window, and a layout balanced on each past window, not only on their sum, has not fitted the
-  noise of one sample of traffic (`partition.LoadCap`);
+  noise of one sample of traffic (`partition.LoadCap`). Given the cluster, load above the cap is
+  priced instead of coming first: a pick above it costs `ClusterSpec.overload_weight` GPUs per
+  token, the model's compute time of a pick over the NVLink time of a GPU per token, so the plan
+  minimises the modelled layer time;
 - within that, a token's picks touch as few GPUs, and nodes other than its home node, as possible:
   the cost `distinct GPUs + node_weight * remote nodes`, summed over the window's top-k sets, with
   each pick routed to a replica by the runtime's own rule (`set_routing`). Given the cluster
