@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 
 import numpy as np
@@ -140,7 +141,7 @@ def test_stage_commit_discard(qwen3_dir):
 
 
 def test_stage_from_shared_memory_matches_the_ray_path(qwen3_dir):
-    """`export_shared` (same machine) stages the same weights as `export_slots`; commit frees the segment."""
+    """`export_shared` (same machine) stages the same weights as `export_slots`, mapping the source's memory."""
     old, new = np.array([[0, 1, 2, 3], [0, 1, 2, 3]]), np.array([[0, 5, 2, 7], [4, 1, 2, 3]])
     source = ExpertWorker(str(qwen3_dir), np.array([[4, 5, 6, 7], [4, 5, 6, 7]]))
     slots, targets = [(0, 1), (0, 3), (1, 0)], [[(0, 1), (0, 3), (1, 0)]]
@@ -150,18 +151,25 @@ def test_stage_from_shared_memory_matches_the_ray_path(qwen3_dir):
     for layer in (0, 1):
         torch.testing.assert_close(_forward_all_slots(by_memory, layer, 2), _forward_all_slots(by_ray, layer, 2),
                                    rtol=0, atol=0)
-    fd_path = f"/proc/{os.getpid()}/fd/{shared.fd}"
-    assert os.path.exists(fd_path)
-    source.commit(source.epoch)  # the source's epoch ends: its exports are closed
-    assert not os.path.exists(fd_path) or os.readlink(fd_path).find("switchyard-migration") < 0
+    # No copy: the target maps the source's memory (its own mapping of the same memfd).
+    assert by_memory.computes[2].gate_up[0][1].data_ptr() != source.computes[1].gate_up[0][1].data_ptr()
+    assert torch.equal(by_memory.computes[2].gate_up[0][1], source.computes[1].gate_up[0][1])
+    source.commit(source.epoch)  # the source's epoch ends: it stops holding its exports
     by_memory.commit(2)
     torch.testing.assert_close(_forward_all_slots(by_memory, 0, 2), _forward_all_slots(by_ray, 0, 2), rtol=0, atol=0)
+    again = by_memory.export_shared(3, [(0, 1)])  # the target exports the slot on, still without a copy
+    assert os.path.samefile(f"/proc/{os.getpid()}/fd/{again.fds[0]}", f"/proc/{os.getpid()}/fd/{shared.fds[0]}")
+    by_memory.discard(3)
 
 
 def test_shared_slots_refuse_a_stale_descriptor(qwen3_dir):
     source = ExpertWorker(str(qwen3_dir), np.array([[4, 5, 6, 7], [4, 5, 6, 7]]))
     shared = source.export_shared(2, [(0, 1)])
+    with pytest.raises(OSError, match="no longer holds"):
+        read_shared(dataclasses.replace(shared, tokens=(b"0" * 16,)))  # the fd now holds another segment
+    source.load(str(qwen3_dir), np.array([[0, 1, 2, 3], [0, 1, 2, 3]]))  # the exported slot is dropped
     source.discard(2)
+    gc.collect()
     with pytest.raises(OSError):
         read_shared(shared)
     with pytest.raises(OSError, match="host"):

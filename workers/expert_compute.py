@@ -19,6 +19,7 @@ import torch
 from torch.nn import functional
 
 from switchyard.workers.errors import CheckpointError
+from switchyard.workers.slot_transfer import shared
 
 # vLLM's kernel keeps its scratch space per process: two calls at once (two engines' channels, or a
 # channel and a Ray call) crash it, so they take turns.
@@ -45,8 +46,13 @@ class ExpertCompute:
                  packed: list[tuple[torch.Tensor, torch.Tensor] | None] | None = None) -> None:
         assert len(gate_up) == len(down), "one gate_up and one down tensor per layer"
         self.device = torch.device(device)
-        self.gate_up = [[slot.to(self.device) for slot in layer] for layer in gate_up]
-        self.down = [[slot.to(self.device) for slot in layer] for layer in down]
+        # On the CPU every slot's plain weights live in shared memory (`slot_transfer.shared`: already
+        # there when they came from another worker or an earlier compute), so that an export to a
+        # worker on this machine hands out the memory itself instead of copying it.
+        on_device = [[shared(g, d) if self.device.type == "cpu" else (g.to(self.device), d.to(self.device))
+                      for g, d in zip(layer_up, layer_down, strict=True)] for layer_up, layer_down in zip(gate_up, down)]
+        self.gate_up = [[g for g, _ in layer] for layer in on_device]
+        self.down = [[d for _, d in layer] for layer in on_device]
         if activation not in ACTIVATIONS:
             raise CheckpointError(f"unsupported expert activation {activation!r}; supported: {', '.join(ACTIVATIONS)}")
         self.activation, self.act_fn = activation, ACTIVATIONS[activation]
@@ -79,8 +85,7 @@ class ExpertCompute:
         """
         gate_up, down = [list(layer) for layer in self.gate_up], [list(layer) for layer in self.down]
         for (layer, slot), (new_gate_up, new_down) in slot_weights.items():
-            gate_up[layer][slot] = torch.as_tensor(new_gate_up).to(self.device)
-            down[layer][slot] = torch.as_tensor(new_down).to(self.device)
+            gate_up[layer][slot], down[layer][slot] = torch.as_tensor(new_gate_up), torch.as_tensor(new_down)
         packed = list(self.packed)
         for layer in sorted({layer for layer, _ in slot_weights} if packed else ()):
             slots = {slot for changed, slot in slot_weights if changed == layer}

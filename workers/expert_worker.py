@@ -18,8 +18,8 @@ Exports go one of two ways (`migration._stage_calls` picks per source and target
 the same machine through shared memory (`export_shared`, `slot_transfer`), to one on another machine
 as numpy arrays, which Ray's object store moves without pickling (`export_slots`).
 
-Memory: with the vllm kernel a worker holds its experts three times, the plain weights (what exports
-read), the packed layers the kernel reads, and one spare of each packed layer, written at load, that a
+Memory: with the vllm kernel a worker holds its experts three times, the plain weights (one memfd per
+slot, what exports hand out and a worker on this machine maps without a copy), the packed layers the kernel reads, and one spare of each packed layer, written at load, that a
 migration packs the new epoch into (a committed migration's dropped layers become the next spares).
 New memory faults in every page on first touch, which made building the new epoch ~7x slower than
 writing into memory already in place (docs/runtime.md, *The copy path*).
@@ -27,7 +27,6 @@ writing into memory already in place (docs/runtime.md, *The copy path*).
 
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
@@ -36,7 +35,7 @@ import torch
 from switchyard.workers.channel import ChannelAddress, ChannelServer
 from switchyard.workers.checkpoints import load_spec, read_experts
 from switchyard.workers.expert_compute import ExpertCompute
-from switchyard.workers.slot_transfer import SharedSlots, host_identity, read_shared, write_shared
+from switchyard.workers.slot_transfer import SharedSlots, SlotPair, export, host_identity, read_shared, shared
 
 SlotWeights = tuple[np.ndarray, np.ndarray]  # (gate_up [2F, H], down [H, F]) float32 of one slot
 
@@ -56,7 +55,7 @@ class ExpertWorker:
         self.kernel = kernel
         self.load(model_dir, experts, device, epoch)
         self._channel: ChannelServer | None = None
-        self._shared_exports: dict[int, list[int]] = {}  # migration epoch -> memfds held for its targets
+        self._shared_exports: dict[int, list[list[SlotPair]]] = {}  # migration epoch -> slots held for its targets
 
     def channel_address(self) -> ChannelAddress:
         """The channel's addresses (`channel.ChannelServer`, started on first ask), its TCP socket on
@@ -113,12 +112,13 @@ class ExpertWorker:
         return host_identity()
 
     def export_shared(self, epoch: int, slots: list[tuple[int, int]]) -> SharedSlots:
-        """`export_slots` for a worker on this machine: the weights go into shared memory, held for the
-        migration to `epoch` until it is committed or discarded here (`slot_transfer`)."""
+        """`export_slots` for a worker on this machine: where the weights are in shared memory (from load
+        on, `slot_transfer.shared`) the target maps them as they are, no copy; the slots stay held for
+        the migration to `epoch` until it is committed or discarded here (`slot_transfer.export`)."""
         compute = self.computes[self.epoch]
-        fd, shared = write_shared([compute.slot_weights(layer, slot) for layer, slot in slots])
-        self._shared_exports.setdefault(epoch, []).append(fd)
-        return shared
+        descriptor, held = export([compute.slot_weights(layer, slot) for layer, slot in slots])
+        self._shared_exports.setdefault(epoch, []).append(held)
+        return descriptor
 
     def stage(self, epoch: int, experts: np.ndarray, targets: list[list[tuple[int, int]]],
               *copied: list[SlotWeights] | SharedSlots) -> int:
@@ -169,9 +169,9 @@ class ExpertWorker:
         self._spare_packed = (tensors + self._spare_packed)[:2 * len(self.computes[self.epoch].packed)]
 
     def _close_exports(self, epoch: int) -> None:
-        """Free the shared memory exported for the migration to `epoch` (its targets have read it or failed)."""
-        for fd in self._shared_exports.pop(epoch, []):
-            os.close(fd)
+        """Stop holding the slots exported for the migration to `epoch` (its targets have mapped them or
+        failed): their memory goes with the last process that maps them."""
+        self._shared_exports.pop(epoch, None)
 
     def held_epochs(self) -> list[int]:
         return sorted(self.computes)
@@ -195,10 +195,10 @@ def _node_ip() -> str:
     return ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1"
 
 
-def _received(batch: list[SlotWeights] | SharedSlots) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """One export's slots as tensors this worker may keep: shared memory is mapped privately and held as
-    it is (no copy); arrays from Ray's object store are copied out of it (they are read-only views that
-    would pin the object)."""
+def _received(batch: list[SlotWeights] | SharedSlots) -> list[SlotPair]:
+    """One export's slots as tensors this worker may keep, in shared memory: the source's memory mapped
+    as it is (no copy), or arrays from Ray's object store copied out of it (they are read-only views
+    that would pin the object) into memfds of this worker's own."""
     if isinstance(batch, SharedSlots):
         return read_shared(batch)
-    return [(torch.tensor(gate_up), torch.tensor(down)) for gate_up, down in batch]
+    return [shared(gate_up, down) for gate_up, down in batch]

@@ -1,17 +1,22 @@
-"""Expert weights from one worker process to another on the same machine, through shared memory.
+"""Expert weights shared between worker processes on the same machine, through memfd shared memory.
 
-A live migration copies experts worker to worker (`cluster.runtime.migration`). Between workers on
-one machine the weights need not pass through Ray's object store: the source writes the slots once
-into a `memfd` (anonymous shared memory, no name in /dev/shm, written with `pwrite`) and hands out a small `SharedSlots`
-(its pid, the fd number, a random token); the target maps `/proc/<pid>/fd/<fd>` privately and keeps
-the mapped slots as its new epoch's weights. One memcpy on the source, none on the target (beyond
-the vllm kernel's packing), no pickling, no object-manager transfer (docs/runtime.md: Ray's transfer
-between two raylets on the same machine ran at ~100 MiB/s on a first large object).
+Every slot's plain weights (`gate_up`, `down`) live in a memfd of their own from the moment a worker
+holds them (`shared`: at load, or when a copy arrives through Ray's object store), mapped into the
+worker. A live migration (`cluster.runtime.migration`) to a worker on the same machine then copies
+nothing on the source: `export` hands out a small `SharedSlots` (the source's pid, each slot's fd
+number and a random token), and the target maps `/proc/<pid>/fd/<fd>` (`read_shared`) and keeps the
+mapping as its new slot's weights: no copy, no pickling, no object-manager transfer (docs/runtime.md:
+Ray's transfer between two raylets on this machine ran at ~100 MiB/s on a first large object; a
+`pwrite` of the slots into a fresh memfd at export time cost ~0.26 CPU-s per 144 MiB).
 
-Lifecycle: the source keeps the fd open until the migration's epoch is committed or discarded
-(`ExpertWorker.commit` / `discard` call `close`); the memory is freed when the fd is closed and the
-target has unmapped it, and with the source process in any case (crash included). The token guards
-against a reused pid or fd: the target checks it before reading anything else.
+Sharing is safe because an epoch never changes a tensor in place (`ExpertCompute.replaced` builds new
+ones), and every mapping is copy-on-write (`MAP_PRIVATE`), so even a stray write would stay private to
+its process. The target keeps the fd it opened, so it can export the slot again to a third worker.
+
+Lifecycle: a slot's memfd lives while some process holds its fd or a mapping of it; each process
+closes its fd when its last tensor of the slot is freed (a finalizer on the mapping), and a crash
+frees both with the process. Nothing is named in /dev/shm. The token, the segment's first bytes,
+guards against a reused pid or fd: the target checks it before mapping.
 
 Workers on other machines (another `host_identity`) get numpy arrays through Ray's object store.
 """
@@ -21,13 +26,17 @@ from __future__ import annotations
 import mmap
 import os
 import secrets
+import weakref
 from dataclasses import dataclass
 from functools import cache
 
+import numpy as np
 import torch
 
 TOKEN_BYTES = 16
 _ALIGN = 64  # every tensor starts on a cache line
+
+SlotPair = tuple[torch.Tensor, torch.Tensor]  # (gate_up [2F, H], down [H, F]) of one slot
 
 
 @cache
@@ -40,83 +49,135 @@ def host_identity() -> str:
 
 @dataclass(frozen=True)
 class SharedSlots:
-    """Where `write_shared` put a batch of slots: fd `fd` of process `pid` on host `host`.
+    """Where a batch of slots lives: for each, fd `fds[i]` of process `pid` on host `host`.
 
-    token: the segment's first bytes.  shapes: `(gate_up shape, down shape)` of each slot, in order.
-    dtype: the torch dtype's name (e.g. "float32").
+    tokens[i]: slot i's segment's first bytes.  shapes: `(gate_up shape, down shape)` of each slot, in
+    order.  dtype: the torch dtype's name (e.g. "float32").
     """
 
     host: str
     pid: int
-    fd: int
-    token: bytes
+    fds: tuple[int, ...]
+    tokens: tuple[bytes, ...]
     shapes: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]
     dtype: str
 
 
-def write_shared(weights: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[int, SharedSlots]:
-    """A new memfd holding `weights` (`(gate_up, down)` per slot, one dtype); returns its fd, which the
-    caller must `os.close` once the copy is done, and the `SharedSlots` to hand to the target."""
-    dtype = weights[0][0].dtype if weights else torch.float32
-    shapes = tuple((tuple(gate_up.shape), tuple(down.shape)) for gate_up, down in weights)
-    offsets, sizes = _layout(shapes, dtype)
-    total = max(offsets[-1] + sizes[-1] if offsets else TOKEN_BYTES, TOKEN_BYTES)
+@dataclass(frozen=True)
+class _Segment:
+    """A mapped slot segment of this process: its fd, token, and the tensors' addresses and shapes."""
+
+    fd: int
+    token: bytes
+    down_ptr: int
+    shapes: tuple[tuple[int, ...], tuple[int, ...]]
+
+
+_SEGMENTS: dict[int, _Segment] = {}  # gate_up's data_ptr -> its segment, while the mapping lives
+
+
+def shared(gate_up: torch.Tensor | np.ndarray, down: torch.Tensor | np.ndarray) -> SlotPair:
+    """One slot's weights in shared memory: the tensors themselves where they already are (`shared` or
+    `read_shared` made them), else a copy in a new memfd (written with `pwrite`: the kernel allocates
+    the pages as it fills them, ~5x faster on this machine than faulting each page of a fresh mapping
+    in on first touch, 1986 vs 377 MiB/s for 256 MiB)."""
+    if isinstance(gate_up, torch.Tensor) and _segment(gate_up, down) is not None:
+        return gate_up, down
+    arrays = [_host_array(gate_up), _host_array(down)]
+    shapes = (tuple(arrays[0].shape), tuple(arrays[1].shape))
+    dtype = torch.from_numpy(arrays[0][:0]).dtype
+    offsets = _layout(shapes, dtype)
     token = secrets.token_bytes(TOKEN_BYTES)
-    fd = os.memfd_create("switchyard-migration", os.MFD_CLOEXEC)
+    fd = os.memfd_create("switchyard-slot", os.MFD_CLOEXEC)
     try:
-        os.ftruncate(fd, total)
+        os.ftruncate(fd, offsets[-1] + arrays[1].nbytes)
         _write_at(fd, token, 0)
-        tensors = [tensor for pair in weights for tensor in pair]
-        for tensor, offset in zip(tensors, offsets, strict=True):
-            _write_at(fd, memoryview(tensor.detach().contiguous().numpy()).cast("B"), offset)
+        for array, offset in zip(arrays, offsets, strict=True):
+            _write_at(fd, memoryview(array).cast("B"), offset)
+        return _map(fd, token, shapes, dtype)
     except BaseException:
         os.close(fd)
         raise
-    return fd, SharedSlots(host_identity(), os.getpid(), fd, token, shapes, str(dtype).removeprefix("torch."))
+
+
+def export(weights: list[SlotPair]) -> tuple[SharedSlots, list[SlotPair]]:
+    """`weights` (`(gate_up, down)` per slot, one dtype) for a worker on this machine to map: the
+    `SharedSlots` to hand over, and the slots in shared memory, which the caller keeps until the
+    targets have mapped them (usually the tensors given: a copy only for slots not yet shared)."""
+    held = [shared(gate_up, down) for gate_up, down in weights]
+    segments = [_segment(gate_up, down) for gate_up, down in held]
+    dtype = held[0][0].dtype if held else torch.float32
+    return SharedSlots(host_identity(), os.getpid(), tuple(s.fd for s in segments), tuple(s.token for s in segments),
+                       tuple(s.shapes for s in segments), str(dtype).removeprefix("torch.")), held
+
+
+def read_shared(slots: SharedSlots) -> list[SlotPair]:
+    """The slots of `slots`, mapped from the source's memfds (no copy). The mappings and this process's
+    own fds outlive the source's, so the caller may keep the tensors as its own and export them again.
+    Raises `OSError` when the source is on another machine, gone, or an fd now holds something else."""
+    if slots.host != host_identity():
+        raise OSError(f"shared slots of host {slots.host} cannot be read on host {host_identity()}")
+    dtype = getattr(torch, slots.dtype)
+    pairs = []
+    for fd_number, token, shapes in zip(slots.fds, slots.tokens, slots.shapes, strict=True):
+        fd = os.open(f"/proc/{slots.pid}/fd/{fd_number}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if os.pread(fd, TOKEN_BYTES, 0) != token:
+                raise OSError(f"fd {fd_number} of process {slots.pid} no longer holds the exported slot")
+            pairs.append(_map(fd, token, shapes, dtype))
+        except BaseException:
+            os.close(fd)
+            raise
+    return pairs
+
+
+def _map(fd: int, token: bytes, shapes: tuple[tuple[int, ...], tuple[int, ...]], dtype: torch.dtype) -> SlotPair:
+    """The slot in `fd`, mapped copy-on-write; `fd` is closed once the mapping is freed."""
+    offsets = _layout(shapes, dtype)
+    segment = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
+    gate_up, down = (torch.frombuffer(segment, dtype=dtype, count=int(np.prod(shape)), offset=offset).view(shape)
+                     for shape, offset in zip(shapes, offsets, strict=True))  # the views keep the mapping alive
+    key = gate_up.data_ptr()
+    _SEGMENTS[key] = _Segment(fd, token, down.data_ptr(), shapes)
+    weakref.finalize(segment, _forget, key, fd)
+    return gate_up, down
+
+
+def _forget(key: int, fd: int) -> None:
+    _SEGMENTS.pop(key, None)
+    os.close(fd)
+
+
+def _segment(gate_up: torch.Tensor, down: torch.Tensor) -> _Segment | None:
+    """The segment holding exactly this `(gate_up, down)` pair, None if they are not a mapped slot."""
+    if gate_up.device.type != "cpu" or not gate_up.is_contiguous():
+        return None
+    segment = _SEGMENTS.get(gate_up.data_ptr())
+    match = (segment is not None and segment.down_ptr == down.data_ptr() and down.is_contiguous()
+             and segment.shapes == (tuple(gate_up.shape), tuple(down.shape)))
+    return segment if match else None
+
+
+def _host_array(tensor: torch.Tensor | np.ndarray) -> np.ndarray:
+    """A contiguous numpy view (or copy) of `tensor` in host memory."""
+    if isinstance(tensor, torch.Tensor):
+        tensor = tensor.detach().cpu().numpy()
+    return np.ascontiguousarray(tensor)
 
 
 def _write_at(fd: int, data: bytes | memoryview, offset: int) -> None:
-    """All of `data` into `fd` at `offset`. A write, not a copy into a mapping: the kernel allocates the
-    memfd's pages as it fills them, ~5x faster on this machine than faulting each page of a fresh
-    mapping in on first touch (1986 vs 377 MiB/s, 256 MiB)."""
+    """All of `data` into `fd` at `offset` (pwrite releases the GIL while the kernel copies)."""
     view = memoryview(data)
     while view.nbytes:
         written = os.pwrite(fd, view, offset)
         view, offset = view[written:], offset + written
 
 
-def read_shared(shared: SharedSlots) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The slots of `shared`, mapped from the source's memfd (private, copy-on-write: the pages stay
-    shared unless written, and the mapping outlives the source's fd, so the caller may keep the tensors
-    as its own). Raises `OSError` when the source is on another machine, gone, or its fd now holds
-    something else."""
-    if shared.host != host_identity():
-        raise OSError(f"shared slots of host {shared.host} cannot be read on host {host_identity()}")
-    fd = os.open(f"/proc/{shared.pid}/fd/{shared.fd}", os.O_RDONLY)
-    try:
-        segment = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
-    finally:
-        os.close(fd)
-    if segment[:TOKEN_BYTES] != shared.token:
-        segment.close()
-        raise OSError(f"fd {shared.fd} of process {shared.pid} no longer holds the exported slots")
-    dtype = getattr(torch, shared.dtype)
-    offsets, sizes = _layout(shared.shapes, dtype)
-    flat = [torch.frombuffer(segment, dtype=dtype, count=size // dtype.itemsize, offset=offset)
-            for offset, size in zip(offsets, sizes, strict=True)]
-    shapes = [shape for pair in shared.shapes for shape in pair]
-    tensors = [tensor.view(shape) for tensor, shape in zip(flat, shapes, strict=True)]
-    return list(zip(tensors[0::2], tensors[1::2], strict=True))  # the views keep the mapping alive
-
-
-def _layout(shapes: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...], dtype: torch.dtype
-            ) -> tuple[list[int], list[int]]:
-    """Byte offset and size of every tensor (gate_up, down, gate_up, ...) after the token."""
-    offsets, sizes, offset = [], [], TOKEN_BYTES
-    for shape in (shape for pair in shapes for shape in pair):
+def _layout(shapes: tuple[tuple[int, ...], tuple[int, ...]], dtype: torch.dtype) -> list[int]:
+    """Byte offsets of gate_up and down after the token; the segment ends at the last one plus its size."""
+    offsets, offset = [], TOKEN_BYTES
+    for shape in shapes:
         offset = -(-offset // _ALIGN) * _ALIGN
-        size = dtype.itemsize * int(torch.Size(shape).numel())
         offsets.append(offset)
-        sizes.append(size)
-        offset += size
-    return offsets, sizes
+        offset += dtype.itemsize * int(np.prod(shape))
+    return offsets
