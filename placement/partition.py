@@ -93,11 +93,16 @@ class LoadCap:
         """`[S, V]` each vertex's load in every window."""
         return vertex_load[None, :] * self.share[:, expert_of_vertex]
 
+    @staticmethod
+    def gpu_loads(vertex_loads: np.ndarray, gpu_of_vertex: np.ndarray, num_gpus: int) -> np.ndarray:
+        """`[S, G]` each GPU's load in every window, from `vertex_loads`' `[S, V]`."""
+        return np.stack([np.bincount(gpu_of_vertex, weights=loads, minlength=num_gpus) for loads in vertex_loads])
+
     def overload(self, vertex_load: np.ndarray, expert_of_vertex: np.ndarray, gpu_of_vertex: np.ndarray,
                  num_gpus: int) -> float:
         """Picks above the cap, summed over GPUs and windows."""
-        return float(sum(np.maximum(np.bincount(gpu_of_vertex, weights=loads, minlength=num_gpus) - limit, 0).sum()
-                         for loads, limit in zip(self.vertex_loads(vertex_load, expert_of_vertex), self.limit)))
+        gpu_loads = self.gpu_loads(self.vertex_loads(vertex_load, expert_of_vertex), gpu_of_vertex, num_gpus)
+        return float(sum(np.maximum(gpu_load - limit, 0).sum() for gpu_load, limit in zip(gpu_loads, self.limit)))
 
 
 @dataclass(frozen=True, eq=False)
@@ -222,10 +227,8 @@ def _swap_candidates(rows: LayerRows, current: Score, expert_of_vertex: np.ndarr
     gpu_counts, _ = _counts(rows, current.pins, gpu_of_vertex, topology)
     alone = (np.take_along_axis(gpu_counts, gpu_of_vertex[current.pins], axis=1) == 1) * rows.weight[:, None]
     saving = np.bincount(current.pins.ravel(), weights=alone.ravel(), minlength=len(gpu_of_vertex))
-    over = np.zeros(topology.num_gpus, dtype=bool)
-    for loads, limit in zip(cap.vertex_loads(current.vertex_load, expert_of_vertex), cap.limit):
-        over |= np.bincount(gpu_of_vertex, weights=loads, minlength=topology.num_gpus) > limit
-    over = over[gpu_of_vertex]
+    gpu_loads = cap.gpu_loads(cap.vertex_loads(current.vertex_load, expert_of_vertex), gpu_of_vertex, topology.num_gpus)
+    over = (gpu_loads > cap.limit[:, None]).any(axis=0)[gpu_of_vertex]
     return np.sort(np.lexsort((-saving, ~over))[:count])
 
 
@@ -236,8 +239,9 @@ def _ranked_swaps(rows: LayerRows, current: Score, expert_of_vertex: np.ndarray,
     delta = swap_deltas(rows, current.pins, gpu_of_vertex, topology, subset)
     gpu = gpu_of_vertex[subset]
     overload = np.zeros(delta.shape)  # [a, b] the change of the overload, summed over windows
-    for all_loads, limit in zip(cap.vertex_loads(current.vertex_load, expert_of_vertex), cap.limit):
-        gpu_load = np.bincount(gpu_of_vertex, weights=all_loads, minlength=topology.num_gpus)
+    vertex_loads = cap.vertex_loads(current.vertex_load, expert_of_vertex)
+    gpu_loads = cap.gpu_loads(vertex_loads, gpu_of_vertex, topology.num_gpus)
+    for all_loads, gpu_load, limit in zip(vertex_loads, gpu_loads, cap.limit):
         vertex_load = all_loads[subset]
         shift = vertex_load[None, :] - vertex_load[:, None]  # [a, b]: b's load minus a's
         over = np.maximum(gpu_load - limit, 0)
