@@ -70,15 +70,40 @@ def test_no_tokens_gives_zeros():
 
 
 @pytest.mark.gpu
-def test_cuda_matches_cpu():
+def test_cuda_worker_matches_reference_and_migrates(qwen3_dir):
+    """The CUDA path of the worker body: a checkpoint's experts loaded onto the GPU sum to transformers'
+    experts (through `forward` and the Ray transport's `forward_numpy`, answers on the CPU), and a
+    migration between two CUDA workers (Ray path and shared memory) stages what a direct load holds."""
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    gate_up, down = [torch.randn(2, 16, 8)], [torch.randn(2, 8, 8)]
-    hidden, slots, weights = torch.randn(5, 8), torch.tensor([[0, 1]] * 5), torch.rand(5, 2)
-    cpu = ExpertCompute(gate_up, down, "silu").forward(0, hidden, slots, weights)
-    cuda = ExpertCompute(gate_up, down, "silu", "cuda").forward(0, hidden, slots, weights)
-    assert cuda.device.type == "cpu"
-    torch.testing.assert_close(cuda, cpu, rtol=1e-4, atol=1e-4)
+    torch.manual_seed(0)
+    hidden, weights = torch.randn(10, 128), torch.rand(10, 2)
+    ids = torch.stack([torch.randperm(8)[:2] for _ in range(10)])
+    expected = _reference(qwen3_dir, 1, hidden, ids, weights)
+    layout = [np.array([[0, 1, 2, 3]] * 2), np.array([[4, 5, 6, 7]] * 2)]
+    workers = [ExpertWorker(str(qwen3_dir), experts, device="cuda") for experts in layout]
+    assert all(w.kernel_name() == "torch" and w.computes[1].gate_up[1][0].is_cuda for w in workers)
+    parts = [w.forward(1, hidden, _split(ids, e[1]), weights, epoch=1) for w, e in zip(workers, layout)]
+    assert all(part.device.type == "cpu" for part in parts)
+    torch.testing.assert_close(parts[0] + parts[1], expected, rtol=1e-4, atol=1e-5)
+    numpy_out, seconds = workers[0].forward_numpy(1, hidden.numpy(), _split(ids, layout[0][1]).numpy(),
+                                                  weights.numpy(), 1)
+    torch.testing.assert_close(torch.from_numpy(numpy_out), parts[0])
+    assert seconds >= 0
+
+    new = np.array([[0, 5, 2, 7], [4, 1, 2, 3]])
+    slots, targets = [(0, 1), (0, 3), (1, 0)], [[(0, 1), (0, 3), (1, 0)]]
+    by_ray, by_memory = (ExpertWorker(str(qwen3_dir), layout[0], device="cuda") for _ in range(2))
+    by_ray.stage(2, new, targets, workers[1].export_slots(slots))
+    by_memory.stage(2, new, targets, workers[1].export_shared(2, slots))
+    assert by_memory.computes[2].gate_up[0][1].is_cuda
+    direct = ExpertWorker(str(qwen3_dir), new, device="cuda")
+    for layer in (0, 1):
+        for staged in (by_ray, by_memory):
+            torch.testing.assert_close(_forward_all_slots(staged, layer, 2), _forward_all_slots(direct, layer, 1),
+                                       rtol=0, atol=0)
+    by_memory.commit(2)
+    assert by_memory.held_epochs() == [2]
 
 
 def test_replaced_holds_new_slots_and_shares_the_rest():
