@@ -17,6 +17,11 @@ same for a migration back to the linear plan once the load has stopped (the copy
 token before and after, both under load (`Runtime.traffic()` deltas per phase over the tokens of that
 phase) and on a fixed prompt set run alone before and after (exact). The fixed set's greedy outputs
 must be identical before and after, and no request may fail.
+
+With `--rebalances N` (odd; default 3) the load sees N migrations, `--gap` seconds apart: to the
+affinity plan, back to the linear plan, to the affinity plan again, ... The requests that overlap any
+of them make the `during` latencies: a single ~1 s rebalance overlaps only 4-7 requests, too few for
+a p99 that means anything.
 """
 
 from __future__ import annotations
@@ -65,15 +70,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Slots per worker beyond experts / workers, for the replicas of hot experts.")
     parser.add_argument("--clients", type=int, default=4, help="Concurrent client threads.")
     parser.add_argument("--new-tokens", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=30.0, help="Steady load before and after the rebalance.")
+    parser.add_argument("--seconds", type=float, default=30.0, help="Steady load before and after the rebalances.")
+    parser.add_argument("--rebalances", type=_odd, default=3,
+                        help="Migrations under load (odd: the last one is to the affinity plan).")
+    parser.add_argument("--gap", type=float, default=5.0, help="Seconds of load between two rebalances.")
     parser.add_argument("--max-moves", type=int, help="The affinity policy's copy budget (default: none).")
     parser.add_argument("--node-weight", type=float, default=1.0,
                         help="The affinity policy's cost of a remote node, in GPUs per token (its default: 1).")
 
 
+def _odd(text: str) -> int:
+    value = int(text)
+    if value < 1 or value % 2 == 0:
+        raise argparse.ArgumentTypeError(f"must be an odd number of rebalances (1, 3, ...), got {text}")
+    return value
+
+
 def measure(model_dir: Path, args: argparse.Namespace, command: str) -> tuple[str, bool]:
     report = run(model_dir, args)
-    return render(report, command), not report["failed"] and report["outputs_equal"]
+    return render(report, command), not report["failed"] and report["outputs_equal"] and report["copies_as_planned"]
 
 
 def run(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -115,10 +130,19 @@ def run(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
         marks["rebalance"], traffic["rebalance"], steps["rebalance"] = time.perf_counter(), runtime.traffic(), _steps(runtime)
         old_plan = runtime.plan
         options = {"node_weight": args.node_weight, **({} if args.max_moves is None else {"max_moves": args.max_moves})}
-        proposed = get_policy("affinity", **options).place(runtime.routing_stats(), old_plan.topology,
-                                                            current=old_plan)
-        marks["migrate"] = time.perf_counter()
-        migration = migrate(runtime, proposed, runtime.epoch + 1)
+        windows_during, migrations, plan_seconds, expected_copies, during_steps = [], [], [], [], 0
+        for index in range(args.rebalances):
+            if index:
+                time.sleep(args.gap)
+            start, start_steps = time.perf_counter(), _steps(runtime)
+            proposed = (get_policy("affinity", **options).place(runtime.routing_stats(), old_plan.topology,
+                                                                current=runtime.plan)
+                        if index % 2 == 0 else old_plan)
+            plan_seconds.append(time.perf_counter() - start)
+            expected_copies.append(plan_migration(runtime.plan, proposed).num_copies)
+            migrations.append(migrate(runtime, proposed, runtime.epoch + 1))
+            windows_during.append((start, time.perf_counter()))
+            during_steps += _steps(runtime) - start_steps
         marks["after"], traffic["after"], steps["after"] = time.perf_counter(), runtime.traffic(), _steps(runtime)
         time.sleep(args.seconds)
         marks["stop"], traffic["stop"], steps["stop"] = time.perf_counter(), runtime.traffic(), _steps(runtime)
@@ -127,15 +151,19 @@ def run(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
             thread.join()
         check_after, check_traffic_after = _fixed_set(runtime, check_prompts, params)
         idle = migrate(runtime, old_plan, runtime.epoch + 1)  # the copy path alone: back, with no load
-    windows = {"before": ("load", "rebalance"), "during": ("rebalance", "after"), "after": ("after", "stop")}
+    windows = {"before": ("load", "rebalance"), "after": ("after", "stop")}
+    during_seconds = sum(end - start for start, end in windows_during)
+    rates = {phase: {"tokens_per_s": _tokens_in(requests, marks[a], marks[b]) / (marks[b] - marks[a]),
+                     "steps_per_s": (steps[b] - steps[a]) / (marks[b] - marks[a])}
+             for phase, (a, b) in windows.items()}
+    rates["during"] = {"tokens_per_s": sum(_tokens_in(requests, *w) for w in windows_during) / during_seconds,
+                       "steps_per_s": during_steps / during_seconds}
     return {
-        "spec": spec, "args": args, "requests": requests, "report": migration, "idle_report": idle,
-        "plan_seconds": marks["migrate"] - marks["rebalance"],
-        "expected_copies": plan_migration(old_plan, proposed).num_copies,
-        "latency": _latency_by_phase(requests, marks),
-        "rates": {phase: {"tokens_per_s": _tokens_in(requests, marks[a], marks[b]) / (marks[b] - marks[a]),
-                          "steps_per_s": (steps[b] - steps[a]) / (marks[b] - marks[a])}
-                  for phase, (a, b) in windows.items()},
+        "spec": spec, "args": args, "requests": requests, "migrations": migrations, "idle_report": idle,
+        "plan_seconds": plan_seconds,
+        "copies_as_planned": [done.copies for done in migrations] == expected_copies,
+        "latency": _latency_by_phase(requests, marks, windows_during),
+        "rates": rates,
         "load_traffic": {phase: _per_token(traffic[a], traffic[b], _tokens_in(requests, marks[a], marks[b]))
                          for phase, (a, b) in windows.items()},
         "fixed_traffic": {"before": check_traffic_before, "after": check_traffic_after},
@@ -174,10 +202,12 @@ def _tokens_in(requests: list[Request], start: float, end: float) -> float:
     return total
 
 
-def _latency_by_phase(requests: list[Request], marks: dict[str, float]) -> dict[str, dict[str, float]]:
-    """p50/p99 latency of the requests that ended before the rebalance, overlapped it, or started after."""
+def _latency_by_phase(requests: list[Request], marks: dict[str, float],
+                      windows: list[tuple[float, float]]) -> dict[str, dict[str, float]]:
+    """p50/p99 latency of the requests that ended before the first rebalance, overlapped one of the
+    rebalance `windows`, or started after the last."""
     phase_of = {"before": lambda r: r.end < marks["rebalance"],
-                "during": lambda r: r.start <= marks["after"] and r.end >= marks["rebalance"],
+                "during": lambda r: any(r.start <= end and r.end >= start for start, end in windows),
                 "after": lambda r: r.start > marks["after"] and r.start < marks["stop"]}
     latency = {}
     for phase in PHASES:
@@ -189,7 +219,7 @@ def _latency_by_phase(requests: list[Request], marks: dict[str, float]) -> dict[
 
 
 def render(report: dict[str, Any], command: str) -> str:
-    spec, args, migration = report["spec"], report["args"], report["report"]
+    spec, args, migrations = report["spec"], report["args"], report["migrations"]
     latency, rates = report["latency"], report["rates"]
     latency_rows = [[phase, str(latency[phase]["count"]), f"{1e3 * latency[phase]['p50']:.0f}",
                      f"{1e3 * latency[phase]['p99']:.0f}",
@@ -197,12 +227,13 @@ def render(report: dict[str, Any], command: str) -> str:
                      f"{latency[phase]['p99'] / latency['before']['p99']:.2f}x",
                      f"{rates[phase]['tokens_per_s']:.1f}", f"{rates[phase]['steps_per_s']:.1f}"]
                     for phase in PHASES]
+    under_load = [(f"{index + 1}: to the {'affinity' if index % 2 == 0 else 'linear'} plan, under load", f"{plan_s:.2f}",
+                   done) for index, (done, plan_s) in enumerate(zip(migrations, report["plan_seconds"]))]
     migration_rows = [[
-        when, f"{report['plan_seconds']:.2f}" if when == "rebalance, under load" else "-",
-        f"{done.stage_seconds:.2f}", f"{done.switch_seconds:.2f}", f"{done.drop_seconds:.3f}",
+        when, plan_s, f"{done.stage_seconds:.2f}", f"{done.switch_seconds:.2f}", f"{done.drop_seconds:.3f}",
         f"{done.total_seconds:.2f}", str(done.copies), f"{done.bytes_copied / 2**20:.1f}",
         f"{done.bytes_copied / 2**20 / done.stage_seconds:.0f}", str(done.steps_during_switch)]
-        for when, done in (("rebalance, under load", migration), ("back to the old plan, idle", report["idle_report"]))]
+        for when, plan_s, done in [*under_load, ("back to the linear plan, idle", "-", report["idle_report"])]]
     traffic_rows = []
     for name, measured in (("under load", report["load_traffic"]), ("fixed prompt set, alone", report["fixed_traffic"])):
         before, after = measured["before"], measured["after"]
@@ -212,7 +243,7 @@ def render(report: dict[str, Any], command: str) -> str:
             scale = 1 / 1024 if key.endswith("bytes") else 1.0
             traffic_rows.append([name, label, f"{before[key] * scale:.2f}", f"{after[key] * scale:.2f}",
                                  f"{after[key] / before[key]:.2f}x" if before[key] else "n/a"])
-    topology = migration.plan.topology
+    topology = migrations[0].plan.topology
     return "\n".join([
         "# Rebalance benchmark",
         "",
@@ -224,25 +255,28 @@ def render(report: dict[str, Any], command: str) -> str:
         f"({topology.slots_per_gpu} slots each: {topology.num_slots - spec.num_experts} spare for replicas), one "
         f"engine per node, under a linear plan (spare slots repeat experts 0, 1, ...). {args.clients} "
         f"client threads send prompts of {PROMPT_LEN} random ids one after another, to the engines in turn; "
-        f"{args.new_tokens} new tokens each, greedy. {args.seconds:g} s of load before the rebalance and "
-        f"{args.seconds:g} s after; the rebalance is the affinity policy on the engines' routing statistics "
+        f"{args.new_tokens} new tokens each, greedy. {args.seconds:g} s of load before the rebalances and "
+        f"{args.seconds:g} s after; {args.rebalances} rebalance(s) under load, {args.gap:g} s apart, "
+        "alternately to the affinity policy's plan on the engines' routing statistics "
         f"(current plan given, node weight {args.node_weight:g}"
-        f"{'' if args.max_moves is None else f', at most {args.max_moves} copies'}) "
-        "applied by `live_migration.migrate` while the load runs.",
+        f"{'' if args.max_moves is None else f', at most {args.max_moves} copies'}) and back to the linear "
+        "plan, the last one to the affinity plan, each applied by `live_migration.migrate` while the load runs. "
+        "Expert workers run the migration in a thread that takes only otherwise idle cores (`SCHED_IDLE`).",
         "",
         f"Checks: {len(report['requests'])} requests, {len(report['failed'])} failed; greedy outputs of "
         f"{NUM_CHECK_PROMPTS} fixed prompts before and after the rebalance "
         f"{'identical' if report['outputs_equal'] else 'DIFFER'}; copies "
-        f"{'equal' if migration.copies == report['expected_copies'] else 'DIFFER from'} `plan_migration`'s count.",
+        f"{'equal' if report['copies_as_planned'] else 'DIFFER from'} `plan_migration`'s counts.",
         "",
         "## Request latency",
         "",
         markdown_table(["phase", "requests", "p50 ms", "p99 ms", "p50 vs before", "p99 vs before", "tokens/s",
                         "engine steps/s"], latency_rows),
         "",
-        "Latency: `during` counts requests that overlapped the rebalance (planning and migration), `before` "
-        "those that ended before it, `after` those that started after it. tokens/s and engine steps/s "
-        "(summed over engines): over the phase's window (`during`: from planning to `migrate`'s return).",
+        "Latency: `during` counts requests that overlapped a rebalance (planning and migration), `before` "
+        "those that ended before the first, `after` those that started after the last. tokens/s and engine "
+        "steps/s (summed over engines): over the phase's windows (`during`: from planning to `migrate`'s "
+        "return, summed over the rebalances).",
         "",
         "## The migration",
         "",
@@ -251,8 +285,8 @@ def render(report: dict[str, Any], command: str) -> str:
                        numeric_from=1),
         "",
         "MiB/s worker to worker: MiB copied over the stage phase (every copy's export on its source, the "
-        "move, and the new epoch built on its target, all workers at once). `rebalance, under load`: the "
-        "measured rebalance, while the clients' load runs on the same cores. `back to the old plan, idle`: "
+        "move, and the new epoch built on its target, all workers at once). `under load`: the "
+        "measured rebalances, while the clients' load runs on the same cores. `back to the linear plan, idle`: "
         "after the load and the fixed prompt set, `migrate` back to the linear plan with nothing else "
         "running (the copy path's own speed).",
         "",

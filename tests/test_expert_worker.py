@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -229,3 +230,19 @@ def test_migrations_pack_into_spare_layers(qwen3_dir):
     worker.discard(3)
     assert rebuilt <= {tensor.data_ptr() for tensor in worker._spare_packed} and len(worker._spare_packed) <= 4
     torch.testing.assert_close(_forward_all_slots(worker, 0, 2), _forward_all_slots(direct, 0, 1), rtol=0, atol=0)
+
+
+def test_lower_thread_priority_lowers_only_the_calling_thread(qwen3_dir):
+    """The runtime calls it in the migration thread: that thread yields the cores, `forward`'s does not."""
+    worker = ExpertWorker(str(qwen3_dir), np.array([[0, 1, 2, 3], [0, 1, 2, 3]]))
+    before, seen = os.sched_getscheduler(0), {}
+
+    def migration_thread() -> None:
+        worker.lower_thread_priority()
+        seen["policy"] = os.sched_getscheduler(threading.get_native_id())
+
+    thread = threading.Thread(target=migration_thread)
+    thread.start()
+    thread.join()
+    assert seen["policy"] == os.SCHED_IDLE
+    assert os.sched_getscheduler(0) == before != os.SCHED_IDLE

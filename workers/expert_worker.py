@@ -27,6 +27,8 @@ writing into memory already in place (docs/runtime.md, *The copy path*).
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 
 import numpy as np
@@ -38,6 +40,7 @@ from switchyard.workers.expert_compute import ExpertCompute
 from switchyard.workers.slot_transfer import SharedSlots, SlotPair, export, host_identity, read_shared, shared
 
 SlotWeights = tuple[np.ndarray, np.ndarray]  # (gate_up [2F, H], down [H, F]) float32 of one slot
+
 
 
 class ExpertWorker:
@@ -105,6 +108,17 @@ class ExpertWorker:
         """The weights of `(layer, slot)` of the committed epoch, in order (the source side of a copy)."""
         compute = self.computes[self.epoch]
         return [tuple(w.numpy() for w in compute.slot_weights(layer, slot)) for layer, slot in slots]
+
+    def lower_thread_priority(self) -> None:
+        """Run the calling thread only when a core would otherwise idle (Linux `SCHED_IDLE`; the policy is
+        per thread). The runtime calls it once in the migration thread, so a live migration's copies
+        and packing yield the cores to `forward`, which keeps its own thread, and to the engines.
+
+        Measured on 2 shared cores under load (4 clients, 2 engines, 4 workers; engine steps/s while
+        workers stage a 666 MiB migration, steady ~26): 11-19 at normal priority, 11-19 at nice 19
+        (CFS still gives the copies their share), 16-26 with `SCHED_IDLE`, whose stage then takes
+        0.5-1.4 s instead of 0.45-0.6 s (docs/runtime.md, *The copy path*)."""
+        os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
 
     def host(self) -> str:
         """This worker's machine (`slot_transfer.host_identity`): exports to a worker with the same one go

@@ -21,7 +21,7 @@ from switchyard.workers.expert_worker import ExpertWorker
 
 MIGRATION_GROUP = "migration"
 """The workers' second thread: a live migration's copies run there, beside `forward` (which keeps its
-own thread), so serving does not stall while experts are copied."""
+own thread), on otherwise idle cores only, so serving does not stall while experts are copied."""
 _RemoteWorker = ray.remote(concurrency_groups={MIGRATION_GROUP: 1})(ExpertWorker)
 _RemoteEngine = ray.remote(Engine)
 
@@ -57,11 +57,14 @@ class ActorFactory:
 
     def start_worker(self, model_dir: str, plan: Plan, gpu: int, epoch: int) -> Any:
         """Expert worker `gpu` holding its experts of `plan` at `epoch`, read from the checkpoint at
-        `model_dir` (it loads them as it starts: ask for `channel_address` to wait until it is ready)."""
-        return _RemoteWorker.options(
+        `model_dir` (it loads them as it starts: ask for `channel_address` to wait until it is ready).
+        Its migration thread runs only on otherwise idle cores (`ExpertWorker.lower_thread_priority`)."""
+        worker = _RemoteWorker.options(
             num_cpus=0, num_gpus=self.gpus_per_worker,
             scheduling_strategy=self.pinned(int(plan.topology.node_of_gpu[gpu]))).remote(
                 model_dir, plan.gpu_experts[:, gpu], self.device, epoch, self.expert_kernel, self.worker_threads)
+        worker.lower_thread_priority.options(concurrency_group=MIGRATION_GROUP).remote()
+        return worker
 
     def channel(self, plan: Plan, node: int, gpu: int, address: ChannelAddress) -> str | None:
         """What an engine on `node` is handed for worker `gpu` at channel `address` (`transport.connect`):
