@@ -25,7 +25,7 @@ import numpy as np
 from bench.placement import V3_EXPERTS, V3_LAYERS, V3_TOKENS, V3_TOP_K, V3_TOPOLOGIES
 from bench.report import command_line, provenance, publish
 from switchyard.cluster.cli.formatting import markdown_table
-from switchyard.placement.partition import LoadCap, _ranked_swaps, _swap_candidates, expert_vertices, score
+from switchyard.placement.partition import LayerRows, LoadCap, _ranked_swaps, _swap_candidates, expert_vertices, score
 from switchyard.placement.policies.affinity import (_REFINED_WORK, _SAMPLED_MIN_ROWS, _SWAP_VERTICES, AffinityPolicy,
                                                     layer_rows, sampled_rows)
 from switchyard.placement.seeding import graph_partition, initial_layouts, replica_counts
@@ -89,7 +89,7 @@ def floor_section() -> list[str]:
                       lambda rows=sampled[count]: [score(one, vertices[layer], gpus[layer], topology, limits[layer])
                                                    for layer, one in enumerate(rows)]))
         steps.append((f"the same routing, all layers in one `route_sets` call, {count} rows",
-                      lambda rows=sampled[count]: _stacked_routing(rows, vertices, gpus, topology.node_of_gpu)))
+                      lambda rows=sampled[count]: stacked_routing(rows, vertices, gpus, topology.node_of_gpu)))
     steps.append((f"one round's swap table per layer, {_SWAP_VERTICES} vertices, {ROW_COUNTS[0]} rows "
                   "(`_swap_candidates`, `_ranked_swaps`)", swap_tables))
     seconds = {name: _median_seconds(step) for name, step in steps}
@@ -107,10 +107,15 @@ def floor_section() -> list[str]:
     ]
 
 
-def _stacked_routing(rows: list, vertices: list[np.ndarray], gpus: np.ndarray, node_of_gpu: np.ndarray) -> None:
+def stacked_routing(rows: list[LayerRows], vertices: list[np.ndarray], gpus: np.ndarray, node_of_gpu: np.ndarray
+                    ) -> list[np.ndarray]:
     """Route every layer's rows in one `route_sets` call: expert and vertex ids offset by layer, GPU and
-    node ids kept per layer (the rule compares them only within a row), so the pins are the per-layer
-    calls' with offsets."""
+    node ids kept per layer (the rule compares them only within a row). Returns each layer's `[M, k]`
+    pins, offsets removed: those of one call per layer for whole token counts (a test checks it);
+    fractional weights round the water-filling's running sums over a call's picks differently, which
+    can move a pick.
+
+    rows: per layer; vertices: per layer `[E, R_l]` from `expert_vertices`; gpus: `[L, V]` int64."""
     num_experts, num_vertices = len(vertices[0]), gpus.shape[1]
     width = max(table.shape[1] for table in vertices)
     stacked = np.full((len(vertices) * num_experts, width), -1, dtype=np.int64)
@@ -118,8 +123,10 @@ def _stacked_routing(rows: list, vertices: list[np.ndarray], gpus: np.ndarray, n
         stacked[layer * num_experts:(layer + 1) * num_experts, :table.shape[1]] = np.where(
             table >= 0, table + layer * num_vertices, -1)
     sets = np.concatenate([one.sets + layer * num_experts for layer, one in enumerate(rows)])
-    route_sets(sets, np.concatenate([one.weight for one in rows]), np.concatenate([one.home for one in rows]),
-               stacked, gpus.ravel(), node_of_gpu)
+    pins, _ = route_sets(sets, np.concatenate([one.weight for one in rows]),
+                         np.concatenate([one.home for one in rows]), stacked, gpus.ravel(), node_of_gpu)
+    starts = np.cumsum([0] + [len(one.sets) for one in rows])
+    return [pins[start:stop] - layer * num_vertices for layer, (start, stop) in enumerate(zip(starts[:-1], starts[1:]))]
 
 
 def _median_seconds(step: Callable[[], object]) -> float:
