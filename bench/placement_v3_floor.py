@@ -1,0 +1,142 @@
+"""What affinity's refinement costs at DeepSeek-V3 scale, piece by piece (issue 17's 2 s target).
+
+    python -m bench.placement_v3_floor --out docs/benchmarks/placement-v3-floor.md   (~2 min)
+
+On the statistics `bench.placement` times (58 layers x 256 experts, top-8, 4096 tokens, seed 0) and
+issue 17's topology (32 nodes x 8 GPUs x 9 slots = 2304 slots per layer), times each step the policy
+takes before and during refinement, summed over the 58 layers: the seeding-only plan, its METIS and
+lockstep-seeding parts, the sampled rows, one score of the start (the model of the runtime's rule,
+`set_routing.route_sets`, then the counts) per layer, the same routing with all layers stacked in one
+call, and one round's swap table (`partition._ranked_swaps`) on 512 candidate vertices. A plan with
+refinement costs at least the seeding plus one score per layer; each round adds a swap table and at
+least one score per layer. Each time is the median of `REPEATS` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from bench.placement import V3_EXPERTS, V3_LAYERS, V3_TOKENS, V3_TOP_K, V3_TOPOLOGIES
+from bench.report import command_line, provenance, publish
+from switchyard.cluster.cli.formatting import markdown_table
+from switchyard.placement.partition import LayerRows, LoadCap, _ranked_swaps, _swap_candidates, expert_vertices, score
+from switchyard.placement.policies.affinity import (_REFINED_WORK, _SAMPLED_MIN_ROWS, _SWAP_VERTICES, AffinityPolicy,
+                                                    layer_rows, sampled_rows)
+from switchyard.placement.seeding import graph_partition, initial_layouts, replica_counts
+from switchyard.placement.set_routing import route_sets
+from switchyard.placement.stats import RoutingStats
+from switchyard.placement.synthetic import synthetic_trace
+
+REPEATS = 3
+ROW_COUNTS = (256, 1024)  # sampled rows per layer: the policy's (at 2304 slots) and 4x more
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, help="Markdown file to write.")
+    args = parser.parse_args()
+    lines = ["# Affinity refinement at DeepSeek-V3 scale: what each step costs", "",
+             provenance(command_line("bench.placement_v3_floor"), ("numpy",)), ""]
+    lines += floor_section()
+    publish("\n".join(lines), args.out)
+
+
+def floor_section() -> list[str]:
+    """The table of steps and their seconds over all layers, with the sentence that sums them."""
+    topology = V3_TOPOLOGIES[2]
+    stats = RoutingStats.from_trace(synthetic_trace(V3_LAYERS, V3_EXPERTS, V3_TOP_K, V3_TOKENS, seed=0))
+    policy = AffinityPolicy()
+    layers = range(stats.num_layers)
+    caps = stats.load.sum(axis=1) / topology.num_gpus * (1 + policy.max_imbalance)
+    replicas = np.stack([replica_counts(load, topology.num_slots, topology.num_gpus) for load in stats.load])
+    preferred = np.stack([graph_partition(stats.pair_counts[layer], stats.load[layer], topology, policy.seed)
+                          for layer in layers])
+    experts, gpus = initial_layouts(stats.pair_counts, stats.load, replicas, preferred, topology, caps)
+    vertices = [expert_vertices(experts[layer], stats.num_experts) for layer in layers]
+    limits = [LoadCap.per_window(stats.windows[:, layer], topology.num_gpus, policy.max_imbalance) for layer in layers]
+    full_rows = [layer_rows(stats, layer, topology, policy.remote_node_weight, np.random.default_rng([policy.seed, layer]))
+                 for layer in layers]
+    sampled = {count: [sampled_rows(rows, count, np.random.default_rng([policy.seed, layer]))
+                       for layer, rows in enumerate(full_rows)] for count in ROW_COUNTS}
+    starts = [score(rows, vertices[layer], gpus[layer], topology, limits[layer])
+              for layer, rows in enumerate(sampled[ROW_COUNTS[0]])]
+
+    def swap_tables() -> None:
+        for layer, rows in enumerate(sampled[ROW_COUNTS[0]]):
+            subset = _swap_candidates(rows, starts[layer], experts[layer], gpus[layer], topology, limits[layer],
+                                      _SWAP_VERTICES)
+            _ranked_swaps(rows, starts[layer], experts[layer], gpus[layer], topology, limits[layer], subset)
+
+    steps: list[tuple[str, Callable[[], object]]] = [
+        ("plan, seeding only (`AffinityPolicy().place`)", lambda: policy.place(stats, topology)),
+        ("of which, METIS, nodes then GPUs (`seeding.graph_partition`)",
+         lambda: [graph_partition(stats.pair_counts[layer], stats.load[layer], topology, policy.seed)
+                  for layer in layers]),
+        ("of which, lockstep seeding under the cap (`seeding.initial_layouts`)",
+         lambda: initial_layouts(stats.pair_counts, stats.load, replicas, preferred, topology, caps)),
+        (f"rows: every layer's sets, sampled to {ROW_COUNTS[0]} (`layer_rows`, `sampled_rows`)",
+         lambda: [sampled_rows(layer_rows(stats, layer, topology, policy.remote_node_weight, rng), ROW_COUNTS[0], rng)
+                  for layer, rng in ((layer, np.random.default_rng([policy.seed, layer])) for layer in layers)]),
+    ]
+    for count in ROW_COUNTS:
+        steps.append((f"one score per layer, {count} rows (`partition.score`: routing and counts)",
+                      lambda rows=sampled[count]: [score(one, vertices[layer], gpus[layer], topology, limits[layer])
+                                                   for layer, one in enumerate(rows)]))
+        steps.append((f"the same routing, all layers in one `route_sets` call, {count} rows",
+                      lambda rows=sampled[count]: stacked_routing(rows, vertices, gpus, topology.node_of_gpu)))
+    steps.append((f"one round's swap table per layer, {_SWAP_VERTICES} vertices, {ROW_COUNTS[0]} rows "
+                  "(`_swap_candidates`, `_ranked_swaps`)", swap_tables))
+    seconds = {name: _median_seconds(step) for name, step in steps}
+    rows = [[name, f"{value:.3f}", f"{value / stats.num_layers * 1000:.1f}"] for name, value in seconds.items()]
+    plan, start, table = (seconds[steps[0][0]], seconds[steps[4][0]], seconds[steps[-1][0]])
+    work = max(_REFINED_WORK // topology.num_slots, _SAMPLED_MIN_ROWS)
+    return [
+        f"{stats.num_layers} layers x {topology.num_slots} slots ({topology.describe()}), statistics of a "
+        f"{V3_TOKENS}-token synthetic trace (seed 0); the policy samples {work} rows per layer at this size. "
+        f"Seconds over all layers and milliseconds per layer, median of {REPEATS} runs.", "",
+        markdown_table(["step", "seconds, all layers", "ms per layer"], rows, numeric_from=1), "",
+        f"Before the first swap a refined plan costs the seeding plus one score per layer: {plan:.2f} + "
+        f"{start:.2f} = {plan + start:.2f} s; each round adds a swap table ({table:.2f} s) and at least one "
+        "more score per layer.",
+    ]
+
+
+def stacked_routing(rows: list[LayerRows], vertices: list[np.ndarray], gpus: np.ndarray, node_of_gpu: np.ndarray
+                    ) -> list[np.ndarray]:
+    """Route every layer's rows in one `route_sets` call: expert and vertex ids offset by layer, GPU and
+    node ids kept per layer (the rule compares them only within a row). Returns each layer's `[M, k]`
+    pins, offsets removed: those of one call per layer for whole token counts (a test checks it);
+    fractional weights round the water-filling's running sums over a call's picks differently, which
+    can move a pick.
+
+    rows: per layer; vertices: per layer `[E, R_l]` from `expert_vertices`; gpus: `[L, V]` int64."""
+    num_experts, num_vertices = len(vertices[0]), gpus.shape[1]
+    width = max(table.shape[1] for table in vertices)
+    stacked = np.full((len(vertices) * num_experts, width), -1, dtype=np.int64)
+    for layer, table in enumerate(vertices):
+        stacked[layer * num_experts:(layer + 1) * num_experts, :table.shape[1]] = np.where(
+            table >= 0, table + layer * num_vertices, -1)
+    sets = np.concatenate([one.sets + layer * num_experts for layer, one in enumerate(rows)])
+    pins, _ = route_sets(sets, np.concatenate([one.weight for one in rows]),
+                         np.concatenate([one.home for one in rows]), stacked, gpus.ravel(), node_of_gpu)
+    starts = np.cumsum([0] + [len(one.sets) for one in rows])
+    return [pins[start:stop] - layer * num_vertices for layer, (start, stop) in enumerate(zip(starts[:-1], starts[1:]))]
+
+
+def _median_seconds(step: Callable[[], object]) -> float:
+    times = []
+    for _ in range(REPEATS):
+        started = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+if __name__ == "__main__":
+    main()
