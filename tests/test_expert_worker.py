@@ -13,7 +13,7 @@ import torch
 import transformers
 
 from switchyard.workers.checkpoints import init_checkpoint, load_spec
-from switchyard.workers.expert_compute import ExpertCompute, _vllm_cpu_available
+from switchyard.workers.expert_compute import ExpertCompute, vllm_moe_available
 from switchyard.workers.expert_worker import ExpertWorker
 from switchyard.workers.slot_transfer import read_shared
 
@@ -42,7 +42,7 @@ def _split(ids: torch.Tensor, slot_experts: np.ndarray) -> torch.Tensor:
 
 def _kernels() -> list:
     vllm = pytest.param("vllm", marks=[pytest.mark.vllm, pytest.mark.skipif(
-        not _vllm_cpu_available(), reason="vllm-cpu is not installed")])
+        not vllm_moe_available(), reason="vllm-cpu is not installed")])
     return ["torch", vllm]
 
 
@@ -203,7 +203,7 @@ def test_shared_slots_refuse_a_stale_descriptor(qwen3_dir):
 
 
 @pytest.mark.vllm
-@pytest.mark.skipif(not _vllm_cpu_available(), reason="vllm-cpu is not installed")
+@pytest.mark.skipif(not vllm_moe_available(), reason="vllm-cpu is not installed")
 def test_migrations_pack_into_spare_layers(qwen3_dir):
     """With the vllm kernel a staged epoch's changed packed layers are written into spares made at load
     (memory already in place, no page faults); a commit's dropped layers and a discarded epoch's become

