@@ -42,7 +42,6 @@ from switchyard.workers.slot_transfer import SharedSlots, SlotPair, export, host
 SlotWeights = tuple[np.ndarray, np.ndarray]  # (gate_up [2F, H], down [H, F]) float32 of one slot
 
 
-
 class ExpertWorker:
     """The experts of one worker's slots, per plan epoch.
 
@@ -114,10 +113,10 @@ class ExpertWorker:
         per thread). The runtime calls it once in the migration thread, so a live migration's copies
         and packing yield the cores to `forward`, which keeps its own thread, and to the engines.
 
-        Measured on 2 shared cores under load (4 clients, 2 engines, 4 workers; engine steps/s while
-        workers stage a 666 MiB migration, steady ~26): 11-19 at normal priority, 11-19 at nice 19
-        (CFS still gives the copies their share), 16-26 with `SCHED_IDLE`, whose stage then takes
-        0.5-1.4 s instead of 0.45-0.6 s (docs/runtime.md, *The copy path*)."""
+        Measured on 2 shared cores under load (4 clients, 2 engines, 4 workers; engine steps/s while the
+        workers stage a ~660 MiB migration, ~26 steady): 11-19 at normal priority, 16-26 under
+        `SCHED_IDLE`, whose stage then takes 0.7-1.4 s instead of 0.45-1.1 s; nice 19 instead still
+        gave the copies their share (docs/runtime.md, *Serving first*)."""
         os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
 
     def host(self) -> str:
