@@ -69,12 +69,10 @@ def _worker_table(model_dir: Path, repeats: int) -> tuple[list[str], bool]:
     for n in TOKENS:
         hidden, slots, weights = _routed(n, hidden_size, spec.num_experts, spec.top_k, seed=n)
         on_gpu = [t.cuda() for t in (hidden, slots, weights)]
-        diff = max(float((gpu.forward(layer, hidden, slots, weights, 1)
-                          - cpu.forward(layer, hidden, slots, weights, 1)).abs().max())
-                   for layer in range(spec.num_layers))
-        passed &= all(torch.allclose(gpu.forward(layer, hidden, slots, weights, 1),
-                                     cpu.forward(layer, hidden, slots, weights, 1), rtol=1e-4, atol=1e-5)
-                      for layer in range(spec.num_layers))
+        answers = [(gpu.forward(layer, hidden, slots, weights, 1), cpu.forward(layer, hidden, slots, weights, 1))
+                   for layer in range(spec.num_layers)]
+        diff = max(float((gpu_out - cpu_out).abs().max()) for gpu_out, cpu_out in answers)
+        passed &= all(torch.allclose(*pair, rtol=1e-4, atol=1e-5) for pair in answers)
         layers = spec.num_layers
         cpu_ms = _per_call_ms(lambda: [cpu.forward(i, hidden, slots, weights, 1) for i in range(layers)],
                               repeats, cuda=False) / layers

@@ -130,7 +130,7 @@ def run(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
         marks["rebalance"], traffic["rebalance"], steps["rebalance"] = time.perf_counter(), runtime.traffic(), _steps(runtime)
         old_plan = runtime.plan
         options = {"node_weight": args.node_weight, **({} if args.max_moves is None else {"max_moves": args.max_moves})}
-        windows_during, migrations, plan_seconds, expected_copies, during_steps = [], [], [], [], 0
+        windows_during, migrations, plan_seconds, expected_copies = [], [], [], []  # windows: (start, end, steps)
         for index in range(args.rebalances):
             if index:
                 time.sleep(args.gap)
@@ -141,8 +141,7 @@ def run(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
             plan_seconds.append(time.perf_counter() - start)
             expected_copies.append(plan_migration(runtime.plan, proposed).num_copies)
             migrations.append(migrate(runtime, proposed, runtime.epoch + 1))
-            windows_during.append((start, time.perf_counter()))
-            during_steps += _steps(runtime) - start_steps
+            windows_during.append((start, time.perf_counter(), _steps(runtime) - start_steps))
         marks["after"], traffic["after"], steps["after"] = time.perf_counter(), runtime.traffic(), _steps(runtime)
         time.sleep(args.seconds)
         marks["stop"], traffic["stop"], steps["stop"] = time.perf_counter(), runtime.traffic(), _steps(runtime)
@@ -152,17 +151,14 @@ def run(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
         check_after, check_traffic_after = _fixed_set(runtime, check_prompts, params)
         idle = migrate(runtime, old_plan, runtime.epoch + 1)  # the copy path alone: back, with no load
     windows = {"before": ("load", "rebalance"), "after": ("after", "stop")}
-    during_seconds = sum(end - start for start, end in windows_during)
-    rates = {phase: {"tokens_per_s": _tokens_in(requests, marks[a], marks[b]) / (marks[b] - marks[a]),
-                     "steps_per_s": (steps[b] - steps[a]) / (marks[b] - marks[a])}
-             for phase, (a, b) in windows.items()}
-    rates["during"] = {"tokens_per_s": sum(_tokens_in(requests, *w) for w in windows_during) / during_seconds,
-                       "steps_per_s": during_steps / during_seconds}
+    phase_windows = {"during": windows_during,
+                     **{phase: [(marks[a], marks[b], steps[b] - steps[a])] for phase, (a, b) in windows.items()}}
+    rates = {phase: _rates(requests, spans) for phase, spans in phase_windows.items()}
     return {
         "spec": spec, "args": args, "requests": requests, "migrations": migrations, "idle_report": idle,
         "plan_seconds": plan_seconds,
         "copies_as_planned": [done.copies for done in migrations] == expected_copies,
-        "latency": _latency_by_phase(requests, marks, windows_during),
+        "latency": _latency_by_phase(requests, marks, [(start, end) for start, end, _ in windows_during]),
         "rates": rates,
         "load_traffic": {phase: _per_token(traffic[a], traffic[b], _tokens_in(requests, marks[a], marks[b]))
                          for phase, (a, b) in windows.items()},
@@ -190,6 +186,13 @@ def _per_token(before: dict[str, Any], after: dict[str, Any], tokens: float) -> 
     keys = ("cross_node_bytes", "same_node_bytes", "cross_node_tokens")
     per_token = {key: (after[key] - before[key]) / max(tokens, 1e-9) for key in keys}
     return {"tokens": tokens, **per_token, "all_bytes": per_token["cross_node_bytes"] + per_token["same_node_bytes"]}
+
+
+def _rates(requests: list[Request], windows: list[tuple[float, float, int]]) -> dict[str, float]:
+    """Generated tokens and engine steps per second over `windows` (start, end, steps run in it)."""
+    seconds = sum(end - start for start, end, _ in windows)
+    return {"tokens_per_s": sum(_tokens_in(requests, start, end) for start, end, _ in windows) / seconds,
+            "steps_per_s": sum(steps for _, _, steps in windows) / seconds}
 
 
 def _tokens_in(requests: list[Request], start: float, end: float) -> float:

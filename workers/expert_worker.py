@@ -19,8 +19,9 @@ the same machine through shared memory (`export_shared`, `slot_transfer`), to on
 as numpy arrays, which Ray's object store moves without pickling (`export_slots`).
 
 Memory: with the vllm kernel a worker holds its experts three times, the plain weights (one memfd per
-slot, what exports hand out and a worker on this machine maps without a copy), the packed layers the kernel reads, and one spare of each packed layer, written at load, that a
-migration packs the new epoch into (a committed migration's dropped layers become the next spares).
+slot, what exports hand out and a worker on this machine maps without a copy), the packed layers the
+kernel reads, and one spare of each packed layer, written at load, that a migration packs the new
+epoch into (a committed migration's dropped layers become the next spares).
 New memory faults in every page on first touch, which made building the new epoch ~7x slower than
 writing into memory already in place (docs/runtime.md, *The copy path*).
 """
