@@ -113,3 +113,20 @@ def test_an_error_reaches_every_call_of_the_computation():
     combiner.forget(2)  # else the next call would wait for engine 2's layer 1
     with pytest.raises(KeyError, match="holds epochs"):
         combiner.run(1, 1, *_inputs(1, 0), 0)
+
+
+def test_window_zero_never_waits_for_an_engine_one_layer_behind():
+    """`combine_window_s=0` (the channel's option, `Runtime.start`'s too) lets engines drift apart."""
+    from switchyard.workers.channel import ChannelServer
+
+    forward = Recorder()
+    server = ChannelServer(forward, combine_window_s=0.0)
+    try:
+        combiner = server.combiner
+        combiner.run(1, 0, *_inputs(2, 0), 1)
+        combiner.run(2, 0, *_inputs(2, 1), 1)  # engine 2 is active, one layer behind engine 1's next call
+        output, expected = _run_together(combiner, [(1, 1, 4, 1)])[0]
+        torch.testing.assert_close(output, expected)
+        assert combiner.window_s == 0.0 and forward.sizes == [2, 2, 4]  # nothing merged
+    finally:
+        server.close()

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from switchyard.workers.combiner import CallCombiner, Forward
+from switchyard.workers.combiner import WINDOW_S, CallCombiner, Forward
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +106,12 @@ class ChannelServer:
     socket on `host` (this node's IP) for the others; one thread per connected engine.
 
     forward: `(layer, hidden [n, H], local_slots [n, k], weights [n, k], epoch) -> [n, H]`, run through
-    a `combiner.CallCombiner` (calls of several engines for the same layer run together).
+    a `combiner.CallCombiner` (calls of several engines for the same layer run together; a call waits
+    at most `combine_window_s` for the others).
     """
 
-    def __init__(self, forward: Forward, host: str = "127.0.0.1") -> None:
-        self.combiner = CallCombiner(forward)
+    def __init__(self, forward: Forward, host: str = "127.0.0.1", combine_window_s: float = WINDOW_S) -> None:
+        self.combiner = CallCombiner(forward, combine_window_s)
         local = f"\0switchyard-{uuid.uuid4().hex}"
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._listener.bind(local)

@@ -37,6 +37,7 @@ import torch
 
 from switchyard.workers.channel import ChannelAddress, ChannelServer
 from switchyard.workers.checkpoints import load_spec, read_experts
+from switchyard.workers.combiner import WINDOW_S
 from switchyard.workers.expert_compute import ExpertCompute
 from switchyard.workers.slot_transfer import SharedSlots, SlotPair, export, host_identity, read_shared, shared
 
@@ -48,14 +49,15 @@ class ExpertWorker:
 
     experts: `[L, S]` int64, the logical expert id held by each of this worker's slots, per layer
         (`Plan.gpu_experts[:, g]`).  device: "cpu" or "cuda" (the runtime asks for a GPU for the latter).
-    epoch: the plan epoch these experts serve.
+    epoch: the plan epoch these experts serve.  combine_window_s: how long a call waits for other
+    engines' calls of the same layer (`combiner.CallCombiner`; 0: never waits).
     """
 
     def __init__(self, model_dir: str, experts: np.ndarray, device: str = "cpu", epoch: int = 1,
-                 kernel: str = "auto", threads: int | None = None) -> None:
+                 kernel: str = "auto", threads: int | None = None, combine_window_s: float = WINDOW_S) -> None:
         if threads is not None:  # the runtime sets it: workers and engines share the machine's cores
             torch.set_num_threads(threads)
-        self.kernel = kernel
+        self.kernel, self.combine_window_s = kernel, combine_window_s
         self.load(model_dir, experts, device, epoch)
         self._channel: ChannelServer | None = None
         self._shared_exports: dict[int, list[list[SlotPair]]] = {}  # migration epoch -> slots held for its targets
@@ -64,7 +66,7 @@ class ExpertWorker:
         """The channel's addresses (`channel.ChannelServer`, started on first ask), its TCP socket on
         this Ray node's IP (127.0.0.1 outside Ray)."""
         if self._channel is None:
-            self._channel = ChannelServer(self.forward, _node_ip())
+            self._channel = ChannelServer(self.forward, _node_ip(), self.combine_window_s)
         return self._channel.address
 
     def load(self, model_dir: str, experts: np.ndarray, device: str = "cpu", epoch: int = 1) -> None:

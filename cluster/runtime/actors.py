@@ -17,6 +17,7 @@ from switchyard.cluster.engine.engine import Engine
 from switchyard.cluster.engine.transport import DEFAULT_TIMEOUT_S
 from switchyard.placement.plan import Plan
 from switchyard.workers.channel import ChannelAddress
+from switchyard.workers.combiner import WINDOW_S
 from switchyard.workers.expert_worker import ExpertWorker
 
 MIGRATION_GROUP = "migration"
@@ -42,6 +43,7 @@ class ActorFactory:
     expert_kernel: str = "auto"
     worker_threads: int | None = 1
     engine_threads: int | None = None
+    combine_window_s: float = WINDOW_S
 
     def __post_init__(self) -> None:
         if self.transport not in ("auto", "ray"):
@@ -62,7 +64,8 @@ class ActorFactory:
         worker = _RemoteWorker.options(
             num_cpus=0, num_gpus=self.gpus_per_worker,
             scheduling_strategy=self.pinned(int(plan.topology.node_of_gpu[gpu]))).remote(
-                model_dir, plan.gpu_experts[:, gpu], self.device, epoch, self.expert_kernel, self.worker_threads)
+                model_dir, plan.gpu_experts[:, gpu], self.device, epoch, self.expert_kernel, self.worker_threads,
+                self.combine_window_s)
         worker.lower_thread_priority.options(concurrency_group=MIGRATION_GROUP).remote()
         return worker
 

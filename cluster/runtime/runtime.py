@@ -38,6 +38,7 @@ from switchyard.cluster.runtime.actors import ActorFactory
 from switchyard.placement.trace import RoutingTrace
 from switchyard.workers.channel import ChannelAddress
 from switchyard.workers.checkpoints import ModelSpec, load_spec
+from switchyard.workers.combiner import WINDOW_S
 
 NODE_RESOURCE = "switchyard_node"
 """The Ray resource (1 per node) of the nodes that hold expert workers and engines under Serve (the
@@ -109,15 +110,16 @@ class Runtime:
               gpus_per_worker: float = 0.0, epoch: int = 1, transport: str = "auto",
               dispatch_timeout_s: float = DEFAULT_TIMEOUT_S, expert_kernel: str = "auto",
               worker_threads: int | None = 1, engine_threads: int | None = None,
-              replay: RoutingTrace | None = None) -> Runtime:
+              replay: RoutingTrace | None = None, combine_window_s: float = WINDOW_S) -> Runtime:
         """Start the actors and load the model. transport: "auto" (shared memory on a node, TCP between
         nodes) or "ray" (a Ray actor call per layer everywhere).  dispatch_timeout_s: how long an engine waits for a worker's answer to one layer.
         expert_kernel: `ExpertCompute`'s kernel.  worker_threads / engine_threads: torch threads per
         actor (measured on 2 cores: 1 per worker, torch's default for the engine, docs/runtime.md).
         replay: a routing trace the engines replay instead of their gates' choices (a benchmark mode,
-        `cluster.engine.replay`), split between them (`replay_shares`)."""
+        `cluster.engine.replay`), split between them (`replay_shares`).  combine_window_s: how long a
+        worker waits to run several engines' calls of a layer as one (`workers.combiner`; 0: never)."""
         actors = ActorFactory((), gpus_per_worker, transport, max_batch, dispatch_timeout_s, expert_kernel,
-                              worker_threads, engine_threads)  # bad options fail before anything starts
+                              worker_threads, engine_threads, combine_window_s)  # bad options fail before anything starts
         spec = load_spec(model_dir)
         resolved = resolve_plan(spec, plan, num_nodes, workers_per_node)  # bad input fails before any actor
         if replay is not None:
