@@ -1,6 +1,6 @@
 """What affinity's refinement costs at DeepSeek-V3 scale, piece by piece (issue 17's 2 s target).
 
-    python -m bench.placement_v3_floor --out docs/benchmarks/placement-v3-floor.md   (~2 min)
+    python -m bench.placement_v3_floor --out docs/benchmarks/placement-v3-floor.md   (~3 min)
 
 On the statistics `bench.placement` times (58 layers x 256 experts, top-8, 4096 tokens, seed 0) and
 issue 17's topology (32 nodes x 8 GPUs x 9 slots = 2304 slots per layer), times each step the policy
