@@ -1,6 +1,6 @@
 """What affinity's refinement costs at DeepSeek-V3 scale, piece by piece (issue 17's 2 s target).
 
-    python -m bench.placement_v3_floor --out docs/benchmarks/placement-v3-floor.md   (~2 min)
+    python -m bench.placement_v3_floor --out docs/benchmarks/placement-v3-floor.md   (~3 min)
 
 On the statistics `bench.placement` times (58 layers x 256 experts, top-8, 4096 tokens, seed 0) and
 issue 17's topology (32 nodes x 8 GPUs x 9 slots = 2304 slots per layer), times each step the policy
@@ -10,6 +10,11 @@ lockstep-seeding parts, the sampled rows, one score of the start (the model of t
 call, and one round's swap table (`partition._ranked_swaps`) on 512 candidate vertices. A plan with
 refinement costs at least the seeding plus one score per layer; each round adds a swap table and at
 least one score per layer. Each time is the median of `REPEATS` runs.
+
+Then the whole plan against the target (`V3_PLAN_S`): `AffinityPolicy(sampled_rounds=...)` seeded only,
+refined one round and the benchmark's `V3_SAMPLED_ROUNDS`, planned in one process and with the layers split
+over one forked process per CPU (`processes=None`, `placement.forked`), the runs alternating, and
+whether the two plans are the same.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Callable
 
 import numpy as np
 
-from bench.placement import V3_EXPERTS, V3_LAYERS, V3_TOKENS, V3_TOP_K, V3_TOPOLOGIES
+from bench.placement import V3_EXPERTS, V3_LAYERS, V3_PLAN_S, V3_SAMPLED_ROUNDS, V3_TOKENS, V3_TOP_K, V3_TOPOLOGIES
 from bench.report import command_line, provenance, publish
 from switchyard.cluster.cli.formatting import markdown_table
 from switchyard.placement.partition import LayerRows, LoadCap, _ranked_swaps, _swap_candidates, expert_vertices, score
@@ -35,6 +40,7 @@ from switchyard.placement.synthetic import synthetic_trace
 
 REPEATS = 3
 ROW_COUNTS = (256, 1024)  # sampled rows per layer: the policy's (at 2304 slots) and 4x more
+TARGET_ROUNDS = (0, 1, V3_SAMPLED_ROUNDS)  # `sampled_rounds` of the plans timed against the target (0: seeding)
 
 
 def main() -> None:
@@ -43,14 +49,15 @@ def main() -> None:
     args = parser.parse_args()
     lines = ["# Affinity refinement at DeepSeek-V3 scale: what each step costs", "",
              provenance(command_line("bench.placement_v3_floor"), ("numpy",)), ""]
-    lines += floor_section()
+    stats = RoutingStats.from_trace(synthetic_trace(V3_LAYERS, V3_EXPERTS, V3_TOP_K, V3_TOKENS, seed=0))
+    lines += floor_section(stats)
+    lines += ["", *target_section(stats)]
     publish("\n".join(lines), args.out)
 
 
-def floor_section() -> list[str]:
+def floor_section(stats: RoutingStats) -> list[str]:
     """The table of steps and their seconds over all layers, with the sentence that sums them."""
     topology = V3_TOPOLOGIES[2]
-    stats = RoutingStats.from_trace(synthetic_trace(V3_LAYERS, V3_EXPERTS, V3_TOP_K, V3_TOKENS, seed=0))
     policy = AffinityPolicy()
     layers = range(stats.num_layers)
     caps = stats.load.sum(axis=1) / topology.num_gpus * (1 + policy.max_imbalance)
@@ -104,6 +111,35 @@ def floor_section() -> list[str]:
         f"Before the first swap a refined plan costs the seeding plus one score per layer: {plan:.2f} + "
         f"{start:.2f} = {plan + start:.2f} s; each round adds a swap table ({table:.2f} s) and at least one "
         "more score per layer.",
+    ]
+
+
+def target_section(stats: RoutingStats) -> list[str]:
+    """The plan's seconds, in one process and in one per CPU, against `V3_PLAN_S`."""
+    topology = V3_TOPOLOGIES[2]
+    processes = AffinityPolicy(processes=None).process_count(stats, topology)
+    rows = []
+    for rounds in TARGET_ROUNDS:
+        plans, times = {}, {count: [] for count in sorted({1, processes})}
+        for _ in range(REPEATS):  # alternating, so that both see the same load on the machine
+            for count in times:
+                started = time.perf_counter()
+                plans[count] = AffinityPolicy(sampled_rounds=rounds, processes=count).place(stats, topology)
+                times[count].append(time.perf_counter() - started)
+        seconds = {count: statistics.median(values) for count, values in times.items()}
+        same = plans[1].physical_to_logical.tobytes() == plans[processes].physical_to_logical.tobytes()
+        for count in times:
+            met = "met" if seconds[count] <= V3_PLAN_S else f"missed by {seconds[count] - V3_PLAN_S:.2f} s"
+            rows.append([f"`sampled_rounds={rounds}`" if rounds else "none (seeding only)", str(count), f"{seconds[count]:.2f}",
+                         f"{seconds[1] / seconds[count]:.2f}x", met, "yes" if same else "NO"])
+    return [
+        f"## The plan against the {V3_PLAN_S:.0f} s target, in one process and in {processes}", "",
+        f"`AffinityPolicy(sampled_rounds=R, processes=n).place` on the same statistics and topology, in one "
+        f"process and in {processes} (`processes=None`: one per CPU this process may use; layer i in process "
+        f"i mod {processes}, process 0 this one, the others forked). Seconds, median of {REPEATS} runs; the runs "
+        "of a row pair alternate.", "",
+        markdown_table(["refinement", "processes", "seconds", "speed-up", f"{V3_PLAN_S:.0f} s target",
+                        "same plan as 1 process"], rows, numeric_from=1),
     ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from switchyard.placement.cost import PRESETS
 from switchyard.placement.errors import PlacementError
 from switchyard.placement.evaluate import evaluate
 from switchyard.placement.formats import load_trace
+from switchyard.placement.forked import map_forked
 from switchyard.placement.migration import plan_migration
 from switchyard.placement.partition import LayerRows, LoadCap, Score, expert_vertices, refine, score, swap_deltas
 from switchyard.placement.plan import Plan
@@ -215,6 +217,47 @@ def test_sampled_refinement_above_the_work_bound(synthetic, monkeypatch: pytest.
     assert AffinityPolicy(sampled_rounds=8, max_moves=0).place(stats, topology, seeded) == seeded
 
 
+@pytest.mark.parametrize("processes", [2, 3, 8])
+def test_forked_layers_plan_the_same(synthetic, monkeypatch: pytest.MonkeyPatch, processes: int) -> None:
+    """Layers planned in forked processes (every `processes`-th layer in one, lockstep seeding per
+    process) give the serial plan byte for byte: refined, sampled, and under a migration budget,
+    where budget 0 still returns the current plan."""
+    stats, _, _ = synthetic
+    topology = Topology(2, 2, 9)
+    current = EplbPolicy().place(stats, topology)
+    for options in ({}, {"max_moves": 20}):
+        serial = AffinityPolicy(**options).place(stats, topology, current)
+        forked = AffinityPolicy(processes=processes, **options).place(stats, topology, current)
+        assert forked.physical_to_logical.tobytes() == serial.physical_to_logical.tobytes()
+    assert AffinityPolicy(processes=processes, max_moves=0).place(stats, topology, current) == current
+    monkeypatch.setattr(affinity, "_REFINED_WORK", 0)  # every layer seeded under the cap, then sampled rounds
+    monkeypatch.setattr(affinity, "_SWAP_VERTICES", 16)
+    serial = AffinityPolicy(sampled_rounds=2).place(stats, topology)
+    forked = AffinityPolicy(sampled_rounds=2, processes=processes).place(stats, topology)
+    assert forked.physical_to_logical.tobytes() == serial.physical_to_logical.tobytes()
+
+
+def test_process_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`processes=None` forks one process per CPU, at most one per layer, where the work pays for it."""
+    stats = RoutingStats.from_trace(synthetic_trace(3, 16, 2, 512, seed=0))
+    topology = Topology(1, 2, 8)
+    assert AffinityPolicy().process_count(stats, topology) == 1
+    assert AffinityPolicy(processes=8).process_count(stats, topology) == 3  # at most one per layer
+    assert AffinityPolicy(processes=None).process_count(stats, topology) == 1  # too small to pay for a fork
+    monkeypatch.setattr(affinity, "_FORKED_WORK", 1)
+    assert AffinityPolicy(processes=None).process_count(stats, topology) == min(3, len(os.sched_getaffinity(0)))
+
+
+def test_a_failing_forked_piece_raises_here() -> None:
+    def fail_on_odd(piece: int) -> int:
+        if piece % 2:
+            raise PlacementError(f"piece {piece}")
+        return piece
+    assert map_forked(fail_on_odd, [0, 2, 4]) == [0, 2, 4]
+    with pytest.raises(PlacementError, match="piece 1"):
+        map_forked(fail_on_odd, [0, 1])
+
+
 def test_sampled_rows_keep_the_totals(synthetic) -> None:
     stats, _, _ = synthetic
     topology = Topology(2, 2, 9)
@@ -233,6 +276,7 @@ def test_sampled_rows_keep_the_totals(synthetic) -> None:
     pytest.param({"max_moves": -1}, "max_moves must be a non-negative integer", id="moves"),
     pytest.param({"seed": 1.5}, "seed must be a non-negative integer", id="seed"),
     pytest.param({"sampled_rounds": -1}, "sampled_rounds must be a non-negative integer", id="rounds"),
+    pytest.param({"processes": 0}, "processes must be a positive integer or None", id="processes"),
     pytest.param({"cluster": "h100"}, "cluster must be a ClusterSpec", id="cluster"),
     pytest.param({"cluster": PRESETS["h100"], "node_weight": 2.0}, "not both", id="cluster-and-weight"),
 ])

@@ -206,6 +206,18 @@ def test_plan_for_a_cluster(tmp_path: Path) -> None:
     assert plans["eplb", "h100"] == plans["eplb", "h100-100gbit"]
 
 
+def test_plan_in_forked_processes_is_the_same(files, tmp_path: Path) -> None:
+    """`placement plan --processes` splits affinity's layers over processes without changing the plan;
+    policies that cannot split them take the option and ignore it."""
+    plans = []
+    for policy, processes in (("affinity", 1), ("affinity", 3), ("eplb", 2)):
+        out = tmp_path / f"{policy}-{processes}.json"
+        _ok(_invoke("placement", "plan", "--trace", files["trace"], *_topology(2, 2, 5), "--policy", policy,
+                    "--processes", processes, "--out", out))
+        plans.append(json.loads(out.read_text())["physical_to_logical_map"])
+    assert plans[0] == plans[1]
+
+
 def test_plan_from_a_load_matrix(files, tmp_path: Path) -> None:
     """`--trace` also takes a vLLM-style [L, E] load matrix (load-only policies need no more)."""
     load = tmp_path / "load.npy"

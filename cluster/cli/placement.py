@@ -69,10 +69,14 @@ def placement() -> None:
 @click.option("--out", type=OUTPUT_FILE, required=True, help="Plan file to write (JSON).")
 @click.option("--cluster", type=click.Choice(sorted(PRESETS)), default="h100", show_default=True,
               help="Hardware the plan is for: policies that weigh time (affinity) price traffic by it.")
+@click.option("--processes", type=click.IntRange(min=1), default=None,
+              help="Processes that plan the layers, for policies that can split them (affinity); the plan is "
+                   "the same. Default: one per CPU where the plan is large enough to pay for forking, else one.")
 @drop_incomplete_option
 @verbose_option
 def plan(trace_path: Path, tokens: TokenWindow | None, nodes: int, gpus_per_node: int,
-         slots_per_gpu: int | None, policy: str, out: Path, cluster: str, drop_incomplete: bool) -> None:
+         slots_per_gpu: int | None, policy: str, out: Path, cluster: str, processes: int | None,
+         drop_incomplete: bool) -> None:
     """Plan a placement from observed routing and write it as JSON."""
     if tokens is None:
         stats = load_stats(trace_path, drop_incomplete=drop_incomplete)
@@ -80,7 +84,10 @@ def plan(trace_path: Path, tokens: TokenWindow | None, nodes: int, gpus_per_node
         routing = load_trace(trace_path, drop_incomplete=drop_incomplete)
         stats = RoutingStats.from_trace(token_window(routing, tokens, "--tokens"))
     topology = Topology.for_experts(stats.num_experts, nodes, gpus_per_node, slots_per_gpu)
-    options = {"cluster": PRESETS[cluster]} if "cluster" in policy_options(policy) else {}
+    accepted = policy_options(policy)
+    options = {"cluster": PRESETS[cluster]} if "cluster" in accepted else {}
+    if "processes" in accepted:
+        options["processes"] = processes
     result = get_policy(policy, **options).place(stats, topology)
     save_plan(result, out)
     redundant = topology.num_slots - stats.num_experts
