@@ -30,6 +30,9 @@ _SAME_GPU, _HOME_NODE, _ANYWHERE, _NOT_A_REPLICA = 0, 1, 2, 3
 # Fixed odd 31-bit multipliers for hashing which replicas of an expert are eligible (one per replica
 # position; an expert has at most G replicas). Sums stay far below 2**63.
 _HASH = np.random.default_rng(20240531).integers(1, 1 << 31, size=1 << 16) | 1
+# The same as float64, for a BLAS product: a row's sum is an integer below 2**53 (at most G < 2**22
+# terms below 2**31), so it is exact, and the hash the same as in integers.
+_HASH_FLOAT = _HASH.astype(np.float64)
 
 
 def route_sets(sets: np.ndarray, weight: np.ndarray, home: np.ndarray, expert_vertices: np.ndarray,
@@ -57,6 +60,11 @@ def route_sets(sets: np.ndarray, weight: np.ndarray, home: np.ndarray, expert_ve
         return pins, load
     single_rows = np.nonzero(~replicated)[0]
     single_gpus = gpu_of_vertex[pins[~replicated]]
+    # What does not change between the two passes, per column: the replicated picks, their replicas
+    # and GPUs, and their tier apart from (a), which depends on the GPUs a row uses so far.
+    columns = [_Column(column, rows, expert_vertices[sets[rows, column]], weight[rows], home[rows], gpu_of_vertex,
+                       node_of_gpu)
+               for column in range(top_k) if len(rows := np.nonzero(replicated[:, column])[0])]
     # Pass 1 estimates the load of picks left a single eligible replica (tier a usually) over the
     # whole layer; pass 2 then spreads every other pick on top of that estimate, so that, as with the
     # runtime's least-loaded choice over the whole stream, replicas end up even where they can.
@@ -65,43 +73,47 @@ def route_sets(sets: np.ndarray, weight: np.ndarray, home: np.ndarray, expert_ve
         used = np.zeros((num_rows, num_gpus), dtype=bool)  # [M, G] GPUs each row uses so far
         used[single_rows, single_gpus] = True
         spread_load = np.zeros(num_vertices)
-        for column in range(top_k):
-            rows = np.nonzero(replicated[:, column])[0]
-            if not len(rows):
-                continue
-            eligible = _best_tier(expert_vertices[sets[rows, column]], used[rows], home[rows],
-                                  gpu_of_vertex, node_of_gpu)  # [n, R]
+        for one in columns:
+            eligible = one.best_tier(used)  # [n, R]
             forced = (eligible >= 0).sum(axis=1) == 1
             chosen = eligible.max(axis=1)
             if not final:
-                forced_load += np.bincount(chosen[forced], weights=weight[rows[forced]],
-                                           minlength=num_vertices)
+                forced_load += np.bincount(chosen[forced], weights=one.weight[forced], minlength=num_vertices)
             if not forced.all():
                 spread = ~forced
-                chosen[spread] = _water_fill(eligible[spread], weight[rows[spread]],
+                chosen[spread] = _water_fill(eligible[spread], one.weight[spread],
                                              load + forced_load + spread_load)
-                spread_load += np.bincount(chosen[spread], weights=weight[rows[spread]],
-                                           minlength=num_vertices)
-            used[rows, gpu_of_vertex[chosen]] = True
+                spread_load += np.bincount(chosen[spread], weights=one.weight[spread], minlength=num_vertices)
+            used[one.rows, gpu_of_vertex[chosen]] = True
             if final:
-                pins[rows, column] = chosen
+                pins[one.rows, one.column] = chosen
     load += np.bincount(pins[replicated], weights=row_weight[replicated], minlength=num_vertices)
     return pins, load
 
 
-def _best_tier(candidates: np.ndarray, used: np.ndarray, home: np.ndarray, gpu_of_vertex: np.ndarray,
-               node_of_gpu: np.ndarray) -> np.ndarray:
-    """`[n, R]` the candidates in each pick's best tier of the rule, -1 elsewhere.
+class _Column:
+    """One column's replicated picks, as both passes of `route_sets` see them.
 
-    candidates: `[n, R]` vertex ids of the picked expert's replicas, -1 padded; used: `[n, G]` bool
-    GPUs the pick's row uses so far; home: `[n]` home node or -1.
+    rows: `[n]` the rows whose pick in this column is replicated; candidates: `[n, R]` the picked
+    expert's replicas, -1 padded; weight, home: `[n]` the rows'. Every candidate's tier but (a)
+    (`_HOME_NODE`, `_ANYWHERE`, or `_NOT_A_REPLICA` for padding) stays the same in both passes, so it
+    is computed once, here.
     """
-    valid = candidates >= 0
-    gpu = gpu_of_vertex[np.maximum(candidates, 0)]
-    tier = np.where(np.take_along_axis(used, gpu, axis=1), _SAME_GPU,
-                    np.where(node_of_gpu[gpu] == home[:, None], _HOME_NODE, _ANYWHERE))
-    tier[~valid] = _NOT_A_REPLICA
-    return np.where(tier == tier.min(axis=1, keepdims=True), candidates, -1)
+
+    def __init__(self, column: int, rows: np.ndarray, candidates: np.ndarray, weight: np.ndarray, home: np.ndarray,
+                 gpu_of_vertex: np.ndarray, node_of_gpu: np.ndarray) -> None:
+        self.column, self.rows, self.candidates, self.weight = column, rows, candidates, weight
+        self.valid = candidates >= 0
+        self.gpu = gpu_of_vertex[np.maximum(candidates, 0)]  # [n, R]
+        self.tier = np.where(self.valid, np.where(node_of_gpu[self.gpu] == home[:, None], _HOME_NODE, _ANYWHERE),
+                             _NOT_A_REPLICA)
+        self.row_index = rows[:, None]
+
+    def best_tier(self, used: np.ndarray) -> np.ndarray:
+        """`[n, R]` the candidates in each pick's best tier of the rule, -1 elsewhere; used: `[M, G]`
+        bool the GPUs every row uses so far."""
+        tier = np.where(used[self.row_index, self.gpu] & self.valid, _SAME_GPU, self.tier)
+        return np.where(tier == tier.min(axis=1, keepdims=True), self.candidates, -1)
 
 
 def _water_fill(eligible: np.ndarray, weight: np.ndarray, load: np.ndarray) -> np.ndarray:
@@ -114,16 +126,29 @@ def _water_fill(eligible: np.ndarray, weight: np.ndarray, load: np.ndarray) -> n
     num_picks, width = eligible.shape
     # Groups: identical rows of `eligible`, found by a key: the row's largest vertex (which names the
     # expert) and a 32-bit hash of which of its replicas are eligible. [n] group of each pick.
-    mask_hash = (eligible >= 0).astype(np.int64) @ _HASH[:width] % (1 << 32)
+    eligible_mask = eligible >= 0
+    mask_hash = (eligible_mask.astype(np.float64) @ _HASH_FLOAT[:width]).astype(np.int64) % (1 << 32)
     key = eligible.max(axis=1) * (1 << 32) + mask_hash
-    _, first_pick, group_of_pick = np.unique(key, return_index=True, return_inverse=True)
-    groups = eligible[first_pick]  # [Q, R]
-    num_groups = len(groups)
-    total = np.bincount(group_of_pick, weights=weight, minlength=num_groups)  # [Q]
+    # np.unique(key, return_index=True, return_inverse=True) by hand, keeping its stable order of the
+    # picks: it is also the picks grouped in row order, which the hand-out below needs.
+    by_group = np.argsort(key, kind="stable")
+    starts = np.empty(num_picks, dtype=bool)
+    starts[0] = True
+    sorted_key = key[by_group]
+    np.not_equal(sorted_key[1:], sorted_key[:-1], out=starts[1:])
+    group_of_sorted = np.cumsum(starts) - 1  # [n] the group of each pick, in `by_group` order
+    # Replica positions no group may use are left out of the water-filling (the hot experts' ~80
+    # replicas are mostly not eligible): they would take no share, and rounding is unchanged, as
+    # a cumulative sum only adds 0 there and the share's total is taken over all positions.
+    kept = np.flatnonzero(eligible_mask.any(axis=0))
+    groups = eligible[by_group[starts]][:, kept]  # [Q, R'] R' = len(kept)
+    num_groups, width = groups.shape
+    sorted_weight = weight[by_group]  # a group's picks in row order: its sum as over all picks
+    total = np.bincount(group_of_sorted, weights=sorted_weight, minlength=num_groups)  # [Q]
     base = np.where(groups >= 0, load[np.maximum(groups, 0)], np.inf)  # [Q, R]
     # Water level: with replicas sorted by load, the first n of them reach level (total + sum) / n.
     order = np.argsort(base, axis=1, kind="stable")
-    sorted_base = np.take_along_axis(base, order, axis=1)
+    sorted_base = base[np.arange(num_groups)[:, None], order]
     finite = np.where(np.isfinite(sorted_base), sorted_base, 0.0)
     filled = np.arange(1, width + 1)
     levels = (total[:, None] + np.cumsum(finite, axis=1)) / filled  # [Q, R] level with n filled
@@ -134,17 +159,19 @@ def _water_fill(eligible: np.ndarray, weight: np.ndarray, load: np.ndarray) -> n
     share = np.where(np.isfinite(share), share, 0.0)
     weightless = total <= 0  # all picks of zero weight: the least loaded replica takes them
     share[weightless, order[weightless, 0]] = 1.0
-    bounds = np.cumsum(share, axis=1) / share.sum(axis=1, keepdims=True)  # [Q, R] cumulative share
+    all_positions = np.zeros((num_groups, len(eligible_mask[0])))
+    all_positions[:, kept] = share  # the sum as over every position: numpy sums rows pairwise
+    bounds = np.cumsum(share, axis=1) / all_positions.sum(axis=1, keepdims=True)  # [Q, R'] cumulative share
     # The last replica with a share closes its group's range, whatever the rounding.
     last = width - 1 - np.argmax(share[:, ::-1] > 0, axis=1)
     bounds[np.arange(width)[None, :] >= last[:, None]] = np.inf
     # Hand picks out in row order within each group: the midpoint of a pick's weight in its group's
     # cumulative weight falls into one replica's share.
-    by_group = np.argsort(group_of_pick, kind="stable")
-    cumulative = np.cumsum(weight[by_group])
-    group_start = np.concatenate([[0.0], np.cumsum(total)])[group_of_pick[by_group]]
-    midpoint = np.empty(num_picks)
-    midpoint[by_group] = (cumulative - group_start - weight[by_group] / 2) / np.maximum(
-        total[group_of_pick[by_group]], 1e-300)
-    slot = (bounds[group_of_pick] <= midpoint[:, None]).sum(axis=1)  # first replica past the midpoint
-    return groups[group_of_pick, slot]
+    # Computed in `by_group` order and put back in pick order at the end.
+    group_start = np.concatenate([[0.0], np.cumsum(total)])[group_of_sorted]
+    midpoint = (np.cumsum(sorted_weight) - group_start - sorted_weight / 2) / np.maximum(
+        total[group_of_sorted], 1e-300)
+    slot = (bounds[group_of_sorted] <= midpoint[:, None]).sum(axis=1)  # first replica past the midpoint
+    chosen = np.empty(num_picks, dtype=groups.dtype)
+    chosen[by_group] = groups[group_of_sorted, slot]
+    return chosen
