@@ -30,8 +30,8 @@ _SAME_GPU, _HOME_NODE, _ANYWHERE, _NOT_A_REPLICA = 0, 1, 2, 3
 # Fixed odd 31-bit multipliers for hashing which replicas of an expert are eligible (one per replica
 # position; an expert has at most G replicas). Sums stay far below 2**63.
 _HASH = np.random.default_rng(20240531).integers(1, 1 << 31, size=1 << 16) | 1
-# The same as float64, for a BLAS product: a row's sum is an integer below 2**53 (at most G < 2**22
-# terms below 2**31), so it is exact, and the hash the same as in integers.
+# The same as float64, for a BLAS product (an integer one is not): a row's sum is an integer below
+# 2**53 (at most 2**16 terms below 2**31), so it is exact and the hash the same as in integers.
 _HASH_FLOAT = _HASH.astype(np.float64)
 
 
@@ -99,8 +99,8 @@ class _Column:
     expert's replicas, -1 padded; weight, home: `[n]` the rows'. Every candidate's tier but (a)
     (`_HOME_NODE`, `_ANYWHERE`, or `_NOT_A_REPLICA` for padding) stays the same in both passes, so it
     is computed once, here, as is where to look up (a) in the flat `[M, G + 1]` table of GPUs used
-    (padding looks at column G, never used): this runs 16 times per routing of DeepSeek-V3's 256
-    sampled rows, on up to ~80 replicas per pick.
+    (padding looks at column G, never used): `best_tier` runs twice per column, and at DeepSeek-V3
+    scale on `[256, ~80]` tables (sampled rows by the busiest expert's replicas).
     """
 
     def __init__(self, column: int, rows: np.ndarray, candidates: np.ndarray, weight: np.ndarray, home: np.ndarray,
@@ -141,9 +141,9 @@ def _water_fill(eligible: np.ndarray, weight: np.ndarray, load: np.ndarray) -> n
     sorted_key = key[by_group]
     np.not_equal(sorted_key[1:], sorted_key[:-1], out=starts[1:])
     group_of_sorted = np.cumsum(starts) - 1  # [n] the group of each pick, in `by_group` order
-    # Replica positions no group may use are left out of the water-filling (the hot experts' ~80
-    # replicas are mostly not eligible): they would take no share, and rounding is unchanged, as
-    # a cumulative sum only adds 0 there and the share's total is taken over all positions.
+    # Replica positions no pick may use are left out of the water-filling (at DeepSeek-V3 scale about
+    # half of the ~80 columns): they would take no share, and the result is the same to the bit, as
+    # a cumulative sum only adds 0 there and the shares' total is still summed over all positions.
     kept = np.flatnonzero(eligible_mask.any(axis=0))
     groups = eligible[by_group[starts]][:, kept]  # [Q, R'] R' = len(kept)
     num_groups, width = groups.shape
@@ -164,7 +164,7 @@ def _water_fill(eligible: np.ndarray, weight: np.ndarray, load: np.ndarray) -> n
     weightless = total <= 0  # all picks of zero weight: the least loaded replica takes them
     share[weightless, order[weightless, 0]] = 1.0
     all_positions = np.zeros((num_groups, len(eligible_mask[0])))
-    all_positions[:, kept] = share  # the sum as over every position: numpy sums rows pairwise
+    all_positions[:, kept] = share  # numpy sums a row pairwise: where the zeros sit changes the rounding
     bounds = np.cumsum(share, axis=1) / all_positions.sum(axis=1, keepdims=True)  # [Q, R'] cumulative share
     # The last replica with a share closes its group's range, whatever the rounding.
     last = width - 1 - np.argmax(share[:, ::-1] > 0, axis=1)
