@@ -14,7 +14,7 @@ x slots per GPU (8, 9):
 - the targets of issue 17 per cell, each marked met or missed;
 - the rule family: every policy's half/half plan routed by each rule of `routing.RULES`, the test
   half as one batch and in batches of `RUNTIME_BATCH` tokens (what one dispatcher call knows).
-Takes ~17 minutes on two cores, most of it planning affinity for 2 x 12 x 7 windows (--v3-only: ~2).
+Takes ~5 minutes on two cores (2026-12-04), most of it planning affinity for 2 x 12 x 7 windows (--v3-only: ~2).
 """
 
 from __future__ import annotations
