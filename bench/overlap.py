@@ -32,13 +32,13 @@ from pathlib import Path
 
 import numpy as np
 from bench.report import describe_checkpoint, main, provenance
+from bench.runtime import PROMPT_LEN
 
 from switchyard.cluster.cli.formatting import markdown_table
 from switchyard.cluster.engine.sampling import SamplingParams
 from switchyard.cluster.runtime.runtime import Runtime, local_cluster
 from switchyard.workers.checkpoints import load_spec
 
-PROMPT_LEN = 16
 SETUPS = {  # name: (engines, workers, combine_window_s; None: the workers' default)
     "1 engine, 2 workers": (1, 2, None),
     "2 engines, 2 workers, lockstep": (2, 2, None),

@@ -31,8 +31,8 @@ from bench.placement import V3_EXPERTS, V3_LAYERS, V3_PLAN_S, V3_SAMPLED_ROUNDS,
 from bench.report import command_line, provenance, publish
 from switchyard.cluster.cli.formatting import markdown_table
 from switchyard.placement.partition import LayerRows, LoadCap, _ranked_swaps, _swap_candidates, expert_vertices, score
-from switchyard.placement.policies.affinity import (_REFINED_WORK, _SAMPLED_MIN_ROWS, _SWAP_VERTICES, AffinityPolicy,
-                                                    layer_rows, sampled_rows)
+from switchyard.placement.policies.affinity import (_SWAP_VERTICES, AffinityPolicy, _sampled_row_count, layer_rows,
+                                                    sampled_rows)
 from switchyard.placement.seeding import graph_partition, initial_layouts, replica_counts
 from switchyard.placement.set_routing import route_sets
 from switchyard.placement.stats import RoutingStats
@@ -102,7 +102,7 @@ def floor_section(stats: RoutingStats) -> list[str]:
     seconds = {name: _median_seconds(step) for name, step in steps}
     rows = [[name, f"{value:.3f}", f"{value / stats.num_layers * 1000:.1f}"] for name, value in seconds.items()]
     plan, start, table = (seconds[steps[0][0]], seconds[steps[4][0]], seconds[steps[-1][0]])
-    work = max(_REFINED_WORK // topology.num_slots, _SAMPLED_MIN_ROWS)
+    work = _sampled_row_count(topology)
     return [
         f"{stats.num_layers} layers x {topology.num_slots} slots ({topology.describe()}), statistics of a "
         f"{V3_TOKENS}-token synthetic trace (seed 0); the policy samples {work} rows per layer at this size. "

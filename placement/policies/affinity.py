@@ -155,7 +155,7 @@ class AffinityPolicy:
         """Rows x slots over the layers, an estimate of what planning costs: a refined layer's distinct
         top-k sets (experts for load-only stats), a sampled one's sample, `_SEEDED_ROWS` for a layer
         seeded only."""
-        bound = max(_REFINED_WORK // topology.num_slots, _SAMPLED_MIN_ROWS)
+        bound = _sampled_row_count(topology)
         work = 0
         for layer in range(stats.num_layers):
             rows = stats.num_experts if stats.topk_sets is None else len(stats.topk_sets[layer])
@@ -209,7 +209,7 @@ class AffinityPolicy:
         for layer in piece:
             rng = np.random.default_rng([self.seed, layer])
             rows.append(sampled_rows(layer_rows(stats, layer, topology, self.remote_node_weight, rng),
-                                     max(_REFINED_WORK // topology.num_slots, _SAMPLED_MIN_ROWS), rng))
+                                     _sampled_row_count(topology), rng))
         load = stats.load[index]
         caps = load.sum(axis=1) / topology.num_gpus * (1 + self.max_imbalance)
         refined = np.array([not one.sampled for one in rows])
@@ -270,6 +270,12 @@ def layer_rows(stats: RoutingStats, layer: int, topology: Topology, node_weight:
     if stats.topk_sets is None:
         home[:] = -1  # one row per expert says nothing about homes: replicas share its load evenly
     return LayerRows(sets, weight, home, node_weight * weight * (topology.num_nodes > 1))
+
+
+def _sampled_row_count(topology: Topology) -> int:
+    """Rows a layer keeps (`sampled_rows`) on `topology`: those that bring it to `_REFINED_WORK`, at
+    least `_SAMPLED_MIN_ROWS`; a layer with more is sampled."""
+    return max(_REFINED_WORK // topology.num_slots, _SAMPLED_MIN_ROWS)
 
 
 def sampled_rows(rows: LayerRows, count: int, rng: np.random.Generator) -> LayerRows:
