@@ -70,6 +70,21 @@ def test_no_tokens_gives_zeros():
     assert torch.equal(out, torch.zeros(3, 4))
 
 
+@pytest.mark.parametrize("kernel", _kernels())
+def test_picks_served_elsewhere_add_nothing(kernel):
+    """Only a token's local picks are computed (vllm: one kernel row per local pick); a token with none
+    gets zeros, and the rest equal the sum of their local experts alone."""
+    torch.manual_seed(0)
+    compute = ExpertCompute([torch.randn(2, 64, 32)], [torch.randn(2, 32, 32)], "silu", kernel=kernel)
+    hidden, weights = torch.randn(4, 32), torch.rand(4, 2)
+    local = torch.tensor([[-1, -1], [0, -1], [-1, 1], [1, 0]])
+    out = compute.forward(0, hidden, local, weights)
+    assert torch.equal(out[0], torch.zeros(32))
+    alone = [compute.forward(0, hidden[[t]], local[[t]].clamp(max=-1).index_fill(1, torch.tensor([j]), s),
+                             weights[[t]])[0] for t, j, s in [(1, 0, 0), (2, 1, 1), (3, 0, 1), (3, 1, 0)]]
+    torch.testing.assert_close(out[1:], torch.stack([alone[0], alone[1], alone[2] + alone[3]]), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.gpu
 def test_cuda_worker_matches_reference_and_migrates(qwen3_dir):
     """The CUDA path of the worker body: a checkpoint's experts loaded onto the GPU sum to transformers'

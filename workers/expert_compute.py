@@ -134,21 +134,25 @@ class ExpertCompute:
 
     def _forward_vllm(self, layer: int, hidden: torch.Tensor, local_slots: torch.Tensor,
                       weights: torch.Tensor) -> torch.Tensor:
-        """`forward` with vLLM's kernel. Its top-k ids must name local experts, so a choice served
-        elsewhere is pointed at the token's first local slot (slot 0 if it has none) with weight 0 (no
-        extra weights read); an id out of range would make the kernel write out of bounds."""
+        """`forward` with vLLM's kernel, run on this worker's picks only: each local pick is one row with
+        one choice (the token's hidden state repeated for each of its local picks), and the rows' outputs
+        are added per token. The kernel computes every choice it is given, so the choices served
+        elsewhere are not handed to it: with two workers at batch 32 a token's k choices would cost
+        about twice the compute that its local picks need (measured in docs/runtime.md)."""
         from vllm._custom_ops import cpu_fused_moe
 
-        local = local_slots >= 0
-        first = local_slots.gather(1, local.to(torch.int64).argmax(dim=1, keepdim=True)).clamp(min=0)  # [n, 1]
-        ids = torch.where(local, local_slots, first).to(torch.int32)
-        gate_weights = torch.where(local, weights, 0.0).to(torch.float32).contiguous()
-        hidden = hidden.contiguous()
-        output = torch.empty_like(hidden)
+        token, pick = (local_slots >= 0).nonzero(as_tuple=True)  # [m] the local picks, token-major
+        output = torch.zeros_like(hidden)
+        if token.numel() == 0:
+            return output
+        rows = hidden[token].contiguous()  # [m, H]
+        ids = local_slots[token, pick].to(torch.int32)[:, None].contiguous()  # [m, 1]
+        gate_weights = weights[token, pick].to(torch.float32)[:, None].contiguous()  # [m, 1]
+        rows_output = torch.empty_like(rows)
         gate_up, down = self.packed[layer]
         with _VLLM_KERNEL_LOCK:
-            cpu_fused_moe(output, hidden, gate_up, down, None, None, gate_weights, ids, "silu", "vec")
-        return output
+            cpu_fused_moe(rows_output, rows, gate_up, down, None, None, gate_weights, ids, "silu", "vec")
+        return output.index_add_(0, token, rows_output)
 
 
 def _prepack(weights: torch.Tensor) -> torch.Tensor:
