@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench.report import describe_checkpoint, main, provenance
+from bench.report import describe_checkpoint, main, positive_int, provenance
 from bench.runtime import PROMPT_LEN
 
 from switchyard.cluster.cli.formatting import markdown_table
@@ -51,7 +51,7 @@ SETUPS = {  # name: (engines, workers, combine_window_s; None: the workers' defa
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3, help="Rounds of every setup (alternating).")
+    parser.add_argument("--rounds", type=positive_int, default=3, help="Rounds of every setup (alternating).")
 
 
 def measure(model_dir: Path, args: argparse.Namespace, command: str) -> tuple[str, bool]:

