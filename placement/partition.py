@@ -308,7 +308,8 @@ def swap_deltas(rows: LayerRows, pins: np.ndarray, gpu_of_vertex: np.ndarray, to
     gpu, node = gpu[subset], node[subset]
     cross = node[:, None] != node[None, :]  # [C, C] pairs on different nodes
     move = move_gpu + np.where(node_of_gpu[None, :] != node[:, None], move_node[:, node_of_gpu], 0.0)
-    return move[:, gpu] + move[:, gpu].T + fix_gpu + np.where(cross, fix_node, 0.0)
+    moved = move[:, gpu]
+    return moved + moved.T + fix_gpu + np.where(cross, fix_node, 0.0)
 
 
 def _disjoint(first: np.ndarray, second: np.ndarray, gpu_of_vertex: np.ndarray) -> list[tuple[int, int]]:

@@ -75,8 +75,8 @@ def route_sets(sets: np.ndarray, weight: np.ndarray, home: np.ndarray, expert_ve
         used[single_rows, single_gpus] = True
         spread_load = np.zeros(num_vertices)
         for one in columns:
-            eligible = one.best_tier(used.ravel())  # [n, R]
-            forced = (eligible >= 0).sum(axis=1) == 1
+            eligible, count = one.best_tier(used.ravel())  # [n, R], [n]
+            forced = count == 1
             chosen = eligible.max(axis=1)
             if not final:
                 forced_load += np.bincount(chosen[forced], weights=one.weight[forced], minlength=num_vertices)
@@ -108,16 +108,17 @@ class _Column:
         self.column, self.rows, self.candidates, self.weight = column, rows, candidates, weight
         valid = candidates >= 0
         gpu = gpu_of_vertex[np.maximum(candidates, 0)]  # [n, R]
-        self.tier = np.where(valid, np.where(node_of_gpu[gpu] == home[:, None], _HOME_NODE, _ANYWHERE),
-                             _NOT_A_REPLICA).astype(np.int8)
+        self.tier = (node_of_gpu[gpu] != home[:, None]).astype(np.int8) + _HOME_NODE  # _HOME_NODE or _ANYWHERE
+        self.tier[~valid] = _NOT_A_REPLICA
         num_columns = len(node_of_gpu) + 1
         self.used_at = rows[:, None] * num_columns + np.where(valid, gpu, num_columns - 1)  # [n, R]
 
-    def best_tier(self, used: np.ndarray) -> np.ndarray:
-        """`[n, R]` the candidates in each pick's best tier of the rule, -1 elsewhere; used: the
-        `[M, G + 1]` bool GPUs every row uses so far, raveled."""
+    def best_tier(self, used: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`[n, R]` the candidates in each pick's best tier of the rule, -1 elsewhere, and `[n]` how
+        many there are; used: the `[M, G + 1]` bool GPUs every row uses so far, raveled."""
         tier = np.where(used[self.used_at], _SAME_GPU, self.tier)
-        return np.where(tier == tier.min(axis=1, keepdims=True), self.candidates, -1)
+        best = tier == tier.min(axis=1, keepdims=True)
+        return np.where(best, self.candidates, -1), np.count_nonzero(best, axis=1)
 
 
 def _water_fill(eligible: np.ndarray, weight: np.ndarray, load: np.ndarray) -> np.ndarray:
@@ -150,32 +151,31 @@ def _water_fill(eligible: np.ndarray, weight: np.ndarray, load: np.ndarray) -> n
     sorted_weight = weight[by_group]  # a group's picks in row order: its sum as over all picks
     total = np.bincount(group_of_sorted, weights=sorted_weight, minlength=num_groups)  # [Q]
     base = np.where(groups >= 0, load[np.maximum(groups, 0)], np.inf)  # [Q, R]
-    # Water level: with replicas sorted by load, the first n of them reach level (total + sum) / n.
-    order = np.argsort(base, axis=1, kind="stable")
-    sorted_base = base[np.arange(num_groups)[:, None], order]
-    finite = np.where(np.isfinite(sorted_base), sorted_base, 0.0)
+    # Water level: with replicas sorted by load, the first n of them reach level (total + sum) / n. The
+    # padding (inf) sorts last; the level stops at or before the last finite load, so the infinite
+    # partial sums after it are never read.
+    sorted_base = np.sort(base, axis=1)
     filled = np.arange(1, width + 1)
-    levels = (total[:, None] + np.cumsum(finite, axis=1)) / filled  # [Q, R] level with n filled
+    levels = (total[:, None] + np.cumsum(sorted_base, axis=1)) / filled  # [Q, R] level with n filled
     next_base = np.concatenate([sorted_base[:, 1:], np.full((num_groups, 1), np.inf)], axis=1)
     reached = levels <= next_base  # the level stops below the next replica's load
     level = levels[np.arange(num_groups), reached.argmax(axis=1)]  # first n where it stops
-    share = np.maximum(level[:, None] - base, 0.0)  # [Q, R] weight each replica receives
-    share = np.where(np.isfinite(share), share, 0.0)
-    weightless = total <= 0  # all picks of zero weight: the least loaded replica takes them
-    share[weightless, order[weightless, 0]] = 1.0
+    share = np.maximum(level[:, None] - base, 0.0)  # [Q, R] weight each replica receives (padding: 0)
+    weightless = np.flatnonzero(total <= 0)  # all picks of zero weight: the least loaded replica takes them
+    share[weightless, np.argmin(base[weightless], axis=1)] = 1.0
     all_positions = np.zeros((num_groups, len(eligible_mask[0])))
     all_positions[:, kept] = share  # numpy sums a row pairwise: where the zeros sit changes the rounding
     bounds = np.cumsum(share, axis=1) / all_positions.sum(axis=1, keepdims=True)  # [Q, R'] cumulative share
     # The last replica with a share closes its group's range, whatever the rounding.
     last = width - 1 - np.argmax(share[:, ::-1] > 0, axis=1)
-    bounds[np.arange(width)[None, :] >= last[:, None]] = np.inf
     # Hand picks out in row order within each group: the midpoint of a pick's weight in its group's
     # cumulative weight falls into one replica's share.
     # Computed in `by_group` order and put back in pick order at the end.
     group_start = np.concatenate([[0.0], np.cumsum(total)])[group_of_sorted]
     midpoint = (np.cumsum(sorted_weight) - group_start - sorted_weight / 2) / np.maximum(
         total[group_of_sorted], 1e-300)
-    slot = (bounds[group_of_sorted] <= midpoint[:, None]).sum(axis=1)  # first replica past the midpoint
+    # The first replica past the midpoint, at most the group's last (the bounds never decrease).
+    slot = np.minimum((bounds[group_of_sorted] <= midpoint[:, None]).sum(axis=1), last[group_of_sorted])
     chosen = np.empty(num_picks, dtype=groups.dtype)
     chosen[by_group] = groups[group_of_sorted, slot]
     return chosen

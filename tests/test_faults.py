@@ -99,8 +99,13 @@ def _pid(actor) -> int:
     return ray.get(actor.__ray_call__.remote(lambda self: os.getpid()), timeout=30)
 
 
+def _replacements(supervisor: Supervisor, kind: str) -> int:
+    """How many actors of `kind` the supervisor has replaced so far (the fixtures are per module)."""
+    return sum(entry["kind"] == kind for entry in supervisor.replaced)
+
+
 def _replaced(supervisor: Supervisor, kind: str, count: int) -> bool:
-    return sum(entry["kind"] == kind for entry in supervisor.replaced) >= count
+    return _replacements(supervisor, kind) >= count
 
 
 def _greedy_outputs(client: Client) -> list[list[int]]:
@@ -166,11 +171,12 @@ def test_worker_killed_mid_stream_is_re_created(runtime, supervisor, client, ref
     streaming = threading.Thread(target=long_stream)
     streaming.start()
     wait_until(lambda: received, "the stream's first tokens", 60)
+    replaced_before = _replacements(supervisor, "worker")
     os.kill(_pid(runtime.workers[0]), signal.SIGKILL)
     streaming.join(timeout=60)
     assert not streaming.is_alive(), "the stream hung"
     assert outcome[0] == Code.UNAVAILABLE or len(outcome[0]) == 300, outcome
-    wait_until(lambda: _replaced(supervisor, "worker", 1), "the worker's re-creation", 60)
+    wait_until(lambda: _replaced(supervisor, "worker", replaced_before + 1), "the worker's re-creation", 60)
     wait_until(lambda: client.health() == "SERVING", "health SERVING", 10)
     assert _greedy_outputs(client) == reference
     statuses = health.close()
@@ -179,7 +185,7 @@ def test_worker_killed_mid_stream_is_re_created(runtime, supervisor, client, ref
 
 def test_stopped_worker_does_not_hang_requests_and_is_replaced(runtime, supervisor, client, reference):
     pid = _pid(runtime.workers[1])
-    replaced_before = sum(entry["kind"] == "worker" for entry in supervisor.replaced)
+    replaced_before = _replacements(supervisor, "worker")
     os.kill(pid, signal.SIGSTOP)
     try:
         for prompt in PROMPTS:  # each is served (by the new worker) or UNAVAILABLE, never waits out its deadline
@@ -201,7 +207,7 @@ def test_stopped_worker_does_not_hang_requests_and_is_replaced(runtime, supervis
 
 def test_requests_sent_to_a_dead_engine_start_over_on_the_other(runtime, supervisor, client, reference):
     """Engine 0 killed: the requests the gateway sends it before it knows (no token yet) go to engine 1."""
-    replaced_before = sum(entry["kind"] == "engine" for entry in supervisor.replaced)
+    replaced_before = _replacements(supervisor, "engine")
     os.kill(_pid(runtime.engines[0]), signal.SIGKILL)
     assert _greedy_outputs(client) == reference
     wait_until(lambda: _replaced(supervisor, "engine", replaced_before + 1), "the engine's re-creation", 90)
@@ -210,11 +216,12 @@ def test_requests_sent_to_a_dead_engine_start_over_on_the_other(runtime, supervi
 def test_killed_engines_are_re_created_and_placement_and_stats_keep_answering(runtime, supervisor, client,
                                                                                 reference):
     health = HealthWatch(client)
+    replaced_before = _replacements(supervisor, "engine")
     for engine in list(runtime.engines):
         os.kill(_pid(engine), signal.SIGKILL)
     assert client.placement().epoch == runtime.epoch  # answered while the engines are gone
     client.stats()
-    wait_until(lambda: _replaced(supervisor, "engine", 3), "both engines' re-creation", 90)
+    wait_until(lambda: _replaced(supervisor, "engine", replaced_before + 2), "both engines' re-creation", 90)
     wait_until(lambda: client.health() == "SERVING", "health SERVING", 10)
     assert list(client.placement().engine_epochs) == [runtime.epoch] * 2
     assert client.stats().num_tokens >= 0
