@@ -40,10 +40,8 @@ def cpu_model() -> str:
     flags = set(info.get("flags", "").split())
     vector = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2")) if flag in flags), "no AVX2")
     caches = sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"))
-    cache = ""
-    if caches and (caches[-1] / "size").read_text().strip().endswith("K"):
-        level, kib = (caches[-1] / "level").read_text().strip(), int((caches[-1] / "size").read_text().strip()[:-1])
-        cache = f", L{level} {kib // 1024} MiB"
+    size = (caches[-1] / "size").read_text().strip() if caches else ""  # the last level's, e.g. "491520K"
+    cache = f", L{(caches[-1] / 'level').read_text().strip()} {int(size[:-1]) // 1024} MiB" if size.endswith("K") else ""
     return f"{info.get('model name', platform.processor() or 'unknown CPU')}, {vector}{cache}"
 
 
