@@ -14,7 +14,9 @@ x slots per GPU (8, 9):
 - the targets of issue 17 per cell, each marked met or missed;
 - the rule family: every policy's half/half plan routed by each rule of `routing.RULES`, the test
   half as one batch and in batches of `RUNTIME_BATCH` tokens (what one dispatcher call knows).
-Takes ~5 minutes on two cores (2026-12-04), most of it planning affinity for 2 x 12 x 7 windows (--v3-only: ~2).
+Takes 5-10 minutes on two cores (296 s and 567 s on two machines, 2026-12-05), most of it planning
+affinity for 2 x 12 x 7 windows (--v3-only: ~2). `bench.placement_frontier` serves the same windows
+with affinity's balance knob at several positions.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import os
 import statistics
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -40,6 +42,7 @@ from switchyard.placement.routing import DEFAULT_RULE, RULES
 from switchyard.placement.stats import RoutingStats
 from switchyard.placement.synthetic import synthetic_trace
 from switchyard.placement.topology import Topology
+from switchyard.placement.trace import RoutingTrace
 from switchyard.placement.windows import serve_windows
 
 REPO = Path(__file__).resolve().parents[1]
@@ -138,17 +141,22 @@ def esft_section(traces_dir: Path, emit: Callable[[str], None]) -> list[dict]:
         "`vs eplb`: value over EPLB's. plan s: planning time."
     )
     cells = []
-    for task in ESFT_TASKS:
-        path = traces_dir / "esft" / f"{task}.npz"
-        if not path.is_file():
-            emit(f"Skipped `{task}`: {path} not found (the traces live beside the project).")
-            continue
-        trace = load_trace(path)
+    for task, trace in esft_traces(traces_dir, emit):
         emit(f"### {task}: {trace.num_tokens} tokens, {len(trace.seq_lens)} sequences")
         for nodes, gpus_per_node in ESFT_GPUS:
             for slots_per_gpu in ESFT_SLOTS_PER_GPU:
                 cells.append(_cell(trace, task, nodes, gpus_per_node, slots_per_gpu, emit))
     return cells
+
+
+def esft_traces(traces_dir: Path, emit: Callable[[str], None]) -> Iterator[tuple[str, RoutingTrace]]:
+    """(task, trace) of every ESFT trace found in `traces_dir`; a missing one is skipped with a line."""
+    for task in ESFT_TASKS:
+        path = traces_dir / "esft" / f"{task}.npz"
+        if not path.is_file():
+            emit(f"Skipped `{task}`: {path} not found (the traces live beside the project).")
+            continue
+        yield task, load_trace(path)
 
 
 def synthetic_section(emit: Callable[[str], None]) -> list[dict]:

@@ -20,17 +20,31 @@ rule. It is applied to each layer independently, with its load counters starting
        (known before any replicated pick is resolved) plus the replicated picks resolved before.
    With `home_first=False` tiers b and c are one: balance decides between the home node and the
    others (on one node the two rules are the same).
+3. With `repair` (the default rule), the busiest GPU is then relieved, layer by layer: while every GPU
+   at the layer's highest load serves a pick of a replicated expert whose other replica sits on a GPU
+   at least two picks lighter, one such pick moves there, the move adding the fewest hidden-state
+   transfers first (+1 to a GPU the token does not use yet, -1 off its only pick on the busy GPU),
+   then to the lightest GPU, the lowest slot, the earliest pick; with `home_first` a pick never leaves
+   its home node. When a GPU at the highest load has no such move, the moves made since the highest
+   load last dropped are undone: they did not lower it. So the repair lowers the busiest GPU's
+   load, which sets the layer's compute time and vLLM's balancedness, and touches nothing else.
 
 Why this order: the hidden state goes once to every distinct GPU a token uses, so reusing a GPU is free
 and the home node is cheap. "replica" keeps an expert's replicas evenly busy; "gpu" lets replicas
-even out the GPUs, which is what balancedness and the busiest GPU's compute measure
+even out the GPUs, which is what balancedness and the busiest GPU's compute measure. Step 2 decides
+pick by pick, before it knows where the call's later picks go, so tier a can pile picks on a GPU
+that ends up the busiest; the repair looks at the whole call, which a dispatcher has, and by the
+cost model a pick off the busiest GPU is worth several transfers (`ClusterSpec.overload_weight`)
 (docs/placement.md has the measured family; `DEFAULT_RULE` is the one the runtime uses).
 
 Speed: picks of single-replica experts are one gather. Only picks of replicated experts are resolved
 in a Python loop over plain lists (their tiers a/b against the single-replica GPUs are precomputed with
 numpy). On half the ESFT trace (4k tokens x 26 layers x top-6) with 8 redundant slots per layer
 holding second replicas of the 8 busiest experts, as EPLB would (~205k of 641k picks replicated), that
-is ~0.25 s on one core.
+is ~0.25-0.6 s on one core. The repair makes numpy passes over the candidates on the busiest GPUs
+only, as many as the layer that needs most levels: on that batch ~1.7 s more (~1000 moves in one
+layer of that unbalanced plan), 0.1-0.4 s more on EPLB's and affinity's plans; a runtime batch of tens
+of tokens moves a few picks.
 
 While a worker is down the runtime passes `live_gpus`: the same rule then chooses among the live
 replicas only (the plan's replicas are the redundancy), and a pick of an expert without one gets -1.
@@ -58,10 +72,12 @@ class ReplicaRule:
 
     balance: "replica" (least-loaded replica of the expert) or "gpu" (replica on the least-loaded GPU).
     home_first: whether the home-node tier (b) comes before balance.
+    repair: whether step 3 relieves the busiest GPU after the picks are resolved.
     """
 
     balance: str = "gpu"
     home_first: bool = True
+    repair: bool = False
 
     def __post_init__(self) -> None:
         if self.balance not in ("replica", "gpu"):
@@ -69,12 +85,13 @@ class ReplicaRule:
 
     @property
     def name(self) -> str:
-        return self.balance + ("" if self.home_first else "-any-node")
+        return self.balance + ("" if self.home_first else "-any-node") + ("-repair" if self.repair else "")
 
 
 RULES: dict[str, ReplicaRule] = {rule.name: rule for rule in (
-    ReplicaRule("replica"), ReplicaRule("gpu"), ReplicaRule("replica", False), ReplicaRule("gpu", False))}
-DEFAULT_RULE = RULES["gpu"]
+    ReplicaRule("replica"), ReplicaRule("gpu"), ReplicaRule("gpu", repair=True), ReplicaRule("replica", False),
+    ReplicaRule("gpu", False), ReplicaRule("gpu", False, repair=True))}
+DEFAULT_RULE = RULES["gpu-repair"]
 
 
 def assign_slots(plan: Plan, topk_ids: np.ndarray, home_node: np.ndarray,
@@ -98,6 +115,8 @@ def assign_slots(plan: Plan, topk_ids: np.ndarray, home_node: np.ndarray,
     replicated = counts[layers, ids] > 1  # [T, L, k] picks the loop must resolve
     if replicated.any():
         _resolve_replicated(plan, table, ids, home, slots, replicated, rule)
+        if rule.repair:
+            _relieve_busiest(plan.topology, table, counts, ids, home, slots, replicated, rule.home_first)
     return slots
 
 
@@ -206,3 +225,100 @@ def _resolve_replicated(plan: Plan, table: np.ndarray, ids: np.ndarray, home: np
         used_gpus.add(flat_gpu[best_index])
         chosen.append(flat_slot[best_index])
     slots[token, layer, position] = np.asarray(chosen, dtype=np.int64) - layer * num_slots
+
+
+def _relieve_busiest(topology: Topology, table: np.ndarray, counts: np.ndarray, ids: np.ndarray, home: np.ndarray,
+                     slots: np.ndarray, replicated: np.ndarray, home_first: bool) -> None:
+    """Step 3 of the rule (module docstring), in place on `slots`, in numpy passes over all layers.
+
+    Candidates are (pick, other replica) pairs of the `replicated` picks, in the rule's pick order. A
+    pass reads only the candidates on GPUs at their layer's highest load: those of picks never moved
+    are sorted by (layer, GPU) once and sliced, those of moved picks are kept aside, so a pass costs
+    the busiest GPUs' picks, not the call's.
+    """
+    num_layers, num_gpus = slots.shape[1], topology.num_gpus
+    layer, token, position = np.nonzero(replicated.transpose(1, 0, 2))  # each [n], in the rule's order
+    expert = ids[token, layer, position]
+    width = int(counts[layer, expert].max())
+    replica = table[layer, expert, :width]  # [n, R] every replica of the pick's expert, -1 padded
+    pick, _ = np.nonzero(replica >= 0)  # [C] each candidate's pick, candidates in pick order
+    to_slot = replica[replica >= 0]
+    to_gpu = topology.gpu_of_slot[to_slot]
+    c_layer, c_token, c_position = layer[pick], token[pick], position[pick]
+    leaves_home = np.zeros(pick.size, dtype=bool)
+    if home_first:  # a pick never leaves its home node
+        leaves_home = topology.node_of_gpu[to_gpu] != home[c_token]
+    served = slots >= 0  # picks with no live replica (-1) load no GPU and are never moved
+    gpu = np.where(served, topology.gpu_of_slot[np.maximum(slots, 0)], -1)  # [T, L, k]
+    load = np.bincount((np.nonzero(served)[1] * num_gpus + gpu[served]),
+                       minlength=num_layers * num_gpus).reshape(num_layers, num_gpus)
+    # Candidates of unmoved picks by (layer, GPU they are on): `by_place[bounds[i]:bounds[i + 1]]`.
+    place = c_layer * num_gpus + gpu[c_token, c_layer, c_position]
+    place[to_gpu == gpu[c_token, c_layer, c_position]] = num_layers * num_gpus  # its own GPU: never a move
+    by_place = np.argsort(place, kind="stable")
+    bounds = np.searchsorted(place[by_place], np.arange(num_layers * num_gpus + 1))
+    first_of_pick = np.searchsorted(pick, np.arange(layer.size + 1))  # pick i's candidates: [first_of_pick[i], ...[i + 1])
+    moved = np.zeros(layer.size, dtype=bool)  # per pick: moved at least once (its candidates kept aside)
+    aside = np.zeros(0, dtype=np.int64)  # candidates of moved picks
+    level = load.max(axis=1)  # [L] the highest load when the pending moves began
+    pending: list[list[tuple[int, int, int]]] = [[] for _ in range(num_layers)]  # (token, position, old slot)
+    active = np.ones(num_layers, dtype=bool)
+    while active.any():
+        top = load.max(axis=1)  # [L]
+        busy = np.flatnonzero(((load == top[:, None]) & active[:, None]).ravel())  # layer * G + GPU
+        lengths = bounds[busy + 1] - bounds[busy]
+        sliced = by_place[np.repeat(bounds[busy] - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())]
+        candidate = np.concatenate([sliced[~moved[pick[sliced]]], aside])
+        from_gpu = gpu[c_token[candidate], c_layer[candidate], c_position[candidate]]
+        at = c_layer[candidate]
+        movable = (active[at] & (load[at, from_gpu] == top[at]) & (load[at, to_gpu[candidate]] <= top[at] - 2)
+                   & ~(leaves_home[candidate] & (topology.node_of_gpu[from_gpu] == home[c_token[candidate]])))
+        candidate, from_gpu, at = candidate[movable], from_gpu[movable], at[movable]
+        relieved = np.zeros((num_layers, num_gpus), dtype=bool)
+        relieved[at, from_gpu] = True
+        stuck = active & ((load == top[:, None]) & ~relieved).any(axis=1)
+        for stuck_layer in np.flatnonzero(stuck).tolist():  # undo what did not lower the highest load
+            for t, j, old in reversed(pending[stuck_layer]):
+                load[stuck_layer, gpu[t, stuck_layer, j]] -= 1
+                load[stuck_layer, topology.gpu_of_slot[old]] += 1
+                slots[t, stuck_layer, j], gpu[t, stuck_layer, j] = old, topology.gpu_of_slot[old]
+        active &= ~stuck
+        keep = active[at]
+        candidate, from_gpu, at = candidate[keep], from_gpu[keep], at[keep]
+        if candidate.size == 0:
+            break
+        row_gpus = gpu[c_token[candidate], at]  # [m, k]
+        added = (~(row_gpus == to_gpu[candidate, None]).any(axis=1)).astype(np.int64) \
+            - ((row_gpus == from_gpu[:, None]).sum(axis=1) == 1)
+        order = np.lexsort((candidate, to_slot[candidate], load[at, to_gpu[candidate]], added, at))
+        ranked, ranked_from = candidate[order], from_gpu[order]
+        # The sequential rule's next moves, several per pass: after a move off GPU g the rest of g's
+        # candidates wait for the next level, so only each busy GPU's best counts, in rank order; each
+        # is the next move as long as no move of this pass changed its key (it targets another GPU and
+        # moves another token's pick), and the first that does ends the layer's pass.
+        _, best = np.unique(c_layer[ranked] * num_gpus + ranked_from, return_index=True)
+        best = ranked[np.sort(best)]
+        first, current_layer, targets, tokens, closed = [], -1, set(), set(), False
+        for c, at_layer, t, target in zip(best.tolist(), c_layer[best].tolist(), c_token[best].tolist(),
+                                          to_gpu[best].tolist()):
+            if at_layer != current_layer:
+                current_layer, targets, tokens, closed = at_layer, set(), set(), False
+            if closed or target in targets or t in tokens:
+                closed = True
+                continue
+            targets.add(target)
+            tokens.add(t)
+            first.append(c)
+            j = int(c_position[c])
+            pending[at_layer].append((t, j, int(slots[t, at_layer, j])))
+            load[at_layer, gpu[t, at_layer, j]] -= 1
+            load[at_layer, target] += 1
+            slots[t, at_layer, j], gpu[t, at_layer, j] = to_slot[c], target
+        first = np.asarray(first, dtype=np.int64)
+        for newly in np.unique(pick[first][~moved[pick[first]]]).tolist():
+            moved[newly] = True
+            aside = np.concatenate([aside, np.arange(first_of_pick[newly], first_of_pick[newly + 1])])
+        lowered = load.max(axis=1) < level
+        for done_layer in np.flatnonzero(lowered).tolist():
+            pending[done_layer] = []
+        level = np.where(lowered, load.max(axis=1), level)

@@ -55,7 +55,46 @@ def reference_assign(plan: Plan, topk_ids: np.ndarray, home_node: np.ndarray,
                 gpu_picks[topology.gpu_of_slot[best]] += 1
                 used.add(int(topology.gpu_of_slot[best]))
                 slots[token, layer, j] = best
+        if rule.repair:
+            reference_relieve(plan, topk_ids, home_node, slots, layer, rule.home_first)
     return slots
+
+
+def reference_relieve(plan: Plan, topk_ids: np.ndarray, home_node: np.ndarray, slots: np.ndarray, layer: int,
+                      home_first: bool) -> None:
+    """Step 3 of the rule read literally at one layer: one move at a time, undone if the highest load stays."""
+    topology = plan.topology
+    gpu_of, node_of = topology.gpu_of_slot, topology.node_of_gpu
+    replicas = {e: np.flatnonzero(plan.physical_to_logical[layer] == e) for e in np.unique(topk_ids[:, layer])}
+    moves: list[tuple[int, int, int]] = []  # (token, position, old slot) since the highest load last dropped
+    level = np.bincount(gpu_of[slots[:, layer].ravel()], minlength=topology.num_gpus).max()
+    while True:
+        load = np.bincount(gpu_of[slots[:, layer].ravel()], minlength=topology.num_gpus)
+        top = load.max()
+        if top < level:
+            level, moves = top, []
+        options, stuck = [], False
+        for busy in np.flatnonzero(load == top):
+            mine = []
+            for token, j in np.argwhere(gpu_of[slots[:, layer]] == busy):
+                row = gpu_of[slots[token, layer]]
+                for slot in replicas[topk_ids[token, layer, j]]:
+                    target = gpu_of[slot]
+                    if target == busy or load[target] > top - 2:
+                        continue
+                    if home_first and node_of[busy] == home_node[token] and node_of[target] != home_node[token]:
+                        continue
+                    added = int(target not in row) - int((row == busy).sum() == 1)
+                    mine.append((added, load[target], slot, token, j))
+            stuck |= not mine
+            options += mine
+        if stuck:
+            for token, j, old in reversed(moves):
+                slots[token, layer, j] = old
+            return
+        _, _, slot, token, j = min(options)
+        moves.append((token, j, slots[token, layer, j]))
+        slots[token, layer, j] = slot
 
 
 # 2 nodes x 2 GPUs x 2 slots; expert 0 has replicas on slot 0 (GPU 0, node 0) and slot 4 (GPU 2, node 1).
@@ -80,7 +119,7 @@ ONE_NODE = Plan(np.array([[0, 1, 2, 3, 0, 2, 4, 5]]), Topology(1, 4, 2), 6)
 )
 def test_gpu_then_home_node_preference(picks, home, expected):
     for rule in RULES.values():
-        if rule.home_first:
+        if rule.home_first and not rule.repair:  # one token: the repair would spread its picks (below)
             assert assign_slots(TWO_NODES, one_layer(picks), np.array(home), rule)[:, 0].tolist() == expected
 
 
@@ -110,6 +149,45 @@ def test_balance_may_override_the_home_node():
     home = np.array([0, 1, 1])
     assert assign_slots(TWO_NODES, ids, home, RULES["gpu"])[0, 0, 0] == 0
     assert assign_slots(TWO_NODES, ids, home, RULES["gpu-any-node"])[0, 0, 0] == 4
+
+
+# 1 node x 3 GPUs x 3 slots: expert 0 on GPU 0 (slot 0) and GPU 2 (slot 6), expert 1 on GPU 1 (slot 3)
+# and GPU 2 (slot 7); experts 2 and 5 on GPU 0, 3 and 6 on GPU 1, 4 on GPU 2.
+THREE_GPUS = Plan(np.array([[0, 2, 5, 1, 3, 6, 0, 1, 4]]), Topology(1, 3, 3), 7)
+
+
+def test_repair_moves_picks_off_the_busiest_gpu():
+    # Expert 2 (GPU 0 only) pulls every pick of expert 0 to GPU 0 by tier a: 6 picks there, none on
+    # GPU 2. The repair moves one pick of expert 0 at a time to its replica on GPU 2 (slot 6; each
+    # adds a transfer, the earliest pick first) while GPU 2 is two picks lighter: 5/1, 4/2, 3/3.
+    ids = one_layer([[2, 0], [2, 0], [2, 0]])
+    home = np.zeros(3, dtype=np.int64)
+    assert assign_slots(THREE_GPUS, ids, home, RULES["gpu"])[:, 0, 1].tolist() == [0, 0, 0]
+    slots = assign_slots(THREE_GPUS, ids, home, RULES["gpu-repair"])
+    assert slots[:, 0, 1].tolist() == [6, 6, 6]
+    assert gpu_load(THREE_GPUS.topology, slots).tolist() == [[3, 0, 3]]
+
+
+def test_repair_undoes_moves_that_leave_the_highest_load():
+    # GPU loads 4, 4, 2: GPU 0 can give a pick of expert 0 (token 0) and GPU 1 one of expert 1
+    # (token 1), both to GPU 2, which takes only one while it is two picks lighter. After the first
+    # move GPU 1 is still at 4 with nothing to give, so the move is undone: the highest load would
+    # stay 4 and the token would use one GPU more.
+    ids = one_layer([[2, 0], [3, 1], [5, 6], [4, 0], [5, 6]])
+    home = np.zeros(5, dtype=np.int64)
+    before = assign_slots(THREE_GPUS, ids, home, RULES["gpu"])
+    assert gpu_load(THREE_GPUS.topology, before).tolist() == [[4, 4, 2]]
+    np.testing.assert_array_equal(assign_slots(THREE_GPUS, ids, home, RULES["gpu-repair"]), before)
+
+
+def test_repair_keeps_picks_on_their_home_node():
+    # Expert 1 (GPU 0, node 0) pulls expert 0's picks to slot 0 on node 0; its other replica is on
+    # node 1 (slot 4, GPU 2). At home on node 0 they stay; with balance before the home node the
+    # repair moves picks until GPUs 0 and 2 serve 3 each.
+    ids = one_layer([[1, 0], [1, 0], [1, 0]])
+    home = np.zeros(3, dtype=np.int64)
+    assert assign_slots(TWO_NODES, ids, home, RULES["gpu-repair"])[:, 0, 1].tolist() == [0, 0, 0]
+    assert assign_slots(TWO_NODES, ids, home, RULES["gpu-any-node-repair"])[:, 0, 1].tolist() == [4, 4, 4]
 
 
 @pytest.mark.parametrize(
@@ -202,13 +280,16 @@ def test_esft_half_trace_routes_fast(esft_path):
         trace = RoutingTrace(data["topk_ids"], data["seq_lens"], 64)
     first, second = trace.split()
     plan = _hot_replica_plan(first)
-    start = time.perf_counter()
-    slots = assign_slots(plan, second.topk_ids, second.home_node_of_token(1))
-    elapsed = time.perf_counter() - start
     layers = np.arange(trace.num_layers)[None, :, None]
-    np.testing.assert_array_equal(plan.physical_to_logical[layers, slots], second.topk_ids)
-    # ~0.25 s measured on one core of the 2-core dev machine; the bound only catches a blow-up.
-    assert elapsed < 3.0
+    for rule, bound in ((RULES["gpu"], 3.0), (RULES["gpu-repair"], 15.0)):
+        start = time.perf_counter()
+        slots = assign_slots(plan, second.topk_ids, second.home_node_of_token(1), rule)
+        elapsed = time.perf_counter() - start
+        np.testing.assert_array_equal(plan.physical_to_logical[layers, slots], second.topk_ids)
+        # Measured on the 2-core dev machine, one batch of 4111 tokens: "gpu" ~0.25-0.6 s; the repair
+        # adds ~1.7 s on this unbalanced plan (~1000 moves in one layer) and 0.1-0.4 s on EPLB's and
+        # affinity's plans. The bounds only catch a blow-up.
+        assert elapsed < bound, rule.name
 
 
 @pytest.mark.parametrize("rule", list(RULES.values()), ids=list(RULES))
