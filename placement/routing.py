@@ -293,21 +293,26 @@ def _relieve_busiest(topology: Topology, table: np.ndarray, counts: np.ndarray, 
         order = np.lexsort((candidate, to_slot[candidate], load[at, to_gpu[candidate]], added, at))
         ranked, ranked_from = candidate[order], from_gpu[order]
         # The sequential rule's next moves, several per pass: after a move off GPU g the rest of g's
-        # candidates wait for the next level, so only each busy GPU's best counts, in rank order; each
-        # is the next move as long as no move of this pass changed its key (it targets another GPU and
-        # moves another token's pick), and the first that does ends the layer's pass.
+        # candidates wait for the next level, so only each busy GPU's best counts, in rank order. A
+        # move changes the keys of the candidates to its target GPU (worse) and of its token's other
+        # picks (`added`, either way); so each best is the next move while no move of this pass
+        # shares its target or token, and a move whose token has candidates on another busy GPU, or
+        # the first best that conflicts, ends the layer's pass.
         _, best = np.unique(c_layer[ranked] * num_gpus + ranked_from, return_index=True)
         best = ranked[np.sort(best)]
-        first, current_layer, targets, tokens, closed = [], -1, set(), set(), False
+        token_row = c_layer[candidate] * slots.shape[0] + c_token[candidate]
+        rows, gpus_of_row = np.unique(np.unique(token_row * num_gpus + from_gpu) // num_gpus, return_counts=True)
+        spread = set(rows[gpus_of_row > 1].tolist())  # (layer, token) rows with candidates on two busy GPUs
+        first, current_layer, targets, closed = [], -1, set(), False
         for c, at_layer, t, target in zip(best.tolist(), c_layer[best].tolist(), c_token[best].tolist(),
                                           to_gpu[best].tolist()):
             if at_layer != current_layer:
-                current_layer, targets, tokens, closed = at_layer, set(), set(), False
-            if closed or target in targets or t in tokens:
+                current_layer, targets, closed = at_layer, set(), False
+            if closed or target in targets:
                 closed = True
                 continue
             targets.add(target)
-            tokens.add(t)
+            closed = at_layer * slots.shape[0] + t in spread
             first.append(c)
             j = int(c_position[c])
             pending[at_layer].append((t, j, int(slots[t, at_layer, j])))
