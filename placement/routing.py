@@ -253,8 +253,8 @@ def _relieve_busiest(topology: Topology, table: np.ndarray, counts: np.ndarray, 
     load = np.bincount((np.nonzero(served)[1] * num_gpus + gpu[served]),
                        minlength=num_layers * num_gpus).reshape(num_layers, num_gpus)
     # Candidates of unmoved picks by (layer, GPU they are on): `by_place[bounds[i]:bounds[i + 1]]`.
-    place = c_layer * num_gpus + gpu[c_token, c_layer, c_position]
-    place[to_gpu == gpu[c_token, c_layer, c_position]] = num_layers * num_gpus  # its own GPU: never a move
+    start_gpu = gpu[c_token, c_layer, c_position]
+    place = np.where(to_gpu == start_gpu, num_layers * num_gpus, c_layer * num_gpus + start_gpu)  # own GPU: never
     by_place = np.argsort(place, kind="stable")
     bounds = np.searchsorted(place[by_place], np.arange(num_layers * num_gpus + 1))
     first_of_pick = np.searchsorted(pick, np.arange(layer.size + 1))  # pick i's candidates: [first_of_pick[i], ...[i + 1])
@@ -263,6 +263,13 @@ def _relieve_busiest(topology: Topology, table: np.ndarray, counts: np.ndarray, 
     level = load.max(axis=1)  # [L] the highest load when the pending moves began
     pending: list[list[tuple[int, int, int]]] = [[] for _ in range(num_layers)]  # (token, position, old slot)
     active = np.ones(num_layers, dtype=bool)
+
+    def put(t: int, at_layer: int, j: int, slot: int) -> None:
+        """Pick (t, at_layer, j) to `slot`, its GPUs' loads following."""
+        load[at_layer, gpu[t, at_layer, j]] -= 1
+        slots[t, at_layer, j], gpu[t, at_layer, j] = slot, topology.gpu_of_slot[slot]
+        load[at_layer, gpu[t, at_layer, j]] += 1
+
     while active.any():
         top = load.max(axis=1)  # [L]
         busy = np.flatnonzero(((load == top[:, None]) & active[:, None]).ravel())  # layer * G + GPU
@@ -279,9 +286,7 @@ def _relieve_busiest(topology: Topology, table: np.ndarray, counts: np.ndarray, 
         stuck = active & ((load == top[:, None]) & ~relieved).any(axis=1)
         for stuck_layer in np.flatnonzero(stuck).tolist():  # undo what did not lower the highest load
             for t, j, old in reversed(pending[stuck_layer]):
-                load[stuck_layer, gpu[t, stuck_layer, j]] -= 1
-                load[stuck_layer, topology.gpu_of_slot[old]] += 1
-                slots[t, stuck_layer, j], gpu[t, stuck_layer, j] = old, topology.gpu_of_slot[old]
+                put(t, stuck_layer, j, old)
         active &= ~stuck
         keep = active[at]
         candidate, from_gpu, at = candidate[keep], from_gpu[keep], at[keep]
@@ -316,14 +321,12 @@ def _relieve_busiest(topology: Topology, table: np.ndarray, counts: np.ndarray, 
             first.append(c)
             j = int(c_position[c])
             pending[at_layer].append((t, j, int(slots[t, at_layer, j])))
-            load[at_layer, gpu[t, at_layer, j]] -= 1
-            load[at_layer, target] += 1
-            slots[t, at_layer, j], gpu[t, at_layer, j] = to_slot[c], target
+            put(t, at_layer, j, int(to_slot[c]))
         first = np.asarray(first, dtype=np.int64)
-        for newly in np.unique(pick[first][~moved[pick[first]]]).tolist():
-            moved[newly] = True
-            aside = np.concatenate([aside, np.arange(first_of_pick[newly], first_of_pick[newly + 1])])
-        lowered = load.max(axis=1) < level
-        for done_layer in np.flatnonzero(lowered).tolist():
+        newly = np.unique(pick[first][~moved[pick[first]]])
+        moved[newly] = True
+        aside = np.concatenate([aside, *(np.arange(first_of_pick[i], first_of_pick[i + 1]) for i in newly.tolist())])
+        highest = load.max(axis=1)
+        for done_layer in np.flatnonzero(highest < level).tolist():
             pending[done_layer] = []
-        level = np.where(lowered, load.max(axis=1), level)
+        level = np.minimum(highest, level)
