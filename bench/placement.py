@@ -16,7 +16,7 @@ x slots per GPU (8, 9):
   half as one batch and in batches of `RUNTIME_BATCH` tokens (what one dispatcher call knows).
 Takes 5-10 minutes on two cores (296 s and 567 s on two machines, 2026-12-05), most of it planning
 affinity for 2 x 12 x 7 windows (--v3-only: ~2). `bench.placement_frontier` serves the same windows
-with affinity's balance knob at several positions.
+with affinity's balance knobs at several positions.
 """
 
 from __future__ import annotations

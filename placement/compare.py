@@ -63,6 +63,7 @@ def compare_policies(
     test: TokenWindow | None = None,
     cluster: ClusterSpec | None = None,
     on_policy: Callable[[str], None] | None = None,
+    balance_tokens: int | None = None,
 ) -> list[PolicyResult]:
     """Plan with every policy on the `train` tokens and evaluate each plan on the `test` tokens.
 
@@ -70,12 +71,14 @@ def compare_policies(
     cluster: when given, every evaluation includes the simulated MoE layer time on it, and policies
         that weigh time (an option `cluster`) plan for it.
     on_policy: called with each policy's name before it plans (progress reporting for long runs).
+    balance_tokens: the training statistics keep the load of every run of this many tokens, which a
+        policy that hedges against drift (affinity) holds its plan on; None: of the whole window.
     Returns one `PolicyResult` per name, in the order given.
     """
     default_train, default_test = default_windows(trace)
     train_trace = token_window(trace, default_train if train is None else train, "the training window")
     test_trace = token_window(trace, default_test if test is None else test, "the test window")
-    stats = RoutingStats.from_trace(train_trace)
+    stats = RoutingStats.from_trace(train_trace, window_tokens=balance_tokens)
     results = []
     for name in policy_names:
         if on_policy is not None:

@@ -10,6 +10,8 @@ Everything a user can get wrong about a placement (a file, a shape, an id, a top
 `assert`.
 """
 
+import numpy as np
+
 
 class SwitchyardError(Exception):
     """Base of the errors a user or caller can act on; the message names the cause and what to do."""
@@ -20,3 +22,10 @@ class SwitchyardError(Exception):
 
 class PlacementError(SwitchyardError, ValueError):
     """Bad placement input: a trace, a plan, a topology or a file that cannot be used as given."""
+
+
+def positive_int(name: str, value: object) -> int:
+    """`value` as an int if it is a positive integer (not a bool), else `PlacementError` naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise PlacementError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)

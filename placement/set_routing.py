@@ -19,7 +19,8 @@ rule when tokens arrive in random order. It models the "replica" balance of the 
 (`routing.ReplicaRule`) for every rule: the runtime's default, "gpu-repair", evens the GPUs at least
 as well on the same layout, while water-filling the GPUs' loads instead over-promised balance to the
 planner (ESFT, half/half, 9 slots: intent 1 x 8 planned to 0.952 and served 0.947, against 0.974
-and 0.972 when planned with this model). Vectorised per column: a handful of numpy calls per layer.
+and 0.972 when planned with this model), and so did a load model of the repair (docs/placement.md).
+Vectorised per column: a handful of numpy calls per layer.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from switchyard.placement.errors import PlacementError
+from switchyard.placement.errors import PlacementError, positive_int
 from switchyard.placement.trace import RoutingTrace
 
 
@@ -93,10 +93,13 @@ class RoutingStats:
         return tuple(sets), tuple(counts)
 
     @classmethod
-    def from_trace(cls, trace: RoutingTrace, start: int | None = None, stop: int | None = None
-                   ) -> RoutingStats:
+    def from_trace(cls, trace: RoutingTrace, start: int | None = None, stop: int | None = None,
+                   window_tokens: int | None = None) -> RoutingStats:
         """Count tokens `[start, stop)` of `trace` (Python slice rules; default: all of them).
 
+        window_tokens: with a count, `window_load` holds the load of every run of that many
+            consecutive tokens (the last run may be shorter), so that a plan can be held on each
+            batch-sized piece of the traffic; None: one window.
         Vectorised per layer (one `bincount` each), so a DeepSeek-V3 sized trace (58 layers,
         256 experts, top-8) takes seconds, not minutes.
         """
@@ -104,7 +107,8 @@ class RoutingStats:
         num_tokens, num_layers, top_k = ids.shape
         num_experts = trace.num_experts
         flat_layer = np.arange(num_layers, dtype=np.int64)[None, :, None] * num_experts
-        load = np.bincount((ids + flat_layer).ravel(), minlength=num_layers * num_experts)
+        run = max(num_tokens, 1) if window_tokens is None else positive_int("window_tokens", window_tokens)
+        window_load = _window_load(ids + flat_layer, num_layers * num_experts, run)  # [W, L * E]
         pairs = np.empty((num_layers, num_experts, num_experts))
         sets, set_counts = [], []
         for layer in range(num_layers):
@@ -112,8 +116,9 @@ class RoutingStats:
             unique, counts = np.unique(np.sort(ids[:, layer], axis=1), axis=0, return_counts=True)
             sets.append(unique.reshape(-1, top_k))
             set_counts.append(counts.astype(np.float64))
-        return cls(load.reshape(num_layers, num_experts).astype(np.float64), pairs, tuple(sets),
-                   tuple(set_counts), float(num_tokens))
+        window_load = window_load.reshape(-1, num_layers, num_experts)
+        return cls(window_load.sum(axis=0), pairs, tuple(sets), tuple(set_counts), float(num_tokens),
+                   None if window_tokens is None else window_load)
 
     @classmethod
     def from_load(cls, load: np.ndarray, num_tokens: float | None = None) -> RoutingStats:
@@ -188,6 +193,15 @@ class RoutingStats:
             self.num_tokens * factor,
             None if self.window_load is None else self.window_load * factor,
         )
+
+
+def _window_load(flat_ids: np.ndarray, size: int, window_tokens: int) -> np.ndarray:
+    """`[W, size]` float64 the counts of `flat_ids` (`[T, ...]` flat layer-expert ids) in every run
+    of `window_tokens` tokens, the last one possibly shorter (at least one run, even for no tokens)."""
+    count = max(-(-len(flat_ids) // window_tokens), 1)
+    window = np.arange(len(flat_ids)) // window_tokens
+    index = window.reshape((-1,) + (1,) * (flat_ids.ndim - 1)) * size + flat_ids
+    return np.bincount(index.ravel(), minlength=count * size).reshape(count, size).astype(np.float64)
 
 
 def _load_table(value: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from switchyard.placement.errors import PlacementError
+from switchyard.placement.errors import PlacementError, positive_int
 from switchyard.placement.trace import RoutingTrace
 
 
@@ -64,8 +64,7 @@ def synthetic_trace(
     """
     for name, value in (("num_layers", num_layers), ("num_experts", num_experts), ("top_k", top_k),
                         ("num_tokens", num_tokens), ("seq_len", seq_len)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise PlacementError(f"{name} must be a positive integer, got {value!r}")
+        positive_int(name, value)
     if top_k > num_experts:
         raise PlacementError(f"top_k {top_k} exceeds the {num_experts} experts")
     if num_clusters is None:

@@ -12,7 +12,7 @@ from functools import cached_property
 
 import numpy as np
 
-from switchyard.placement.errors import PlacementError
+from switchyard.placement.errors import PlacementError, positive_int
 
 
 @dataclass(frozen=True)
@@ -29,10 +29,7 @@ class Topology:
 
     def __post_init__(self) -> None:
         for name in ("num_nodes", "gpus_per_node", "slots_per_gpu"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise PlacementError(f"{name} must be a positive integer, got {value!r}")
-            object.__setattr__(self, name, int(value))
+            object.__setattr__(self, name, positive_int(name, getattr(self, name)))
 
     @classmethod
     def for_experts(

@@ -5,7 +5,10 @@ plan, until the next rebalance. `serve_windows` replays a trace that way: it cut
 windows of `window_tokens` consecutive tokens; before window i + 1 every policy plans on the
 statistics of windows 0..i, window j weighted `decay ** (i - j)` (`decay` 0: window i alone, the
 default), and the plan is evaluated on window i + 1. One plan per window and policy, so the result is
-a distribution over windows, not the single number of one half/half split.
+a distribution over windows, not the single number of one half/half split. With `balance_tokens`,
+each window's statistics keep the load of every run of that many tokens in it
+(`RoutingStats.from_trace`), so a policy that holds its plan on each window's load (affinity) holds
+it on each such batch of the past instead (docs/placement.md, "Balance per batch").
 
 Windows are cut at token boundaries, not sequence boundaries (a sequence may straddle two windows, as
 traffic does in a live window); a last window shorter than `window_tokens` is dropped.
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from switchyard.placement.cost import ClusterSpec
-from switchyard.placement.errors import PlacementError
+from switchyard.placement.errors import PlacementError, positive_int
 from switchyard.placement.evaluate import Evaluation, evaluate
 from switchyard.placement.policies.base import Policy
 from switchyard.placement.routing import DEFAULT_RULE, ReplicaRule
@@ -39,15 +42,14 @@ class ServedWindow:
 
 def split_windows(trace: RoutingTrace, window_tokens: int) -> list[RoutingTrace]:
     """The trace's full windows of `window_tokens` consecutive tokens, in order."""
-    if isinstance(window_tokens, bool) or not isinstance(window_tokens, (int, np.integer)) or window_tokens < 1:
-        raise PlacementError(f"window_tokens must be a positive integer, got {window_tokens!r}")
-    count = trace.num_tokens // window_tokens
+    count = trace.num_tokens // positive_int("window_tokens", window_tokens)
     return [trace.slice_tokens(i * window_tokens, (i + 1) * window_tokens) for i in range(count)]
 
 
 def decayed_stats(window_stats: list[RoutingStats], decay: float) -> RoutingStats:
     """The statistics of all windows, window j of n weighted `decay ** (n - 1 - j)` (the last one 1),
-    with each kept window's weighted load in `window_load` (a plan can then be held on each).
+    with each kept window's weighted load in `window_load` (a plan can then be held on each); a
+    window that keeps the load of its own pieces (`RoutingStats.windows`) contributes each piece.
 
     decay: in [0, 1]; 0 keeps only the last window, 1 weighs every window alike.
     """
@@ -61,16 +63,19 @@ def decayed_stats(window_stats: list[RoutingStats], decay: float) -> RoutingStat
     for stats in window_stats[1:]:
         merged = merged.decayed(decay).merge(stats)
     weights = decay ** np.arange(len(window_stats) - 1, -1, -1.0)
-    return dataclasses.replace(merged, window_load=np.stack([stats.load for stats in window_stats])
-                               * weights[:, None, None])
+    return dataclasses.replace(merged, window_load=np.concatenate(
+        [stats.windows * weight for stats, weight in zip(window_stats, weights)]))
 
 
 def serve_windows(trace: RoutingTrace, topology: Topology, policies: Mapping[str, Policy],
                   window_tokens: int = 1000, decay: float = 0.0, history: int = 4,
-                  cluster: ClusterSpec | None = None, rule: ReplicaRule = DEFAULT_RULE) -> list[ServedWindow]:
+                  cluster: ClusterSpec | None = None, rule: ReplicaRule = DEFAULT_RULE,
+                  balance_tokens: int | None = None) -> list[ServedWindow]:
     """Plan on windows i - history + 1 .. i (decayed), evaluate on window i + 1, for every i and policy.
 
     policies: name -> policy; each plans afresh (no current plan) before every served window.
+    balance_tokens: the planning statistics keep the load of every run of this many tokens of each
+        window (module docstring); None: of each window.
     Returns one `ServedWindow` per window from 1 on; `PlacementError` when the trace has fewer than
     two full windows.
     """
@@ -82,7 +87,7 @@ def serve_windows(trace: RoutingTrace, topology: Topology, policies: Mapping[str
             f"the trace's {trace.num_tokens} tokens make {len(windows)} window(s) of {window_tokens}; "
             "serving needs at least two"
         )
-    window_stats = [RoutingStats.from_trace(window) for window in windows]
+    window_stats = [RoutingStats.from_trace(window, window_tokens=balance_tokens) for window in windows]
     served = []
     for index in range(1, len(windows)):
         stats = decayed_stats(window_stats[max(0, index - history):index], decay)

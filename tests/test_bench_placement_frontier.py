@@ -5,25 +5,32 @@ from __future__ import annotations
 
 import math
 
-from bench.placement_frontier import frontier, met, positions
+from bench.placement import RUNTIME_BATCH
+from bench.placement_frontier import PRICE_FACTORS, frontier, met, positions
 from switchyard.placement.synthetic import synthetic_trace
 from switchyard.placement.topology import Topology
 
 
 def test_frontier_serves_every_position_on_the_same_windows() -> None:
     trace = synthetic_trace(2, 16, 2, 3000, seq_len=100, seed=0)  # 3 windows of 1000 tokens: 2 served
-    chosen = {name: policy for name, policy in positions().items() if name in ("price x1", "cap 0")}
+    chosen = {name: position for name, position in positions().items() if name in ("price x1", "batch x1", "cap 0")}
     rows = frontier(trace, Topology(1, 4, 5), chosen)
-    assert [row["position"] for row in rows] == ["price x1", "cap 0"]
+    assert [row["position"] for row in rows] == ["price x1", "batch x1", "cap 0"]
     for row in rows:
         assert all(math.isfinite(row[key]) for key in ("gap", "time", "gpus"))
+    # The same policy with its cap held on each batch of 256 tokens instead of each window: another plan.
+    assert (rows[0]["gap"], rows[0]["gpus"]) != (rows[1]["gap"], rows[1]["gpus"])
 
 
 def test_positions_go_from_the_cheapest_overload_to_the_cap_first() -> None:
-    names = list(positions())
+    chosen = positions()
+    names = list(chosen)
     assert names[0] == "price x0.25" and names[-1] == "cap 0"
-    prices = [policy.overload_price(Topology(1, 8, 8)) for policy in positions().values()]
-    assert prices[:4] == sorted(prices[:4]) and math.isinf(prices[-1])
+    prices = [position.policy.overload_price(Topology(1, 8, 8)) for position in chosen.values()]
+    windows = len(PRICE_FACTORS)
+    assert prices[:windows] == sorted(prices[:windows]) and math.isinf(prices[-1])
+    assert chosen["batch x1"].balance_tokens == RUNTIME_BATCH and chosen["price x1"].balance_tokens is None
+    assert chosen["batch x1"].policy == chosen["price x1"].policy
 
 
 def test_targets_are_marked_per_slot_count() -> None:

@@ -120,6 +120,8 @@ ERROR_CASES = [
     pytest.param("placement export --plan {plan} --format onnx --out {folder}/x",
                  "'onnx'", id="unknown-format"),
     pytest.param("placement compare --trace {trace} --nodes 0 --gpus-per-node 2", "--nodes", id="zero-nodes"),
+    pytest.param("placement compare --trace {trace} --balance-tokens 0 " + TOPOLOGY, "--balance-tokens",
+                 id="zero-balance-tokens"),
     pytest.param("trace synth --out {folder}/s.npz --layers 2 --experts 4 --top-k 5 --tokens 16", "--top-k",
                  id="synth-top-k-above-experts"),
     pytest.param("placement export --plan {plan} --format trtllm --out {folder}/no/x.yaml", "no such file",
@@ -183,7 +185,7 @@ def test_export_writes_the_engine_file(files, tmp_path: Path, export_format: str
 def test_compare_windows_and_json(files) -> None:
     result = _ok(_invoke("placement", "compare", "--trace", files["trace"], *_topology(2, 2, 5),
                          "--train", ":200", "--test", "200:400", "--policy", "eplb", "--policy", "linear",
-                         "--json"))
+                         "--balance-tokens", 64, "--json"))
     assert "plan on tokens 0:200, evaluate on tokens 200:400" in result.stdout
     by_policy = json.loads(result.stdout.strip().splitlines()[-1])
     assert sorted(by_policy) == ["eplb", "linear"]
@@ -204,6 +206,14 @@ def test_plan_for_a_cluster(tmp_path: Path) -> None:
             plans[policy, cluster] = json.loads(out.read_text())["physical_to_logical_map"]
     assert plans["affinity", "h100"] != plans["affinity", "h100-100gbit"]
     assert plans["eplb", "h100"] == plans["eplb", "h100-100gbit"]
+    # --balance-tokens holds affinity's cap on every run of 256 tokens: another plan, the same for EPLB.
+    for policy in ("affinity", "eplb"):
+        out = tmp_path / f"{policy}-batches.json"
+        _ok(_invoke("placement", "plan", "--trace", trace, *_topology(2, 2, 9), "--policy", policy,
+                    "--balance-tokens", 256, "--out", out))
+        plans[policy, "batches"] = json.loads(out.read_text())["physical_to_logical_map"]
+    assert plans["affinity", "batches"] != plans["affinity", "h100"]
+    assert plans["eplb", "batches"] == plans["eplb", "h100"]
 
 
 def test_plan_in_forked_processes_is_the_same(files, tmp_path: Path) -> None:
@@ -225,6 +235,9 @@ def test_plan_from_a_load_matrix(files, tmp_path: Path) -> None:
     out = tmp_path / "plan.json"
     _ok(_invoke("placement", "plan", "--trace", load, *_topology(1, 4, 5), "--policy", "eplb", "--out", out))
     assert len(json.loads(out.read_text())["physical_to_logical_map"][0]) == 20
+    refused = _invoke("placement", "plan", "--trace", load, *_topology(1, 4, 5), "--policy", "affinity",
+                      "--balance-tokens", 64, "--out", out)
+    assert refused.exit_code == 2 and "holds load counts, not tokens" in refused.stderr.splitlines()[-1]
 
 
 def test_compare_on_esft(esft_path) -> None:

@@ -51,6 +51,15 @@ def test_planning_sees_only_the_training_window(trace, topology) -> None:
     assert first != other
 
 
+def test_balance_tokens_hold_affinitys_cap_on_every_batch(trace, topology) -> None:
+    """With `balance_tokens` the training statistics keep each batch's load: affinity, which holds its
+    cap on each, plans otherwise; EPLB plans from the total load alone."""
+    plans = {(name, tokens): compare_policies(trace, topology, [name], balance_tokens=tokens)[0].plan
+             for name in ("affinity", "eplb") for tokens in (None, 50)}
+    assert plans["affinity", None] != plans["affinity", 50]
+    assert plans["eplb", None] == plans["eplb", 50]
+
+
 def test_without_a_cluster_there_is_no_time(trace, topology) -> None:
     (result,) = compare_policies(trace, topology, ["linear"])
     assert result.evaluation.layer_time_s is None

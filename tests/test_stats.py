@@ -69,6 +69,20 @@ def test_token_range_matches_sliced_trace(start: int | None, stop: int | None) -
                       RoutingStats.from_trace(trace.slice_tokens(start, stop)))
 
 
+def test_window_tokens_keep_the_load_of_every_run_of_tokens() -> None:
+    trace = synthetic_trace(3, 16, 3, 300, seed=1)
+    stats = RoutingStats.from_trace(trace, 10, None, window_tokens=128)
+    assert stats.windows.shape == (3, 3, 16)  # 290 tokens: runs of 128, 128 and 34
+    for index, (start, stop) in enumerate([(10, 138), (138, 266), (266, None)]):
+        np.testing.assert_array_equal(stats.windows[index], RoutingStats.from_trace(trace, start, stop).load)
+    np.testing.assert_array_equal(stats.windows.sum(axis=0), stats.load)
+    assert_same_stats(stats, RoutingStats.from_trace(trace, 10, None))  # the counts are the same
+    assert RoutingStats.from_trace(trace, 5, 5, window_tokens=4).windows.shape == (1, 3, 16)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(PlacementError, match=f"window_tokens must be a positive integer, got {bad!r}"):
+            RoutingStats.from_trace(trace, window_tokens=bad)
+
+
 def test_merge_of_windows_equals_whole() -> None:
     trace = synthetic_trace(3, 16, 3, 300, seed=1)
     whole = RoutingStats.from_trace(trace)

@@ -7,6 +7,7 @@ import pytest
 
 from switchyard.placement.errors import PlacementError
 from switchyard.placement.evaluate import evaluate
+from switchyard.placement.plan import Plan
 from switchyard.placement.policies.eplb import EplbPolicy
 from switchyard.placement.policies.round_robin import RoundRobinPolicy
 from switchyard.placement.stats import RoutingStats
@@ -62,6 +63,36 @@ def test_serve_windows_plans_on_the_past_and_serves_the_next() -> None:
     decayed = serve_windows(TRACE, topology, {"eplb": EplbPolicy()}, window_tokens=1000, decay=0.5)
     plan = EplbPolicy().place(decayed_stats([RoutingStats.from_trace(w) for w in windows[:2]], 0.5), topology)
     np.testing.assert_array_equal(decayed[1].evaluations["eplb"].gpu_load, evaluate(plan, windows[2]).gpu_load)
+
+
+def test_decayed_stats_keep_each_windows_batches() -> None:
+    stats = [RoutingStats.from_trace(w, window_tokens=400) for w in split_windows(TRACE, 1000)]
+    merged = decayed_stats(stats, 0.5)
+    assert merged.window_load.shape == (9, 2, 16)  # 3 windows of 400 + 400 + 200 tokens
+    np.testing.assert_allclose(merged.window_load[:3], 0.25 * stats[0].windows)
+    np.testing.assert_allclose(merged.window_load[6:], stats[2].windows)
+    np.testing.assert_allclose(merged.window_load.sum(axis=0), merged.load)
+
+
+class _Recording:
+    """EPLB that keeps the statistics it was asked to plan on."""
+
+    def __init__(self) -> None:
+        self.seen: list[RoutingStats] = []
+
+    def place(self, stats: RoutingStats, topology: Topology, current: Plan | None = None) -> Plan:
+        self.seen.append(stats)
+        return EplbPolicy().place(stats, topology, current)
+
+
+def test_serve_windows_plans_on_the_batches_of_the_past_windows() -> None:
+    recording = _Recording()
+    serve_windows(TRACE, Topology(2, 2, 5), {"eplb": recording}, window_tokens=1000, decay=0.5, history=2,
+                  balance_tokens=250)
+    windows = split_windows(TRACE, 1000)
+    assert [s.windows.shape[0] for s in recording.seen] == [4, 8]
+    expected = decayed_stats([RoutingStats.from_trace(w, window_tokens=250) for w in windows[:2]], 0.5)
+    np.testing.assert_allclose(recording.seen[1].window_load, expected.window_load)
 
 
 def test_serve_windows_needs_two_windows() -> None:

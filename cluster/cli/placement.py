@@ -48,6 +48,12 @@ _cluster_option = click.option(
     "--cluster", type=click.Choice(sorted(PRESETS)), default="h100", show_default=True,
     help="Hardware preset for the simulated MoE layer time (docs/placement-metrics.md).",
 )
+_balance_tokens_option = click.option(
+    "--balance-tokens", type=click.IntRange(min=1), default=None, metavar="N",
+    help="Hold the plan's load cap on every run of N tokens of the training window, not on the whole window "
+         "(affinity): it buys balance on the next window for locality (docs/placement.md, \"Balance per "
+         "batch\"). Needs a per-token trace. Default: the whole window.",
+)
 _json_option = click.option(
     "--json", "as_json", is_flag=True, help="Also print the result as one JSON object on the last line.",
 )
@@ -72,17 +78,18 @@ def placement() -> None:
 @click.option("--processes", type=click.IntRange(min=1), default=None,
               help="Processes that plan the layers, for policies that can split them (affinity); the plan is "
                    "the same. Default: one per CPU where the plan is large enough to pay for forking, else one.")
+@_balance_tokens_option
 @drop_incomplete_option
 @verbose_option
 def plan(trace_path: Path, tokens: TokenWindow | None, nodes: int, gpus_per_node: int,
          slots_per_gpu: int | None, policy: str, out: Path, cluster: str, processes: int | None,
-         drop_incomplete: bool) -> None:
+         balance_tokens: int | None, drop_incomplete: bool) -> None:
     """Plan a placement from observed routing and write it as JSON."""
     if tokens is None:
-        stats = load_stats(trace_path, drop_incomplete=drop_incomplete)
+        stats = load_stats(trace_path, drop_incomplete=drop_incomplete, window_tokens=balance_tokens)
     else:
         routing = load_trace(trace_path, drop_incomplete=drop_incomplete)
-        stats = RoutingStats.from_trace(token_window(routing, tokens, "--tokens"))
+        stats = RoutingStats.from_trace(token_window(routing, tokens, "--tokens"), window_tokens=balance_tokens)
     topology = Topology.for_experts(stats.num_experts, nodes, gpus_per_node, slots_per_gpu)
     accepted = policy_options(policy)
     options = {"cluster": PRESETS[cluster]} if "cluster" in accepted else {}
@@ -123,12 +130,13 @@ def evaluate_command(trace_path: Path, plan_path: Path, tokens: TokenWindow | No
 @click.option("--policy", "policies", type=click.Choice(policy_names()), multiple=True,
               help="A policy to compare (repeat the option). Default: every policy.")
 @_cluster_option
+@_balance_tokens_option
 @_json_option
 @drop_incomplete_option
 @verbose_option
 def compare(trace_path: Path, nodes: int, gpus_per_node: int, slots_per_gpu: int | None,
             train: TokenWindow | None, test: TokenWindow | None, policies: tuple[str, ...], cluster: str,
-            as_json: bool, drop_incomplete: bool) -> None:
+            balance_tokens: int | None, as_json: bool, drop_incomplete: bool) -> None:
     """Plan with every policy on the training tokens and compare them on the test tokens."""
     routing = load_trace(trace_path, drop_incomplete=drop_incomplete)
     topology = Topology.for_experts(routing.num_experts, nodes, gpus_per_node, slots_per_gpu)
@@ -141,7 +149,7 @@ def compare(trace_path: Path, nodes: int, gpus_per_node: int, slots_per_gpu: int
             click.echo(f"planning with {policy} and evaluating ...", err=True)
 
     results = compare_policies(routing, topology, policies or policy_names(), train, test,
-                               PRESETS[cluster], on_policy=progress)
+                               PRESETS[cluster], on_policy=progress, balance_tokens=balance_tokens)
     click.echo(f"{trace_path}: {routing.num_tokens} tokens x {routing.num_layers} layers, "
                f"{routing.num_experts} experts, top-{routing.top_k}; {topology.describe()}")
     click.echo(f"plan on tokens {_span(train, routing.num_tokens)}, "

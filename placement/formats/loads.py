@@ -18,17 +18,23 @@ from switchyard.placement.stats import RoutingStats
 STATS_SUFFIXES = (".npz", ".jsonl", ".npy", ".json", ".pt")
 
 
-def load_stats(path: str | Path, *, drop_incomplete: bool = False) -> RoutingStats:
+def load_stats(path: str | Path, *, drop_incomplete: bool = False, window_tokens: int | None = None
+               ) -> RoutingStats:
     """Read routing statistics from any supported file.
 
-    A trace (`.npz`, `.jsonl`, an SGLang `per_token` dump) gives full stats (`from_trace`); an SGLang
-    `stat` dump or a load matrix (`.npy`, `.json` nested list, `.pt` tensor) gives load-only stats.
+    A trace (`.npz`, `.jsonl`, an SGLang `per_token` dump) gives full stats (`from_trace`, with
+    `window_tokens`); an SGLang `stat` dump or a load matrix (`.npy`, `.json` nested list, `.pt`
+    tensor) gives load-only stats, which have no runs of tokens to keep (`window_tokens` must be None).
     """
     path = Path(path)
     with file_errors(path, "read"):
         content = read_content(path, STATS_SUFFIXES)
         if path.suffix in (".npz", ".jsonl") or (isinstance(content, Mapping) and "records" in content):
-            return RoutingStats.from_trace(trace_of_content(path.suffix, content, drop_incomplete))
+            return RoutingStats.from_trace(trace_of_content(path.suffix, content, drop_incomplete),
+                                           window_tokens=window_tokens)
+        if window_tokens is not None:
+            raise PlacementError(f"{path} holds load counts, not tokens: the load of runs of {window_tokens} "
+                                 "tokens needs a per-token trace")
         if isinstance(content, Mapping):
             return RoutingStats.from_load(load_from_sglang_stat(content))
         return RoutingStats.from_load(load_from_matrix(content))

@@ -5,9 +5,10 @@ almost as many GPUs as a random layout gives. This policy places, per layer, the
 `seeding.replica_counts` asks for (EPLB's rule: spare slots to the busiest experts) so that:
 
 - no GPU serves more than `(1 + max_imbalance)` times the mean load, on each window the statistics
-  were merged from (`RoutingStats.window_load`; one window when they were not): the plan serves the
-  next window, and a layout balanced on each past window, not only on their sum, has not fitted the
-  noise of one sample of traffic (`partition.LoadCap`). Given the cluster, load above the cap is
+  were merged from (`RoutingStats.window_load`; one window when they were not; each batch of a
+  window when the statistics keep them, `RoutingStats.from_trace(window_tokens=...)`): the plan serves
+  the next window, and a layout balanced on each past window, not only on their sum, has not fitted
+  the noise of one sample of traffic (`partition.LoadCap`). Given the cluster, load above the cap is
   priced instead of coming first: a pick above it costs `ClusterSpec.overload_weight` GPUs per
   token, the model's compute time of a pick over the NVLink time of a GPU per token, so the plan
   minimises the modelled layer time;
