@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from switchyard.placement.cost import ClusterSpec, simulate_layer_times
-from switchyard.placement.errors import PlacementError
+from switchyard.placement.errors import PlacementError, positive_int
 from switchyard.placement.plan import Plan
 from switchyard.placement.routing import DEFAULT_RULE, ReplicaRule, assign_slots, first_occurrence, gpu_load
 from switchyard.placement.trace import RoutingTrace
@@ -124,9 +124,7 @@ def evaluate(plan: Plan, trace: RoutingTrace, cluster: ClusterSpec | None = None
         raise PlacementError("the trace has no tokens to evaluate")
     topology = plan.topology
     home = trace.home_node_of_token(topology.num_nodes)  # [T]
-    step = trace.num_tokens if batch_tokens is None else batch_tokens
-    if step < 1:
-        raise PlacementError(f"batch_tokens must be a positive integer, got {batch_tokens!r}")
+    step = trace.num_tokens if batch_tokens is None else positive_int("batch_tokens", batch_tokens)
     slots = np.concatenate([assign_slots(plan, trace.topk_ids[start:start + step], home[start:start + step], rule)
                             for start in range(0, trace.num_tokens, step)])  # [T, L, k]
     gpu = topology.gpu_of_slot[slots]  # [T, L, k]

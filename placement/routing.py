@@ -305,7 +305,7 @@ def _relieve_busiest(topology: Topology, table: np.ndarray, counts: np.ndarray, 
         # the first best that conflicts, ends the layer's pass.
         _, best = np.unique(c_layer[ranked] * num_gpus + ranked_from, return_index=True)
         best = ranked[np.sort(best)]
-        token_row = c_layer[candidate] * slots.shape[0] + c_token[candidate]
+        token_row = at * slots.shape[0] + c_token[candidate]
         rows, gpus_of_row = np.unique(np.unique(token_row * num_gpus + from_gpu) // num_gpus, return_counts=True)
         spread = set(rows[gpus_of_row > 1].tolist())  # (layer, token) rows with candidates on two busy GPUs
         first, current_layer, targets, closed = [], -1, set(), False

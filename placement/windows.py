@@ -80,8 +80,7 @@ def serve_windows(trace: RoutingTrace, topology: Topology, policies: Mapping[str
     two full windows.
     """
     windows = split_windows(trace, window_tokens)
-    if isinstance(history, bool) or not isinstance(history, (int, np.integer)) or history < 1:
-        raise PlacementError(f"history must be a positive integer, got {history!r}")
+    positive_int("history", history)
     if len(windows) < 2:
         raise PlacementError(
             f"the trace's {trace.num_tokens} tokens make {len(windows)} window(s) of {window_tokens}; "

@@ -29,7 +29,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from switchyard.placement.errors import PlacementError
+from switchyard.placement.errors import PlacementError, positive_int
 from switchyard.placement.plan import Plan
 from switchyard.placement.policies.base import check_capacity
 from switchyard.placement.stats import RoutingStats
@@ -44,7 +44,7 @@ class EplbPolicy:
     name: ClassVar[str] = "eplb"
 
     def __post_init__(self) -> None:
-        _check_positive("num_groups", self.num_groups)
+        positive_int("num_groups", self.num_groups)
 
     def place(self, stats: RoutingStats, topology: Topology, current: Plan | None = None) -> Plan:
         """Plan from the load alone; `current` is ignored (slot alignment is `migration`'s job)."""
@@ -73,7 +73,7 @@ def rebalance_experts(
     weight = _check_weight(weight)
     for name, value in (("num_replicas", num_replicas), ("num_groups", num_groups),
                         ("num_nodes", num_nodes), ("num_gpus", num_gpus)):
-        _check_positive(name, value)
+        positive_int(name, value)
     num_layers, num_experts = weight.shape
     if num_experts % num_groups:
         raise PlacementError(f"num_groups={num_groups} does not divide the {num_experts} experts")
@@ -238,8 +238,3 @@ def _check_weight(weight: np.ndarray) -> np.ndarray:
     if not np.isfinite(array).all() or (array < 0).any():
         raise PlacementError("the load must be finite and non-negative")
     return array
-
-
-def _check_positive(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise PlacementError(f"{name} must be a positive integer, got {value!r}")
