@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from switchyard.cluster.errors import InvalidSetting
+from switchyard.placement.windows import PLANNING_DECAY, PLANNING_HISTORY
 
 REDIS_URL_ENV = "SWITCHYARD_REDIS_URL"
 TOKEN_ENV = "SWITCHYARD_TOKEN"
@@ -43,7 +44,9 @@ class Settings:
     poll_timeout_s: float = 0.5  # how long one `Engine.poll` waits for a token
     # statistics and rebalancing
     stats_interval_s: float = 5.0  # between two statistics entries of the engines in the store
-    stats_window_s: float = 60.0  # what GetStats reports and rebalances plan on
+    stats_window_s: float = 60.0  # what GetStats reports; rebalances plan on the last `stats_history`
+    stats_history: int = PLANNING_HISTORY  # windows, each older one weighted by `stats_decay`
+    stats_decay: float = PLANNING_DECAY
     observe_after_s: float = 30.0  # how long after an apply its gain is measured
     migration_timeout_s: float = 120.0  # per migration phase
     auto_min_balancedness: float = 0.8

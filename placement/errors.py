@@ -24,8 +24,16 @@ class PlacementError(SwitchyardError, ValueError):
     """Bad placement input: a trace, a plan, a topology or a file that cannot be used as given."""
 
 
-def positive_int(name: str, value: object) -> int:
-    """`value` as an int if it is a positive integer (not a bool), else `PlacementError` naming `name`."""
+def positive_int(name: str, value: object, error: type[SwitchyardError] = PlacementError) -> int:
+    """`value` as an int if it is a positive integer (not a bool), else `error` naming `name` (the
+    cluster passes its `InvalidSetting` for settings)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise PlacementError(f"{name} must be a positive integer, got {value!r}")
+        raise error(f"{name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def unit_interval(name: str, value: object, error: type[SwitchyardError] = PlacementError) -> float:
+    """`value` as a float if it is a number in [0, 1] (not a bool), else `error` naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not 0 <= value <= 1:
+        raise error(f"{name} must be in [0, 1], got {value!r}")
+    return float(value)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from switchyard.placement.errors import PlacementError, positive_int
+from switchyard.placement.errors import PlacementError, positive_int, unit_interval
 from switchyard.placement.trace import RoutingTrace
 
 
@@ -183,8 +183,7 @@ class RoutingStats:
 
     def decayed(self, factor: float) -> RoutingStats:
         """Every count multiplied by `factor` in [0, 1]: how an older window fades before a merge."""
-        if not 0.0 <= factor <= 1.0:
-            raise PlacementError(f"decay factor must be in [0, 1], got {factor!r}")
+        unit_interval("decay factor", factor)
         return RoutingStats(
             self.load * factor,
             None if self.pair_counts is None else self.pair_counts * factor,

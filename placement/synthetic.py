@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from switchyard.placement.errors import PlacementError, positive_int
+from switchyard.placement.errors import PlacementError, positive_int, unit_interval
 from switchyard.placement.trace import RoutingTrace
 
 
@@ -75,8 +75,7 @@ def synthetic_trace(
         raise PlacementError(f"skew must be non-negative, got {skew!r}")
     for name, value in (("affinity", affinity), ("layer_correlation", layer_correlation),
                         ("sequence_affinity", sequence_affinity)):
-        if not 0.0 <= value <= 1.0:
-            raise PlacementError(f"{name} must be in [0, 1], got {value!r}")
+        unit_interval(name, value)
     rng = np.random.default_rng(seed)
 
     seq_lens = np.full(num_tokens // seq_len, seq_len, dtype=np.int64)

@@ -158,6 +158,14 @@ def test_bad_automatic_rebalance_options_are_one_line(model_dir, args: list[str]
     assert result.output.count("\n") == 1
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["--stats-history", "0"], "--stats-history"), (["--stats-decay", "1.5"], "--stats-decay"),
+])
+def test_bad_planning_window_options_are_one_line(model_dir, args: list[str], message: str):
+    result = CliRunner().invoke(serve, ["--model", str(model_dir), *args])
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
 def test_dashboard_port_in_use_is_one_line_before_ray_starts(model_dir):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

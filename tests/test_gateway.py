@@ -388,24 +388,34 @@ def test_statistics_flow_into_the_store_and_get_stats(runtime, backend, state_st
 
 
 def test_a_token_window_holds_the_newest_entries(runtime, state_store):
-    """`--stats-window-tokens 100`: of an old entry (500 tokens) and a new one (100 tokens), GetStats and
-    the rebalance proposal see only the new one; a time window of 600 s sees both."""
+    """`--stats-window-tokens 100`: of an old entry (500 tokens) and a new one (100 tokens), GetStats sees
+    only the new one, and a rebalance plans on both windows, the older one weighted by --stats-decay
+    (0.5: 100 + 0.5 * 500 tokens), or on the new one alone with --stats-history 1; a time window of
+    600 s holds both."""
     shape = (runtime.spec.num_layers, runtime.spec.num_experts)
     now = time.time()
     state_store.append_stats("old", RoutingStats.from_load(np.full(shape, 5.0), 500.0), now - 100)
     state_store.append_stats("new", RoutingStats.from_load(np.full(shape, 1.0), 100.0), now)
-    by_tokens, by_time = (RuntimeBackend(runtime, store=state_store, stats_window_tokens=100),
-                          RuntimeBackend(runtime, store=state_store, stats_window_s=600))
-    for backend, tokens, window_s, window_tokens in ((by_tokens, 100, 0, 100), (by_time, 600, 600, 0)):
+    cases = ((RuntimeBackend(runtime, store=state_store, stats_window_tokens=100), 100, 0, 100, 350),
+             (RuntimeBackend(runtime, store=state_store, stats_window_tokens=100, stats_history=1), 100, 0, 100, 100),
+             (RuntimeBackend(runtime, store=state_store, stats_window_s=600), 600, 600, 0, 600),
+             (RuntimeBackend(runtime, store=state_store, stats_window_s=60, stats_decay=0.25), 100, 60, 0, 225))
+    for backend, tokens, window_s, window_tokens, planned_tokens in cases:
         gateway, target = _gateway(backend)
         try:
             with Client(target) as client:
                 stats = client.stats()
+                proposal = client.rebalance()
             assert (stats.num_tokens, stats.window_seconds, stats.window_tokens) == (tokens, window_s, window_tokens)
+            assert proposal.window_tokens == planned_tokens and not proposal.applied
         finally:
             gateway.drain(0)
     with pytest.raises(ValueError, match="stats_window_tokens must be positive"):
         RuntimeBackend(runtime, store=state_store, stats_window_tokens=0)
+    with pytest.raises(ValueError, match="stats_history must be a positive integer, got 0"):
+        RuntimeBackend(runtime, store=state_store, stats_history=0)
+    with pytest.raises(ValueError, match=r"stats_decay must be in \[0, 1\], got 1.5"):
+        RuntimeBackend(runtime, store=state_store, stats_decay=1.5)
 
 
 class _FlakyStore(EmbeddedStateStore):

@@ -206,6 +206,8 @@ def _succeeds(client: Client) -> bool:
     ({"model": "/m", "nodes": 0}, "nodes must be at least 1"),
     ({"model": "/m", "engines": 2}, "unknown Serve application argument(s) ['engines']"),
     ({"model": "/m", "tls_cert_file": "/c"}, "TLS needs both"),
+    ({"model": "/m", "stats_history": 0}, "stats_history must be at least 1"),
+    ({"model": "/m", "stats_decay": 2}, "stats_decay must be in [0, 1], got 2.0"),
 ])
 def test_bad_arguments_fail_the_build_with_one_line(args, message):
     from switchyard.cluster.errors import InvalidSetting

@@ -111,6 +111,33 @@ def test_window_by_tokens_takes_newest_whole_entries(store: StateStore) -> None:
     assert store.window("tokens", 1000).num_tokens == 60
 
 
+def test_windows_by_time_are_consecutive_and_skip_empty_ones(store: StateStore) -> None:
+    entries = {95.0: _stats(1), 130.0: _stats(2), 145.0: _stats(3), 190.0: _stats(4), 205.0: _stats(5)}
+    for timestamp, stats in entries.items():
+        store.append_stats("engine-0", stats, timestamp)
+    # windows of 20 s before now=200: (180, 200] plus the entry stamped after now, (160, 180] empty,
+    # (140, 160], (120, 140]; the entry at 95 s is in the sixth window
+    windows = store.windows("time", 20, 4, now=200.0)
+    assert len(windows) == 3
+    assert _same(windows[0], entries[205.0].merge(entries[190.0]))
+    assert _same(windows[1], entries[145.0]) and _same(windows[2], entries[130.0])
+    assert len(store.windows("time", 20, 6, now=200.0)) == 4
+    assert _same(store.windows("time", 20, 1, now=200.0)[0], store.window("time", 20, now=200.0))
+    assert store.windows("time", 5, 3, now=300.0) == []
+
+
+def test_windows_by_tokens_cut_the_entries_newest_first(store: StateStore) -> None:
+    stats = [_stats(i, tokens) for i, tokens in enumerate((10, 20, 30, 40))]
+    for timestamp, s in enumerate(stats):
+        store.append_stats("engine-0", s, float(timestamp))
+    windows = store.windows("tokens", 35, 3)
+    assert [w.num_tokens for w in windows] == [40, 50, 10]  # the oldest window holds what is left
+    assert _same(windows[1], stats[2].merge(stats[1]))
+    assert [w.num_tokens for w in store.windows("tokens", 35, 2)] == [40, 50]
+    with pytest.raises(ValueError, match="count must be a positive integer, got 0"):
+        store.windows("tokens", 35, 0)
+
+
 def test_window_merges_engines(store: StateStore) -> None:
     stats = {f"engine-{i}": _stats(10 + i) for i in range(3)}
     for i, (engine, s) in enumerate(stats.items()):

@@ -95,10 +95,14 @@ async def serve_until_signalled(config: Any, start_backend: Any, auto: Any = Non
 @click.option("--stats-interval", "stats_interval_s", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.stats_interval_s,
               show_default=True, help="Seconds between the engines' routing statistics entries in the store.")
 @click.option("--stats-window", "stats_window_s", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.stats_window_s,
-              show_default=True, help="Seconds of statistics that GetStats reports and rebalances plan on "
-              "(merged across engines).")
+              show_default=True, help="Seconds of statistics in a window (merged across engines): GetStats "
+              "reports the newest; rebalances plan on the last --stats-history.")
 @click.option("--stats-window-tokens", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Instead of --stats-window: the newest statistics holding at least this many tokens.")
+              help="Instead of --stats-window: windows of the newest statistics holding at least this many tokens.")
+@click.option("--stats-history", type=click.IntRange(min=1), default=DEFAULTS.stats_history, show_default=True,
+              help="Windows a rebalance plans on; affinity holds its load balance on each (docs/placement.md).")
+@click.option("--stats-decay", type=click.FloatRange(0, 1), default=DEFAULTS.stats_decay, show_default=True,
+              help="Weight of each window against the next newer one when a rebalance plans on several.")
 @click.option("--auto-rebalance/--no-auto-rebalance", default=False, show_default=True,
               help="Rebalance on its own when the thresholds below are passed.")
 @click.option("--auto-min-balancedness", type=click.FloatRange(0, 1), default=DEFAULTS.auto_min_balancedness, show_default=True,
@@ -138,7 +142,8 @@ async def serve_until_signalled(config: Any, start_backend: Any, auto: Any = Non
               help="Seconds between the dashboard's readings of the cluster.")
 def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: int, engines_per_node: int,
           plan_path: Path | None, tokenizer_dir: Path | None, redis: str | None, deployment: str,
-          stats_interval_s: float, stats_window_s: float, stats_window_tokens: float | None, auto_rebalance: bool, auto_min_balancedness: float,
+          stats_interval_s: float, stats_window_s: float, stats_window_tokens: float | None, stats_history: int,
+          stats_decay: float, auto_rebalance: bool, auto_min_balancedness: float,
           auto_min_gain: float, auto_interval_s: float, auto_policy: str, host: str, port: int, token: str | None,
           admin_token: str | None, tls_cert: Path | None, tls_key: Path | None, max_queue: int,
           max_batch_requests: int, max_message_bytes: int, grace_s: float, with_dashboard: bool,
@@ -146,7 +151,8 @@ def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: in
     """Start the engines and workers on a Ray cluster and serve them over gRPC until SIGINT/SIGTERM.
 
     The state store (Redis with --redis or $SWITCHYARD_REDIS_URL, else in-process) receives the
-    engines' routing statistics every --stats-interval seconds; GetStats reports its window. At start,
+    engines' routing statistics every --stats-interval seconds; GetStats reports its newest window, and
+    rebalances plan on its last --stats-history windows, each older one weighted by --stats-decay. At start,
     when the store has no active plan, the served plan is recorded as epoch 1. When it has one that fits
     the model and nodes, it is served at its epoch (a restart resumes the last rebalance) unless --plan
     is given; a --plan that differs is served with a warning: switching plans live is the rebalancer's
@@ -193,6 +199,7 @@ def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: in
             {"model": str(model_dir), "nodes": nodes, "gpus_per_node": workers_per_node,
              "engines_per_node": engines_per_node, "deployment": deployment, "host": host, "grpc_port": port,
              "metrics_port": metrics_port, "stats_interval_s": stats_interval_s, "stats_window_s": stats_window_s,
+             "stats_history": stats_history, "stats_decay": stats_decay,
              "plan": str(plan_path) if plan_path is not None else "linear", "max_queue": max_queue,
              "tls_cert_file": str(tls_cert) if tls_cert else None, "tls_key_file": str(tls_key) if tls_key else None},
             nodes, address, state_store_url(redis))
@@ -235,6 +242,7 @@ def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: in
 
         backend = RuntimeBackend(runtime, max_queue, tokenizer_dir=tokenizer_dir, store=store,
                                  stats_window_s=stats_window_s, stats_window_tokens=stats_window_tokens,
+                                 stats_history=stats_history, stats_decay=stats_decay,
                                  supervisor=supervisor)
         return backend, shutdown, tuple(publisher.writers)
 

@@ -40,9 +40,11 @@ from switchyard.cluster.runtime.runtime import Runtime, merge_engine_stats
 from switchyard.cluster.runtime.supervisor import Supervisor
 from switchyard.cluster.settings import DEFAULTS
 from switchyard.cluster.state.store import StateStore
+from switchyard.placement.errors import positive_int, unit_interval
 from switchyard.placement.plan import Plan
 from switchyard.placement.proposal import Proposal, expected_balancedness
 from switchyard.placement.stats import RoutingStats
+from switchyard.placement.windows import decayed_stats
 from switchyard.workers.checkpoints import ModelSpec, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -154,6 +156,9 @@ class RuntimeBackend:
     and rebalance events recorded (see the module doc); None: the served plan at the runtime's epoch,
     the statistics since loading, no events.  stats_window_s: the store's time window.
     stats_window_tokens: instead, a token window (`switchyard serve --stats-window-tokens`).
+    stats_history, stats_decay: rebalances plan on the store's last `stats_history` windows, each
+    older one weighted by `stats_decay` (`placement.windows.decayed_stats`: affinity holds its load
+    cap on each); snapshots and GetStats report the newest window alone.
     observe_after_s: how long after an apply its gain is measured ("observed" event).
     supervisor: the `Supervisor` re-creating the runtime's dead actors, whose view `serving` reports;
     None: nothing re-creates them (an engine gone stays gone).
@@ -163,6 +168,7 @@ class RuntimeBackend:
                  poll_timeout_s: float = DEFAULTS.poll_timeout_s,
                  tokenizer_dir: str | Path | None = None, store: StateStore | None = None,
                  stats_window_s: float = DEFAULTS.stats_window_s, stats_window_tokens: float | None = None,
+                 stats_history: int = DEFAULTS.stats_history, stats_decay: float = DEFAULTS.stats_decay,
                  observe_after_s: float = DEFAULTS.observe_after_s, supervisor: Supervisor | None = None) -> None:
         if max_queue_per_engine < 1:
             raise InvalidSetting(f"max_queue_per_engine must be at least 1, got {max_queue_per_engine}")
@@ -170,8 +176,10 @@ class RuntimeBackend:
             raise InvalidSetting(f"stats_window_s must be positive, got {stats_window_s!r}")
         if stats_window_tokens is not None and not stats_window_tokens > 0:
             raise InvalidSetting(f"stats_window_tokens must be positive, got {stats_window_tokens!r}")
+        positive_int("stats_history", stats_history, InvalidSetting)
+        unit_interval("stats_decay", stats_decay, InvalidSetting)
         self.runtime, self.store, self.stats_window_s = runtime, store, stats_window_s
-        self.stats_window_tokens = stats_window_tokens
+        self.stats_window_tokens, self.stats_history, self.stats_decay = stats_window_tokens, stats_history, stats_decay
         self.tokenizer = load_tokenizer(runtime.spec.model_dir if tokenizer_dir is None else tokenizer_dir)
         self.model = ModelInfo.of_spec(runtime.spec, self.tokenizer is not None)
         self.max_queue_per_engine, self.poll_timeout_s = max_queue_per_engine, poll_timeout_s
@@ -281,19 +289,21 @@ class RuntimeBackend:
         return Snapshot(stats, traffic, expected_balancedness(self.runtime.plan, stats.load), window_s,
                         window_tokens)
 
-    async def _statistics(self) -> RoutingStats:
-        """What snapshots and proposals read: without a store, the statistics since loading; with one,
-        its window (by tokens when configured, else by time), or no load when nothing was published."""
+    async def _statistics(self, planning: bool = False) -> RoutingStats:
+        """What snapshots read (and, with `planning`, proposals): without a store, the statistics since
+        loading; with one, its newest window (by tokens when configured, else by time), or for planning
+        its last `stats_history` windows decayed; no load when nothing was published."""
+        count = self.stats_history if planning else 1
         if self.store is None:  # the engines up now (one gone is left out)
             live = [stats for stats in await self._ask_engines("routing_stats") if stats is not None]
-            stats = merge_engine_stats(live) if live else None
+            windows = [merge_engine_stats(live)] if live else []
         elif self.stats_window_tokens is not None:
-            stats = await asyncio.to_thread(self.store.window, "tokens", self.stats_window_tokens)
+            windows = await asyncio.to_thread(self.store.windows, "tokens", self.stats_window_tokens, count)
         else:
-            stats = await asyncio.to_thread(self.store.window, "time", self.stats_window_s)
-        if stats is None:
+            windows = await asyncio.to_thread(self.store.windows, "time", self.stats_window_s, count)
+        if not windows:
             return RoutingStats.from_load(np.zeros((self.model.num_layers, self.model.num_experts)), 0.0)
-        return stats
+        return decayed_stats(windows[::-1], self.stats_decay)
 
     async def rebalance(self, dry_run: bool, policy: str, max_moves: int | None, plan: Plan | None = None,
                         expected_epoch: int | None = None, by: str = "admin") -> RebalanceOutcome:
@@ -349,9 +359,9 @@ class RuntimeBackend:
 
     async def _proposal(self, policy: str, max_moves: int | None, plan: Plan | None) -> Proposal:
         """From the served plan (`runtime.plan`) to `policy`'s plan on the window, or to `plan`."""
-        where = ("since loading" if self.store is None else f"in the last {self.stats_window_s:g} s"
+        where = ("since loading" if self.store is None else f"in the last {self.stats_window_s * self.stats_history:g} s"
                  if self.stats_window_tokens is None else "in the state store")
-        return await asyncio.to_thread(plan_proposal, await self._statistics(), self.runtime.plan,
+        return await asyncio.to_thread(plan_proposal, await self._statistics(planning=True), self.runtime.plan,
                                        model_cluster(self.runtime.spec), policy, max_moves, plan, where)
 
     async def cluster_info(self) -> dict[str, Any]:

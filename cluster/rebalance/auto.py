@@ -1,6 +1,7 @@
 """Automatic rebalance, off by default (`switchyard serve --auto-rebalance`).
 
-Every `check_every_s` the gateway asks its backend for a dry run on the statistics window, and applies
+Every `check_every_s` the gateway asks its backend for a dry run on the statistics a rebalance plans on
+(the last `--stats-history` windows, decayed), and applies
 that very proposal (pinned to the epoch it started from, so a manual rebalance in between wins) when
 the served plan has fallen below `min_balancedness` on the window and the proposal is better balanced,
 or when the proposal predicts at least `min_gain` less simulated MoE layer time. At most one attempt

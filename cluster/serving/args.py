@@ -15,6 +15,7 @@ from typing import Any
 
 from switchyard.cluster.errors import InvalidSetting
 from switchyard.cluster.settings import DEFAULTS, REDIS_URL_ENV
+from switchyard.placement.errors import unit_interval
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,8 @@ class AppArgs:
     deployment: the state store's key prefix.  redis_url_env: the variable holding the store's URL
     (unset or empty: no store).  host, grpc_port, health_port, metrics_port: where the gateway listens
     (health_port: a plaintext grpc.health.v1-only port beside a TLS one; 0: none; metrics_port 0:
-    no dashboard).  stats_interval_s: between statistics uploads.  plan: a plan JSON file, or a policy
+    no dashboard).  stats_interval_s: between statistics uploads.  stats_window_s, stats_history,
+    stats_decay: the windows rebalances plan on (`RuntimeBackend`).  plan: a plan JSON file, or a policy
     name.  token_file, admin_token_file, tls_cert_file, tls_key_file: files of the secrets."""
 
     model: str
@@ -41,6 +43,8 @@ class AppArgs:
     metrics_port: int = 0
     stats_interval_s: float = DEFAULTS.stats_interval_s
     stats_window_s: float = DEFAULTS.stats_window_s
+    stats_history: int = DEFAULTS.stats_history
+    stats_decay: float = DEFAULTS.stats_decay
     plan: str = "linear"
     max_queue: int = DEFAULTS.max_queue_per_engine
     token_file: str | None = None
@@ -74,9 +78,10 @@ class AppArgs:
             except (TypeError, ValueError):
                 raise InvalidSetting(f"the Serve application argument {name}={value!r} is not of type {kind}") from None
         args = cls(**values)
-        for name in ("nodes", "gpus_per_node", "engines_per_node", "gateways", "max_queue"):
+        for name in ("nodes", "gpus_per_node", "engines_per_node", "gateways", "max_queue", "stats_history"):
             if not getattr(args, name) >= 1:
                 raise InvalidSetting(f"the Serve application argument {name} must be at least 1")
+        unit_interval("the Serve application argument stats_decay", args.stats_decay, InvalidSetting)
         if (args.tls_cert_file is None) != (args.tls_key_file is None):
             raise InvalidSetting("TLS needs both tls_cert_file and tls_key_file")
         return args

@@ -36,8 +36,8 @@ from redis.retry import Retry
 
 from switchyard.cluster.errors import InvalidSetting
 from switchyard.cluster.state.store import (
-    DEFAULT_MAX_AGE_S, DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EVENTS, DEFAULT_MAX_HISTORY, StateStoreUnavailable,
-    WindowBy, check_deployment, check_retention, conflict, merge_window, stamped, stats_from_bytes, stats_to_bytes,
+    DEFAULT_MAX_AGE_S, DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EVENTS, DEFAULT_MAX_HISTORY, StateStore, StateStoreUnavailable,
+    WindowBy, check_deployment, check_retention, conflict, merge_windows, stamped, stats_from_bytes, stats_to_bytes,
 )
 from switchyard.placement.plan import Plan
 from switchyard.placement.stats import RoutingStats
@@ -62,7 +62,7 @@ return {1, current + 1}
 _READ_CHUNK = 32  # blobs fetched per round trip while reading a window newest first
 
 
-class RedisStateStore:
+class RedisStateStore(StateStore):
     """The state store of one deployment in the Redis at `url` (see the module doc for the keys)."""
 
     def __init__(self, url: str, deployment: str, timeout_s: float = 2.0,
@@ -124,17 +124,17 @@ class RedisStateStore:
 
         self._call(append)
 
-    def window(self, by: WindowBy, size: float, now: float | None = None) -> RoutingStats | None:
+    def windows(self, by: WindowBy, size: float, count: int, now: float | None = None) -> list[RoutingStats]:
         now = time.time() if now is None else now
-        return self._call(lambda: merge_window(self._newest_first(by, size, now), by, size, now))
+        return self._call(lambda: merge_windows(self._newest_first(by, size, count, now), by, size, count, now))
 
-    def _newest_first(self, by: WindowBy, size: float, now: float) -> Iterator[tuple[float, RoutingStats]]:
-        """Entries newest first: the ids (a time window's only) in one read, so appends and prunes
-        running meanwhile cannot shift them, then the blobs a chunk at a time, so a small token
-        window decodes little."""
+    def _newest_first(self, by: WindowBy, size: float, count: int, now: float) -> Iterator[tuple[float, RoutingStats]]:
+        """Entries newest first: the ids (with time windows, those of the last `count` windows only) in
+        one read, so appends and prunes running meanwhile cannot shift them, then the blobs a chunk at
+        a time, so a small token window decodes little."""
         index, data = self.key("stats:index"), self.key("stats:data")
         if by == "time":
-            ids = self._redis.zrevrangebyscore(index, "+inf", now - size, withscores=True)
+            ids = self._redis.zrevrangebyscore(index, "+inf", now - size * count, withscores=True)
         else:
             ids = self._redis.zrevrange(index, 0, -1, withscores=True)
         for start in range(0, len(ids), _READ_CHUNK):

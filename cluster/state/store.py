@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
 import threading
 import time
@@ -31,7 +32,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from switchyard.cluster.errors import InvalidSetting
-from switchyard.placement.errors import SwitchyardError
+from switchyard.placement.errors import SwitchyardError, positive_int
 from switchyard.placement.plan import Plan
 from switchyard.placement.stats import RoutingStats
 
@@ -76,7 +77,8 @@ class PlanConflict(StateStoreError):
 
 class StateStore(Protocol):
     """What engines and the rebalancer share. Every method raises `StateStoreUnavailable` when the
-    backing store cannot be reached, never blocks longer than its socket timeouts."""
+    backing store cannot be reached, never blocks longer than its socket timeouts. The stores subclass
+    it, so they share `window`, written once here over their `windows`."""
 
     def ping(self) -> None:
         """Raise `StateStoreUnavailable` unless the store answers."""
@@ -89,6 +91,12 @@ class StateStore(Protocol):
 
     def window(self, by: WindowBy, size: float, now: float | None = None) -> RoutingStats | None:
         """All engines' entries inside the window merged, or None when it holds none (see module doc)."""
+        windows = self.windows(by, size, 1, now)
+        return windows[0] if windows else None
+
+    def windows(self, by: WindowBy, size: float, count: int, now: float | None = None) -> list[RoutingStats]:
+        """Up to `count` consecutive windows, newest first, each merged as `window` merges one; a
+        window without entries is left out (`merge_windows`)."""
 
     def active_plan(self) -> tuple[Plan, int] | None:
         """The active plan and its epoch, or None before the first plan."""
@@ -137,36 +145,51 @@ def check_retention(max_age_s: float, max_entries: int, max_history: int, max_ev
     if not max_age_s > 0:
         raise InvalidSetting(f"max_age_s must be positive, got {max_age_s!r}")
     for name, value in (("max_entries", max_entries), ("max_history", max_history), ("max_events", max_events)):
-        if not (isinstance(value, int) and value >= 1):
-            raise InvalidSetting(f"{name} must be a positive integer, got {value!r}")
+        positive_int(name, value, InvalidSetting)
 
 
 # ---- shared pieces: window selection, serialisation ----
 
 
-def merge_window(newest_first: Iterable[tuple[float, RoutingStats]], by: WindowBy, size: float,
-                 now: float | None = None) -> RoutingStats | None:
-    """Merge the entries of a window from `(timestamp, stats)` pairs ordered newest first.
+def merge_windows(newest_first: Iterable[tuple[float, RoutingStats]], by: WindowBy, size: float, count: int,
+                  now: float | None = None) -> list[RoutingStats]:
+    """Merge the entries of up to `count` consecutive windows from `(timestamp, stats)` pairs ordered
+    newest first; the windows come newest first, and a window that holds no entry is left out.
 
-    Stops reading at the first entry outside the window, so a store can feed entries lazily.
-    by="time": entries with `now - timestamp <= size` (now defaults to the wall clock).
-    by="tokens": the newest entries until their `num_tokens` reach `size`; entries are whole, so
-    the oldest one taken may carry the total past `size`.
+    Stops reading at the first entry past the last window, so a store can feed entries lazily.
+    by="time": window j holds the entries with `j * size < now - timestamp <= (j + 1) * size` (window 0
+    also those stamped after `now`, which defaults to the wall clock).
+    by="tokens": window 0 holds the newest entries until their `num_tokens` reach `size`, window 1 the
+    next ones, and so on; entries are whole, so a window may carry past `size`, and the oldest window
+    may hold fewer tokens when the entries run out.
     """
     if by not in ("time", "tokens"):
         raise InvalidSetting(f"window by must be 'time' or 'tokens', got {by!r}")
     if not size > 0:
         raise InvalidSetting(f"window size must be positive, got {size!r}")
+    positive_int("count", count, InvalidSetting)
     now = time.time() if now is None else now
-    merged, tokens = None, 0.0
+    windows: list[RoutingStats] = []
+    merged, tokens, current = None, 0.0, 0
     for timestamp, stats in newest_first:
-        if by == "time" and now - timestamp > size:
-            break
+        if by == "time":
+            index = max(0, math.ceil((now - timestamp) / size) - 1)
+            if index >= count:
+                break
+            if index != current and merged is not None:
+                windows.append(merged)
+                merged = None
+            current = index
         merged = stats if merged is None else merged.merge(stats)
         tokens += stats.num_tokens
         if by == "tokens" and tokens >= size:
-            break
-    return merged
+            windows.append(merged)
+            merged, tokens = None, 0.0
+            if len(windows) == count:
+                break
+    if merged is not None:
+        windows.append(merged)
+    return windows
 
 
 def stats_to_bytes(stats: RoutingStats) -> bytes:
@@ -221,7 +244,7 @@ def stamped(event: dict[str, Any]) -> dict[str, Any]:
 # ---- the embedded store ----
 
 
-class EmbeddedStateStore:
+class EmbeddedStateStore(StateStore):
     """The single-machine store: plain Python containers behind one lock, lost when the process ends.
 
     Keeps objects as given (`RoutingStats` and `Plan` are frozen), so no serialisation on this path.
@@ -253,10 +276,10 @@ class EmbeddedStateStore:
             keep = [e for e in self._entries if newest - e[0] <= self.max_age_s]
             self._entries = keep[-self.max_entries:]
 
-    def window(self, by: WindowBy, size: float, now: float | None = None) -> RoutingStats | None:
+    def windows(self, by: WindowBy, size: float, count: int, now: float | None = None) -> list[RoutingStats]:
         with self._lock:
             entries = list(self._entries)
-        return merge_window(((t, s) for t, _, s in reversed(entries)), by, size, now)
+        return merge_windows(((t, s) for t, _, s in reversed(entries)), by, size, count, now)
 
     def active_plan(self) -> tuple[Plan, int] | None:
         with self._lock:
