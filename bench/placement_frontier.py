@@ -20,7 +20,10 @@ batch of `RUNTIME_BATCH` tokens of the past windows (what one dispatcher call ro
 with the cap first (`max_imbalance=a`, remote nodes at the `h100` price). Serving is always judged on
 `h100`, each served window routed as one batch.
 GPUs/token here is the windows' median (the issue's GPU target is on the half/half split; the
-windows' ratio tracks it within ~0.02 in `bench.placement`).
+windows' ratio tracks it within ~0.02 in `bench.placement`). "time at balanced compute" is the
+position's time with its compute perfectly balanced and its traffic as routed
+(`bench.placement.balanced_compute_time`), over EPLB's: where it is above the time target at every
+position, the target needs less traffic than any position routes, whatever the balance.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from typing import Callable, Iterator
 
 from bench.placement import (BALANCE_GAP, CLUSTER, DECAY, ESFT_GPUS, ESFT_SLOTS_PER_GPU, GPU_CUT, HISTORY, REPO,
                              RUNTIME_BATCH, SYNTH_SEEDS, SYNTH_SEQ_LEN, SYNTH_SHAPE, TIME_RATIO, WINDOW_TOKENS,
-                             _emitter, esft_traces)
+                             _emitter, balanced_compute_time, esft_traces)
 from bench.report import command_line, provenance, publish
 from switchyard.cluster.cli.formatting import markdown_table
 from switchyard.placement.cost import PRESETS
@@ -79,7 +82,8 @@ def positions() -> dict[str, Position]:
 def frontier(trace: RoutingTrace, topology: Topology, chosen: dict[str, Position]) -> list[dict]:
     """Serve `trace` window by window with EPLB and every position (the positions that hold the cap
     on the same batches in one pass); per position the medians over windows of its balancedness minus
-    EPLB's, its MoE time and GPUs per token over EPLB's."""
+    EPLB's, its MoE time and GPUs per token over EPLB's, and its time with perfectly balanced compute
+    (`balanced_compute_time`) over EPLB's time."""
     served: dict[str, list] = {}  # position -> [(its evaluation, EPLB's)] per window
     for balance_tokens in dict.fromkeys(position.balance_tokens for position in chosen.values()):
         policies = {name: position.policy for name, position in chosen.items()
@@ -96,6 +100,8 @@ def frontier(trace: RoutingTrace, topology: Topology, chosen: dict[str, Position
             "gap": statistics.median(ours.balancedness - eplb.balancedness for ours, eplb in pairs),
             "time": statistics.median(ours.layer_time_s / eplb.layer_time_s for ours, eplb in pairs),
             "gpus": statistics.median(ours.gpus_per_token / eplb.gpus_per_token for ours, eplb in pairs),
+            "balanced": statistics.median(balanced_compute_time(ours, PRESETS[CLUSTER]) / eplb.layer_time_s
+                                          for ours, eplb in pairs),
         })
     return rows
 
@@ -125,19 +131,26 @@ def main() -> None:
         topology = Topology.for_experts(trace.num_experts, nodes, gpus_per_node, slots_per_gpu)
         cell_started = time.perf_counter()
         rows = frontier(trace, topology, positions())
-        table = [[row["position"], *_marked(row, slots_per_gpu)] for row in rows]
+        table = [[row["position"], *_marked(row, slots_per_gpu), f"{row['balanced']:.3f}x"] for row in rows]
         emit(f"### {label} ({time.perf_counter() - cell_started:.0f} s)\n\n"
-             + markdown_table(["position", "balance gap", "time vs EPLB", "GPUs/token vs EPLB"], table))
+             + markdown_table(["position", "balance gap", "time vs EPLB", "GPUs/token vs EPLB",
+                               "time at balanced compute"], table))
         all_met = [row["position"] for row in rows if all(met(row, slots_per_gpu))]
         gap_met = sorted((row for row in rows if met(row, slots_per_gpu)[0]), key=lambda row: row["gpus"])
         best_gap = max(rows, key=lambda row: row["gap"])
+        least_traffic = min(rows, key=lambda row: row["balanced"])
         summary.append([label, ", ".join(all_met) or "none",
                         (f"{gap_met[0]['position']}: time {gap_met[0]['time']:.3f}x, GPUs {gap_met[0]['gpus']:.3f}x"
-                         if gap_met else f"none (best: {best_gap['position']}, {best_gap['gap']:+.3f})")])
-    emit("## Summary\n\nPer cell: the positions that meet all three targets, and among those that meet the "
+                         if gap_met else f"none (best: {best_gap['position']}, {best_gap['gap']:+.3f})"),
+                        f"{least_traffic['balanced']:.3f}x ({least_traffic['position']})"])
+    emit("## Summary\n\nPer cell: the positions that meet all three targets; among those that meet the "
          "balance target the one with the fewest GPUs per token, with its time and GPUs per token (or, "
-         "where none does, the position with the best balance).\n\n"
-         + markdown_table(["cell", "all three met at", "balance met at the fewest GPUs"], summary))
+         "where none does, the position with the best balance); and the lowest time at balanced compute "
+         "over the positions: the time a position's traffic would give with its compute perfectly "
+         f"balanced. Where that is above {TIME_RATIO}x, no position's traffic lets balance meet the "
+         "time target.\n\n"
+         + markdown_table(["cell", "all three met at", "balance met at the fewest GPUs",
+                           "lowest time at balanced compute"], summary))
     emit(f"Total benchmark time: {time.perf_counter() - started:.0f} s.")
     publish("\n".join(lines), args.out, echo=False)
 

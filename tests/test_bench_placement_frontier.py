@@ -17,7 +17,8 @@ def test_frontier_serves_every_position_on_the_same_windows() -> None:
     rows = frontier(trace, Topology(1, 4, 5), chosen)
     assert [row["position"] for row in rows] == ["price x1", "batch x1", "cap 0"]
     for row in rows:
-        assert all(math.isfinite(row[key]) for key in ("gap", "time", "gpus"))
+        assert all(math.isfinite(row[key]) for key in ("gap", "time", "gpus", "balanced"))
+        assert row["balanced"] <= row["time"]  # balancing compute only takes time off
     # The same policy with its cap held on each batch of 256 tokens instead of each window: another plan.
     assert (rows[0]["gap"], rows[0]["gpus"]) != (rows[1]["gap"], rows[1]["gpus"])
 
