@@ -44,7 +44,7 @@ from switchyard.placement.stats import RoutingStats
 from switchyard.placement.synthetic import synthetic_trace
 from switchyard.placement.topology import Topology
 from switchyard.placement.trace import RoutingTrace
-from switchyard.placement.windows import PLANNING_DECAY, PLANNING_HISTORY, serve_windows
+from switchyard.placement.windows import PLANNING_DECAY, PLANNING_HISTORY, ServedWindow, serve_windows
 
 REPO = Path(__file__).resolve().parents[1]
 ESFT_TASKS = ("intent", "law")
@@ -240,15 +240,21 @@ def _windows(trace, topology: Topology, emit: Callable[[str], None], label: str)
     emit(f"Served windows ({WINDOW_TOKENS} tokens; plan on the last {HISTORY} windows decayed by {DECAY}, "
          f"serve the next; {seconds:.0f} s):\n\n" + markdown_table(headers, rows, numeric_from=1))
     return {"label": label, "time_ratios": time_ratios, "balance_gaps": balance_gaps, "gpu_ratios": gpu_ratios,
-            "bound_ratios": bound_ratios, "balanced_ratios": balanced_ratios, "history": {"default": _medians(served), "last window": _medians(last_only)}}
+            "bound_ratios": bound_ratios, "balanced_ratios": balanced_ratios,
+            "history": {"default": served_medians(served, "affinity", cluster),
+                        "last window": served_medians(last_only, "affinity", cluster)}}
 
 
-def _medians(served: list) -> dict[str, float]:
-    """Medians over served windows: affinity's balancedness, its gap to EPLB's, and its time over EPLB's."""
-    pairs = [(item.evaluations["affinity"], item.evaluations["eplb"]) for item in served]
-    return {"balance": statistics.median(a.balancedness for a, _ in pairs),
-            "gap": statistics.median(a.balancedness - e.balancedness for a, e in pairs),
-            "time": statistics.median(a.layer_time_s / e.layer_time_s for a, e in pairs)}
+def served_medians(served: list[ServedWindow], name: str, cluster: ClusterSpec) -> dict[str, float]:
+    """Medians over served windows of policy `name` against EPLB: its balancedness, its gap to EPLB's,
+    its MoE time, GPUs per token and time at balanced compute (`balanced_compute_time`) over EPLB's."""
+    pairs = [(item.evaluations[name], item.evaluations["eplb"]) for item in served]
+    return {"balance": statistics.median(ours.balancedness for ours, _ in pairs),
+            "gap": statistics.median(ours.balancedness - eplb.balancedness for ours, eplb in pairs),
+            "time": statistics.median(ours.layer_time_s / eplb.layer_time_s for ours, eplb in pairs),
+            "gpus": statistics.median(ours.gpus_per_token / eplb.gpus_per_token for ours, eplb in pairs),
+            "balanced": statistics.median(balanced_compute_time(ours, cluster) / eplb.layer_time_s
+                                          for ours, eplb in pairs)}
 
 
 def history_section(cells: list[dict], emit: Callable[[str], None]) -> None:

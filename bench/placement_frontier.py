@@ -30,14 +30,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import statistics
 import time
 from pathlib import Path
 from typing import Callable, Iterator
 
 from bench.placement import (BALANCE_GAP, CLUSTER, DECAY, ESFT_GPUS, ESFT_SLOTS_PER_GPU, GPU_CUT, HISTORY, REPO,
                              RUNTIME_BATCH, SYNTH_SEEDS, SYNTH_SEQ_LEN, SYNTH_SHAPE, TIME_RATIO, WINDOW_TOKENS,
-                             _emitter, balanced_compute_time, esft_traces)
+                             _emitter, esft_traces, served_medians)
 from bench.report import command_line, provenance, publish
 from switchyard.cluster.cli.formatting import markdown_table
 from switchyard.placement.cost import PRESETS
@@ -84,26 +83,15 @@ def frontier(trace: RoutingTrace, topology: Topology, chosen: dict[str, Position
     on the same batches in one pass); per position the medians over windows of its balancedness minus
     EPLB's, its MoE time and GPUs per token over EPLB's, and its time with perfectly balanced compute
     (`balanced_compute_time`) over EPLB's time."""
-    served: dict[str, list] = {}  # position -> [(its evaluation, EPLB's)] per window
+    medians: dict[str, dict[str, float]] = {}  # position -> `served_medians`
     for balance_tokens in dict.fromkeys(position.balance_tokens for position in chosen.values()):
         policies = {name: position.policy for name, position in chosen.items()
                     if position.balance_tokens == balance_tokens}
         windows = serve_windows(trace, topology, {"eplb": get_policy("eplb"), **policies}, WINDOW_TOKENS, DECAY,
                                 HISTORY, PRESETS[CLUSTER], balance_tokens=balance_tokens)
         for name in policies:
-            served[name] = [(window.evaluations[name], window.evaluations["eplb"]) for window in windows]
-    rows = []
-    for name in chosen:
-        pairs = served[name]
-        rows.append({
-            "position": name,
-            "gap": statistics.median(ours.balancedness - eplb.balancedness for ours, eplb in pairs),
-            "time": statistics.median(ours.layer_time_s / eplb.layer_time_s for ours, eplb in pairs),
-            "gpus": statistics.median(ours.gpus_per_token / eplb.gpus_per_token for ours, eplb in pairs),
-            "balanced": statistics.median(balanced_compute_time(ours, PRESETS[CLUSTER]) / eplb.layer_time_s
-                                          for ours, eplb in pairs),
-        })
-    return rows
+            medians[name] = served_medians(windows, name, PRESETS[CLUSTER])
+    return [{"position": name, **medians[name]} for name in chosen]
 
 
 def met(row: dict, slots_per_gpu: int) -> tuple[bool, bool, bool]:
