@@ -100,3 +100,15 @@ def state_store_url(given: str | None = None, environ: Mapping[str, str] | None 
     """The state store URL: `given` (a `--redis` option), else `$SWITCHYARD_REDIS_URL`, else None
     (the embedded store). An empty value counts as unset."""
     return given or Settings.from_env(environ).redis_url
+
+
+def check_balance_tokens(balance_tokens: float | None, has_store: bool, name: str = "balance_tokens") -> None:
+    """`InvalidSetting` unless `balance_tokens` (the runs of store entries a rebalance balances on,
+    `switchyard serve --balance-tokens`) is None, or positive with a state store to cut runs from."""
+    if balance_tokens is None:
+        return
+    if isinstance(balance_tokens, bool) or not isinstance(balance_tokens, (int, float)) or not balance_tokens > 0:
+        raise InvalidSetting(f"{name} must be a positive number, got {balance_tokens!r}")
+    if not has_store:
+        raise InvalidSetting(f"{name} needs a state store: without one the statistics since loading are a "
+                             "single window with no runs of entries to balance on")

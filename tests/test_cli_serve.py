@@ -40,13 +40,14 @@ def model_dir(tmp_path_factory):
                          ids=["ephemeral-cluster", "joins-address-with-redis"])
 def test_serve_until_sigterm(request, model_dir, joins: bool, fresh_redis_store):
     """Without --address serve starts (and stops) its own cluster; with it, serve joins the session's cluster
-    (a process's actors die with it, so a failed serve leaves nothing behind there)."""
+    (a process's actors die with it, so a failed serve leaves nothing behind there), and there its
+    rebalances plan on runs of 4 tokens of store entries (--balance-tokens)."""
     if not joins:  # the embedded store, seen through GetStats and GetPlacement
         _serve_generate_and_stop(model_dir, [])
         return
     cluster_args = ["--address", request.getfixturevalue("ray_address"), "--nodes", "2"]
     with fresh_redis_store("test-serve") as store:
-        store_args = ["--redis", REDIS_URL, "--deployment", store.deployment]
+        store_args = ["--redis", REDIS_URL, "--deployment", store.deployment, "--balance-tokens", "4"]
         _serve_generate_and_stop(model_dir, cluster_args + store_args)
         assert store.active_plan()[1] == 1
         assert store.window("time", 600).num_tokens == FORWARDED  # `stop` published the last entries
@@ -90,6 +91,8 @@ def _serve_generate_and_stop(model_dir, extra_args: list[str]) -> None:
             stats = wait_until(lambda: (s := client.stats()).num_tokens >= FORWARDED and s,
                                f"{FORWARDED} tokens published (within --stats-interval)", timeout_s=120)
             assert stats.num_tokens == FORWARDED and stats.window_seconds == 60
+            proposal = client.rebalance(policy="affinity")  # a dry run on the planning windows
+            assert proposal.window_tokens == FORWARDED and not proposal.applied
         while (board := re.search(r"dashboard at (http://\S+) ", log)) is None:  # logged once attached
             line = process.stdout.readline()
             assert line, f"serve exited (code {process.wait()}) without a dashboard:\n{log}"
@@ -160,6 +163,7 @@ def test_bad_automatic_rebalance_options_are_one_line(model_dir, args: list[str]
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--stats-history", "0"], "--stats-history"), (["--stats-decay", "1.5"], "--stats-decay"),
+    (["--balance-tokens", "0"], "--balance-tokens"),
 ])
 def test_bad_planning_window_options_are_one_line(model_dir, args: list[str], message: str):
     result = CliRunner().invoke(serve, ["--model", str(model_dir), *args])

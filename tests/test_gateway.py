@@ -7,6 +7,7 @@ with its own `RuntimeBackend` (a backend belongs to one gateway's event loop).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import subprocess
@@ -416,6 +417,33 @@ def test_a_token_window_holds_the_newest_entries(runtime, state_store):
         RuntimeBackend(runtime, store=state_store, stats_history=0)
     with pytest.raises(ValueError, match=r"stats_decay must be in \[0, 1\], got 1.5"):
         RuntimeBackend(runtime, store=state_store, stats_decay=1.5)
+
+
+def test_balance_tokens_keep_the_runs_of_entries_a_rebalance_plans_on(runtime, state_store):
+    """`--balance-tokens 100` over four entries of 100 tokens in windows of 200: a rebalance plans on the
+    load of each run of 100 tokens (the older window's weighted by --stats-decay), so affinity holds its
+    cap on each, and its dry run answers over gRPC; GetStats' window is the merged one. Refused when not
+    positive, or without a store to cut runs from."""
+    shape = (runtime.spec.num_layers, runtime.spec.num_experts)
+    now = time.time()
+    for index in range(4):
+        state_store.append_stats("engine", RoutingStats.from_load(np.full(shape, index + 1.0), 100.0), now - 3 + index)
+    backend = RuntimeBackend(runtime, store=state_store, stats_window_tokens=200, balance_tokens=100)
+    planning = asyncio.run(backend._statistics(planning=True))
+    np.testing.assert_array_equal(planning.window_load[:, 0, 0], [0.5, 1.0, 3.0, 4.0])
+    assert asyncio.run(backend._statistics()).window_load is None
+    gateway, target = _gateway(backend)
+    try:
+        with Client(target) as client:
+            assert client.stats().num_tokens == 200
+            proposal = client.rebalance(policy="affinity")
+        assert proposal.window_tokens == 300 and not proposal.applied
+    finally:
+        gateway.drain(0)
+    with pytest.raises(ValueError, match="balance_tokens must be a positive number, got 0"):
+        RuntimeBackend(runtime, store=state_store, balance_tokens=0)
+    with pytest.raises(ValueError, match="balance_tokens needs a state store"):
+        RuntimeBackend(runtime, balance_tokens=100)
 
 
 class _FlakyStore(EmbeddedStateStore):

@@ -208,14 +208,27 @@ def _succeeds(client: Client) -> bool:
     ({"model": "/m", "tls_cert_file": "/c"}, "TLS needs both"),
     ({"model": "/m", "stats_history": 0}, "stats_history must be at least 1"),
     ({"model": "/m", "stats_decay": 2}, "stats_decay must be in [0, 1], got 2.0"),
+    ({"model": "/m", "balance_tokens": 0}, "balance_tokens must be a positive number, got 0.0"),
+    ({"model": "/m", "balance_tokens": 256}, "balance_tokens needs a state store"),
 ])
-def test_bad_arguments_fail_the_build_with_one_line(args, message):
+def test_bad_arguments_fail_the_build_with_one_line(args, message, monkeypatch):
     from switchyard.cluster.errors import InvalidSetting
     from switchyard.cluster.serve_app import app
+    from switchyard.cluster.settings import REDIS_URL_ENV
 
+    monkeypatch.delenv(REDIS_URL_ENV, raising=False)  # no state store
     with pytest.raises(InvalidSetting) as error:
         app(args)
     assert message in str(error.value)
+
+
+def test_balance_tokens_are_taken_with_a_state_store(monkeypatch):
+    from switchyard.cluster.serving.args import AppArgs
+    from switchyard.cluster.settings import REDIS_URL_ENV
+
+    monkeypatch.setenv(REDIS_URL_ENV, "redis://127.0.0.1:6379/0")
+    assert AppArgs.parse({"model": "/m", "balance_tokens": 256}).balance_tokens == 256.0
+    assert AppArgs.parse({"model": "/m"}).balance_tokens is None
 
 
 def test_ray_serve_option_refuses_what_it_cannot_do(model_dir):

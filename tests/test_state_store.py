@@ -138,6 +138,30 @@ def test_windows_by_tokens_cut_the_entries_newest_first(store: StateStore) -> No
         store.windows("tokens", 35, 0)
 
 
+def test_windows_keep_the_load_of_runs_of_entries(store: StateStore) -> None:
+    """`piece_tokens` (`serve --balance-tokens`): each window keeps, oldest first, the load of its runs of
+    entries holding that many tokens, cut newest first so the oldest run holds what is left; the
+    merged window is the same. With entries of exactly that size the runs are those of
+    `RoutingStats.from_trace(window_tokens=...)`, which the benchmark plans on."""
+    rng = np.random.default_rng(7)
+    ids = np.stack([np.stack([rng.choice(NUM_EXPERTS, TOP_K, replace=False) for _ in range(NUM_LAYERS)])
+                    for _ in range(60)])
+    trace = RoutingTrace(ids, np.array([60]), NUM_EXPERTS)
+    for timestamp, start in enumerate(range(0, 60, 10)):  # six entries of 10 tokens
+        store.append_stats("engine-0", RoutingStats.from_trace(trace, start, start + 10), float(timestamp))
+    newest, older = store.windows("tokens", 30, 2, piece_tokens=10)
+    for window, (start, stop) in ((newest, (30, 60)), (older, (0, 30))):
+        np.testing.assert_array_equal(window.window_load,
+                                      RoutingStats.from_trace(trace, start, stop, window_tokens=10).window_load)
+    assert _same(newest, store.windows("tokens", 30, 1)[0])
+    (whole,) = store.windows("time", 100, 1, now=10.0, piece_tokens=40)  # runs of 40 and 20 tokens
+    np.testing.assert_array_equal(whole.window_load, np.stack([RoutingStats.from_trace(trace, 0, 20).load,
+                                                               RoutingStats.from_trace(trace, 20, 60).load]))
+    assert store.windows("tokens", 30, 1, piece_tokens=30)[0].window_load is None  # one run: the window
+    with pytest.raises(ValueError, match="piece_tokens must be positive, got 0"):
+        store.windows("tokens", 30, 1, piece_tokens=0)
+
+
 def test_window_merges_engines(store: StateStore) -> None:
     stats = {f"engine-{i}": _stats(10 + i) for i in range(3)}
     for i, (engine, s) in enumerate(stats.items()):

@@ -103,6 +103,10 @@ async def serve_until_signalled(config: Any, start_backend: Any, auto: Any = Non
               help="Windows a rebalance plans on; affinity holds its load balance on each (docs/placement.md).")
 @click.option("--stats-decay", type=click.FloatRange(0, 1), default=DEFAULTS.stats_decay, show_default=True,
               help="Weight of each window against the next newer one when a rebalance plans on several.")
+@click.option("--balance-tokens", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Also keep the load of every run of store entries holding N tokens in those windows: affinity "
+              "holds its load cap on each run, which buys balance on the next window for locality "
+              "(docs/placement.md, \"Balance per batch\"). Default: on each window.")
 @click.option("--auto-rebalance/--no-auto-rebalance", default=False, show_default=True,
               help="Rebalance on its own when the thresholds below are passed.")
 @click.option("--auto-min-balancedness", type=click.FloatRange(0, 1), default=DEFAULTS.auto_min_balancedness, show_default=True,
@@ -143,7 +147,7 @@ async def serve_until_signalled(config: Any, start_backend: Any, auto: Any = Non
 def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: int, engines_per_node: int,
           plan_path: Path | None, tokenizer_dir: Path | None, redis: str | None, deployment: str,
           stats_interval_s: float, stats_window_s: float, stats_window_tokens: float | None, stats_history: int,
-          stats_decay: float, auto_rebalance: bool, auto_min_balancedness: float,
+          stats_decay: float, balance_tokens: int | None, auto_rebalance: bool, auto_min_balancedness: float,
           auto_min_gain: float, auto_interval_s: float, auto_policy: str, host: str, port: int, token: str | None,
           admin_token: str | None, tls_cert: Path | None, tls_key: Path | None, max_queue: int,
           max_batch_requests: int, max_message_bytes: int, grace_s: float, with_dashboard: bool,
@@ -199,7 +203,7 @@ def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: in
             {"model": str(model_dir), "nodes": nodes, "gpus_per_node": workers_per_node,
              "engines_per_node": engines_per_node, "deployment": deployment, "host": host, "grpc_port": port,
              "metrics_port": metrics_port, "stats_interval_s": stats_interval_s, "stats_window_s": stats_window_s,
-             "stats_history": stats_history, "stats_decay": stats_decay,
+             "stats_history": stats_history, "stats_decay": stats_decay, "balance_tokens": balance_tokens,
              "plan": str(plan_path) if plan_path is not None else "linear", "max_queue": max_queue,
              "tls_cert_file": str(tls_cert) if tls_cert else None, "tls_key_file": str(tls_key) if tls_key else None},
             nodes, address, state_store_url(redis))
@@ -243,7 +247,7 @@ def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: in
         backend = RuntimeBackend(runtime, max_queue, tokenizer_dir=tokenizer_dir, store=store,
                                  stats_window_s=stats_window_s, stats_window_tokens=stats_window_tokens,
                                  stats_history=stats_history, stats_decay=stats_decay,
-                                 supervisor=supervisor)
+                                 balance_tokens=balance_tokens, supervisor=supervisor)
         return backend, shutdown, tuple(publisher.writers)
 
     try:

@@ -38,8 +38,8 @@ from switchyard.cluster.rebalance.applier import PlanApplier, RebalanceOutcome, 
 from switchyard.cluster.rebalance.planner import model_cluster, plan_proposal
 from switchyard.cluster.runtime.runtime import Runtime, merge_engine_stats
 from switchyard.cluster.runtime.supervisor import Supervisor
-from switchyard.cluster.settings import DEFAULTS
-from switchyard.cluster.state.store import StateStore
+from switchyard.cluster.settings import DEFAULTS, check_balance_tokens
+from switchyard.cluster.state.store import StateStore, WindowBy
 from switchyard.placement.errors import positive_int, unit_interval
 from switchyard.placement.plan import Plan
 from switchyard.placement.proposal import Proposal, expected_balancedness
@@ -158,7 +158,9 @@ class RuntimeBackend:
     stats_window_tokens: instead, a token window (`switchyard serve --stats-window-tokens`).
     stats_history, stats_decay: rebalances plan on the store's last `stats_history` windows, each
     older one weighted by `stats_decay` (`placement.windows.decayed_stats`: affinity holds its load
-    cap on each); snapshots and GetStats report the newest window alone.
+    cap on each); snapshots and GetStats report the newest window alone.  balance_tokens: besides,
+    each of those windows keeps the load of its runs of store entries holding this many tokens, and
+    affinity holds its cap on each run (`switchyard serve --balance-tokens`; needs a store).
     observe_after_s: how long after an apply its gain is measured ("observed" event).
     supervisor: the `Supervisor` re-creating the runtime's dead actors, whose view `serving` reports;
     None: nothing re-creates them (an engine gone stays gone).
@@ -169,7 +171,8 @@ class RuntimeBackend:
                  tokenizer_dir: str | Path | None = None, store: StateStore | None = None,
                  stats_window_s: float = DEFAULTS.stats_window_s, stats_window_tokens: float | None = None,
                  stats_history: int = DEFAULTS.stats_history, stats_decay: float = DEFAULTS.stats_decay,
-                 observe_after_s: float = DEFAULTS.observe_after_s, supervisor: Supervisor | None = None) -> None:
+                 balance_tokens: float | None = None, observe_after_s: float = DEFAULTS.observe_after_s,
+                 supervisor: Supervisor | None = None) -> None:
         if max_queue_per_engine < 1:
             raise InvalidSetting(f"max_queue_per_engine must be at least 1, got {max_queue_per_engine}")
         if not stats_window_s > 0:
@@ -178,8 +181,10 @@ class RuntimeBackend:
             raise InvalidSetting(f"stats_window_tokens must be positive, got {stats_window_tokens!r}")
         positive_int("stats_history", stats_history, InvalidSetting)
         unit_interval("stats_decay", stats_decay, InvalidSetting)
+        check_balance_tokens(balance_tokens, store is not None)
         self.runtime, self.store, self.stats_window_s = runtime, store, stats_window_s
         self.stats_window_tokens, self.stats_history, self.stats_decay = stats_window_tokens, stats_history, stats_decay
+        self.balance_tokens = balance_tokens
         self.tokenizer = load_tokenizer(runtime.spec.model_dir if tokenizer_dir is None else tokenizer_dir)
         self.model = ModelInfo.of_spec(runtime.spec, self.tokenizer is not None)
         self.max_queue_per_engine, self.poll_timeout_s = max_queue_per_engine, poll_timeout_s
@@ -280,27 +285,29 @@ class RuntimeBackend:
         per_engine = [counters for counters in per_engine if counters is not None]
         none = TrafficCounters(self.runtime.plan.topology.node_of_gpu, 0).to_dict()  # while no engine is up
         traffic = {**merge_traffic(per_engine or [none]), "engines": per_engine}
-        if self.store is None:  # since loading
-            window_s, window_tokens = 0.0, 0.0
-        elif self.stats_window_tokens is not None:
-            window_s, window_tokens = 0.0, self.stats_window_tokens
-        else:
-            window_s, window_tokens = self.stats_window_s, 0.0
+        by, size = self._store_window()
+        window_s, window_tokens = (0.0, 0.0) if self.store is None else (size, 0.0) if by == "time" else (0.0, size)
         return Snapshot(stats, traffic, expected_balancedness(self.runtime.plan, stats.load), window_s,
                         window_tokens)
+
+    def _store_window(self) -> tuple[WindowBy, float]:
+        """How the store's windows are cut: by tokens when `stats_window_tokens` is set, else by time."""
+        if self.stats_window_tokens is not None:
+            return "tokens", self.stats_window_tokens
+        return "time", self.stats_window_s
 
     async def _statistics(self, planning: bool = False) -> RoutingStats:
         """What snapshots read (and, with `planning`, proposals): without a store, the statistics since
         loading; with one, its newest window (by tokens when configured, else by time), or for planning
-        its last `stats_history` windows decayed; no load when nothing was published."""
-        count = self.stats_history if planning else 1
+        its last `stats_history` windows decayed, each with its runs of `balance_tokens`; no load when
+        nothing was published."""
         if self.store is None:  # the engines up now (one gone is left out)
             live = [stats for stats in await self._ask_engines("routing_stats") if stats is not None]
             windows = [merge_engine_stats(live)] if live else []
-        elif self.stats_window_tokens is not None:
-            windows = await asyncio.to_thread(self.store.windows, "tokens", self.stats_window_tokens, count)
         else:
-            windows = await asyncio.to_thread(self.store.windows, "time", self.stats_window_s, count)
+            by, size = self._store_window()
+            count, pieces = (self.stats_history, self.balance_tokens) if planning else (1, None)
+            windows = await asyncio.to_thread(self.store.windows, by, size, count, None, pieces)
         if not windows:
             return RoutingStats.from_load(np.zeros((self.model.num_layers, self.model.num_experts)), 0.0)
         return decayed_stats(windows[::-1], self.stats_decay)

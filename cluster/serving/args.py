@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from switchyard.cluster.errors import InvalidSetting
-from switchyard.cluster.settings import DEFAULTS, REDIS_URL_ENV
+from switchyard.cluster.settings import DEFAULTS, REDIS_URL_ENV, check_balance_tokens
 from switchyard.placement.errors import unit_interval
 
 
@@ -27,7 +27,8 @@ class AppArgs:
     (unset or empty: no store).  host, grpc_port, health_port, metrics_port: where the gateway listens
     (health_port: a plaintext grpc.health.v1-only port beside a TLS one; 0: none; metrics_port 0:
     no dashboard).  stats_interval_s: between statistics uploads.  stats_window_s, stats_history,
-    stats_decay: the windows rebalances plan on (`RuntimeBackend`).  plan: a plan JSON file, or a policy
+    stats_decay, balance_tokens: the windows rebalances plan on (`RuntimeBackend`; balance_tokens needs
+    the store).  plan: a plan JSON file, or a policy
     name.  token_file, admin_token_file, tls_cert_file, tls_key_file: files of the secrets."""
 
     model: str
@@ -45,6 +46,7 @@ class AppArgs:
     stats_window_s: float = DEFAULTS.stats_window_s
     stats_history: int = DEFAULTS.stats_history
     stats_decay: float = DEFAULTS.stats_decay
+    balance_tokens: float | None = None
     plan: str = "linear"
     max_queue: int = DEFAULTS.max_queue_per_engine
     token_file: str | None = None
@@ -82,6 +84,8 @@ class AppArgs:
             if not getattr(args, name) >= 1:
                 raise InvalidSetting(f"the Serve application argument {name} must be at least 1")
         unit_interval("the Serve application argument stats_decay", args.stats_decay, InvalidSetting)
+        check_balance_tokens(args.balance_tokens, args.redis_url() is not None,
+                             "the Serve application argument balance_tokens")
         if (args.tls_cert_file is None) != (args.tls_key_file is None):
             raise InvalidSetting("TLS needs both tls_cert_file and tls_key_file")
         return args

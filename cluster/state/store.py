@@ -14,11 +14,14 @@ Glossary:
 - entry: one `RoutingStats` appended by one engine at one timestamp (seconds since the epoch).
 - window: the entries merged into one `RoutingStats`; by time (entries at most `size` seconds old) or
   by tokens (the newest entries holding at least `size` tokens).
+- piece: a run of a window's consecutive entries holding at least `piece_tokens` tokens, whose load a
+  window can keep apart (`RoutingStats.window_load`) for a plan balanced on each.
 - epoch: the version of the active plan; 0 means no plan yet, each accepted plan adds 1.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -94,9 +97,11 @@ class StateStore(Protocol):
         windows = self.windows(by, size, 1, now)
         return windows[0] if windows else None
 
-    def windows(self, by: WindowBy, size: float, count: int, now: float | None = None) -> list[RoutingStats]:
+    def windows(self, by: WindowBy, size: float, count: int, now: float | None = None,
+                piece_tokens: float | None = None) -> list[RoutingStats]:
         """Up to `count` consecutive windows, newest first, each merged as `window` merges one; a
-        window without entries is left out (`merge_windows`)."""
+        window without entries is left out; with `piece_tokens`, each keeps the load of its runs of
+        entries of that many tokens (`merge_windows`)."""
 
     def active_plan(self) -> tuple[Plan, int] | None:
         """The active plan and its epoch, or None before the first plan."""
@@ -152,7 +157,7 @@ def check_retention(max_age_s: float, max_entries: int, max_history: int, max_ev
 
 
 def merge_windows(newest_first: Iterable[tuple[float, RoutingStats]], by: WindowBy, size: float, count: int,
-                  now: float | None = None) -> list[RoutingStats]:
+                  now: float | None = None, piece_tokens: float | None = None) -> list[RoutingStats]:
     """Merge the entries of up to `count` consecutive windows from `(timestamp, stats)` pairs ordered
     newest first; the windows come newest first, and a window that holds no entry is left out.
 
@@ -162,34 +167,71 @@ def merge_windows(newest_first: Iterable[tuple[float, RoutingStats]], by: Window
     by="tokens": window 0 holds the newest entries until their `num_tokens` reach `size`, window 1 the
     next ones, and so on; entries are whole, so a window may carry past `size`, and the oldest window
     may hold fewer tokens when the entries run out.
+    piece_tokens: each window also keeps, in `window_load`, the load of every run of consecutive
+    entries holding at least this many tokens (cut as token windows are; a planner holds its load cap
+    on each, `placement.windows.decayed_stats`); None: the window's load alone.
     """
     if by not in ("time", "tokens"):
         raise InvalidSetting(f"window by must be 'time' or 'tokens', got {by!r}")
     if not size > 0:
         raise InvalidSetting(f"window size must be positive, got {size!r}")
+    if piece_tokens is not None and not piece_tokens > 0:
+        raise InvalidSetting(f"piece_tokens must be positive, got {piece_tokens!r}")
     positive_int("count", count, InvalidSetting)
     now = time.time() if now is None else now
     windows: list[RoutingStats] = []
-    merged, tokens, current = None, 0.0, 0
+    window, current = _Window(piece_tokens), 0
     for timestamp, stats in newest_first:
         if by == "time":
             index = max(0, math.ceil((now - timestamp) / size) - 1)
             if index >= count:
                 break
-            if index != current and merged is not None:
-                windows.append(merged)
-                merged = None
+            if index != current and window.merged is not None:
+                windows.append(window.result())
+                window = _Window(piece_tokens)
             current = index
-        merged = stats if merged is None else merged.merge(stats)
-        tokens += stats.num_tokens
-        if by == "tokens" and tokens >= size:
-            windows.append(merged)
-            merged, tokens = None, 0.0
+        window.add(stats)
+        if by == "tokens" and window.tokens >= size:
+            windows.append(window.result())
+            window = _Window(piece_tokens)
             if len(windows) == count:
                 break
-    if merged is not None:
-        windows.append(merged)
+    if window.merged is not None:
+        windows.append(window.result())
     return windows
+
+
+class _Window:
+    """One window of `merge_windows` as its entries arrive, newest first: merged as they come, and with
+    `piece_tokens`, the load of each run of entries holding at least that many tokens."""
+
+    def __init__(self, piece_tokens: float | None) -> None:
+        self.piece_tokens = piece_tokens
+        self.merged: RoutingStats | None = None
+        self.tokens = 0.0
+        self.pieces: list[np.ndarray] = []  # newest first
+        self.piece: np.ndarray | None = None
+        self.in_piece = 0.0  # tokens in `piece`
+
+    def add(self, stats: RoutingStats) -> None:
+        self.merged = stats if self.merged is None else self.merged.merge(stats)
+        self.tokens += stats.num_tokens
+        if self.piece_tokens is None:
+            return
+        self.piece = stats.load if self.piece is None else self.piece + stats.load
+        self.in_piece += stats.num_tokens
+        if self.in_piece >= self.piece_tokens:
+            self.pieces.append(self.piece)
+            self.piece, self.in_piece = None, 0.0
+
+    def result(self) -> RoutingStats:
+        """The merged window; with pieces, their loads oldest first in `window_load` (the oldest run
+        may hold fewer tokens, as the oldest token window may)."""
+        assert self.merged is not None
+        pieces = self.pieces + ([] if self.piece is None else [self.piece])
+        if len(pieces) < 2:
+            return self.merged
+        return dataclasses.replace(self.merged, window_load=np.stack(pieces[::-1]))
 
 
 def stats_to_bytes(stats: RoutingStats) -> bytes:
@@ -276,10 +318,11 @@ class EmbeddedStateStore(StateStore):
             keep = [e for e in self._entries if newest - e[0] <= self.max_age_s]
             self._entries = keep[-self.max_entries:]
 
-    def windows(self, by: WindowBy, size: float, count: int, now: float | None = None) -> list[RoutingStats]:
+    def windows(self, by: WindowBy, size: float, count: int, now: float | None = None,
+                piece_tokens: float | None = None) -> list[RoutingStats]:
         with self._lock:
             entries = list(self._entries)
-        return merge_windows(((t, s) for t, _, s in reversed(entries)), by, size, count, now)
+        return merge_windows(((t, s) for t, _, s in reversed(entries)), by, size, count, now, piece_tokens)
 
     def active_plan(self) -> tuple[Plan, int] | None:
         with self._lock:
