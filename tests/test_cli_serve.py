@@ -21,6 +21,7 @@ from switchyard.cluster.cli.serve import serve
 from switchyard.cluster.gateway.client import Client
 from switchyard.cluster.settings import REDIS_URL_ENV
 from switchyard.workers.checkpoints import init_checkpoint
+from ports import free_port
 from waiting import wait_until
 
 pytestmark = pytest.mark.ray
@@ -112,9 +113,7 @@ def _serve_generate_and_stop(model_dir, extra_args: list[str]) -> None:
 def test_serve_ray_serve_until_sigterm(model_dir):
     """`serve --ray-serve` deploys the chart's Serve application on its own 2-node cluster: health turns
     SERVING, Generate gives transformers' greedy tokens, SIGTERM deletes the application and exits 0."""
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
+    port = free_port()
     process = subprocess.Popen([sys.executable, "-c", SERVE, "--model", str(model_dir), "--ray-serve",
                                 "--nodes", "2", "--port", str(port), "--no-dashboard"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from ports import free_port
 from switchyard.cluster.cli.demo import main, stop, wait_until_serving
 
 
@@ -39,15 +40,10 @@ def test_bad_model_exits_with_the_servers_error(tmp_path, capfd):
 @pytest.mark.ray
 def test_the_demo_generates_rebalances_live_and_generates_the_same_again(tmp_path, capfd):
     """`make run`'s job end to end: serve, generate, rebalance with --apply --yes, generate again."""
-    import socket
-
     from switchyard.workers.checkpoints import init_checkpoint
 
     model_dir = init_checkpoint("mixtral", "tiny", tmp_path / "mixtral-tiny", skew=1.0, seed=0)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    code = main(["--model", str(model_dir), "--port", str(port), "--rebalance", "--",
+    code = main(["--model", str(model_dir), "--port", str(free_port()), "--rebalance", "--",
                  "--prompt-ids", "1,2,3,4", "--prompt-ids", "5,6,7", "--max-new-tokens", "8"])
     output = capfd.readouterr().out
     assert code == 0, output

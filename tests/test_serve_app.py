@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -35,6 +34,7 @@ from switchyard.cluster.gateway.client import Client
 from switchyard.cluster.runtime.runtime import local_cluster
 from switchyard.cluster.settings import REDIS_URL_ENV
 from switchyard.workers.checkpoints import init_checkpoint
+from ports import free_port
 from waiting import wait_until
 
 pytestmark = pytest.mark.ray
@@ -60,12 +60,6 @@ def _chart_serve_config() -> dict:
     return yaml.safe_load(rayservice["spec"]["serveConfigV2"])
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     return init_checkpoint("mixtral", "tiny", tmp_path_factory.mktemp("serveapp") / "mixtral", skew=0.5, seed=11)
@@ -87,10 +81,10 @@ def serve_config(model_dir, fresh_redis_store):
     (application,) = config["applications"]
     assert application["import_path"] == "switchyard.cluster.serve_app:app"
     assert application["args"]["nodes"] == 2 and application["args"]["gpus_per_node"] == 1
-    config["http_options"] = {"host": "127.0.0.1", "port": _free_port()}
+    config["http_options"] = {"host": "127.0.0.1", "port": free_port()}
     with fresh_redis_store("serveapp") as store:
-        application["args"].update(model=str(model_dir), host="127.0.0.1", grpc_port=_free_port(),
-                                   metrics_port=_free_port(), deployment=store.deployment)
+        application["args"].update(model=str(model_dir), host="127.0.0.1", grpc_port=free_port(),
+                                   metrics_port=free_port(), deployment=store.deployment)
         yield config
 
 

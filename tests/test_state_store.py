@@ -8,7 +8,6 @@ own redis-server on a free port, so stopping it never disturbs anyone else.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -29,6 +28,7 @@ from switchyard.placement.plan import Plan
 from switchyard.placement.stats import RoutingStats
 from switchyard.placement.topology import Topology
 from switchyard.placement.trace import RoutingTrace
+from ports import free_port
 from waiting import wait_until
 
 SHARED_URL = "redis://127.0.0.1:6379/0"
@@ -314,12 +314,6 @@ def test_bad_deployment_names_are_rejected(name) -> None:
 # ---- a private redis-server: key hygiene, outage ----
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _start_redis(port: int) -> subprocess.Popen:
     process = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
@@ -340,7 +334,7 @@ def private_redis() -> Iterator[tuple[int, list[subprocess.Popen]]]:
     """A redis-server of this test's own on a free port: `(port, [process])`, stopped afterwards."""
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed")
-    port = _free_port()
+    port = free_port()
     processes = [_start_redis(port)]
     yield port, processes
     for process in processes:
@@ -419,7 +413,7 @@ def test_factory_rejects_other_urls(url: str) -> None:
 
 
 def test_unreachable_redis_names_the_url_without_password() -> None:
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     store = open_state_store(f"redis://user:secret@127.0.0.1:{port}/0", "prod")
     started = time.monotonic()
     with pytest.raises(StateStoreUnavailable, match=f"127.0.0.1:{port}") as error:
