@@ -16,7 +16,7 @@ from switchyard.placement.cost import ClusterSpec
 from switchyard.placement.errors import PlacementError
 from switchyard.placement.evaluate import Evaluation, evaluate
 from switchyard.placement.plan import Plan
-from switchyard.placement.policies import get_policy, policy_options
+from switchyard.placement.policies import planning_policy
 from switchyard.placement.stats import RoutingStats
 from switchyard.placement.topology import Topology
 from switchyard.placement.trace import RoutingTrace
@@ -83,7 +83,7 @@ def compare_policies(
     for name in policy_names:
         if on_policy is not None:
             on_policy(name)
-        policy = get_policy(name, **({"cluster": cluster} if cluster and "cluster" in policy_options(name) else {}))
+        policy = planning_policy(name, cluster)
         started = time.perf_counter()
         plan = policy.place(stats, topology)
         planning_time_s = time.perf_counter() - started

@@ -123,6 +123,13 @@ PRESETS: dict[str, ClusterSpec] = {
 }
 
 
+def preset(name: str, error: type[Exception] = PlacementError) -> ClusterSpec:
+    """The preset called `name`; for another name, `error` naming the choices."""
+    if name not in PRESETS:
+        raise error(f"unknown cluster preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
+    return PRESETS[name]
+
+
 def simulate_layer_times(topology: Topology, slots: np.ndarray, sequence_of_token: np.ndarray,
                          cluster: ClusterSpec) -> np.ndarray:
     """Seconds of every MoE layer by the model in the module docstring.

@@ -32,7 +32,7 @@ from switchyard.placement.errors import PlacementError
 from switchyard.placement.evaluate import balancedness, evaluate
 from switchyard.placement.migration import Migration, plan_migration
 from switchyard.placement.plan import Plan
-from switchyard.placement.policies import DEFAULT_POLICY, POLICIES, get_policy
+from switchyard.placement.policies import DEFAULT_POLICY, POLICIES, get_policy, planning_policy
 from switchyard.placement.stats import RoutingStats
 from switchyard.placement.trace import RoutingTrace
 
@@ -101,8 +101,9 @@ def propose(stats: RoutingStats, current: Plan, policy_name: str = DEFAULT_POLIC
     """Plan with `policy_name` on `stats` and compare the aligned result with `current` (module doc).
 
     stats: the window, `[L, E]` like `current`.  max_moves: the most copies (migration-aware policies
-    only); None: no bound.  cluster: hardware and model sizes for the layer time and the copy bytes;
-    None: neither (bytes 0, layer_time_s None).
+    only); None: no bound.  cluster: hardware and model sizes for the layer time and the copy bytes,
+    and the cluster a policy that plans for one (affinity) plans for; None: neither (bytes 0,
+    layer_time_s None, affinity's load cap first).
     Raises `PlacementError` for an unknown policy, a bad `max_moves`, statistics that do not match the
     plan or hold no tokens.
     """
@@ -115,7 +116,7 @@ def propose(stats: RoutingStats, current: Plan, policy_name: str = DEFAULT_POLIC
     if max_moves is not None and not migration_aware:
         raise PlacementError(f"policy {policy_name!r} plans afresh and cannot bound the moves; leave max_moves "
                              "unset or use a migration-aware policy (affinity)")
-    policy = get_policy(policy_name, **({"max_moves": max_moves} if migration_aware else {}))
+    policy = planning_policy(policy_name, cluster, **({"max_moves": max_moves} if migration_aware else {}))
     return evaluate_proposal(stats, current, policy.place(stats, current.topology, current=current), cluster,
                              policy_name)
 

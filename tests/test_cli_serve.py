@@ -162,7 +162,7 @@ def test_bad_automatic_rebalance_options_are_one_line(model_dir, args: list[str]
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--stats-history", "0"], "--stats-history"), (["--stats-decay", "1.5"], "--stats-decay"),
-    (["--balance-tokens", "0"], "--balance-tokens"),
+    (["--balance-tokens", "0"], "--balance-tokens"), (["--cluster", "h200"], "--cluster"),
 ])
 def test_bad_planning_window_options_are_one_line(model_dir, args: list[str], message: str):
     result = CliRunner().invoke(serve, ["--model", str(model_dir), *args])

@@ -34,6 +34,7 @@ from switchyard.cluster.rebalance.planner import model_cluster
 from switchyard.cluster.rebalance.startup import record_serving_plan
 from switchyard.cluster.state.store import EmbeddedStateStore, StateStoreUnavailable
 from switchyard.cluster.state.publisher import StatsPublisher
+from switchyard.placement.cost import PRESETS
 from switchyard.placement.plan import Plan
 from switchyard.placement.stats import RoutingStats
 from switchyard.protos.generated import serving_pb2 as pb
@@ -417,6 +418,16 @@ def test_a_token_window_holds_the_newest_entries(runtime, state_store):
         RuntimeBackend(runtime, store=state_store, stats_history=0)
     with pytest.raises(ValueError, match=r"stats_decay must be in \[0, 1\], got 1.5"):
         RuntimeBackend(runtime, store=state_store, stats_decay=1.5)
+
+
+def test_the_cluster_preset_is_what_rebalances_model_and_plan_for(runtime):
+    """`--cluster`: the preset with the model's sizes (default `h100`); an unknown one is refused."""
+    assert RuntimeBackend(runtime).cluster == model_cluster(runtime.spec, "h100")
+    slow = RuntimeBackend(runtime, cluster_preset="h100-100gbit").cluster
+    assert slow == model_cluster(runtime.spec, "h100-100gbit") and slow.hidden_size == runtime.spec.hidden_size
+    assert slow.network_bandwidth == PRESETS["h100-100gbit"].network_bandwidth
+    with pytest.raises(ValueError, match="unknown cluster preset 'h200'; choose one of h100, h100-100gbit"):
+        RuntimeBackend(runtime, cluster_preset="h200")
 
 
 def test_balance_tokens_keep_the_runs_of_entries_a_rebalance_plans_on(runtime, state_store):

@@ -8,7 +8,8 @@ import pytest
 from switchyard.placement.cost import PRESETS
 from switchyard.placement.errors import PlacementError
 from switchyard.placement.policies import get_policy
-from switchyard.placement.proposal import propose, set_traces
+from switchyard.placement.policies.affinity import AffinityPolicy
+from switchyard.placement.proposal import evaluate_proposal, propose, set_traces
 from switchyard.placement.stats import RoutingStats
 from switchyard.placement.synthetic import synthetic_trace
 from switchyard.placement.topology import Topology
@@ -39,6 +40,19 @@ def test_affinity_proposal_is_valid_and_gains_over_linear(window):
     assert proposal.evaluated_tokens == 4 * 2048  # every sampled token, one set per token
     summary = proposal.to_dict()
     assert summary["replicas_moved"] == proposal.migration.num_copies and summary["policy"] == "affinity"
+
+
+def test_affinity_plans_for_the_cluster_the_proposal_models(window):
+    """A rebalance's affinity plan is `AffinityPolicy(cluster=...)`'s for the cluster the proposal is
+    modelled on (remote nodes and load above the cap priced by it), from the plan in service: a slower
+    network gives another plan; without a cluster, the unpriced one."""
+    stats, current = window
+    proposed = {}
+    for cluster in (H100, PRESETS["h100-100gbit"], None):
+        proposed[cluster] = propose(stats, current, "affinity", cluster=cluster).proposed
+        planned = AffinityPolicy(cluster=cluster).place(stats, current.topology, current=current)
+        assert proposed[cluster] == evaluate_proposal(stats, current, planned, cluster).proposed
+    assert proposed[H100] != proposed[PRESETS["h100-100gbit"]] and proposed[H100] != proposed[None]
 
 
 def test_zero_moves_keeps_the_plan_and_its_figures(window):

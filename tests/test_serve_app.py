@@ -204,6 +204,7 @@ def _succeeds(client: Client) -> bool:
     ({"model": "/m", "stats_decay": 2}, "stats_decay must be in [0, 1], got 2.0"),
     ({"model": "/m", "balance_tokens": 0}, "balance_tokens must be a positive number, got 0.0"),
     ({"model": "/m", "balance_tokens": 256}, "balance_tokens needs a state store"),
+    ({"model": "/m", "cluster": "h200"}, "unknown cluster preset 'h200'"),
 ])
 def test_bad_arguments_fail_the_build_with_one_line(args, message, monkeypatch):
     from switchyard.cluster.errors import InvalidSetting

@@ -33,7 +33,7 @@ from switchyard.placement.formats import (
     EXPORT_FORMATS, export_plan, load_plan, load_stats, load_trace, save_plan,
 )
 from switchyard.placement.plan import Plan
-from switchyard.placement.policies import DEFAULT_POLICY, get_policy, policy_names, policy_options
+from switchyard.placement.policies import DEFAULT_POLICY, planning_policy, policy_names, policy_options
 from switchyard.placement.stats import RoutingStats
 from switchyard.placement.topology import Topology
 
@@ -91,11 +91,8 @@ def plan(trace_path: Path, tokens: TokenWindow | None, nodes: int, gpus_per_node
         routing = load_trace(trace_path, drop_incomplete=drop_incomplete)
         stats = RoutingStats.from_trace(token_window(routing, tokens, "--tokens"), window_tokens=balance_tokens)
     topology = Topology.for_experts(stats.num_experts, nodes, gpus_per_node, slots_per_gpu)
-    accepted = policy_options(policy)
-    options = {"cluster": PRESETS[cluster]} if "cluster" in accepted else {}
-    if "processes" in accepted:
-        options["processes"] = processes
-    result = get_policy(policy, **options).place(stats, topology)
+    options = {"processes": processes} if "processes" in policy_options(policy) else {}
+    result = planning_policy(policy, PRESETS[cluster], **options).place(stats, topology)
     save_plan(result, out)
     redundant = topology.num_slots - stats.num_experts
     click.echo(f"wrote {out}: {policy} placement of {stats.num_experts} experts x {stats.num_layers} layers "

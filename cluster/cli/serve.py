@@ -21,6 +21,7 @@ from switchyard.cluster.cli.params import OneLineCommand, UserError, grpc_errors
 from switchyard.cluster.cli.preflight import check_serve_options
 from switchyard.cluster.errors import SwitchyardError
 from switchyard.cluster.settings import ADMIN_TOKEN_ENV, DEFAULTS, REDIS_URL_ENV, TOKEN_ENV
+from switchyard.placement.cost import PRESETS
 from switchyard.placement.policies import DEFAULT_POLICY, policy_names
 from switchyard.workers.checkpoints import load_spec
 
@@ -107,6 +108,9 @@ async def serve_until_signalled(config: Any, start_backend: Any, auto: Any = Non
               help="Also keep the load of every run of store entries holding N tokens in those windows: affinity "
               "holds its load cap on each run, which buys balance on the next window for locality "
               "(docs/placement.md, \"Balance per batch\"). Default: on each window.")
+@click.option("--cluster", "cluster_preset", type=click.Choice(sorted(PRESETS)), default=DEFAULTS.cluster_preset,
+              show_default=True, help="The hardware rebalances plan for and model their MoE layer time on, with "
+              "the model's sizes: affinity weighs a remote node and load above its cap by it (docs/placement.md).")
 @click.option("--auto-rebalance/--no-auto-rebalance", default=False, show_default=True,
               help="Rebalance on its own when the thresholds below are passed.")
 @click.option("--auto-min-balancedness", type=click.FloatRange(0, 1), default=DEFAULTS.auto_min_balancedness, show_default=True,
@@ -147,7 +151,7 @@ async def serve_until_signalled(config: Any, start_backend: Any, auto: Any = Non
 def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: int, engines_per_node: int,
           plan_path: Path | None, tokenizer_dir: Path | None, redis: str | None, deployment: str,
           stats_interval_s: float, stats_window_s: float, stats_window_tokens: float | None, stats_history: int,
-          stats_decay: float, balance_tokens: int | None, auto_rebalance: bool, auto_min_balancedness: float,
+          stats_decay: float, balance_tokens: int | None, cluster_preset: str, auto_rebalance: bool, auto_min_balancedness: float,
           auto_min_gain: float, auto_interval_s: float, auto_policy: str, host: str, port: int, token: str | None,
           admin_token: str | None, tls_cert: Path | None, tls_key: Path | None, max_queue: int,
           max_batch_requests: int, max_message_bytes: int, grace_s: float, with_dashboard: bool,
@@ -204,6 +208,7 @@ def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: in
              "engines_per_node": engines_per_node, "deployment": deployment, "host": host, "grpc_port": port,
              "metrics_port": metrics_port, "stats_interval_s": stats_interval_s, "stats_window_s": stats_window_s,
              "stats_history": stats_history, "stats_decay": stats_decay, "balance_tokens": balance_tokens,
+             "cluster": cluster_preset,
              "plan": str(plan_path) if plan_path is not None else "linear", "max_queue": max_queue,
              "tls_cert_file": str(tls_cert) if tls_cert else None, "tls_key_file": str(tls_key) if tls_key else None},
             nodes, address, state_store_url(redis))
@@ -247,7 +252,7 @@ def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: in
         backend = RuntimeBackend(runtime, max_queue, tokenizer_dir=tokenizer_dir, store=store,
                                  stats_window_s=stats_window_s, stats_window_tokens=stats_window_tokens,
                                  stats_history=stats_history, stats_decay=stats_decay,
-                                 balance_tokens=balance_tokens, supervisor=supervisor)
+                                 balance_tokens=balance_tokens, cluster_preset=cluster_preset, supervisor=supervisor)
         return backend, shutdown, tuple(publisher.writers)
 
     try:

@@ -161,6 +161,8 @@ class RuntimeBackend:
     cap on each); snapshots and GetStats report the newest window alone.  balance_tokens: besides,
     each of those windows keeps the load of its runs of store entries holding this many tokens, and
     affinity holds its cap on each run (`switchyard serve --balance-tokens`; needs a store).
+    cluster_preset: the hardware preset (`placement.cost.PRESETS`) with the model's sizes that
+    proposals are modelled on and affinity plans for (`switchyard serve --cluster`).
     observe_after_s: how long after an apply its gain is measured ("observed" event).
     supervisor: the `Supervisor` re-creating the runtime's dead actors, whose view `serving` reports;
     None: nothing re-creates them (an engine gone stays gone).
@@ -171,8 +173,8 @@ class RuntimeBackend:
                  tokenizer_dir: str | Path | None = None, store: StateStore | None = None,
                  stats_window_s: float = DEFAULTS.stats_window_s, stats_window_tokens: float | None = None,
                  stats_history: int = DEFAULTS.stats_history, stats_decay: float = DEFAULTS.stats_decay,
-                 balance_tokens: float | None = None, observe_after_s: float = DEFAULTS.observe_after_s,
-                 supervisor: Supervisor | None = None) -> None:
+                 balance_tokens: float | None = None, cluster_preset: str = DEFAULTS.cluster_preset,
+                 observe_after_s: float = DEFAULTS.observe_after_s, supervisor: Supervisor | None = None) -> None:
         if max_queue_per_engine < 1:
             raise InvalidSetting(f"max_queue_per_engine must be at least 1, got {max_queue_per_engine}")
         if not stats_window_s > 0:
@@ -182,6 +184,7 @@ class RuntimeBackend:
         positive_int("stats_history", stats_history, InvalidSetting)
         unit_interval("stats_decay", stats_decay, InvalidSetting)
         check_balance_tokens(balance_tokens, store is not None)
+        self.cluster = model_cluster(runtime.spec, cluster_preset)
         self.runtime, self.store, self.stats_window_s = runtime, store, stats_window_s
         self.stats_window_tokens, self.stats_history, self.stats_decay = stats_window_tokens, stats_history, stats_decay
         self.balance_tokens = balance_tokens
@@ -369,7 +372,7 @@ class RuntimeBackend:
         where = ("since loading" if self.store is None else f"in the last {self.stats_window_s * self.stats_history:g} s"
                  if self.stats_window_tokens is None else "in the state store")
         return await asyncio.to_thread(plan_proposal, await self._statistics(planning=True), self.runtime.plan,
-                                       model_cluster(self.runtime.spec), policy, max_moves, plan, where)
+                                       self.cluster, policy, max_moves, plan, where)
 
     async def cluster_info(self) -> dict[str, Any]:
         topology = self.runtime.plan.topology

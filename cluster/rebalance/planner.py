@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from switchyard.cluster.errors import FailedPrecondition, InvalidRequest
-from switchyard.placement.cost import PRESETS, ClusterSpec
+from switchyard.cluster.errors import FailedPrecondition, InvalidRequest, InvalidSetting
+from switchyard.cluster.settings import DEFAULTS
+from switchyard.placement.cost import ClusterSpec
+from switchyard.placement.cost import preset as cluster_preset
 from switchyard.placement.errors import PlacementError
 from switchyard.placement.plan import Plan
 from switchyard.placement.proposal import Proposal, evaluate_proposal, propose
@@ -18,13 +20,15 @@ from switchyard.workers.checkpoints import ModelSpec
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
-def model_cluster(spec: ModelSpec, preset: str = "h100") -> ClusterSpec:
-    """The hardware preset with the model's sizes: what a rebalance's layer time and copy bytes use."""
+def model_cluster(spec: ModelSpec, preset: str = DEFAULTS.cluster_preset) -> ClusterSpec:
+    """The hardware preset with the model's sizes: what a rebalance's layer time and copy bytes use, and
+    what affinity plans for. `InvalidSetting` for an unknown preset, naming the choices."""
+    hardware = cluster_preset(preset, InvalidSetting)
     config = spec.config
     intermediate = getattr(config, "moe_intermediate_size", None) or config.intermediate_size
     settings = vars(config)  # not getattr: transformers' `torch_dtype` property warns that it is deprecated
     dtype = str(settings.get("dtype") or settings.get("torch_dtype") or "bfloat16").removeprefix("torch.")
-    return dataclasses.replace(PRESETS[preset], name=f"{preset} ({spec.family.name})",
+    return dataclasses.replace(hardware, name=f"{preset} ({spec.family.name})",
                                hidden_size=spec.hidden_size, moe_intermediate_size=int(intermediate),
                                dtype_bytes=_DTYPE_BYTES.get(dtype, 2))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
+from switchyard.placement.cost import ClusterSpec
 from switchyard.placement.errors import PlacementError
 from switchyard.placement.policies.affinity import AffinityPolicy
 from switchyard.placement.policies.base import Policy
@@ -16,7 +17,7 @@ from switchyard.placement.policies.eplb import EplbPolicy
 from switchyard.placement.policies.linear import LinearPolicy
 from switchyard.placement.policies.round_robin import RoundRobinPolicy
 
-__all__ = ["DEFAULT_POLICY", "POLICIES", "Policy", "get_policy", "policy_names", "policy_options"]
+__all__ = ["DEFAULT_POLICY", "POLICIES", "Policy", "get_policy", "planning_policy", "policy_names", "policy_options"]
 
 POLICIES: dict[str, Callable[..., Policy]] = {
     LinearPolicy.name: LinearPolicy,
@@ -53,3 +54,12 @@ def get_policy(name: str, **options: object) -> Policy:
             f"policy {name!r} takes no option(s) {', '.join(unknown)}; its options: {choices}"
         )
     return factory(**options)
+
+
+def planning_policy(name: str, cluster: ClusterSpec | None = None, **options: object) -> Policy:
+    """`get_policy(name, **options)`, given `cluster` where it plans for one (`affinity` prices a remote
+    node and a pick above its load cap by it, so it minimises that cluster's modelled layer time);
+    the others plan as they always do."""
+    if cluster is not None and name in POLICIES and "cluster" in policy_options(name):
+        options = {**options, "cluster": cluster}
+    return get_policy(name, **options)
