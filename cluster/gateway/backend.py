@@ -369,8 +369,9 @@ class RuntimeBackend:
 
     async def _proposal(self, policy: str, max_moves: int | None, plan: Plan | None) -> Proposal:
         """From the served plan (`runtime.plan`) to `policy`'s plan on the window, or to `plan`."""
-        where = ("since loading" if self.store is None else f"in the last {self.stats_window_s * self.stats_history:g} s"
-                 if self.stats_window_tokens is None else "in the state store")
+        by, size = self._store_window()
+        where = ("since loading" if self.store is None else f"in the last {size * self.stats_history:g} s"
+                 if by == "time" else "in the state store")
         return await asyncio.to_thread(plan_proposal, await self._statistics(planning=True), self.runtime.plan,
                                        self.cluster, policy, max_moves, plan, where)
 

@@ -208,14 +208,17 @@ class _Window:
     def __init__(self, piece_tokens: float | None) -> None:
         self.piece_tokens = piece_tokens
         self.merged: RoutingStats | None = None
-        self.tokens = 0.0
         self.pieces: list[np.ndarray] = []  # newest first
         self.piece: np.ndarray | None = None
         self.in_piece = 0.0  # tokens in `piece`
 
+    @property
+    def tokens(self) -> float:
+        """Tokens of the entries added so far."""
+        return 0.0 if self.merged is None else self.merged.num_tokens
+
     def add(self, stats: RoutingStats) -> None:
         self.merged = stats if self.merged is None else self.merged.merge(stats)
-        self.tokens += stats.num_tokens
         if self.piece_tokens is None:
             return
         self.piece = stats.load if self.piece is None else self.piece + stats.load
