@@ -209,7 +209,6 @@ def _succeeds(client: Client) -> bool:
 def test_bad_arguments_fail_the_build_with_one_line(args, message, monkeypatch):
     from switchyard.cluster.errors import InvalidSetting
     from switchyard.cluster.serve_app import app
-    from switchyard.cluster.settings import REDIS_URL_ENV
 
     monkeypatch.delenv(REDIS_URL_ENV, raising=False)  # no state store
     with pytest.raises(InvalidSetting) as error:
@@ -219,7 +218,6 @@ def test_bad_arguments_fail_the_build_with_one_line(args, message, monkeypatch):
 
 def test_balance_tokens_are_taken_with_a_state_store(monkeypatch):
     from switchyard.cluster.serving.args import AppArgs
-    from switchyard.cluster.settings import REDIS_URL_ENV
 
     monkeypatch.setenv(REDIS_URL_ENV, "redis://127.0.0.1:6379/0")
     assert AppArgs.parse({"model": "/m", "balance_tokens": 256}).balance_tokens == 256.0
