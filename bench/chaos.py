@@ -21,7 +21,6 @@ import argparse
 import collections
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from pathlib import Path
 import grpc
 import psutil
 
+from bench.ports import free_port
 from bench.report import command_line, describe_checkpoint, provenance, publish
 
 PROMPTS = [[1 + i, 5 + 3 * i, 9, 33 + i, 100, 7 * i % 500] for i in range(16)]
@@ -55,12 +55,6 @@ class Fault:
     name: str
     at: float
     outcomes: list[Outcome] = field(default_factory=list)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _processes(root: psutil.Process) -> dict[str, list[psutil.Process]]:
@@ -155,7 +149,7 @@ def _plan_options(model_dir: Path, plan: str, scratch: Path) -> list[str]:
 def run(model_dir: Path, minutes: float, clients: int, new_tokens: int, plan: str, scratch: Path) -> dict:
     from switchyard.cluster.gateway.client import Client
 
-    redis_port, port = _free_port(), _free_port()
+    redis_port, port = free_port(), free_port()
     redis_cmd = ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
                  "--appendonly", "no", "--dir", str(scratch)]
     redis = subprocess.Popen(redis_cmd, stdout=subprocess.DEVNULL)

@@ -21,7 +21,7 @@ from switchyard.cluster.cli.serve import serve
 from switchyard.cluster.gateway.client import Client
 from switchyard.cluster.settings import REDIS_URL_ENV
 from switchyard.workers.checkpoints import init_checkpoint
-from ports import free_port
+from bench.ports import free_port
 from waiting import wait_until
 
 pytestmark = pytest.mark.ray

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from ports import free_port
+from bench.ports import free_port
 from switchyard.cluster.cli.demo import main, stop, wait_until_serving
 
 

@@ -28,7 +28,7 @@ from switchyard.placement.plan import Plan
 from switchyard.placement.stats import RoutingStats
 from switchyard.placement.topology import Topology
 from switchyard.placement.trace import RoutingTrace
-from ports import free_port
+from bench.ports import free_port
 from waiting import wait_until
 
 SHARED_URL = "redis://127.0.0.1:6379/0"

@@ -45,7 +45,7 @@ _trace_option = click.option(
     help="Routing trace: .npz (canonical), Mixtral .jsonl, or an SGLang per_token dump (.pt/.json).",
 )
 _cluster_option = click.option(
-    "--cluster", type=click.Choice(sorted(PRESETS)), default="h100", show_default=True,
+    "--cluster", type=click.Choice(sorted(PRESETS)), default=DEFAULTS.cluster_preset, show_default=True,
     help="Hardware preset for the simulated MoE layer time (docs/placement-metrics.md).",
 )
 _balance_tokens_option = click.option(
@@ -73,8 +73,8 @@ def placement() -> None:
 @topology_options
 @click.option("--policy", type=click.Choice(policy_names()), required=True, help="Placement policy.")
 @click.option("--out", type=OUTPUT_FILE, required=True, help="Plan file to write (JSON).")
-@click.option("--cluster", type=click.Choice(sorted(PRESETS)), default="h100", show_default=True,
-              help="Hardware the plan is for: policies that weigh time (affinity) price traffic by it.")
+@click.option("--cluster", type=click.Choice(sorted(PRESETS)), default=DEFAULTS.cluster_preset,
+              show_default=True, help="Hardware the plan is for: policies that weigh time (affinity) price traffic by it.")
 @click.option("--processes", type=click.IntRange(min=1), default=None,
               help="Processes that plan the layers, for policies that can split them (affinity); the plan is "
                    "the same. Default: one per CPU where the plan is large enough to pay for forking, else one.")

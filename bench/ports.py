@@ -1,4 +1,4 @@
-"""`free_port`: a port for a server a test starts later, which no other process can take meanwhile."""
+"""`free_port`: a port for a server a test or benchmark starts later, which no other process takes first."""
 
 from __future__ import annotations
 
