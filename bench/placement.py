@@ -44,14 +44,14 @@ from switchyard.placement.stats import RoutingStats
 from switchyard.placement.synthetic import synthetic_trace
 from switchyard.placement.topology import Topology
 from switchyard.placement.trace import RoutingTrace
-from switchyard.placement.windows import PLANNING_DECAY, PLANNING_HISTORY, ServedWindow, serve_windows
+from switchyard.placement.windows import (PLANNING_DECAY, PLANNING_HISTORY, WINDOW_TOKENS, ServedWindow,
+                                          serve_windows, summarize_served)
 
 REPO = Path(__file__).resolve().parents[1]
 ESFT_TASKS = ("intent", "law")
 ESFT_GPUS = ((1, 8), (2, 4), (4, 2))  # (nodes, GPUs per node): 8 GPUs in every case
 ESFT_SLOTS_PER_GPU = (8, 9)  # 64 slots (one per expert) and 72 (8 redundant replicas)
 CLUSTER = "h100"
-WINDOW_TOKENS = 1000
 DECAY, HISTORY = PLANNING_DECAY, PLANNING_HISTORY  # what the live rebalancer plans on
 RUNTIME_BATCH = 256
 
@@ -248,13 +248,11 @@ def _windows(trace, topology: Topology, emit: Callable[[str], None], label: str)
 def served_medians(served: list[ServedWindow], name: str, cluster: ClusterSpec) -> dict[str, float]:
     """Medians over served windows of policy `name` against EPLB: its balancedness, its gap to EPLB's,
     its MoE time, GPUs per token and time at balanced compute (`balanced_compute_time`) over EPLB's."""
-    pairs = [(item.evaluations[name], item.evaluations["eplb"]) for item in served]
-    return {"balance": statistics.median(ours.balancedness for ours, _ in pairs),
-            "gap": statistics.median(ours.balancedness - eplb.balancedness for ours, eplb in pairs),
-            "time": statistics.median(ours.layer_time_s / eplb.layer_time_s for ours, eplb in pairs),
-            "gpus": statistics.median(ours.gpus_per_token / eplb.gpus_per_token for ours, eplb in pairs),
-            "balanced": statistics.median(balanced_compute_time(ours, cluster) / eplb.layer_time_s
-                                          for ours, eplb in pairs)}
+    summary = next(one for one in summarize_served(served, "eplb") if one.policy == name)
+    return {"balance": summary.balancedness, "gap": summary.balance_gap, "time": summary.time_ratio,
+            "gpus": summary.gpus_ratio,
+            "balanced": statistics.median(balanced_compute_time(item.evaluations[name], cluster)
+                                          / item.evaluations["eplb"].layer_time_s for item in served)}
 
 
 def history_section(cells: list[dict], emit: Callable[[str], None]) -> None:

@@ -17,9 +17,13 @@ import pytest
 from click.testing import CliRunner, Result
 
 from switchyard.cluster.cli.main import main
-from switchyard.placement.formats import save_trace
-from switchyard.placement.policies import policy_names
+from switchyard.cluster.settings import DEFAULTS
+from switchyard.placement.cost import PRESETS
+from switchyard.placement.formats import load_trace, save_trace
+from switchyard.placement.policies import planning_policy, policy_names
 from switchyard.placement.synthetic import synthetic_trace
+from switchyard.placement.topology import Topology
+from switchyard.placement.windows import PLANNING_DECAY, PLANNING_HISTORY, serve_windows, summarize_served
 
 SCRIPT = Path(sys.executable).parent / "switchyard"
 NUM_LAYERS, NUM_EXPERTS, TOP_K, NUM_TOKENS = 4, 16, 2, 512
@@ -122,6 +126,11 @@ ERROR_CASES = [
     pytest.param("placement compare --trace {trace} --nodes 0 --gpus-per-node 2", "--nodes", id="zero-nodes"),
     pytest.param("placement compare --trace {trace} --balance-tokens 0 " + TOPOLOGY, "--balance-tokens",
                  id="zero-balance-tokens"),
+    pytest.param("placement windows --trace {trace} --window-tokens 300 " + TOPOLOGY, "make 1 window(s) of 300",
+                 id="windows-fewer-than-two"),
+    pytest.param("placement windows --trace {trace} --decay 1.5 " + TOPOLOGY, "--decay", id="windows-bad-decay"),
+    pytest.param("placement windows --trace {trace} --history 0 " + TOPOLOGY, "--history",
+                 id="windows-no-history"),
     pytest.param("trace synth --out {folder}/s.npz --layers 2 --experts 4 --top-k 5 --tokens 16", "--top-k",
                  id="synth-top-k-above-experts"),
     pytest.param("placement export --plan {plan} --format trtllm --out {folder}/no/x.yaml", "no such file",
@@ -190,6 +199,27 @@ def test_compare_windows_and_json(files) -> None:
     by_policy = json.loads(result.stdout.strip().splitlines()[-1])
     assert sorted(by_policy) == ["eplb", "linear"]
     assert all(summary["num_tokens"] == 200 for summary in by_policy.values())
+
+
+def test_windows_serves_each_window_with_plans_made_on_the_past(files) -> None:
+    """`placement windows` is `serve_windows` with the live rebalancer's history and decay, summarised
+    against EPLB window by window; the JSON holds the summary and every window's evaluations."""
+    result = _ok(_invoke("placement", "windows", "--trace", files["trace"], *_topology(2, 2, 5),
+                         "--window-tokens", 128, "--policy", "eplb", "--policy", "affinity", "--json"))
+    assert "3 windows of 128 tokens served" in result.stdout
+    assert "serving window 3 of 3 ..." in result.stderr
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (answer["history"], answer["decay"]) == (PLANNING_HISTORY, PLANNING_DECAY)
+    assert [window["window"] for window in answer["windows"]] == [1, 2, 3]
+    cluster = PRESETS[DEFAULTS.cluster_preset]
+    served = serve_windows(load_trace(files["trace"]), Topology(2, 2, 5),
+                           {name: planning_policy(name, cluster) for name in ("eplb", "affinity")},
+                           128, PLANNING_DECAY, PLANNING_HISTORY, cluster)
+    expected = {summary.policy: summary.to_dict() for summary in summarize_served(served, "eplb")}
+    assert answer["summary"] == expected  # JSON keeps floats exactly
+    assert answer["windows"][2]["affinity"]["gpu_load"] == served[2].evaluations["affinity"].gpu_load.tolist()
+    rows = {line.split("|")[1].strip(): line for line in result.stdout.splitlines() if line.startswith("| ")}
+    assert {"eplb", "affinity"} <= set(rows) and "gap to eplb" in rows["policy"]
 
 
 def test_plan_for_a_cluster(tmp_path: Path) -> None:

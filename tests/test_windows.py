@@ -13,7 +13,8 @@ from switchyard.placement.policies.round_robin import RoundRobinPolicy
 from switchyard.placement.stats import RoutingStats
 from switchyard.placement.synthetic import synthetic_trace
 from switchyard.placement.topology import Topology
-from switchyard.placement.windows import decayed_stats, serve_windows, split_windows
+from switchyard.placement.cost import PRESETS
+from switchyard.placement.windows import decayed_stats, serve_windows, split_windows, summarize_served
 
 TRACE = synthetic_trace(2, 16, 2, 3500, seq_len=50, skew=1.0, seed=5)
 
@@ -98,3 +99,33 @@ def test_serve_windows_plans_on_the_batches_of_the_past_windows() -> None:
 def test_serve_windows_needs_two_windows() -> None:
     with pytest.raises(PlacementError, match="make 1 window"):
         serve_windows(TRACE, Topology(1, 2, 8), {"eplb": EplbPolicy()}, window_tokens=2000)
+
+
+def test_summarize_served_takes_medians_against_the_baseline_window_by_window() -> None:
+    """Medians over the served windows of each figure, and of each against the baseline's in the same
+    window; the share of windows where a policy is faster is a mean, not a median."""
+    policies = {"eplb": EplbPolicy(), "round-robin": RoundRobinPolicy()}
+    trace = synthetic_trace(2, 16, 2, 4500, seq_len=50, skew=1.0, seed=6)
+    served = serve_windows(trace, Topology(2, 2, 5), policies, window_tokens=900, cluster=PRESETS["h100"])
+    assert len(served) == 4
+    eplb, spread = summarize_served(served, "eplb")
+    ours = [item.evaluations["round-robin"] for item in served]
+    theirs = [item.evaluations["eplb"] for item in served]
+    assert spread.policy == "round-robin"
+    assert spread.balancedness == pytest.approx(np.median([e.balancedness for e in ours]))
+    assert spread.balance_gap == pytest.approx(np.median([a.balancedness - b.balancedness
+                                                          for a, b in zip(ours, theirs)]))
+    assert spread.gpus_ratio == pytest.approx(np.median([a.gpus_per_token / b.gpus_per_token
+                                                         for a, b in zip(ours, theirs)]))
+    assert spread.time_ratio == pytest.approx(np.median([a.layer_time_s / b.layer_time_s
+                                                         for a, b in zip(ours, theirs)]))
+    assert spread.faster == pytest.approx(np.mean([a.layer_time_s < b.layer_time_s for a, b in zip(ours, theirs)]))
+    assert (eplb.balance_gap, eplb.gpus_ratio, eplb.time_ratio, eplb.faster) == (0.0, 1.0, 1.0, 0.0)
+    # One node: no remote nodes, so no ratio; no cluster: no time; no baseline: nothing against it.
+    one_node = serve_windows(trace, Topology(1, 4, 5), policies, window_tokens=900)
+    summary = summarize_served(one_node, "eplb")[1]
+    assert summary.remote_nodes_per_token == 0 and summary.remote_ratio is None
+    assert summary.layer_time_s is None and summary.time_ratio is None and summary.faster is None
+    alone = summarize_served(one_node, "affinity")[1]
+    assert (alone.balance_gap, alone.gpus_ratio, alone.remote_ratio) == (None, None, None)
+    assert alone.balancedness == summary.balancedness

@@ -13,6 +13,7 @@ import numpy as np
 from switchyard.cluster.kubernetes.topology import ClusterTopology
 from switchyard.placement.compare import PolicyResult
 from switchyard.placement.evaluate import Evaluation
+from switchyard.placement.windows import ServedSummary
 
 BASELINE_POLICY = "eplb"
 """The policy other policies are measured against: DeepSeek's EPLB, the field's default."""
@@ -73,6 +74,38 @@ def comparison_table(results: Sequence[PolicyResult], baseline: str = BASELINE_P
             if reference is not None:
                 row.append(_ratio(value, getattr(reference, attribute)))
         row.append(f"{result.planning_time_s:.3f}")
+        rows.append(row)
+    return markdown_table(headers, rows)
+
+
+# How a served-windows summary sets each figure of `_METRICS` against the baseline's: the field holding
+# the median, and whether it is a difference (balance) or a ratio.
+_AGAINST = {"balancedness": ("balance_gap", "gap to"), "gpus_per_token": ("gpus_ratio", "vs"),
+            "remote_nodes_per_token": ("remote_ratio", "vs"), "layer_time_s": ("time_ratio", "vs")}
+
+
+def served_table(summaries: Sequence[ServedSummary], baseline: str = BASELINE_POLICY) -> str:
+    """One row per policy: the medians over served windows of each figure of `comparison_table`, and,
+    when `baseline` is among them, of each against the baseline's in the same window (a balance gap,
+    the other figures as ratios), and the share of windows where the policy is faster."""
+    timed = all(summary.layer_time_s is not None for summary in summaries)
+    metrics = [m for m in _METRICS if timed or m[1] != "layer_time_s"]
+    compared = any(summary.policy == baseline for summary in summaries)
+    headers = ["policy"]
+    for header, attribute, *_ in metrics:
+        headers += [header] + ([f"{_AGAINST[attribute][1]} {baseline}"] if compared else [])
+    headers += [f"faster than {baseline}"] if compared and timed else []
+    rows = []
+    for summary in summaries:
+        row = [summary.policy]
+        for _, attribute, scale, digits in metrics:
+            row.append(f"{getattr(summary, attribute) * scale:.{digits}f}")
+            if compared:
+                field, kind = _AGAINST[attribute]
+                value = getattr(summary, field)
+                row.append("-" if value is None else f"{value:+.3f}" if kind == "gap to" else f"{value:.2f}x")
+        if compared and timed:
+            row.append(f"{summary.faster:.0%}")
         rows.append(row)
     return markdown_table(headers, rows)
 

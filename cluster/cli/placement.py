@@ -25,7 +25,9 @@ from switchyard.cluster.cli.params import (
     verbose_option,
 )
 from switchyard.cluster.settings import DEFAULTS, TLS_CA_ENV, TOKEN_ENV
-from switchyard.cluster.cli.formatting import comparison_table, evaluation_table, placement_tables, rebalance_table
+from switchyard.cluster.cli.formatting import (
+    BASELINE_POLICY, comparison_table, evaluation_table, placement_tables, rebalance_table, served_table,
+)
 from switchyard.placement.compare import TokenWindow, compare_policies, default_windows, token_window
 from switchyard.placement.cost import PRESETS
 from switchyard.placement.evaluate import evaluate
@@ -36,6 +38,10 @@ from switchyard.placement.plan import Plan
 from switchyard.placement.policies import DEFAULT_POLICY, planning_policy, policy_names, policy_options
 from switchyard.placement.stats import RoutingStats
 from switchyard.placement.topology import Topology
+from switchyard.placement.trace import RoutingTrace
+from switchyard.placement.windows import (
+    PLANNING_DECAY, PLANNING_HISTORY, WINDOW_TOKENS, serve_windows, summarize_served,
+)
 
 PROGRESS_PICKS = 1 << 22
 """Traces with more picks (tokens x layers x k) than this get progress lines on stderr."""
@@ -50,9 +56,13 @@ _cluster_option = click.option(
 )
 _balance_tokens_option = click.option(
     "--balance-tokens", type=click.IntRange(min=1), default=None, metavar="N",
-    help="Hold the plan's load cap on every run of N tokens of the training window, not on the whole window "
-         "(affinity): it buys balance on the next window for locality (docs/placement.md, \"Balance per "
-         "batch\"). Needs a per-token trace. Default: the whole window.",
+    help="Hold affinity's load cap on every run of N consecutive tokens it plans on, not on the whole window: "
+         "it buys balance on the next window for locality (docs/placement.md, \"Balance per batch\"). Needs a "
+         "per-token trace. Default: the whole window.",
+)
+_policies_option = click.option(
+    "--policy", "policies", type=click.Choice(policy_names()), multiple=True,
+    help="A policy to compare (repeat the option). Default: every policy.",
 )
 _json_option = click.option(
     "--json", "as_json", is_flag=True, help="Also print the result as one JSON object on the last line.",
@@ -124,8 +134,7 @@ def evaluate_command(trace_path: Path, plan_path: Path, tokens: TokenWindow | No
 @click.option("--train", type=TOKEN_RANGE, default=None, help="Plan on tokens [A, B). Default: first half.")
 @click.option("--test", type=TOKEN_RANGE, default=None,
               help="Evaluate on tokens [C, D). Default: second half.")
-@click.option("--policy", "policies", type=click.Choice(policy_names()), multiple=True,
-              help="A policy to compare (repeat the option). Default: every policy.")
+@_policies_option
 @_cluster_option
 @_balance_tokens_option
 @_json_option
@@ -147,14 +156,60 @@ def compare(trace_path: Path, nodes: int, gpus_per_node: int, slots_per_gpu: int
 
     results = compare_policies(routing, topology, policies or policy_names(), train, test,
                                PRESETS[cluster], on_policy=progress, balance_tokens=balance_tokens)
-    click.echo(f"{trace_path}: {routing.num_tokens} tokens x {routing.num_layers} layers, "
-               f"{routing.num_experts} experts, top-{routing.top_k}; {topology.describe()}")
+    click.echo(_describe(trace_path, routing, topology))
     click.echo(f"plan on tokens {_span(train, routing.num_tokens)}, "
                f"evaluate on tokens {_span(test, routing.num_tokens)}; "
                f"MoE time: the test tokens through every MoE layer, simulated on {cluster}")
     click.echo(comparison_table(results))
     if as_json:
         click.echo(json.dumps({r.policy: r.evaluation.to_dict() for r in results}))
+
+
+@placement.command("windows")
+@_trace_option
+@topology_options
+@click.option("--window-tokens", type=click.IntRange(min=1), default=WINDOW_TOKENS, show_default=True,
+              help="Tokens in a window: every plan is made on past windows and serves the next one.")
+@click.option("--history", type=click.IntRange(min=1), default=PLANNING_HISTORY, show_default=True,
+              help="Windows each plan is made on, the last one and those before it (as serve's --stats-history).")
+@click.option("--decay", type=click.FloatRange(0, 1), default=PLANNING_DECAY, show_default=True,
+              help="Weight of each older window relative to the one after it (as serve's --stats-decay).")
+@_policies_option
+@_cluster_option
+@_balance_tokens_option
+@_json_option
+@drop_incomplete_option
+@verbose_option
+def windows(trace_path: Path, nodes: int, gpus_per_node: int, slots_per_gpu: int | None, window_tokens: int,
+            history: int, decay: float, policies: tuple[str, ...], cluster: str, balance_tokens: int | None,
+            as_json: bool, drop_incomplete: bool) -> None:
+    """Serve the trace as a live cluster would: cut it into windows, plan every policy on the past
+    windows and serve the next one with its plan; medians over the served windows, and each policy
+    against EPLB in the same window (docs/placement.md, "Serving the next window")."""
+    routing = load_trace(trace_path, drop_incomplete=drop_incomplete)
+    topology = Topology.for_experts(routing.num_experts, nodes, gpus_per_node, slots_per_gpu)
+    spec = PRESETS[cluster]
+    names = policies or policy_names()
+
+    def progress(index: int, count: int) -> None:  # every served window plans every policy: always long work
+        click.echo(f"serving window {index} of {count} ...", err=True)
+
+    served = serve_windows(routing, topology, {name: planning_policy(name, spec) for name in names},
+                           window_tokens, decay, history, spec, balance_tokens=balance_tokens, on_window=progress)
+    summaries = summarize_served(served, BASELINE_POLICY)
+    click.echo(_describe(trace_path, routing, topology))
+    click.echo(f"{len(served)} windows of {window_tokens} tokens served, each with plans made on the "
+               f"{history} window(s) before it (each older one weighted {decay:g} of the next); medians over "
+               f"the served windows; MoE time simulated on {cluster}")
+    click.echo(served_table(summaries))
+    if as_json:
+        click.echo(json.dumps({
+            "window_tokens": window_tokens, "history": history, "decay": decay,
+            "summary": {summary.policy: summary.to_dict() for summary in summaries},
+            "windows": [{"window": item.window, **{name: evaluation.to_dict()
+                                                   for name, evaluation in item.evaluations.items()}}
+                        for item in served],
+        }))
 
 
 @placement.command("export")
@@ -354,6 +409,12 @@ def rebalance_summary(answer: Any) -> dict[str, Any]:
             "bytes_to_copy": answer.bytes_to_copy, "current": metrics(answer.current),
             "proposed": metrics(answer.proposed), "window_tokens": answer.window_tokens,
             "evaluated_tokens": answer.evaluated_tokens, "plan": json.loads(answer.plan_json)}
+
+
+def _describe(trace_path: Path, routing: RoutingTrace, topology: Topology) -> str:
+    """The line that opens a comparison: the trace's shape and the topology."""
+    return (f"{trace_path}: {routing.num_tokens} tokens x {routing.num_layers} layers, "
+            f"{routing.num_experts} experts, top-{routing.top_k}; {topology.describe()}")
 
 
 def _span(window: TokenWindow, num_tokens: int) -> str:
