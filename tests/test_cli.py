@@ -205,7 +205,8 @@ def test_windows_serves_each_window_with_plans_made_on_the_past(files) -> None:
     """`placement windows` is `serve_windows` with the live rebalancer's history and decay, summarised
     against EPLB window by window; the JSON holds the summary and every window's evaluations."""
     result = _ok(_invoke("placement", "windows", "--trace", files["trace"], *_topology(2, 2, 5),
-                         "--window-tokens", 128, "--policy", "eplb", "--policy", "affinity", "--json"))
+                         "--window-tokens", 128, "--policy", "eplb", "--policy", "affinity", "--per-window",
+                         "--json"))
     assert "3 windows of 128 tokens served" in result.stdout
     assert "serving window 3 of 3 ..." in result.stderr
     answer = json.loads(result.stdout.strip().splitlines()[-1])
@@ -218,8 +219,15 @@ def test_windows_serves_each_window_with_plans_made_on_the_past(files) -> None:
     expected = {summary.policy: summary.to_dict() for summary in summarize_served(served, "eplb")}
     assert answer["summary"] == expected  # JSON keeps floats exactly
     assert answer["windows"][2]["affinity"]["gpu_load"] == served[2].evaluations["affinity"].gpu_load.tolist()
-    rows = {line.split("|")[1].strip(): line for line in result.stdout.splitlines() if line.startswith("| ")}
+    summary_table, window_table = result.stdout.split("Every served window:")
+    rows = {line.split("|")[1].strip(): line for line in summary_table.splitlines() if line.startswith("| ")}
     assert {"eplb", "affinity"} <= set(rows) and "gap to eplb" in rows["policy"]
+    # --per-window: a row per window and policy, its gap the window's own (a summary of one window).
+    cells = [[cell.strip() for cell in line.split("|")[1:-1]] for line in window_table.splitlines()
+             if line.startswith("| ") and not line.startswith(("| window", "| ---"))]
+    assert [(row[0], row[1]) for row in cells] == [(str(w), p) for w in (1, 2, 3) for p in ("eplb", "affinity")]
+    window_2 = served[1].evaluations
+    assert cells[3][3] == f"{window_2['affinity'].balancedness - window_2['eplb'].balancedness:+.3f}"
 
 
 def test_plan_for_a_cluster(tmp_path: Path) -> None:

@@ -84,10 +84,15 @@ _AGAINST = {"balancedness": ("balance_gap", "gap to"), "gpus_per_token": ("gpus_
             "remote_nodes_per_token": ("remote_ratio", "vs"), "layer_time_s": ("time_ratio", "vs")}
 
 
-def served_table(summaries: Sequence[ServedSummary], baseline: str = BASELINE_POLICY) -> str:
+def served_table(summaries: Sequence[ServedSummary], baseline: str = BASELINE_POLICY,
+                 windows: Sequence[int] | None = None) -> str:
     """One row per policy: the medians over served windows of each figure of `comparison_table`, and,
     when `baseline` is among them, of each against the baseline's in the same window (a balance gap,
-    the other figures as ratios), and the share of windows where the policy is faster."""
+    the other figures as ratios), and the share of windows where the policy is faster.
+
+    windows: with one summary per row made of a single window (`summarize_served([item])`), each row's
+    window, shown in a first column (the per-window table).
+    """
     timed = all(summary.layer_time_s is not None for summary in summaries)
     metrics = [m for m in _METRICS if timed or m[1] != "layer_time_s"]
     compared = any(summary.policy == baseline for summary in summaries)
@@ -107,7 +112,10 @@ def served_table(summaries: Sequence[ServedSummary], baseline: str = BASELINE_PO
         if compared and timed:
             row.append(f"{summary.faster:.0%}")
         rows.append(row)
-    return markdown_table(headers, rows)
+    if windows is None:
+        return markdown_table(headers, rows)
+    return markdown_table(["window", *headers], [[str(window), *row] for window, row in zip(windows, rows)],
+                          numeric_from=2)
 
 
 def evaluation_table(evaluation: Evaluation) -> str:

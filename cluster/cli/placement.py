@@ -177,12 +177,13 @@ def compare(trace_path: Path, nodes: int, gpus_per_node: int, slots_per_gpu: int
 @_policies_option
 @_cluster_option
 @_balance_tokens_option
+@click.option("--per-window", is_flag=True, help="Also print every served window's figures, one row per policy.")
 @_json_option
 @drop_incomplete_option
 @verbose_option
 def windows(trace_path: Path, nodes: int, gpus_per_node: int, slots_per_gpu: int | None, window_tokens: int,
             history: int, decay: float, policies: tuple[str, ...], cluster: str, balance_tokens: int | None,
-            as_json: bool, drop_incomplete: bool) -> None:
+            per_window: bool, as_json: bool, drop_incomplete: bool) -> None:
     """Serve the trace as a live cluster would: cut it into windows, plan every policy on the past
     windows and serve the next one with its plan; medians over the served windows, and each policy
     against EPLB in the same window (docs/placement.md, "Serving the next window")."""
@@ -202,6 +203,10 @@ def windows(trace_path: Path, nodes: int, gpus_per_node: int, slots_per_gpu: int
                f"{history} window(s) before it (each older one weighted {decay:g} of the next); medians over "
                f"the served windows; MoE time simulated on {cluster}")
     click.echo(served_table(summaries))
+    if per_window:
+        rows = [(item.window, summary) for item in served for summary in summarize_served([item], BASELINE_POLICY)]
+        click.echo("\nEvery served window:\n")
+        click.echo(served_table([summary for _, summary in rows], windows=[window for window, _ in rows]))
     if as_json:
         click.echo(json.dumps({
             "window_tokens": window_tokens, "history": history, "decay": decay,
