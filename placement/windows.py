@@ -46,14 +46,22 @@ PLANNING_DECAY = 0.5
 """Each older window weighs half the next: a round value, not fitted to any trace. On the benchmark's
 served windows it raised affinity's balance in 13 of 14 cells over planning on the last window alone
 (docs/placement.md, "The live rebalancer plans the same way")."""
+Memory = tuple[int, float]
+"""`(history, decay)`: how many windows a plan is made on, and the weight of each older one."""
+LONGER_MEMORIES: tuple[Memory, ...] = ((6, 0.75), (6, 1.0))
+"""What `chosen_memory` may pick besides the memory given: the last 6 windows, decayed by 0.75 or
+weighted alike (round values, not fitted). Longer memory forecasts a stationary mix of traffic better,
+a drifting one worse (docs/placement.md, "Memory chosen by forecast")."""
 
 
 @dataclass(frozen=True, eq=False)
 class ServedWindow:
-    """Every policy's plan, made on the windows up to `window - 1`, evaluated on window `window`."""
+    """Every policy's plan, made on the windows up to `window - 1` with `memory`, evaluated on window
+    `window`."""
 
     window: int
     evaluations: dict[str, Evaluation]
+    memory: Memory
 
 
 def split_windows(trace: RoutingTrace, window_tokens: int) -> list[RoutingTrace]:
@@ -76,21 +84,62 @@ def decayed_stats(window_stats: list[RoutingStats], decay: float) -> RoutingStat
     merged = window_stats[0]
     for stats in window_stats[1:]:
         merged = merged.decayed(decay).merge(stats)
-    weights = decay ** np.arange(len(window_stats) - 1, -1, -1.0)
     return dataclasses.replace(merged, window_load=np.concatenate(
-        [stats.windows * weight for stats, weight in zip(window_stats, weights)]))
+        [stats.windows * weight for stats, weight in zip(window_stats, _weights(len(window_stats), decay))]))
+
+
+def _weights(count: int, decay: float) -> np.ndarray:
+    """`[count]` the weight of each of `count` windows, oldest first: `decay ** age`, the last one 1."""
+    return decay ** np.arange(count - 1, -1, -1.0)
+
+
+def forecast_error(window_stats: Sequence[RoutingStats], memory: Memory) -> float | None:
+    """How far the load a plan with `memory` is made on falls from the load of the window it serves:
+    for every window after the first, the expert load of the windows before it (the last `history`,
+    decayed) against its own, each as shares of its layer's load, their L1 distance averaged over
+    layers; the mean over those windows. None with fewer than two windows."""
+    history, decay = memory
+    errors = []
+    for served in range(1, len(window_stats)):
+        past = window_stats[max(0, served - history):served]
+        load = sum(weight * stats.load for weight, stats in zip(_weights(len(past), decay), past))
+        errors.append(np.abs(_shares(window_stats[served].load) - _shares(load)).sum(axis=1).mean())
+    return float(np.mean(errors)) if errors else None
+
+
+def _shares(load: np.ndarray) -> np.ndarray:
+    """`[L, E]` each expert's share of its layer's load (0 where a layer has none)."""
+    total = load.sum(axis=1, keepdims=True)
+    return np.divide(load, total, out=np.zeros_like(load, dtype=np.float64), where=total > 0)
+
+
+def chosen_memory(window_stats: Sequence[RoutingStats], memories: Sequence[Memory]) -> Memory:
+    """The memory among `memories` whose load forecasts `window_stats` (oldest first) best
+    (`forecast_error`): the one a plan on these windows should use for the next. The first where the
+    windows cannot tell (fewer than two) and on a tie.
+
+    Load that the past forecasts well is load a plan balanced on the past keeps balanced: on traffic
+    whose mix of topics is stationary, longer memory averages the noise of single windows out; on
+    traffic that drifts, it plans on a mix that has gone.
+    """
+    errors = [forecast_error(window_stats, memory) for memory in memories]
+    if errors[0] is None:
+        return memories[0]
+    return memories[int(np.argmin(errors))]
 
 
 def serve_windows(trace: RoutingTrace, topology: Topology, policies: Mapping[str, Policy],
                   window_tokens: int = WINDOW_TOKENS, decay: float = 0.0, history: int = 4,
                   cluster: ClusterSpec | None = None, rule: ReplicaRule = DEFAULT_RULE,
-                  balance_tokens: int | None = None,
+                  balance_tokens: int | None = None, adaptive_memory: bool = False,
                   on_window: Callable[[int, int], None] | None = None) -> list[ServedWindow]:
     """Plan on windows i - history + 1 .. i (decayed), evaluate on window i + 1, for every i and policy.
 
     policies: name -> policy; each plans afresh (no current plan) before every served window.
     balance_tokens: the planning statistics keep the load of every run of this many tokens of each
         window (module docstring); None: of each window.
+    adaptive_memory: before each served window, choose `(history, decay)` or one of
+        `LONGER_MEMORIES` by `chosen_memory` on the windows before it.
     on_window: called with `(i, n)` before the i-th of the n served windows is planned and served
         (progress on a long trace).
     Returns one `ServedWindow` per window from 1 on; `PlacementError` when the trace has fewer than
@@ -108,10 +157,12 @@ def serve_windows(trace: RoutingTrace, topology: Topology, policies: Mapping[str
     for index in range(1, len(windows)):
         if on_window is not None:
             on_window(index, len(windows) - 1)
-        stats = decayed_stats(window_stats[max(0, index - history):index], decay)
+        past = window_stats[:index]
+        memory = chosen_memory(past, ((history, decay), *LONGER_MEMORIES)) if adaptive_memory else (history, decay)
+        stats = decayed_stats(past[-memory[0]:], memory[1])
         evaluations = {name: evaluate(policy.place(stats, topology), windows[index], cluster, rule)
                        for name, policy in policies.items()}
-        served.append(ServedWindow(index, evaluations))
+        served.append(ServedWindow(index, evaluations, memory))
     return served
 
 

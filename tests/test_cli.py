@@ -212,6 +212,7 @@ def test_windows_serves_each_window_with_plans_made_on_the_past(files) -> None:
     answer = json.loads(result.stdout.strip().splitlines()[-1])
     assert (answer["history"], answer["decay"]) == (PLANNING_HISTORY, PLANNING_DECAY)
     assert [window["window"] for window in answer["windows"]] == [1, 2, 3]
+    assert {window["memory"]["history"] for window in answer["windows"]} == {PLANNING_HISTORY}
     cluster = PRESETS[DEFAULTS.cluster_preset]
     served = serve_windows(load_trace(files["trace"]), Topology(2, 2, 5),
                            {name: planning_policy(name, cluster) for name in ("eplb", "affinity")},
@@ -228,6 +229,17 @@ def test_windows_serves_each_window_with_plans_made_on_the_past(files) -> None:
     assert [(row[0], row[1]) for row in cells] == [(str(w), p) for w in (1, 2, 3) for p in ("eplb", "affinity")]
     window_2 = served[1].evaluations
     assert cells[3][3] == f"{window_2['affinity'].balancedness - window_2['eplb'].balancedness:+.3f}"
+
+
+def test_windows_with_adaptive_memory_names_the_memory_of_each_window(files) -> None:
+    result = _ok(_invoke("placement", "windows", "--trace", files["trace"], *_topology(2, 2, 5),
+                         "--window-tokens", 64, "--policy", "eplb", "--adaptive-memory", "--json"))
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    served = serve_windows(load_trace(files["trace"]), Topology(2, 2, 5), {"eplb": planning_policy("eplb", None)},
+                           64, PLANNING_DECAY, PLANNING_HISTORY, adaptive_memory=True)
+    memories = [(window["memory"]["history"], window["memory"]["decay"]) for window in answer["windows"]]
+    assert memories == [item.memory for item in served]
+    assert "whichever forecast best (in turn: " + ", ".join(f"{h} by {d:g}" for h, d in memories) in result.stdout
 
 
 def test_plan_for_a_cluster(tmp_path: Path) -> None:

@@ -14,7 +14,9 @@ from switchyard.placement.stats import RoutingStats
 from switchyard.placement.synthetic import synthetic_trace
 from switchyard.placement.topology import Topology
 from switchyard.placement.cost import PRESETS
-from switchyard.placement.windows import decayed_stats, serve_windows, split_windows, summarize_served
+from switchyard.placement.windows import (
+    LONGER_MEMORIES, chosen_memory, decayed_stats, forecast_error, serve_windows, split_windows, summarize_served,
+)
 
 TRACE = synthetic_trace(2, 16, 2, 3500, seq_len=50, skew=1.0, seed=5)
 
@@ -129,3 +131,45 @@ def test_summarize_served_takes_medians_against_the_baseline_window_by_window() 
     alone = summarize_served(one_node, "affinity")[1]
     assert (alone.balance_gap, alone.gpus_ratio, alone.remote_ratio) == (None, None, None)
     assert alone.balancedness == summary.balancedness
+
+
+def _windows_of(*loads: list[float]) -> list[RoutingStats]:
+    """One-layer load-only statistics per window, oldest first."""
+    return [RoutingStats.from_load(np.array([load], dtype=np.float64)) for load in loads]
+
+
+def test_forecast_error_is_the_distance_of_load_shares_from_the_windows_before() -> None:
+    swinging = _windows_of([3, 1], [1, 3], [3, 1], [1, 3], [3, 1], [1, 3], [3, 1])
+    # The last window alone forecasts the opposite shares: |0.75 - 0.25| twice, every time.
+    assert forecast_error(swinging, (1, 0.0)) == pytest.approx(1.0)
+    # Window 1 is forecast by window 0 alone (1.0); window 2 by windows 0 and 1 alike, i.e. 1:1 (0.5).
+    assert forecast_error(swinging[:3], (6, 1.0)) == pytest.approx((1.0 + 0.5) / 2)
+    assert forecast_error(swinging[:1], (1, 0.0)) is None
+
+
+def test_chosen_memory_is_long_on_a_stationary_mix_and_short_on_drift() -> None:
+    memories = ((1, 0.0), (6, 1.0))
+    swinging = _windows_of([3, 1], [1, 3], [3, 1], [1, 3], [3, 1], [1, 3], [3, 1])
+    drifting = _windows_of(*([10 - k, k] for k in range(8)))
+    assert chosen_memory(swinging, memories) == (6, 1.0)
+    assert chosen_memory(drifting, memories) == (1, 0.0)
+    assert chosen_memory(swinging[:1], ((6, 1.0), (1, 0.0))) == (6, 1.0)  # nothing to tell by: the first
+    constant = _windows_of([2, 2], [2, 2], [2, 2])
+    assert chosen_memory(constant, ((6, 1.0), (1, 0.0))) == (6, 1.0)  # a tie: the first
+
+
+def test_serve_windows_with_adaptive_memory_plans_on_the_chosen_memory() -> None:
+    topology = Topology(2, 2, 5)
+    served = serve_windows(TRACE, topology, {"eplb": EplbPolicy()}, window_tokens=500, decay=0.5, history=3,
+                           adaptive_memory=True)
+    windows = split_windows(TRACE, 500)
+    stats = [RoutingStats.from_trace(w) for w in windows]
+    assert [item.memory for item in served[:1]] == [(3, 0.5)]  # one past window: nothing to choose by
+    assert any(item.memory != (3, 0.5) for item in served)
+    for item in served:
+        memory = chosen_memory(stats[:item.window], ((3, 0.5), *LONGER_MEMORIES))
+        assert item.memory == memory
+        plan = EplbPolicy().place(decayed_stats(stats[:item.window][-memory[0]:], memory[1]), topology)
+        np.testing.assert_array_equal(item.evaluations["eplb"].gpu_load, evaluate(plan, windows[item.window]).gpu_load)
+    assert {item.memory for item in serve_windows(TRACE, topology, {"eplb": EplbPolicy()}, window_tokens=500,
+                                                  decay=0.5, history=3)} == {(3, 0.5)}

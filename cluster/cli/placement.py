@@ -177,13 +177,16 @@ def compare(trace_path: Path, nodes: int, gpus_per_node: int, slots_per_gpu: int
 @_policies_option
 @_cluster_option
 @_balance_tokens_option
+@click.option("--adaptive-memory", is_flag=True,
+              help="Before each window, plan on --history/--decay or on a longer memory (the last 6 windows decayed "
+                   "by 0.75, or weighted alike), whichever forecasts the past windows' expert load best.")
 @click.option("--per-window", is_flag=True, help="Also print every served window's figures, one row per policy.")
 @_json_option
 @drop_incomplete_option
 @verbose_option
 def windows(trace_path: Path, nodes: int, gpus_per_node: int, slots_per_gpu: int | None, window_tokens: int,
             history: int, decay: float, policies: tuple[str, ...], cluster: str, balance_tokens: int | None,
-            per_window: bool, as_json: bool, drop_incomplete: bool) -> None:
+            adaptive_memory: bool, per_window: bool, as_json: bool, drop_incomplete: bool) -> None:
     """Serve the trace as a live cluster would: cut it into windows, plan every policy on the past
     windows and serve the next one with its plan; medians over the served windows, and each policy
     against EPLB in the same window (docs/placement.md, "Serving the next window")."""
@@ -196,12 +199,15 @@ def windows(trace_path: Path, nodes: int, gpus_per_node: int, slots_per_gpu: int
         click.echo(f"serving window {index} of {count} ...", err=True)
 
     served = serve_windows(routing, topology, {name: planning_policy(name, spec) for name in names},
-                           window_tokens, decay, history, spec, balance_tokens=balance_tokens, on_window=progress)
+                           window_tokens, decay, history, spec, balance_tokens=balance_tokens,
+                           adaptive_memory=adaptive_memory, on_window=progress)
     summaries = summarize_served(served, BASELINE_POLICY)
     click.echo(_describe(trace_path, routing, topology))
-    click.echo(f"{len(served)} windows of {window_tokens} tokens served, each with plans made on the "
-               f"{history} window(s) before it (each older one weighted {decay:g} of the next); medians over "
-               f"the served windows; MoE time simulated on {cluster}")
+    memories = ", ".join(f"{item.memory[0]} by {item.memory[1]:g}" for item in served)
+    click.echo(f"{len(served)} windows of {window_tokens} tokens served, each with plans made on the windows "
+               f"before it: the last {history}, each older one weighted {decay:g} of the next"
+               f"{f' or a longer memory, whichever forecast best (in turn: {memories})' if adaptive_memory else ''}; "
+               f"medians over the served windows; MoE time simulated on {cluster}")
     click.echo(served_table(summaries))
     if per_window:
         rows = [(item.window, summary) for item in served for summary in summarize_served([item], BASELINE_POLICY)]
@@ -211,8 +217,8 @@ def windows(trace_path: Path, nodes: int, gpus_per_node: int, slots_per_gpu: int
         click.echo(json.dumps({
             "window_tokens": window_tokens, "history": history, "decay": decay,
             "summary": {summary.policy: summary.to_dict() for summary in summaries},
-            "windows": [{"window": item.window, **{name: evaluation.to_dict()
-                                                   for name, evaluation in item.evaluations.items()}}
+            "windows": [{"window": item.window, "memory": {"history": item.memory[0], "decay": item.memory[1]},
+                         **{name: evaluation.to_dict() for name, evaluation in item.evaluations.items()}}
                         for item in served],
         }))
 
