@@ -98,7 +98,7 @@ def forecast_error(window_stats: Sequence[RoutingStats], memory: Memory) -> floa
     for every window after the first, the expert load of the windows before it (the last `history`,
     decayed) against its own, each as shares of its layer's load, their L1 distance averaged over
     layers; the mean over those windows. None with fewer than two windows."""
-    history, decay = memory
+    history, decay = positive_int("history", memory[0]), unit_interval("decay", memory[1])
     errors = []
     for served in range(1, len(window_stats)):
         past = window_stats[max(0, served - history):served]

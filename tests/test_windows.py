@@ -145,6 +145,10 @@ def test_forecast_error_is_the_distance_of_load_shares_from_the_windows_before()
     # Window 1 is forecast by window 0 alone (1.0); window 2 by windows 0 and 1 alike, i.e. 1:1 (0.5).
     assert forecast_error(swinging[:3], (6, 1.0)) == pytest.approx((1.0 + 0.5) / 2)
     assert forecast_error(swinging[:1], (1, 0.0)) is None
+    with pytest.raises(PlacementError, match="history must be a positive integer"):
+        forecast_error(swinging, (0, 0.5))
+    with pytest.raises(PlacementError, match="decay must be in"):
+        forecast_error(swinging, (3, 1.5))
 
 
 def test_chosen_memory_is_long_on_a_stationary_mix_and_short_on_drift() -> None:
