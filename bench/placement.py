@@ -43,7 +43,7 @@ from switchyard.placement.compare import compare_policies
 from switchyard.placement.cost import PRESETS, ClusterSpec
 from switchyard.placement.evaluate import Evaluation, balancedness, evaluate
 from switchyard.placement.formats import load_trace
-from switchyard.placement.policies import get_policy, policy_names
+from switchyard.placement.policies import Policy, get_policy, policy_names
 from switchyard.placement.routing import DEFAULT_RULE, RULES
 from switchyard.placement.stats import RoutingStats
 from switchyard.placement.synthetic import synthetic_trace
@@ -250,7 +250,7 @@ def _rule_family_table(trace, results, num_nodes: int) -> str:
 def _windows(trace, topology: Topology, emit: Callable[[str], None], label: str) -> dict:
     """Serve the trace window by window with EPLB and affinity; the per-window table and figures."""
     cluster = PRESETS[CLUSTER]
-    policies = {"eplb": get_policy("eplb"), "affinity": get_policy("affinity", cluster=cluster)}
+    policies = _served_policies(cluster)
     started = time.perf_counter()
     served = serve_windows(trace, topology, policies, WINDOW_TOKENS, DECAY, HISTORY, cluster)
     seconds = time.perf_counter() - started
@@ -278,6 +278,11 @@ def _windows(trace, topology: Topology, emit: Callable[[str], None], label: str)
                         "last window": served_medians(last_only, "affinity", cluster),
                         "adaptive": served_medians(adaptive, "affinity", cluster)},
             "memories": [item.memory for item in adaptive]}
+
+
+def _served_policies(cluster: ClusterSpec) -> dict[str, Policy]:
+    """The two policies every served window compares: EPLB, and affinity planning for `cluster`."""
+    return {"eplb": get_policy("eplb"), "affinity": get_policy("affinity", cluster=cluster)}
 
 
 def served_medians(served: list[ServedWindow], name: str, cluster: ClusterSpec) -> dict[str, float]:
@@ -317,7 +322,7 @@ def memory_section(cells: list[dict], emit: Callable[[str], None]) -> None:
     default's history and decay, or a longer memory, by `windows.chosen_memory`), per cell, and on
     synthetic seeds that no other section serves."""
     cluster = PRESETS[CLUSTER]
-    policies = {"eplb": get_policy("eplb"), "affinity": get_policy("affinity", cluster=cluster)}
+    policies = _served_policies(cluster)
     checks = []
     for seed in MEMORY_CHECK_SEEDS:
         trace = synthetic_trace(*SYNTH_SHAPE, seq_len=SYNTH_SEQ_LEN, seed=seed)

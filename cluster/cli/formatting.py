@@ -79,9 +79,9 @@ def comparison_table(results: Sequence[PolicyResult], baseline: str = BASELINE_P
 
 
 # How a served-windows summary sets each figure of `_METRICS` against the baseline's: the field holding
-# the median, and whether it is a difference (balance) or a ratio.
-_AGAINST = {"balancedness": ("balance_gap", "gap to"), "gpus_per_token": ("gpus_ratio", "vs"),
-            "remote_nodes_per_token": ("remote_ratio", "vs"), "layer_time_s": ("time_ratio", "vs")}
+# the median, the header's word before the baseline, and the format: a difference (balance) or a ratio.
+_AGAINST = {"balancedness": ("balance_gap", "gap to", "{:+.3f}"), "gpus_per_token": ("gpus_ratio", "vs", "{:.2f}x"),
+            "remote_nodes_per_token": ("remote_ratio", "vs", "{:.2f}x"), "layer_time_s": ("time_ratio", "vs", "{:.2f}x")}
 
 
 def served_table(summaries: Sequence[ServedSummary], baseline: str = BASELINE_POLICY,
@@ -106,9 +106,9 @@ def served_table(summaries: Sequence[ServedSummary], baseline: str = BASELINE_PO
         for _, attribute, scale, digits in metrics:
             row.append(f"{getattr(summary, attribute) * scale:.{digits}f}")
             if compared:
-                field, kind = _AGAINST[attribute]
+                field, _, shown = _AGAINST[attribute]
                 value = getattr(summary, field)
-                row.append("-" if value is None else f"{value:+.3f}" if kind == "gap to" else f"{value:.2f}x")
+                row.append("-" if value is None else shown.format(value))
         if compared and timed:
             row.append(f"{summary.faster:.0%}")
         rows.append(row)

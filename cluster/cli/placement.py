@@ -203,10 +203,12 @@ def windows(trace_path: Path, nodes: int, gpus_per_node: int, slots_per_gpu: int
                            adaptive_memory=adaptive_memory, on_window=progress)
     summaries = summarize_served(served, BASELINE_POLICY)
     click.echo(_describe(trace_path, routing, topology))
-    memories = ", ".join(f"{item.memory[0]} by {item.memory[1]:g}" for item in served)
+    chosen = ""
+    if adaptive_memory:
+        memories = ", ".join(f"{item.memory[0]} by {item.memory[1]:g}" for item in served)
+        chosen = f" or a longer memory, whichever forecast best (in turn: {memories})"
     click.echo(f"{len(served)} windows of {window_tokens} tokens served, each with plans made on the windows "
-               f"before it: the last {history}, each older one weighted {decay:g} of the next"
-               f"{f' or a longer memory, whichever forecast best (in turn: {memories})' if adaptive_memory else ''}; "
+               f"before it: the last {history}, each older one weighted {decay:g} of the next{chosen}; "
                f"medians over the served windows; MoE time simulated on {cluster}")
     click.echo(served_table(summaries))
     if per_window:
