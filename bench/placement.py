@@ -8,12 +8,13 @@ DeepSeek-V3 scale beside vLLM's `DefaultEplbPolicy`, in one run.
 Prints markdown tables as it goes and writes them, with the command that produced them, to `--out`,
 and the per-window figure to `--figure`. Every cell is a trace x layout (1 x 8, 2 x 4, 4 x 2 GPUs)
 x slots per GPU (8, 9):
-- windows: plan on window i (1000 tokens; the last `HISTORY` windows, decayed by `DECAY`), serve
-  window i + 1 (`placement.windows.serve_windows`); affinity plans for the `h100` preset;
+- windows: plan on window i (1000 tokens; the last `HISTORY` windows decayed by `DECAY`, or a longer
+  memory where it forecasts the past windows better, `ADAPTIVE_MEMORY`, as the live rebalancer
+  does), serve window i + 1 (`placement.windows.serve_windows`); affinity plans for the `h100` preset;
 - half/half: plan on the first half, evaluate on the second (`compare_policies`);
 - planning on several windows against the last one alone (the live rebalancer's `--stats-history`);
 - the memory chosen per window by how well it forecasts the past windows' load (`adaptive_memory`),
-  against the default, on every cell and on synthetic seeds nothing else runs on;
+  against the fixed memory, on every cell and on synthetic seeds nothing else runs on;
 - the targets of issue 17 per cell, each marked met or missed (the DeepSeek-V3 sections run in a process
   started afresh, as `switchyard placement plan` does);
 - the rule family: every policy's half/half plan routed by each rule of `routing.RULES`, the test
@@ -49,15 +50,15 @@ from switchyard.placement.stats import RoutingStats
 from switchyard.placement.synthetic import synthetic_trace
 from switchyard.placement.topology import Topology
 from switchyard.placement.trace import RoutingTrace
-from switchyard.placement.windows import (LONGER_MEMORIES, PLANNING_DECAY, PLANNING_HISTORY, WINDOW_TOKENS,
-                                          ServedWindow, serve_windows, summarize_served)
+from switchyard.placement.windows import (ADAPTIVE_MEMORY, LONGER_MEMORIES, PLANNING_DECAY, PLANNING_HISTORY,
+                                          WINDOW_TOKENS, ServedWindow, serve_windows, summarize_served)
 
 REPO = Path(__file__).resolve().parents[1]
 ESFT_TASKS = ("intent", "law")
 ESFT_GPUS = ((1, 8), (2, 4), (4, 2))  # (nodes, GPUs per node): 8 GPUs in every case
 ESFT_SLOTS_PER_GPU = (8, 9)  # 64 slots (one per expert) and 72 (8 redundant replicas)
 CLUSTER = "h100"
-DECAY, HISTORY = PLANNING_DECAY, PLANNING_HISTORY  # what the live rebalancer plans on
+DECAY, HISTORY = PLANNING_DECAY, PLANNING_HISTORY  # what the live rebalancer plans on, with ADAPTIVE_MEMORY
 RUNTIME_BATCH = 256
 
 # Issue 17's targets (affinity against EPLB, same slots).
@@ -248,14 +249,19 @@ def _rule_family_table(trace, results, num_nodes: int) -> str:
 
 
 def _windows(trace, topology: Topology, emit: Callable[[str], None], label: str) -> dict:
-    """Serve the trace window by window with EPLB and affinity; the per-window table and figures."""
+    """Serve the trace window by window with EPLB and affinity, planned on the live rebalancer's
+    memory (`ADAPTIVE_MEMORY`); the per-window table and figures, and the medians with the memory fixed
+    and with the last window alone."""
     cluster = PRESETS[CLUSTER]
     policies = _served_policies(cluster)
     started = time.perf_counter()
-    served = serve_windows(trace, topology, policies, WINDOW_TOKENS, DECAY, HISTORY, cluster)
+    served = serve_windows(trace, topology, policies, WINDOW_TOKENS, DECAY, HISTORY, cluster,
+                           adaptive_memory=ADAPTIVE_MEMORY)
     seconds = time.perf_counter() - started
+    other = serve_windows(trace, topology, policies, WINDOW_TOKENS, DECAY, HISTORY, cluster,
+                          adaptive_memory=not ADAPTIVE_MEMORY)
+    fixed, adaptive = (other, served) if ADAPTIVE_MEMORY else (served, other)
     last_only = serve_windows(trace, topology, policies, WINDOW_TOKENS, 0.0, 1, cluster)
-    adaptive = serve_windows(trace, topology, policies, WINDOW_TOKENS, DECAY, HISTORY, cluster, adaptive_memory=True)
     rows, time_ratios, balance_gaps, bound_ratios, balanced_ratios = [], [], [], [], []
     for item in served:
         affinity, eplb = item.evaluations["affinity"], item.evaluations["eplb"]
@@ -270,11 +276,13 @@ def _windows(trace, topology: Topology, emit: Callable[[str], None], label: str)
                      f"{time_ratios[-1]:.2f}x"])
     headers = ["window", "EPLB bal.", "affinity bal.", "gap", "EPLB GPUs", "affinity GPUs", "EPLB ms",
                "affinity ms", "time vs eplb"]
-    emit(f"Served windows ({WINDOW_TOKENS} tokens; plan on the last {HISTORY} windows decayed by {DECAY}, "
+    memory = " or a longer memory where it forecasts better" if ADAPTIVE_MEMORY else ""
+    emit(f"Served windows ({WINDOW_TOKENS} tokens; plan on the last {HISTORY} windows decayed by {DECAY}{memory}, "
          f"serve the next; {seconds:.0f} s):\n\n" + markdown_table(headers, rows, numeric_from=1))
     return {"label": label, "time_ratios": time_ratios, "balance_gaps": balance_gaps,
             "bound_ratios": bound_ratios, "balanced_ratios": balanced_ratios,
-            "history": {"default": served_medians(served, "affinity", cluster),
+            "history": {"served": served_medians(served, "affinity", cluster),
+                        "fixed": served_medians(fixed, "affinity", cluster),
                         "last window": served_medians(last_only, "affinity", cluster),
                         "adaptive": served_medians(adaptive, "affinity", cluster)},
             "memories": [item.memory for item in adaptive]}
@@ -298,18 +306,19 @@ def served_medians(served: list[ServedWindow], name: str, cluster: ClusterSpec) 
 
 def history_section(cells: list[dict], emit: Callable[[str], None]) -> None:
     """What planning on several past windows buys over the last one alone, per cell: the default of
-    the live rebalancer (`switchyard serve --stats-history`, `--stats-decay`) against `--stats-history 1`."""
+    the live rebalancer (`switchyard serve --stats-history`, `--stats-decay`) against `--stats-history 1`,
+    both with the memory fixed (`--fixed-memory`)."""
     emit("## Planning on several windows")
     emit(f"The same served windows, every policy planned on the last window alone (`--stats-history 1`) and on "
-         f"the last {HISTORY} decayed by {DECAY} (the default of `bench.placement` and of the live rebalancer). "
-         "Medians over windows: affinity's balancedness, its gap to EPLB's (EPLB planned the same way), "
-         "its MoE time over EPLB's.")
+         f"the last {HISTORY} decayed by {DECAY} (the live rebalancer's history and decay), both with the "
+         "memory fixed (`--fixed-memory`). Medians over windows: affinity's balancedness, its gap to EPLB's "
+         "(EPLB planned the same way), its MoE time over EPLB's.")
     rows = []
     for cell in cells:
-        last, default = cell["history"]["last window"], cell["history"]["default"]
-        rows.append([cell["label"], f"{last['balance']:.3f}", f"{default['balance']:.3f}",
-                     f"{default['balance'] - last['balance']:+.3f}", f"{last['gap']:+.3f}", f"{default['gap']:+.3f}",
-                     f"{last['time']:.3f}x", f"{default['time']:.3f}x"])
+        last, several = cell["history"]["last window"], cell["history"]["fixed"]
+        rows.append([cell["label"], f"{last['balance']:.3f}", f"{several['balance']:.3f}",
+                     f"{several['balance'] - last['balance']:+.3f}", f"{last['gap']:+.3f}", f"{several['gap']:+.3f}",
+                     f"{last['time']:.3f}x", f"{several['time']:.3f}x"])
     emit(markdown_table(["cell", "bal., last window", f"bal., last {HISTORY}", "change", "gap, last window",
                          f"gap, last {HISTORY}", "time, last window", f"time, last {HISTORY}"], rows, numeric_from=1))
 
@@ -331,26 +340,26 @@ def memory_section(cells: list[dict], emit: Callable[[str], None]) -> None:
             served = {adaptive: serve_windows(trace, topology, policies, WINDOW_TOKENS, DECAY, HISTORY, cluster,
                                               adaptive_memory=adaptive) for adaptive in (False, True)}
             checks.append({"label": f"synthetic seed {seed} {nodes}x{gpus_per_node}x9 (check)",
-                           "history": {"default": served_medians(served[False], "affinity", cluster),
+                           "history": {"fixed": served_medians(served[False], "affinity", cluster),
                                        "adaptive": served_medians(served[True], "affinity", cluster)},
                            "memories": [item.memory for item in served[True]]})
     emit("## Memory chosen by forecast")
-    emit(f"The same served windows, every policy planned on the last {HISTORY} windows decayed by {DECAY} (the "
-         f"default) and on the memory chosen before each window (`serve_windows(adaptive_memory=True)`): that "
-         f"default or one of `windows.LONGER_MEMORIES` {LONGER_MEMORIES} (history, decay), whichever forecasts the "
+    emit(f"The same served windows, every policy planned on the last {HISTORY} windows decayed by {DECAY} (fixed, "
+         f"`--fixed-memory`) and on the memory chosen before each window (`serve_windows(adaptive_memory=True)`, "
+         f"the live rebalancer's default `--adaptive-memory`): that memory or one of `windows.LONGER_MEMORIES` {LONGER_MEMORIES} (history, decay), whichever forecasts the "
          "expert load of the windows before it best (`windows.chosen_memory`). Medians over windows of "
          "affinity's gap to EPLB's balancedness (EPLB planned the same way), its MoE time and GPUs per token "
          "over EPLB's; `chosen` lists each window's memory. The check rows are synthetic seeds that no other "
          "section serves.")
     rows = []
     for cell in cells + checks:
-        default, adaptive = cell["history"]["default"], cell["history"]["adaptive"]
-        rows.append([cell["label"], f"{default['gap']:+.3f}", f"{adaptive['gap']:+.3f}",
-                     f"{adaptive['gap'] - default['gap']:+.3f}", f"{default['time']:.3f}x", f"{adaptive['time']:.3f}x",
-                     f"{default['gpus']:.3f}x", f"{adaptive['gpus']:.3f}x",
+        fixed, adaptive = cell["history"]["fixed"], cell["history"]["adaptive"]
+        rows.append([cell["label"], f"{fixed['gap']:+.3f}", f"{adaptive['gap']:+.3f}",
+                     f"{adaptive['gap'] - fixed['gap']:+.3f}", f"{fixed['time']:.3f}x", f"{adaptive['time']:.3f}x",
+                     f"{fixed['gpus']:.3f}x", f"{adaptive['gpus']:.3f}x",
                      " ".join(f"{h}/{d:g}" for h, d in cell["memories"])])
-    emit(markdown_table(["cell", "gap, default", "gap, chosen", "change", "time, default", "time, chosen",
-                         "GPUs, default", "GPUs, chosen", "chosen (history/decay)"], rows, numeric_from=1))
+    emit(markdown_table(["cell", "gap, fixed", "gap, chosen", "change", "time, fixed", "time, chosen",
+                         "GPUs, fixed", "GPUs, chosen", "chosen (history/decay)"], rows, numeric_from=1))
 
 
 def balanced_time_bound(evaluation: Evaluation, topology: Topology, cluster: ClusterSpec) -> float:
@@ -398,7 +407,7 @@ def targets_section(cells: list[dict], v3_affinity_s: float, emit: Callable[[str
 
     rows, met_count, total = [], 0, 0
     for cell in cells:
-        served = cell["history"]["default"]
+        served = cell["history"]["served"]
         gap, ratio, wins = served["gap"], served["time"], served["faster"]
         half_a, half_e = cell["half_affinity"], cell["half_eplb"]
         gpu_ratio = half_a.gpus_per_token / half_e.gpus_per_token

@@ -8,7 +8,8 @@ trade them: what a pick above the load cap costs (`AffinityPolicy(cluster=...)` 
 `ClusterSpec.overload_weight`, the model's compute time of a pick over a GPU per token's NVLink time;
 without a cluster the cap comes first), and what the cap is held on (each past window, the default, or
 each batch of it: `serve_windows(balance_tokens=...)`). This benchmark serves every cell of
-`bench.placement` (same windows, decay, history and rule) with the knobs at several positions, from
+`bench.placement` (same windows, decay, history and rule; the memory held fixed, `--fixed-memory`, so
+that only the knob moves) with the knobs at several positions, from
 cheaper than the model's price to the cap first at zero imbalance, and prints per position the medians
 over windows of the three figures against EPLB, each marked against its target. A cell where no
 position meets all three shows where the targets conflict for this policy; the model's own price (x1)
@@ -109,7 +110,8 @@ def main() -> None:
              provenance(command_line("bench.placement_frontier"), ("numpy",)), ""]
     emit = _emitter(lines)
     started = time.perf_counter()
-    emit(f"Windows of {WINDOW_TOKENS} tokens; plan on the last {HISTORY} decayed by {DECAY}, serve the next; "
+    emit(f"Windows of {WINDOW_TOKENS} tokens; plan on the last {HISTORY} decayed by {DECAY} (the memory fixed), "
+         "serve the next; "
          f"rule `{DEFAULT_RULE.name}`; MoE time on `{CLUSTER}`. Per position the medians over served windows "
          f"of affinity's balancedness minus EPLB's (target >= -{BALANCE_GAP}), its MoE time over EPLB's "
          f"(<= {TIME_RATIO}x) and its GPUs per token over EPLB's (<= {1 - GPU_CUT[8]:.2f}x with 8 slots, "

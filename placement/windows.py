@@ -13,8 +13,9 @@ it on each such batch of the past instead (docs/placement.md, "Balance per batch
 Windows are cut at token boundaries, not sequence boundaries (a sequence may straddle two windows, as
 traffic does in a live window); a last window shorter than `window_tokens` is dropped.
 
-`PLANNING_HISTORY` and `PLANNING_DECAY` are what the live rebalancer plans on (the state store's last
-windows, `switchyard serve --stats-history / --stats-decay`) and what `bench.placement` measures.
+`PLANNING_HISTORY`, `PLANNING_DECAY` and `ADAPTIVE_MEMORY` are what the live rebalancer plans on (the
+state store's last windows, `switchyard serve --stats-history / --stats-decay / --adaptive-memory`,
+through `planning_stats`) and what `bench.placement` measures.
 """
 
 from __future__ import annotations
@@ -52,6 +53,14 @@ LONGER_MEMORIES: tuple[Memory, ...] = ((6, 0.75), (6, 1.0))
 """What `chosen_memory` may pick besides the memory given: the last 6 windows, decayed by 0.75 or
 weighted alike (round values, not fitted). Longer memory forecasts a stationary mix of traffic better,
 a drifting one worse (docs/placement.md, "Memory chosen by forecast")."""
+ADAPTIVE_MEMORY = True
+"""Whether each plan chooses its memory by forecast (`planning_stats`): the live rebalancer's default
+(`switchyard serve --adaptive-memory`) and what `bench.placement` measures. On the benchmark's served
+windows it narrowed affinity's balance gap to EPLB in 8 of 12 ESFT cells and on 5 of 6 synthetic ones
+(docs/placement.md, "Memory chosen by forecast")."""
+FORECAST_WINDOWS = 12
+"""The most past windows, the newest, that `planning_stats` scores memories on: six served windows for
+the longest of `LONGER_MEMORIES` to forecast; what the live rebalancer reads from the state store."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -128,6 +137,22 @@ def chosen_memory(window_stats: Sequence[RoutingStats], memories: Sequence[Memor
     return memories[int(np.argmin(errors))]
 
 
+def planning_windows(memory: Memory, adaptive: bool) -> int:
+    """How many of the newest past windows `planning_stats` reads with `memory` and `adaptive`."""
+    return max(memory[0], FORECAST_WINDOWS) if adaptive else memory[0]
+
+
+def planning_stats(past: Sequence[RoutingStats], memory: Memory,
+                   adaptive: bool) -> tuple[RoutingStats, Memory]:
+    """What the plan for the next window is made on, from the windows before it (oldest first), and the
+    memory used: their last `history` decayed (`decayed_stats`) by `memory`, or with `adaptive` by the
+    memory `chosen_memory` picks from `memory` and `LONGER_MEMORIES` on the last `planning_windows`."""
+    past = list(past[-planning_windows(memory, adaptive):])
+    if adaptive:
+        memory = chosen_memory(past, (memory, *LONGER_MEMORIES))
+    return decayed_stats(past[-memory[0]:], memory[1]), memory
+
+
 def serve_windows(trace: RoutingTrace, topology: Topology, policies: Mapping[str, Policy],
                   window_tokens: int = WINDOW_TOKENS, decay: float = 0.0, history: int = 4,
                   cluster: ClusterSpec | None = None, rule: ReplicaRule = DEFAULT_RULE,
@@ -139,7 +164,7 @@ def serve_windows(trace: RoutingTrace, topology: Topology, policies: Mapping[str
     balance_tokens: the planning statistics keep the load of every run of this many tokens of each
         window (module docstring); None: of each window.
     adaptive_memory: before each served window, choose `(history, decay)` or one of
-        `LONGER_MEMORIES` by `chosen_memory` on the windows before it.
+        `LONGER_MEMORIES` by `chosen_memory` on the windows before it (`planning_stats`).
     on_window: called with `(i, n)` before the i-th of the n served windows is planned and served
         (progress on a long trace).
     Returns one `ServedWindow` per window from 1 on; `PlacementError` when the trace has fewer than
@@ -157,9 +182,7 @@ def serve_windows(trace: RoutingTrace, topology: Topology, policies: Mapping[str
     for index in range(1, len(windows)):
         if on_window is not None:
             on_window(index, len(windows) - 1)
-        past = window_stats[:index]
-        memory = chosen_memory(past, ((history, decay), *LONGER_MEMORIES)) if adaptive_memory else (history, decay)
-        stats = decayed_stats(past[-memory[0]:], memory[1])
+        stats, memory = planning_stats(window_stats[:index], (history, decay), adaptive_memory)
         evaluations = {name: evaluate(policy.place(stats, topology), windows[index], cluster, rule)
                        for name, policy in policies.items()}
         served.append(ServedWindow(index, evaluations, memory))

@@ -23,7 +23,8 @@ from switchyard.placement.formats import load_trace, save_trace
 from switchyard.placement.policies import planning_policy, policy_names
 from switchyard.placement.synthetic import synthetic_trace
 from switchyard.placement.topology import Topology
-from switchyard.placement.windows import PLANNING_DECAY, PLANNING_HISTORY, serve_windows, summarize_served
+from switchyard.placement.windows import (ADAPTIVE_MEMORY, PLANNING_DECAY, PLANNING_HISTORY, serve_windows,
+                                          summarize_served)
 
 SCRIPT = Path(sys.executable).parent / "switchyard"
 NUM_LAYERS, NUM_EXPERTS, TOP_K, NUM_TOKENS = 4, 16, 2, 512
@@ -202,21 +203,23 @@ def test_compare_windows_and_json(files) -> None:
 
 
 def test_windows_serves_each_window_with_plans_made_on_the_past(files) -> None:
-    """`placement windows` is `serve_windows` with the live rebalancer's history and decay, summarised
-    against EPLB window by window; the JSON holds the summary and every window's evaluations."""
+    """`placement windows` is `serve_windows` with the live rebalancer's history, decay and memory choice,
+    summarised against EPLB window by window; the JSON holds the summary and every window's evaluations."""
     result = _ok(_invoke("placement", "windows", "--trace", files["trace"], *_topology(2, 2, 5),
                          "--window-tokens", 128, "--policy", "eplb", "--policy", "affinity", "--per-window",
                          "--json"))
     assert "3 windows of 128 tokens served" in result.stdout
     assert "serving window 3 of 3 ..." in result.stderr
     answer = json.loads(result.stdout.strip().splitlines()[-1])
-    assert (answer["history"], answer["decay"]) == (PLANNING_HISTORY, PLANNING_DECAY)
+    assert (answer["history"], answer["decay"], answer["adaptive_memory"]) == \
+        (PLANNING_HISTORY, PLANNING_DECAY, ADAPTIVE_MEMORY)
     assert [window["window"] for window in answer["windows"]] == [1, 2, 3]
-    assert {window["memory"]["history"] for window in answer["windows"]} == {PLANNING_HISTORY}
     cluster = PRESETS[DEFAULTS.cluster_preset]
     served = serve_windows(load_trace(files["trace"]), Topology(2, 2, 5),
                            {name: planning_policy(name, cluster) for name in ("eplb", "affinity")},
-                           128, PLANNING_DECAY, PLANNING_HISTORY, cluster)
+                           128, PLANNING_DECAY, PLANNING_HISTORY, cluster, adaptive_memory=ADAPTIVE_MEMORY)
+    assert [(window["memory"]["history"], window["memory"]["decay"]) for window in answer["windows"]] == \
+        [item.memory for item in served]
     expected = {summary.policy: summary.to_dict() for summary in summarize_served(served, "eplb")}
     assert answer["summary"] == expected  # JSON keeps floats exactly
     assert answer["windows"][2]["affinity"]["gpu_load"] == served[2].evaluations["affinity"].gpu_load.tolist()
@@ -231,15 +234,22 @@ def test_windows_serves_each_window_with_plans_made_on_the_past(files) -> None:
     assert cells[3][3] == f"{window_2['affinity'].balancedness - window_2['eplb'].balancedness:+.3f}"
 
 
-def test_windows_with_adaptive_memory_names_the_memory_of_each_window(files) -> None:
+@pytest.mark.parametrize("adaptive", [True, False], ids=["adaptive", "fixed"])
+def test_windows_names_the_memory_of_each_window(files, adaptive: bool) -> None:
+    """--adaptive-memory names the memory each window was planned on; --fixed-memory plans every one on
+    --history and --decay."""
     result = _ok(_invoke("placement", "windows", "--trace", files["trace"], *_topology(2, 2, 5),
-                         "--window-tokens", 64, "--policy", "eplb", "--adaptive-memory", "--json"))
+                         "--window-tokens", 64, "--policy", "eplb",
+                         "--adaptive-memory" if adaptive else "--fixed-memory", "--json"))
     answer = json.loads(result.stdout.strip().splitlines()[-1])
     served = serve_windows(load_trace(files["trace"]), Topology(2, 2, 5), {"eplb": planning_policy("eplb", None)},
-                           64, PLANNING_DECAY, PLANNING_HISTORY, adaptive_memory=True)
+                           64, PLANNING_DECAY, PLANNING_HISTORY, adaptive_memory=adaptive)
     memories = [(window["memory"]["history"], window["memory"]["decay"]) for window in answer["windows"]]
     assert memories == [item.memory for item in served]
-    assert "whichever forecast best (in turn: " + ", ".join(f"{h} by {d:g}" for h, d in memories) in result.stdout
+    chosen = "whichever forecast best (in turn: " + ", ".join(f"{h} by {d:g}" for h, d in memories)
+    assert (chosen in result.stdout) == adaptive
+    if not adaptive:
+        assert set(memories) == {(PLANNING_HISTORY, PLANNING_DECAY)}
 
 
 def test_plan_for_a_cluster(tmp_path: Path) -> None:

@@ -420,6 +420,30 @@ def test_a_token_window_holds_the_newest_entries(runtime, state_store):
         RuntimeBackend(runtime, store=state_store, stats_decay=1.5)
 
 
+def test_a_rebalance_plans_on_the_memory_that_forecasts_the_store_best(runtime, state_store, caplog):
+    """Eight 100-token windows whose expert mix swings back and forth, a stationary mix: by default
+    (`--adaptive-memory`) a rebalance plans on the last 6 weighted alike (600 tokens), which forecast
+    such a mix best (`placement.windows.planning_stats`); with `--fixed-memory` on the last 3 decayed
+    by 0.5 (100 + 50 + 25 tokens)."""
+    shape = (runtime.spec.num_layers, runtime.spec.num_experts)
+    now = time.time()
+    for k in range(8):
+        load = np.ones(shape)
+        load[:, k % 2] = 8.0
+        state_store.append_stats(f"entry-{k}", RoutingStats.from_load(load, 100.0), now - 80 + 10 * k)
+    planned = {}
+    for adaptive in (True, False):
+        gateway, target = _gateway(RuntimeBackend(runtime, store=state_store, stats_window_tokens=100,
+                                                  adaptive_memory=adaptive))
+        try:
+            with Client(target) as client, caplog.at_level(logging.INFO):
+                planned[adaptive] = client.rebalance().window_tokens
+        finally:
+            gateway.drain(0)
+    assert planned == {True: pytest.approx(600), False: pytest.approx(175)}
+    assert "planning on the last 6 of 8 windows read, each older one weighted 1" in caplog.text
+
+
 def test_the_cluster_preset_is_what_rebalances_model_and_plan_for(runtime):
     """`--cluster`: the preset with the model's sizes (default `h100`); an unknown one is refused."""
     assert RuntimeBackend(runtime).cluster == model_cluster(runtime.spec, "h100")

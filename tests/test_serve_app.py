@@ -202,6 +202,7 @@ def _succeeds(client: Client) -> bool:
     ({"model": "/m", "tls_cert_file": "/c"}, "TLS needs both"),
     ({"model": "/m", "stats_history": 0}, "stats_history must be at least 1"),
     ({"model": "/m", "stats_decay": 2}, "stats_decay must be in [0, 1], got 2.0"),
+    ({"model": "/m", "adaptive_memory": "yes"}, "adaptive_memory='yes' is not of type bool"),
     ({"model": "/m", "balance_tokens": 0}, "balance_tokens must be a positive number, got 0.0"),
     ({"model": "/m", "balance_tokens": 256}, "balance_tokens needs a state store"),
     ({"model": "/m", "cluster": "h200"}, "unknown cluster preset 'h200'"),
@@ -222,6 +223,14 @@ def test_balance_tokens_are_taken_with_a_state_store(monkeypatch):
     monkeypatch.setenv(REDIS_URL_ENV, "redis://127.0.0.1:6379/0")
     assert AppArgs.parse({"model": "/m", "balance_tokens": 256}).balance_tokens == 256.0
     assert AppArgs.parse({"model": "/m"}).balance_tokens is None
+
+
+def test_adaptive_memory_is_a_yaml_boolean():
+    from switchyard.cluster.serving.args import AppArgs
+    from switchyard.cluster.settings import DEFAULTS
+
+    assert AppArgs.parse({"model": "/m", "adaptive_memory": False}).adaptive_memory is False
+    assert AppArgs.parse({"model": "/m"}).adaptive_memory is DEFAULTS.adaptive_memory
 
 
 def test_ray_serve_option_refuses_what_it_cannot_do(model_dir):

@@ -15,7 +15,8 @@ from switchyard.placement.synthetic import synthetic_trace
 from switchyard.placement.topology import Topology
 from switchyard.placement.cost import PRESETS
 from switchyard.placement.windows import (
-    LONGER_MEMORIES, chosen_memory, decayed_stats, forecast_error, serve_windows, split_windows, summarize_served,
+    FORECAST_WINDOWS, LONGER_MEMORIES, chosen_memory, decayed_stats, forecast_error, planning_stats,
+    planning_windows, serve_windows, split_windows, summarize_served,
 )
 
 TRACE = synthetic_trace(2, 16, 2, 3500, seq_len=50, skew=1.0, seed=5)
@@ -160,6 +161,26 @@ def test_chosen_memory_is_long_on_a_stationary_mix_and_short_on_drift() -> None:
     assert chosen_memory(swinging[:1], ((6, 1.0), (1, 0.0))) == (6, 1.0)  # nothing to tell by: the first
     constant = _windows_of([2, 2], [2, 2], [2, 2])
     assert chosen_memory(constant, ((6, 1.0), (1, 0.0))) == (6, 1.0)  # a tie: the first
+
+
+def test_planning_stats_decay_the_chosen_memory_of_the_newest_windows() -> None:
+    """Fixed: the last `history` windows decayed. Adaptive: the memory `chosen_memory` picks on the
+    newest `FORECAST_WINDOWS` only, so a regime that has gone does not vote: on a mix that drifted
+    steadily and then swings back and forth, the swing's windows choose 6 windows weighted alike,
+    though all the windows would choose the short memory."""
+    memories = ((2, 0.5), *LONGER_MEMORIES)
+    drifting = _windows_of(*([12 - k, k] for k in range(12)))
+    swinging = _windows_of(*([3, 1] if k % 2 else [1, 3] for k in range(FORECAST_WINDOWS)))
+    stats, memory = planning_stats(drifting + swinging, (2, 0.5), adaptive=False)
+    assert memory == (2, 0.5)
+    np.testing.assert_allclose(stats.load, 0.5 * swinging[-2].load + swinging[-1].load)
+    assert chosen_memory(drifting + swinging, memories) == (2, 0.5)
+    stats, memory = planning_stats(drifting + swinging, (2, 0.5), adaptive=True)
+    assert memory == chosen_memory(swinging, memories) == (6, 1.0)
+    np.testing.assert_allclose(stats.load, sum(window.load for window in swinging[-6:]))
+    assert planning_stats(drifting, (2, 0.5), adaptive=True)[1] == (2, 0.5)
+    assert (planning_windows((3, 0.5), False), planning_windows((3, 0.5), True)) == (3, FORECAST_WINDOWS)
+    assert planning_windows((20, 0.5), True) == 20
 
 
 def test_serve_windows_with_adaptive_memory_plans_on_the_chosen_memory() -> None:

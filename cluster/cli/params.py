@@ -17,6 +17,7 @@ import click
 
 from switchyard.cluster.errors import exit_code
 from switchyard.placement.compare import TokenWindow
+from switchyard.placement.windows import ADAPTIVE_MEMORY, LONGER_MEMORIES
 
 
 class TokenRangeType(click.ParamType):
@@ -111,6 +112,19 @@ def drop_incomplete_option(command: Callable[..., Any]) -> Callable[..., Any]:
         "--drop-incomplete", is_flag=True,
         help="For .jsonl traces: leave out tokens that lack a record for some layer instead of failing.",
     )(command)
+
+
+def adaptive_memory_option(planner: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`--adaptive-memory/--fixed-memory` (`placement.windows.planning_stats`): whether `planner` (the
+    subject of the help's sentence) chooses its memory by forecast. The command receives
+    `adaptive_memory`."""
+    longer = " or ".join(f"the last {history} windows weighted {decay:g} each" for history, decay in LONGER_MEMORIES)
+    return click.option(
+        "--adaptive-memory/--fixed-memory", default=ADAPTIVE_MEMORY, show_default=True,
+        help=f"{planner} on the history and decay above or on a longer memory ({longer}), whichever "
+             "forecasts the past windows' expert load best (docs/placement.md, \"Memory chosen by forecast\"); "
+             "--fixed-memory: always on the history and decay above.",
+    )
 
 
 def ray_cluster_options(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -21,8 +21,8 @@ import numpy as np
 from click.core import ParameterSource
 
 from switchyard.cluster.cli.params import (
-    INPUT_FILE, OUTPUT_FILE, TOKEN_RANGE, drop_incomplete_option, grpc_errors_exit, topology_options,
-    verbose_option,
+    INPUT_FILE, OUTPUT_FILE, TOKEN_RANGE, adaptive_memory_option, drop_incomplete_option, grpc_errors_exit,
+    topology_options, verbose_option,
 )
 from switchyard.cluster.settings import DEFAULTS, TLS_CA_ENV, TOKEN_ENV
 from switchyard.cluster.cli.formatting import (
@@ -177,9 +177,7 @@ def compare(trace_path: Path, nodes: int, gpus_per_node: int, slots_per_gpu: int
 @_policies_option
 @_cluster_option
 @_balance_tokens_option
-@click.option("--adaptive-memory", is_flag=True,
-              help="Before each window, plan on --history/--decay or on a longer memory (the last 6 windows decayed "
-                   "by 0.75, or weighted alike), whichever forecasts the past windows' expert load best.")
+@adaptive_memory_option("Before each window, plan")
 @click.option("--per-window", is_flag=True, help="Also print every served window's figures, one row per policy.")
 @_json_option
 @drop_incomplete_option
@@ -217,7 +215,7 @@ def windows(trace_path: Path, nodes: int, gpus_per_node: int, slots_per_gpu: int
         click.echo(served_table([summary for _, summary in rows], windows=[window for window, _ in rows]))
     if as_json:
         click.echo(json.dumps({
-            "window_tokens": window_tokens, "history": history, "decay": decay,
+            "window_tokens": window_tokens, "history": history, "decay": decay, "adaptive_memory": adaptive_memory,
             "summary": {summary.policy: summary.to_dict() for summary in summaries},
             "windows": [{"window": item.window, "memory": {"history": item.memory[0], "decay": item.memory[1]},
                          **{name: evaluation.to_dict() for name, evaluation in item.evaluations.items()}}

@@ -17,7 +17,9 @@ from typing import Any
 
 import click
 
-from switchyard.cluster.cli.params import OneLineCommand, UserError, grpc_errors_exit, ray_cluster_options
+from switchyard.cluster.cli.params import (
+    OneLineCommand, UserError, adaptive_memory_option, grpc_errors_exit, ray_cluster_options,
+)
 from switchyard.cluster.cli.preflight import check_serve_options
 from switchyard.cluster.errors import SwitchyardError
 from switchyard.cluster.settings import ADMIN_TOKEN_ENV, DEFAULTS, REDIS_URL_ENV, TOKEN_ENV
@@ -104,6 +106,7 @@ async def serve_until_signalled(config: Any, start_backend: Any, auto: Any = Non
               help="Windows a rebalance plans on; affinity holds its load balance on each (docs/placement.md).")
 @click.option("--stats-decay", type=click.FloatRange(0, 1), default=DEFAULTS.stats_decay, show_default=True,
               help="Weight of each window against the next newer one when a rebalance plans on several.")
+@adaptive_memory_option("Each rebalance plans")
 @click.option("--balance-tokens", type=click.IntRange(min=1), default=None, metavar="N",
               help="Also keep the load of every run of store entries holding N tokens in those windows: affinity "
               "holds its load cap on each run, which buys balance on the next window for locality "
@@ -151,7 +154,7 @@ async def serve_until_signalled(config: Any, start_backend: Any, auto: Any = Non
 def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: int, engines_per_node: int,
           plan_path: Path | None, tokenizer_dir: Path | None, redis: str | None, deployment: str,
           stats_interval_s: float, stats_window_s: float, stats_window_tokens: float | None, stats_history: int,
-          stats_decay: float, balance_tokens: int | None, cluster_preset: str, auto_rebalance: bool, auto_min_balancedness: float,
+          stats_decay: float, adaptive_memory: bool, balance_tokens: int | None, cluster_preset: str, auto_rebalance: bool, auto_min_balancedness: float,
           auto_min_gain: float, auto_interval_s: float, auto_policy: str, host: str, port: int, token: str | None,
           admin_token: str | None, tls_cert: Path | None, tls_key: Path | None, max_queue: int,
           max_batch_requests: int, max_message_bytes: int, grace_s: float, with_dashboard: bool,
@@ -160,7 +163,8 @@ def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: in
 
     The state store (Redis with --redis or $SWITCHYARD_REDIS_URL, else in-process) receives the
     engines' routing statistics every --stats-interval seconds; GetStats reports its newest window, and
-    rebalances plan on its last --stats-history windows, each older one weighted by --stats-decay. At start,
+    rebalances plan on its last --stats-history windows, each older one weighted by --stats-decay, or on a
+    longer memory where that forecasts the store's past windows better (--adaptive-memory). At start,
     when the store has no active plan, the served plan is recorded as epoch 1. When it has one that fits
     the model and nodes, it is served at its epoch (a restart resumes the last rebalance) unless --plan
     is given; a --plan that differs is served with a warning: switching plans live is the rebalancer's
@@ -207,7 +211,8 @@ def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: in
             {"model": str(model_dir), "nodes": nodes, "gpus_per_node": workers_per_node,
              "engines_per_node": engines_per_node, "deployment": deployment, "host": host, "grpc_port": port,
              "metrics_port": metrics_port, "stats_interval_s": stats_interval_s, "stats_window_s": stats_window_s,
-             "stats_history": stats_history, "stats_decay": stats_decay, "balance_tokens": balance_tokens,
+             "stats_history": stats_history, "stats_decay": stats_decay, "adaptive_memory": adaptive_memory,
+             "balance_tokens": balance_tokens,
              "cluster": cluster_preset,
              "plan": str(plan_path) if plan_path is not None else "linear", "max_queue": max_queue,
              "tls_cert_file": str(tls_cert) if tls_cert else None, "tls_key_file": str(tls_key) if tls_key else None},
@@ -252,7 +257,7 @@ def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: in
         backend = RuntimeBackend(runtime, max_queue, tokenizer_dir=tokenizer_dir, store=store,
                                  stats_window_s=stats_window_s, stats_window_tokens=stats_window_tokens,
                                  stats_history=stats_history, stats_decay=stats_decay,
-                                 balance_tokens=balance_tokens, cluster_preset=cluster_preset, supervisor=supervisor)
+                                 adaptive_memory=adaptive_memory, balance_tokens=balance_tokens, cluster_preset=cluster_preset, supervisor=supervisor)
         return backend, shutdown, tuple(publisher.writers)
 
     try:

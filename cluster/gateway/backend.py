@@ -44,7 +44,7 @@ from switchyard.placement.errors import positive_int, unit_interval
 from switchyard.placement.plan import Plan
 from switchyard.placement.proposal import Proposal, expected_balancedness
 from switchyard.placement.stats import RoutingStats
-from switchyard.placement.windows import decayed_stats
+from switchyard.placement.windows import planning_stats, planning_windows
 from switchyard.workers.checkpoints import ModelSpec, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,9 @@ class RuntimeBackend:
     stats_window_tokens: instead, a token window (`switchyard serve --stats-window-tokens`).
     stats_history, stats_decay: rebalances plan on the store's last `stats_history` windows, each
     older one weighted by `stats_decay` (`placement.windows.decayed_stats`: affinity holds its load
-    cap on each); snapshots and GetStats report the newest window alone.  balance_tokens: besides,
+    cap on each); snapshots and GetStats report the newest window alone.  adaptive_memory: instead,
+    each rebalance plans on that memory or a longer one, whichever forecasts the store's last
+    windows best (`placement.windows.planning_stats`; it reads `planning_windows` of them).  balance_tokens: besides,
     each of those windows keeps the load of its runs of store entries holding this many tokens, and
     affinity holds its cap on each run (`switchyard serve --balance-tokens`; needs a store).
     cluster_preset: the hardware preset (`placement.cost.PRESETS`) with the model's sizes that
@@ -173,7 +175,7 @@ class RuntimeBackend:
                  tokenizer_dir: str | Path | None = None, store: StateStore | None = None,
                  stats_window_s: float = DEFAULTS.stats_window_s, stats_window_tokens: float | None = None,
                  stats_history: int = DEFAULTS.stats_history, stats_decay: float = DEFAULTS.stats_decay,
-                 balance_tokens: float | None = None, cluster_preset: str = DEFAULTS.cluster_preset,
+                 adaptive_memory: bool = DEFAULTS.adaptive_memory, balance_tokens: float | None = None, cluster_preset: str = DEFAULTS.cluster_preset,
                  observe_after_s: float = DEFAULTS.observe_after_s, supervisor: Supervisor | None = None) -> None:
         if max_queue_per_engine < 1:
             raise InvalidSetting(f"max_queue_per_engine must be at least 1, got {max_queue_per_engine}")
@@ -187,6 +189,8 @@ class RuntimeBackend:
         self.cluster = model_cluster(runtime.spec, cluster_preset)
         self.runtime, self.store, self.stats_window_s = runtime, store, stats_window_s
         self.stats_window_tokens, self.stats_history, self.stats_decay = stats_window_tokens, stats_history, stats_decay
+        self.adaptive_memory = adaptive_memory
+        self.planning_windows = planning_windows((stats_history, stats_decay), adaptive_memory)
         self.balance_tokens = balance_tokens
         self.tokenizer = load_tokenizer(runtime.spec.model_dir if tokenizer_dir is None else tokenizer_dir)
         self.model = ModelInfo.of_spec(runtime.spec, self.tokenizer is not None)
@@ -302,18 +306,23 @@ class RuntimeBackend:
     async def _statistics(self, planning: bool = False) -> RoutingStats:
         """What snapshots read (and, with `planning`, proposals): without a store, the statistics since
         loading; with one, its newest window (by tokens when configured, else by time), or for planning
-        its last `stats_history` windows decayed, each with its runs of `balance_tokens`; no load when
-        nothing was published."""
+        its last `planning_windows`, each with its runs of `balance_tokens`, decayed by the memory
+        `planning_stats` uses; no load when nothing was published."""
         if self.store is None:  # the engines up now (one gone is left out)
             live = [stats for stats in await self._ask_engines("routing_stats") if stats is not None]
             windows = [merge_engine_stats(live)] if live else []
         else:
             by, size = self._store_window()
-            count, pieces = (self.stats_history, self.balance_tokens) if planning else (1, None)
+            count, pieces = (self.planning_windows, self.balance_tokens) if planning else (1, None)
             windows = await asyncio.to_thread(self.store.windows, by, size, count, None, pieces)
         if not windows:
             return RoutingStats.from_load(np.zeros((self.model.num_layers, self.model.num_experts)), 0.0)
-        return decayed_stats(windows[::-1], self.stats_decay)
+        stats, (history, decay) = planning_stats(windows[::-1], (self.stats_history, self.stats_decay),
+                                                 self.adaptive_memory)
+        if planning:
+            log.info("planning on the last %d of %d windows read, each older one weighted %g", history,
+                     len(windows), decay)
+        return stats
 
     async def rebalance(self, dry_run: bool, policy: str, max_moves: int | None, plan: Plan | None = None,
                         expected_epoch: int | None = None, by: str = "admin") -> RebalanceOutcome:
@@ -370,7 +379,7 @@ class RuntimeBackend:
     async def _proposal(self, policy: str, max_moves: int | None, plan: Plan | None) -> Proposal:
         """From the served plan (`runtime.plan`) to `policy`'s plan on the window, or to `plan`."""
         by, size = self._store_window()
-        where = ("since loading" if self.store is None else f"in the last {size * self.stats_history:g} s"
+        where = ("since loading" if self.store is None else f"in the last {size * self.planning_windows:g} s"
                  if by == "time" else "in the state store")
         return await asyncio.to_thread(plan_proposal, await self._statistics(planning=True), self.runtime.plan,
                                        self.cluster, policy, max_moves, plan, where)

@@ -28,8 +28,8 @@ class AppArgs:
     (unset or empty: no store).  host, grpc_port, health_port, metrics_port: where the gateway listens
     (health_port: a plaintext grpc.health.v1-only port beside a TLS one; 0: none; metrics_port 0:
     no dashboard).  stats_interval_s: between statistics uploads.  stats_window_s, stats_history,
-    stats_decay, balance_tokens: the windows rebalances plan on (`RuntimeBackend`; balance_tokens needs
-    the store).  cluster: the hardware preset rebalances plan for (`placement.cost.PRESETS`).  plan: a
+    stats_decay, adaptive_memory, balance_tokens: the windows rebalances plan on (`RuntimeBackend`;
+    balance_tokens needs the store).  cluster: the hardware preset rebalances plan for (`placement.cost.PRESETS`).  plan: a
     plan JSON file, or a policy name.  token_file, admin_token_file, tls_cert_file, tls_key_file: files
     of the secrets."""
 
@@ -48,6 +48,7 @@ class AppArgs:
     stats_window_s: float = DEFAULTS.stats_window_s
     stats_history: int = DEFAULTS.stats_history
     stats_decay: float = DEFAULTS.stats_decay
+    adaptive_memory: bool = DEFAULTS.adaptive_memory
     balance_tokens: float | None = None
     cluster: str = DEFAULTS.cluster_preset
     plan: str = "linear"
@@ -72,6 +73,10 @@ class AppArgs:
             try:
                 if value is None and "None" in kind:
                     values[name] = None
+                elif kind == "bool":
+                    if not isinstance(value, bool):
+                        raise ValueError(value)
+                    values[name] = value
                 elif kind.startswith("int"):
                     if isinstance(value, bool) or float(value) != int(value):
                         raise ValueError(value)

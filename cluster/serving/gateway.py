@@ -114,7 +114,8 @@ class GatewayReplica:
         store = open_state_store(store_url, args.deployment) if store_url else None
         self.backend = ServeBackend(runtime, self.pool, max_queue_per_engine=args.max_queue, store=store,
                                     stats_window_s=args.stats_window_s, stats_history=args.stats_history,
-                                    stats_decay=args.stats_decay, balance_tokens=args.balance_tokens,
+                                    stats_decay=args.stats_decay, adaptive_memory=args.adaptive_memory,
+                                    balance_tokens=args.balance_tokens,
                                     cluster_preset=args.cluster)
         self.server.attach(self.backend)
         if args.metrics_port:
