@@ -72,6 +72,8 @@ class Proposal:
     migration: the copies from `current` to `proposed`.  bytes_moved: their bytes at the cluster's
     expert size.  before / after: the figures of `current` / `proposed` on the window.
     evaluated_tokens: one-token sequences rebuilt from the window's sets, over all layers.
+    memory: `(windows, decay)`, where the caller knows it: the statistics merge the last `windows`
+    windows, each older one weighted `decay` (`placement.windows.planning_stats`).
     """
 
     policy: str
@@ -83,6 +85,7 @@ class Proposal:
     after: PlanMetrics
     window_tokens: float
     evaluated_tokens: int
+    memory: tuple[int, float] | None = None
 
     @property
     def copies_per_layer(self) -> np.ndarray:
@@ -93,7 +96,8 @@ class Proposal:
         return {"policy": self.policy, "replicas_moved": self.migration.num_copies,
                 "replicas_moved_per_layer": self.copies_per_layer.tolist(), "bytes_to_copy": self.bytes_moved,
                 "current": self.before.to_dict(), "proposed": self.after.to_dict(),
-                "window_tokens": self.window_tokens, "evaluated_tokens": self.evaluated_tokens}
+                "window_tokens": self.window_tokens, "evaluated_tokens": self.evaluated_tokens,
+                "memory": None if self.memory is None else {"windows": self.memory[0], "decay": self.memory[1]}}
 
 
 def propose(stats: RoutingStats, current: Plan, policy_name: str = DEFAULT_POLICY, max_moves: int | None = None,

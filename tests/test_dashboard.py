@@ -196,6 +196,7 @@ def test_page_renders_every_panel_with_data(scenario):
                f"every panel drawn: {_panels(driver)}", timeout_s=60)
     driver.find_element("id", "dry-run-button").click()
     wait_until(lambda: _panels(driver)["dry-run"] == "true", "the dry run's table", timeout_s=120)
+    assert "window(s), each older one weighted" in driver.find_element("id", "dry-run-result").text
     _screenshot(driver, "dashboard-after-rebalance.png")
 
     load = np.array([list(layer.expert_load) for layer in client.stats().layers])
@@ -237,7 +238,8 @@ def test_dashboard_against_a_running_gateway(scenario):
         assert view.epoch == 2 and view.cross_node_bytes() == stats.traffic.cross_node_bytes
         assert view.requests.started == scenario["requests"] and len(view.rebalances()) == 1
         assert view.rebalances()[0]["observed"] is not None
-        assert asyncio.run(source.dry_run("eplb", None))["policy"] == "eplb"
+        dry_run = asyncio.run(source.dry_run("eplb", None))
+        assert dry_run["policy"] == "eplb" and dry_run["memory"]["windows"] >= 1  # the windows it planned on
         user_only = ClientSource(client)
         with pytest.raises(Exception, match="admin token"):
             asyncio.run(user_only.dry_run("eplb", None))

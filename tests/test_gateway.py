@@ -393,16 +393,16 @@ def test_a_token_window_holds_the_newest_entries(runtime, state_store):
     """`--stats-window-tokens 100`: of an old entry (500 tokens) and a new one (100 tokens), GetStats sees
     only the new one, and a rebalance plans on both windows, the older one weighted by --stats-decay
     (0.5: 100 + 0.5 * 500 tokens), or on the new one alone with --stats-history 1; a time window of
-    600 s holds both."""
+    600 s holds both. The proposal names how many windows it merged (at most as many as there are)."""
     shape = (runtime.spec.num_layers, runtime.spec.num_experts)
     now = time.time()
     state_store.append_stats("old", RoutingStats.from_load(np.full(shape, 5.0), 500.0), now - 100)
     state_store.append_stats("new", RoutingStats.from_load(np.full(shape, 1.0), 100.0), now)
-    cases = ((RuntimeBackend(runtime, store=state_store, stats_window_tokens=100), 100, 0, 100, 350),
-             (RuntimeBackend(runtime, store=state_store, stats_window_tokens=100, stats_history=1), 100, 0, 100, 100),
-             (RuntimeBackend(runtime, store=state_store, stats_window_s=600), 600, 600, 0, 600),
-             (RuntimeBackend(runtime, store=state_store, stats_window_s=60, stats_decay=0.25), 100, 60, 0, 225))
-    for backend, tokens, window_s, window_tokens, planned_tokens in cases:
+    cases = ((RuntimeBackend(runtime, store=state_store, stats_window_tokens=100), 100, 0, 100, 350, 2),
+             (RuntimeBackend(runtime, store=state_store, stats_window_tokens=100, stats_history=1), 100, 0, 100, 100, 1),
+             (RuntimeBackend(runtime, store=state_store, stats_window_s=600), 600, 600, 0, 600, 1),
+             (RuntimeBackend(runtime, store=state_store, stats_window_s=60, stats_decay=0.25), 100, 60, 0, 225, 2))
+    for backend, tokens, window_s, window_tokens, planned_tokens, merged in cases:
         gateway, target = _gateway(backend)
         try:
             with Client(target) as client:
@@ -410,6 +410,7 @@ def test_a_token_window_holds_the_newest_entries(runtime, state_store):
                 proposal = client.rebalance()
             assert (stats.num_tokens, stats.window_seconds, stats.window_tokens) == (tokens, window_s, window_tokens)
             assert proposal.window_tokens == planned_tokens and not proposal.applied
+            assert proposal.planned_windows == merged
         finally:
             gateway.drain(0)
     with pytest.raises(ValueError, match="stats_window_tokens must be positive"):
@@ -437,10 +438,15 @@ def test_a_rebalance_plans_on_the_memory_that_forecasts_the_store_best(runtime, 
                                                   adaptive_memory=adaptive))
         try:
             with Client(target) as client, caplog.at_level(logging.INFO):
-                planned[adaptive] = client.rebalance().window_tokens
+                proposal = client.rebalance()
+            planned[adaptive] = (proposal.window_tokens, proposal.planned_windows, proposal.planned_decay)
+            if adaptive:  # `placement rebalance` says which windows it planned on
+                result = CliRunner().invoke(main, ["placement", "rebalance", "--server", target])
+                assert "on 600 tokens of statistics (the last 6 window(s), each older one weighted 1 of the next)" \
+                    in result.output
         finally:
             gateway.drain(0)
-    assert planned == {True: pytest.approx(600), False: pytest.approx(175)}
+    assert planned == {True: (pytest.approx(600), 6, 1.0), False: (pytest.approx(175), 3, 0.5)}
     assert "planning on the last 6 of 8 windows read, each older one weighted 1" in caplog.text
 
 
@@ -464,9 +470,10 @@ def test_balance_tokens_keep_the_runs_of_entries_a_rebalance_plans_on(runtime, s
     for index in range(4):
         state_store.append_stats("engine", RoutingStats.from_load(np.full(shape, index + 1.0), 100.0), now - 3 + index)
     backend = RuntimeBackend(runtime, store=state_store, stats_window_tokens=200, balance_tokens=100)
-    planning = asyncio.run(backend._statistics(planning=True))
+    planning, memory = asyncio.run(backend._statistics(planning=True))
     np.testing.assert_array_equal(planning.window_load[:, 0, 0], [0.5, 1.0, 3.0, 4.0])
-    assert asyncio.run(backend._statistics()).window_load is None
+    assert memory == (2, 0.5)
+    assert asyncio.run(backend._statistics())[0].window_load is None
     gateway, target = _gateway(backend)
     try:
         with Client(target) as client:

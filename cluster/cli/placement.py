@@ -343,7 +343,10 @@ def rebalance(ctx: click.Context, server: str, policy: str, max_moves: int | Non
         answer = client.rebalance(apply=False, policy=policy, max_moves=max_moves, plan_json=plan_json)
         summary = rebalance_summary(answer)
         source = f"the plan in {plan_path}" if plan_path is not None else policy
-        _show_then_apply(f"{source} on {summary['window_tokens']:.0f} tokens of statistics", summary,
+        memory = summary["memory"]
+        merged = "" if memory is None else (f" (the last {memory['windows']} window(s), each older one weighted "
+                                            f"{memory['decay']:g} of the next)")
+        _show_then_apply(f"{source} on {summary['window_tokens']:.0f} tokens of statistics{merged}", summary,
                          apply, yes, as_json, "rebalance",
                          lambda: client.rebalance(apply=True, policy=policy, max_moves=max_moves,
                                                   plan_json=answer.plan_json, expected_epoch=answer.epoch))
@@ -419,7 +422,9 @@ def rebalance_summary(answer: Any) -> dict[str, Any]:
             "replicas_moved_per_layer": list(answer.replicas_moved_per_layer),
             "bytes_to_copy": answer.bytes_to_copy, "current": metrics(answer.current),
             "proposed": metrics(answer.proposed), "window_tokens": answer.window_tokens,
-            "evaluated_tokens": answer.evaluated_tokens, "plan": json.loads(answer.plan_json)}
+            "evaluated_tokens": answer.evaluated_tokens,
+            "memory": {"windows": answer.planned_windows, "decay": answer.planned_decay}
+            if answer.planned_windows else None, "plan": json.loads(answer.plan_json)}
 
 
 def _describe(trace_path: Path, routing: RoutingTrace, topology: Topology) -> str:

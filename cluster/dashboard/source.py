@@ -53,11 +53,14 @@ class Source(Protocol):
 
 
 def proposal_dict(epoch: int, policy: str, current: dict[str, Any], proposed: dict[str, Any], moved: int,
-                  moved_per_layer: list[int], bytes_to_copy: int, window_tokens: float) -> dict[str, Any]:
-    """The dry-run panel's JSON: the current and proposed plans' figures and the copies between them."""
+                  moved_per_layer: list[int], bytes_to_copy: int, window_tokens: float,
+                  memory: tuple[int, float] | None) -> dict[str, Any]:
+    """The dry-run panel's JSON: the current and proposed plans' figures and the copies between them,
+    and the statistics planned on (`memory`: how many windows, each older one weighted by the decay)."""
     return {"epoch": epoch, "policy": policy, "current": current, "proposed": proposed, "replicas_moved": moved,
             "replicas_moved_per_layer": moved_per_layer, "bytes_to_copy": bytes_to_copy,
-            "window_tokens": window_tokens}
+            "window_tokens": window_tokens,
+            "memory": None if memory is None else {"windows": memory[0], "decay": memory[1]}}
 
 
 class BackendSource:
@@ -99,7 +102,7 @@ class BackendSource:
         proposal = outcome.proposal
         return proposal_dict(outcome.epoch, proposal.policy, proposal.before.to_dict(), proposal.after.to_dict(),
                              proposal.migration.num_copies, proposal.copies_per_layer.tolist(),
-                             proposal.bytes_moved, proposal.window_tokens)
+                             proposal.bytes_moved, proposal.window_tokens, proposal.memory)
 
 
 def totals_of_proto(message: Any) -> RequestTotals:
@@ -158,4 +161,5 @@ class ClientSource:
                     for key in ("balancedness", "gpus_per_token", "remote_nodes_per_token", "layer_time_s")}
 
         return proposal_dict(r.epoch, r.policy, figures(r.current), figures(r.proposed), r.replicas_moved,
-                             list(r.replicas_moved_per_layer), r.bytes_to_copy, r.window_tokens)
+                             list(r.replicas_moved_per_layer), r.bytes_to_copy, r.window_tokens,
+                             (r.planned_windows, r.planned_decay) if r.planned_windows else None)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ from switchyard.placement.errors import positive_int, unit_interval
 from switchyard.placement.plan import Plan
 from switchyard.placement.proposal import Proposal, expected_balancedness
 from switchyard.placement.stats import RoutingStats
-from switchyard.placement.windows import planning_stats, planning_windows
+from switchyard.placement.windows import Memory, planning_stats, planning_windows
 from switchyard.workers.checkpoints import ModelSpec, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -288,7 +289,7 @@ class RuntimeBackend:
         return epoch, plan
 
     async def snapshot(self) -> Snapshot:
-        stats, per_engine = await asyncio.gather(self._statistics(), self._ask_engines("traffic"))
+        (stats, _), per_engine = await asyncio.gather(self._statistics(), self._ask_engines("traffic"))
         per_engine = [counters for counters in per_engine if counters is not None]
         none = TrafficCounters(self.runtime.plan.topology.node_of_gpu, 0).to_dict()  # while no engine is up
         traffic = {**merge_traffic(per_engine or [none]), "engines": per_engine}
@@ -303,11 +304,12 @@ class RuntimeBackend:
             return "tokens", self.stats_window_tokens
         return "time", self.stats_window_s
 
-    async def _statistics(self, planning: bool = False) -> RoutingStats:
+    async def _statistics(self, planning: bool = False) -> tuple[RoutingStats, Memory | None]:
         """What snapshots read (and, with `planning`, proposals): without a store, the statistics since
         loading; with one, its newest window (by tokens when configured, else by time), or for planning
         its last `planning_windows`, each with its runs of `balance_tokens`, decayed by the memory
-        `planning_stats` uses; no load when nothing was published."""
+        `planning_stats` chooses. Also `(windows, decay)`: how many windows were merged, each older one
+        weighted `decay`; no load and None when nothing was published."""
         if self.store is None:  # the engines up now (one gone is left out)
             live = [stats for stats in await self._ask_engines("routing_stats") if stats is not None]
             windows = [merge_engine_stats(live)] if live else []
@@ -316,13 +318,14 @@ class RuntimeBackend:
             count, pieces = (self.planning_windows, self.balance_tokens) if planning else (1, None)
             windows = await asyncio.to_thread(self.store.windows, by, size, count, None, pieces)
         if not windows:
-            return RoutingStats.from_load(np.zeros((self.model.num_layers, self.model.num_experts)), 0.0)
+            return RoutingStats.from_load(np.zeros((self.model.num_layers, self.model.num_experts)), 0.0), None
         stats, (history, decay) = planning_stats(windows[::-1], (self.stats_history, self.stats_decay),
                                                  self.adaptive_memory)
+        merged = min(history, len(windows))
         if planning:
-            log.info("planning on the last %d of %d windows read, each older one weighted %g", history,
+            log.info("planning on the last %d of %d windows read, each older one weighted %g", merged,
                      len(windows), decay)
-        return stats
+        return stats, (merged, decay)
 
     async def rebalance(self, dry_run: bool, policy: str, max_moves: int | None, plan: Plan | None = None,
                         expected_epoch: int | None = None, by: str = "admin") -> RebalanceOutcome:
@@ -381,8 +384,10 @@ class RuntimeBackend:
         by, size = self._store_window()
         where = ("since loading" if self.store is None else f"in the last {size * self.planning_windows:g} s"
                  if by == "time" else "in the state store")
-        return await asyncio.to_thread(plan_proposal, await self._statistics(planning=True), self.runtime.plan,
-                                       self.cluster, policy, max_moves, plan, where)
+        stats, memory = await self._statistics(planning=True)
+        proposal = await asyncio.to_thread(plan_proposal, stats, self.runtime.plan, self.cluster, policy, max_moves,
+                                           plan, where)
+        return dataclasses.replace(proposal, memory=memory)
 
     async def cluster_info(self) -> dict[str, Any]:
         topology = self.runtime.plan.topology

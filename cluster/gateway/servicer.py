@@ -272,13 +272,15 @@ def _rebalance_response(outcome: RebalanceOutcome) -> pb.RebalanceResponse:
     applied = {} if report is None else {
         "applied_epoch": report.epoch, "bytes_copied": report.bytes_copied, "apply_seconds": report.total_seconds,
         "steps_during_switch": report.steps_during_switch}
+    memory = {} if proposal.memory is None else {"planned_windows": proposal.memory[0],
+                                                 "planned_decay": proposal.memory[1]}
     return pb.RebalanceResponse(
         epoch=outcome.epoch, applied=report is not None, plan_json=json.dumps(proposal.proposed.to_dict()),
         balancedness_before=proposal.before.balancedness, balancedness_after=proposal.after.balancedness,
         policy=proposal.policy, replicas_moved=proposal.migration.num_copies,
         replicas_moved_per_layer=proposal.copies_per_layer.tolist(), bytes_to_copy=proposal.bytes_moved,
         current=_plan_metrics(proposal.before), proposed=_plan_metrics(proposal.after),
-        window_tokens=proposal.window_tokens, evaluated_tokens=proposal.evaluated_tokens, **applied)
+        window_tokens=proposal.window_tokens, evaluated_tokens=proposal.evaluated_tokens, **memory, **applied)
 
 
 def _plan_metrics(metrics: PlanMetrics) -> pb.PlanMetrics:

@@ -228,7 +228,8 @@ async function dryRun(event) {
       html += `<tr><td>${label}</td><td>${fmt(c)}</td><td>${fmt(p)}</td><td>${change(c, p)}</td></tr>`;
     });
     html += `</tbody></table><p class="note">policy ${esc(r.policy)} from epoch ${r.epoch}: ${r.replicas_moved} replica(s) to copy `
-      + `(per layer: ${r.replicas_moved_per_layer.join(", ")}), ${bytes(r.bytes_to_copy)}; window ${fmt(r.window_tokens, 0)} tokens.</p>`;
+      + `(per layer: ${r.replicas_moved_per_layer.join(", ")}), ${bytes(r.bytes_to_copy)}; window ${fmt(r.window_tokens, 0)} tokens`
+      + (r.memory ? ` (the last ${r.memory.windows} window(s), each older one weighted ${r.memory.decay})` : "") + ".</p>";
     $("dry-run-result").innerHTML = html;
     mark("dry-run", true);
   } catch (error) {
