@@ -19,8 +19,8 @@ x slots per GPU (8, 9):
   started afresh, as `switchyard placement plan` does);
 - the rule family: every policy's half/half plan routed by each rule of `routing.RULES`, the test
   half as one batch and in batches of `RUNTIME_BATCH` tokens (what one dispatcher call knows).
-Takes 5-12 minutes on two cores (296-567 s on three machines, 2026-12-05; 418 s with the planning
-history section, 675 s with the memory section), most of it planning affinity for 2 x 2 x 14 x 7 windows (--v3-only: ~2). `bench.placement_frontier` serves the same windows
+Takes 5-15 minutes on two cores (296-567 s on three machines, 2026-12-05; 418 s with the planning
+history section, 675 s with the memory section, 897 s on a slower VM), most of it planning affinity for 2 x 2 x 14 x 7 windows (--v3-only: ~2). `bench.placement_frontier` serves the same windows
 with affinity's balance knobs at several positions.
 """
 
@@ -59,6 +59,7 @@ ESFT_GPUS = ((1, 8), (2, 4), (4, 2))  # (nodes, GPUs per node): 8 GPUs in every 
 ESFT_SLOTS_PER_GPU = (8, 9)  # 64 slots (one per expert) and 72 (8 redundant replicas)
 CLUSTER = "h100"
 DECAY, HISTORY = PLANNING_DECAY, PLANNING_HISTORY  # what the live rebalancer plans on, with ADAPTIVE_MEMORY
+MEMORY_WORDS = " or a longer memory where it forecasts better" if ADAPTIVE_MEMORY else ""  # after DECAY's words
 RUNTIME_BATCH = 256
 
 # Issue 17's targets (affinity against EPLB, same slots).
@@ -276,8 +277,7 @@ def _windows(trace, topology: Topology, emit: Callable[[str], None], label: str)
                      f"{time_ratios[-1]:.2f}x"])
     headers = ["window", "EPLB bal.", "affinity bal.", "gap", "EPLB GPUs", "affinity GPUs", "EPLB ms",
                "affinity ms", "time vs eplb"]
-    memory = " or a longer memory where it forecasts better" if ADAPTIVE_MEMORY else ""
-    emit(f"Served windows ({WINDOW_TOKENS} tokens; plan on the last {HISTORY} windows decayed by {DECAY}{memory}, "
+    emit(f"Served windows ({WINDOW_TOKENS} tokens; plan on the last {HISTORY} windows decayed by {DECAY}{MEMORY_WORDS}, "
          f"serve the next; {seconds:.0f} s):\n\n" + markdown_table(headers, rows, numeric_from=1))
     return {"label": label, "time_ratios": time_ratios, "balance_gaps": balance_gaps,
             "bound_ratios": bound_ratios, "balanced_ratios": balanced_ratios,

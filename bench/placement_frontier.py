@@ -1,6 +1,6 @@
 """The balance / locality / time trade-off of the affinity policy on served windows (issue 17), per cell.
 
-    python -m bench.placement_frontier --out docs/benchmarks/placement-frontier.md      (~15 min on two cores)
+    python -m bench.placement_frontier --out docs/benchmarks/placement-frontier.md      (15-40 min on two cores: 870 s and 2331 s on two VMs, 2026-12-05)
 
 Issue 17 asks, on the next window, for balancedness within 0.01 of EPLB's, a simulated MoE time at
 most 0.85x EPLB's and 22-25 % fewer GPUs per token, all at once. The affinity policy has two knobs that
@@ -8,8 +8,8 @@ trade them: what a pick above the load cap costs (`AffinityPolicy(cluster=...)` 
 `ClusterSpec.overload_weight`, the model's compute time of a pick over a GPU per token's NVLink time;
 without a cluster the cap comes first), and what the cap is held on (each past window, the default, or
 each batch of it: `serve_windows(balance_tokens=...)`). This benchmark serves every cell of
-`bench.placement` (same windows, decay, history and rule; the memory held fixed, `--fixed-memory`, so
-that only the knob moves) with the knobs at several positions, from
+`bench.placement` (same windows, decay, history, memory chosen by forecast and rule) with the knobs at
+several positions, from
 cheaper than the model's price to the cap first at zero imbalance, and prints per position the medians
 over windows of the three figures against EPLB, each marked against its target. A cell where no
 position meets all three shows where the targets conflict for this policy; the model's own price (x1)
@@ -35,8 +35,8 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from bench.placement import (BALANCE_GAP, CLUSTER, DECAY, ESFT_GPUS, ESFT_SLOTS_PER_GPU, GPU_CUT, HISTORY, REPO,
-                             RUNTIME_BATCH, SYNTH_SEEDS, SYNTH_SEQ_LEN, SYNTH_SHAPE, TIME_RATIO, WINDOW_TOKENS,
+from bench.placement import (BALANCE_GAP, CLUSTER, DECAY, ESFT_GPUS, ESFT_SLOTS_PER_GPU, GPU_CUT, HISTORY, MEMORY_WORDS,
+                             REPO, RUNTIME_BATCH, SYNTH_SEEDS, SYNTH_SEQ_LEN, SYNTH_SHAPE, TIME_RATIO, WINDOW_TOKENS,
                              _emitter, esft_traces, served_medians)
 from bench.report import command_line, provenance, publish
 from switchyard.cluster.cli.formatting import markdown_table
@@ -47,7 +47,7 @@ from switchyard.placement.routing import DEFAULT_RULE
 from switchyard.placement.synthetic import synthetic_trace
 from switchyard.placement.topology import Topology
 from switchyard.placement.trace import RoutingTrace
-from switchyard.placement.windows import serve_windows
+from switchyard.placement.windows import ADAPTIVE_MEMORY, serve_windows
 
 PRICE_FACTORS = (0.25, 0.5, 1.0, 4.0, 16.0)
 BATCH_PRICE_FACTORS = (0.5, 1.0, 4.0)
@@ -89,7 +89,8 @@ def frontier(trace: RoutingTrace, topology: Topology, chosen: dict[str, Position
         policies = {name: position.policy for name, position in chosen.items()
                     if position.balance_tokens == balance_tokens}
         windows = serve_windows(trace, topology, {"eplb": get_policy("eplb"), **policies}, WINDOW_TOKENS, DECAY,
-                                HISTORY, PRESETS[CLUSTER], balance_tokens=balance_tokens)
+                                HISTORY, PRESETS[CLUSTER], balance_tokens=balance_tokens,
+                                adaptive_memory=ADAPTIVE_MEMORY)
         for name in policies:
             medians[name] = served_medians(windows, name, PRESETS[CLUSTER])
     return [{"position": name, **medians[name]} for name in chosen]
@@ -110,8 +111,7 @@ def main() -> None:
              provenance(command_line("bench.placement_frontier"), ("numpy",)), ""]
     emit = _emitter(lines)
     started = time.perf_counter()
-    emit(f"Windows of {WINDOW_TOKENS} tokens; plan on the last {HISTORY} decayed by {DECAY} (the memory fixed), "
-         "serve the next; "
+    emit(f"Windows of {WINDOW_TOKENS} tokens; plan on the last {HISTORY} decayed by {DECAY}{MEMORY_WORDS}, serve the next; "
          f"rule `{DEFAULT_RULE.name}`; MoE time on `{CLUSTER}`. Per position the medians over served windows "
          f"of affinity's balancedness minus EPLB's (target >= -{BALANCE_GAP}), its MoE time over EPLB's "
          f"(<= {TIME_RATIO}x) and its GPUs per token over EPLB's (<= {1 - GPU_CUT[8]:.2f}x with 8 slots, "
