@@ -118,7 +118,8 @@ def adaptive_memory_option(planner: str) -> Callable[[Callable[..., Any]], Calla
     """`--adaptive-memory/--fixed-memory` (`placement.windows.planning_stats`): whether `planner` (the
     subject of the help's sentence) chooses its memory by forecast. The command receives
     `adaptive_memory`."""
-    longer = " or ".join(f"the last {history} windows weighted {decay:g} each" for history, decay in LONGER_MEMORIES)
+    longer = "; or ".join(f"the last {history} windows, each older one weighted {decay:g} of the next"
+                         for history, decay in LONGER_MEMORIES)
     return click.option(
         "--adaptive-memory/--fixed-memory", default=ADAPTIVE_MEMORY, show_default=True,
         help=f"{planner} on the history and decay above or on a longer memory ({longer}), whichever "

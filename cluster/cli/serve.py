@@ -154,8 +154,9 @@ async def serve_until_signalled(config: Any, start_backend: Any, auto: Any = Non
 def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: int, engines_per_node: int,
           plan_path: Path | None, tokenizer_dir: Path | None, redis: str | None, deployment: str,
           stats_interval_s: float, stats_window_s: float, stats_window_tokens: float | None, stats_history: int,
-          stats_decay: float, adaptive_memory: bool, balance_tokens: int | None, cluster_preset: str, auto_rebalance: bool, auto_min_balancedness: float,
-          auto_min_gain: float, auto_interval_s: float, auto_policy: str, host: str, port: int, token: str | None,
+          stats_decay: float, adaptive_memory: bool, balance_tokens: int | None, cluster_preset: str,
+          auto_rebalance: bool, auto_min_balancedness: float, auto_min_gain: float, auto_interval_s: float,
+          auto_policy: str, host: str, port: int, token: str | None,
           admin_token: str | None, tls_cert: Path | None, tls_key: Path | None, max_queue: int,
           max_batch_requests: int, max_message_bytes: int, grace_s: float, with_dashboard: bool,
           dashboard_host: str, dashboard_port: int | None, ray_serve: bool, dashboard_refresh_s: float) -> None:
@@ -257,7 +258,8 @@ def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: in
         backend = RuntimeBackend(runtime, max_queue, tokenizer_dir=tokenizer_dir, store=store,
                                  stats_window_s=stats_window_s, stats_window_tokens=stats_window_tokens,
                                  stats_history=stats_history, stats_decay=stats_decay,
-                                 adaptive_memory=adaptive_memory, balance_tokens=balance_tokens, cluster_preset=cluster_preset, supervisor=supervisor)
+                                 adaptive_memory=adaptive_memory, balance_tokens=balance_tokens,
+                                 cluster_preset=cluster_preset, supervisor=supervisor)
         return backend, shutdown, tuple(publisher.writers)
 
     try:

@@ -161,8 +161,8 @@ class RuntimeBackend:
     older one weighted by `stats_decay` (`placement.windows.decayed_stats`: affinity holds its load
     cap on each); snapshots and GetStats report the newest window alone.  adaptive_memory: instead,
     each rebalance plans on that memory or a longer one, whichever forecasts the store's last
-    windows best (`placement.windows.planning_stats`; it reads `planning_windows` of them).  balance_tokens: besides,
-    each of those windows keeps the load of its runs of store entries holding this many tokens, and
+    windows best (`placement.windows.planning_stats`; it reads `planning_windows` of them).
+    balance_tokens: besides, each of those windows keeps the load of its runs of store entries holding this many tokens, and
     affinity holds its cap on each run (`switchyard serve --balance-tokens`; needs a store).
     cluster_preset: the hardware preset (`placement.cost.PRESETS`) with the model's sizes that
     proposals are modelled on and affinity plans for (`switchyard serve --cluster`).
@@ -176,7 +176,8 @@ class RuntimeBackend:
                  tokenizer_dir: str | Path | None = None, store: StateStore | None = None,
                  stats_window_s: float = DEFAULTS.stats_window_s, stats_window_tokens: float | None = None,
                  stats_history: int = DEFAULTS.stats_history, stats_decay: float = DEFAULTS.stats_decay,
-                 adaptive_memory: bool = DEFAULTS.adaptive_memory, balance_tokens: float | None = None, cluster_preset: str = DEFAULTS.cluster_preset,
+                 adaptive_memory: bool = DEFAULTS.adaptive_memory, balance_tokens: float | None = None,
+                 cluster_preset: str = DEFAULTS.cluster_preset,
                  observe_after_s: float = DEFAULTS.observe_after_s, supervisor: Supervisor | None = None) -> None:
         if max_queue_per_engine < 1:
             raise InvalidSetting(f"max_queue_per_engine must be at least 1, got {max_queue_per_engine}")
