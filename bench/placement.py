@@ -259,9 +259,8 @@ def _windows(trace, topology: Topology, emit: Callable[[str], None], label: str)
     served = serve_windows(trace, topology, policies, WINDOW_TOKENS, DECAY, HISTORY, cluster,
                            adaptive_memory=ADAPTIVE_MEMORY)
     seconds = time.perf_counter() - started
-    other = serve_windows(trace, topology, policies, WINDOW_TOKENS, DECAY, HISTORY, cluster,
-                          adaptive_memory=not ADAPTIVE_MEMORY)
-    fixed, adaptive = (other, served) if ADAPTIVE_MEMORY else (served, other)
+    by_memory = {ADAPTIVE_MEMORY: served, not ADAPTIVE_MEMORY: serve_windows(
+        trace, topology, policies, WINDOW_TOKENS, DECAY, HISTORY, cluster, adaptive_memory=not ADAPTIVE_MEMORY)}
     last_only = serve_windows(trace, topology, policies, WINDOW_TOKENS, 0.0, 1, cluster)
     rows, time_ratios, balance_gaps, bound_ratios, balanced_ratios = [], [], [], [], []
     for item in served:
@@ -281,11 +280,10 @@ def _windows(trace, topology: Topology, emit: Callable[[str], None], label: str)
          f"serve the next; {seconds:.0f} s):\n\n" + markdown_table(headers, rows, numeric_from=1))
     return {"label": label, "time_ratios": time_ratios, "balance_gaps": balance_gaps,
             "bound_ratios": bound_ratios, "balanced_ratios": balanced_ratios,
-            "history": {"served": served_medians(served, "affinity", cluster),
-                        "fixed": served_medians(fixed, "affinity", cluster),
+            "history": {"fixed": served_medians(by_memory[False], "affinity", cluster),
                         "last window": served_medians(last_only, "affinity", cluster),
-                        "adaptive": served_medians(adaptive, "affinity", cluster)},
-            "memories": [item.memory for item in adaptive]}
+                        "adaptive": served_medians(by_memory[True], "affinity", cluster)},
+            "memories": [item.memory for item in by_memory[True]]}
 
 
 def _served_policies(cluster: ClusterSpec) -> dict[str, Policy]:
@@ -407,7 +405,7 @@ def targets_section(cells: list[dict], v3_affinity_s: float, emit: Callable[[str
 
     rows, met_count, total = [], 0, 0
     for cell in cells:
-        served = cell["history"]["served"]
+        served = cell["history"]["adaptive" if ADAPTIVE_MEMORY else "fixed"]
         gap, ratio, wins = served["gap"], served["time"], served["faster"]
         half_a, half_e = cell["half_affinity"], cell["half_eplb"]
         gpu_ratio = half_a.gpus_per_token / half_e.gpus_per_token

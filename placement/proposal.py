@@ -97,7 +97,12 @@ class Proposal:
                 "replicas_moved_per_layer": self.copies_per_layer.tolist(), "bytes_to_copy": self.bytes_moved,
                 "current": self.before.to_dict(), "proposed": self.after.to_dict(),
                 "window_tokens": self.window_tokens, "evaluated_tokens": self.evaluated_tokens,
-                "memory": None if self.memory is None else {"windows": self.memory[0], "decay": self.memory[1]}}
+                "memory": memory_dict(self.memory)}
+
+
+def memory_dict(memory: tuple[int, float] | None) -> dict[str, Any] | None:
+    """A proposal's `memory` as JSON (`{"windows", "decay"}`), wherever a proposal is shown; None stays None."""
+    return None if memory is None else {"windows": memory[0], "decay": memory[1]}
 
 
 def propose(stats: RoutingStats, current: Plan, policy_name: str = DEFAULT_POLICY, max_moves: int | None = None,

@@ -35,6 +35,7 @@ from switchyard.placement.formats import (
     EXPORT_FORMATS, export_plan, load_plan, load_stats, load_trace, save_plan,
 )
 from switchyard.placement.plan import Plan
+from switchyard.placement.proposal import memory_dict
 from switchyard.placement.policies import DEFAULT_POLICY, planning_policy, policy_names, policy_options
 from switchyard.placement.stats import RoutingStats
 from switchyard.placement.topology import Topology
@@ -414,6 +415,8 @@ def _echo_result(summary: dict[str, Any], applied: Any, as_json: bool) -> None:
 
 def rebalance_summary(answer: Any) -> dict[str, Any]:
     """A `RebalanceResponse` as `Proposal.to_dict()`'s shape plus `epoch` and `plan` (figures unset: None)."""
+    from switchyard.cluster.gateway.client import planned_memory  # gRPC is loaded by now: the answer is one
+
     def metrics(message: Any) -> dict[str, float | None]:
         return {key: getattr(message, key) if key == "balancedness" or message.HasField(key) else None
                 for key in ("balancedness", "gpus_per_token", "remote_nodes_per_token", "layer_time_s")}
@@ -423,8 +426,7 @@ def rebalance_summary(answer: Any) -> dict[str, Any]:
             "bytes_to_copy": answer.bytes_to_copy, "current": metrics(answer.current),
             "proposed": metrics(answer.proposed), "window_tokens": answer.window_tokens,
             "evaluated_tokens": answer.evaluated_tokens,
-            "memory": {"windows": answer.planned_windows, "decay": answer.planned_decay}
-            if answer.planned_windows else None, "plan": json.loads(answer.plan_json)}
+            "memory": memory_dict(planned_memory(answer)), "plan": json.loads(answer.plan_json)}
 
 
 def _describe(trace_path: Path, routing: RoutingTrace, topology: Topology) -> str:

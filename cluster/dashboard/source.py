@@ -20,7 +20,9 @@ import numpy as np
 from switchyard.cluster.dashboard.requests import HistogramTotals, RequestMetrics, RequestTotals
 from switchyard.cluster.dashboard.view import ClusterView, EngineTraffic
 from switchyard.cluster.errors import SwitchyardError
+from switchyard.cluster.gateway.client import planned_memory
 from switchyard.placement.plan import Plan
+from switchyard.placement.proposal import memory_dict
 
 EVENTS_SHOWN = 100
 
@@ -60,7 +62,7 @@ def proposal_dict(epoch: int, policy: str, current: dict[str, Any], proposed: di
     return {"epoch": epoch, "policy": policy, "current": current, "proposed": proposed, "replicas_moved": moved,
             "replicas_moved_per_layer": moved_per_layer, "bytes_to_copy": bytes_to_copy,
             "window_tokens": window_tokens,
-            "memory": None if memory is None else {"windows": memory[0], "decay": memory[1]}}
+            "memory": memory_dict(memory)}
 
 
 class BackendSource:
@@ -162,4 +164,4 @@ class ClientSource:
 
         return proposal_dict(r.epoch, r.policy, figures(r.current), figures(r.proposed), r.replicas_moved,
                              list(r.replicas_moved_per_layer), r.bytes_to_copy, r.window_tokens,
-                             (r.planned_windows, r.planned_decay) if r.planned_windows else None)
+                             planned_memory(r))

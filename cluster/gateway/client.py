@@ -31,6 +31,12 @@ def sampling(max_new_tokens: int | None = None, temperature: float = 0.0, top_p:
     return params
 
 
+def planned_memory(answer: pb.RebalanceResponse) -> tuple[int, float] | None:
+    """`(windows, decay)` a proposal was planned on (`Proposal.memory`); None where the gateway does
+    not say (`planned_windows` 0)."""
+    return (answer.planned_windows, answer.planned_decay) if answer.planned_windows else None
+
+
 class Client:
     """One channel to a gateway. target: `host:port`.  token: bearer token.  tls_ca: PEM of the CA
     (or the server's self-signed certificate) for a TLS gateway.  timeout_s: default deadline per call."""
