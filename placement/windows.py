@@ -146,11 +146,13 @@ def planning_stats(past: Sequence[RoutingStats], memory: Memory,
                    adaptive: bool) -> tuple[RoutingStats, Memory]:
     """What the plan for the next window is made on, from the windows before it (oldest first), and the
     memory used: their last `history` decayed (`decayed_stats`) by `memory`, or with `adaptive` by the
-    memory `chosen_memory` picks from `memory` and `LONGER_MEMORIES` on the last `planning_windows`."""
+    memory `chosen_memory` picks from `memory` and `LONGER_MEMORIES` on the last `planning_windows`.
+    The memory returned counts the windows merged: fewer than `history` while fewer have passed."""
     past = list(past[-planning_windows(memory, adaptive):])
     if adaptive:
         memory = chosen_memory(past, (memory, *LONGER_MEMORIES))
-    return decayed_stats(past[-memory[0]:], memory[1]), memory
+    history, decay = memory
+    return decayed_stats(past[-history:], decay), (min(history, len(past)), decay)
 
 
 def serve_windows(trace: RoutingTrace, topology: Topology, policies: Mapping[str, Policy],

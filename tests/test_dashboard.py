@@ -220,7 +220,7 @@ def test_page_renders_every_panel_with_data(scenario):
                       f"the observed gain on the page: {history_rows()}", timeout_s=30)
     assert len(rows) == 1
     applied = scenario["applied"]
-    assert "1 → 2" in rows[0]["text"] and "affinity" in rows[0]["text"]
+    assert "1 → 2" in rows[0]["text"] and "affinity on the last" in rows[0]["text"]  # and what it planned on
     assert f"{applied.current.balancedness:.3f} → {applied.proposed.balancedness:.3f}" in rows[0]["text"]
     assert "→" in rows[0]["observed"] and "pending" not in rows[0]["observed"]
 
@@ -237,7 +237,7 @@ def test_dashboard_against_a_running_gateway(scenario):
         stats = client.stats()
         assert view.epoch == 2 and view.cross_node_bytes() == stats.traffic.cross_node_bytes
         assert view.requests.started == scenario["requests"] and len(view.rebalances()) == 1
-        assert view.rebalances()[0]["observed"] is not None
+        assert view.rebalances()[0]["observed"] is not None and view.rebalances()[0]["memory"]["windows"] >= 1
         dry_run = asyncio.run(source.dry_run("eplb", None))
         assert dry_run["policy"] == "eplb" and dry_run["memory"]["windows"] >= 1  # the windows it planned on
         user_only = ClientSource(client)

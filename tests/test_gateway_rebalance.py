@@ -17,13 +17,14 @@ import grpc
 import numpy as np
 import pytest
 
-from switchyard.cluster.gateway.client import Client
+from switchyard.cluster.gateway.client import Client, planned_memory
 from switchyard.cluster.gateway.server import BackgroundGateway, GatewayConfig
 from switchyard.cluster.state.redis_store import RedisStateStore
 from switchyard.cluster.runtime.runtime import Runtime
 from switchyard.cluster.gateway.backend import RuntimeBackend
 from switchyard.cluster.state.store import EmbeddedStateStore, StateStoreUnavailable
 from switchyard.placement.plan import Plan
+from switchyard.placement.proposal import memory_dict
 from switchyard.protos.generated import serving_pb2 as pb
 from switchyard.workers.checkpoints import init_checkpoint
 from waiting import wait_until
@@ -171,6 +172,7 @@ def test_events_record_the_apply_and_its_observed_gain(store, client):
     assert applied["from_epoch"] == epoch and applied["by"].startswith("admin (no token") and applied["policy"] == "given"
     assert applied["copies"] == answer.replicas_moved and applied["bytes_copied"] == answer.bytes_copied
     assert 0 < applied["predicted_after"]["balancedness"] <= 1 and applied["apply_seconds"] > 0
+    assert applied["memory"] == memory_dict(planned_memory(answer))  # the statistics the answer was planned on
     observed = next(e for e in events if e["kind"] == "observed" and e["epoch"] == epoch + 1)
     assert observed["token_vectors_after"] > 0 and observed["cross_node_bytes_per_token_after"] is not None
     assert observed["cross_node_bytes_per_token_before"] > 0 and 0 < observed["balancedness"] <= 1

@@ -255,6 +255,7 @@ def test_gpu_counts_and_topology_arguments() -> None:
     assert groups["gateway"]["replicas"] == 2 and groups["gateway"]["resources"] == {"switchyard_gateway": "1"}
     args = _serve_app(rayservice)["args"]
     assert (args["nodes"], args["gpus_per_node"], args["engines_per_node"], args["gateways"]) == (replicas, 4, 2, 2)
+    assert (args["cluster"], args["balance_tokens"]) == ("h100-100gbit", 512)
 
 
 def test_worker_groups_must_agree_on_gpus_per_pod() -> None:
@@ -383,8 +384,29 @@ def test_serve_config_is_the_contract() -> None:
     app = _serve_app(_one(_render(), "RayService"))
     assert app["import_path"] == "switchyard.cluster.serve_app:app"
     assert set(app["args"]) == {"model", "nodes", "gpus_per_node", "engines_per_node", "gateways", "deployment",
-                                "redis_url_env", "grpc_port", "metrics_port", "stats_interval_s"}
+                                "redis_url_env", "grpc_port", "metrics_port", "stats_interval_s", "cluster",
+                                "stats_window_s", "stats_history", "stats_decay", "adaptive_memory"}
     assert app["args"]["deployment"] == "moe-switchyard"
+
+
+def test_planning_values_are_the_cli_defaults_and_reach_the_application(monkeypatch) -> None:
+    """`serve.planning`: by default the arguments `switchyard serve` defaults to (the application's own,
+    `AppArgs`); set, they reach the application's arguments, which it accepts."""
+    from switchyard.cluster.serving.args import AppArgs
+
+    planning = ("cluster", "stats_window_s", "stats_history", "stats_decay", "adaptive_memory", "balance_tokens")
+    rendered = AppArgs.parse(_serve_app(_one(_render(), "RayService"))["args"])
+    defaults = AppArgs(model=rendered.model)
+    assert {name: getattr(rendered, name) for name in planning} == {name: getattr(defaults, name) for name in planning}
+    args = _serve_app(_one(_render(None, "serve.planning.cluster=h100-100gbit", "serve.planning.windowSeconds=30",
+                                   "serve.planning.history=6", "serve.planning.decay=1",
+                                   "serve.planning.adaptiveMemory=false", "serve.planning.balanceTokens=256"),
+                           "RayService"))["args"]
+    assert {name: args[name] for name in planning} == {
+        "cluster": "h100-100gbit", "stats_window_s": 30, "stats_history": 6, "stats_decay": 1,
+        "adaptive_memory": False, "balance_tokens": 256}
+    monkeypatch.setenv(args["redis_url_env"], "redis://127.0.0.1:6379")  # as the chart sets it: a store to cut runs from
+    assert AppArgs.parse(args).balance_tokens == 256
 
 
 @pytest.mark.parametrize("sets, message", [
@@ -394,9 +416,11 @@ def test_serve_config_is_the_contract() -> None:
     (("model.source=init",), "model.init.command is required"),
     (("bogus=1",), "Additional property bogus is not allowed"),
     (("rebalance.policy=best",), "rebalance.policy"),
+    (("serve.planning.cluster=h200",), "serve.planning.cluster"),
+    (("serve.planning.decay=2",), "decay: Must be less than or equal to 1"),
     (("workerGroups[0].gpusPerPod=0", "workerGroups[0].name=gpu", "workerGroups[0].replicas=1"),
      "gpusPerPod: Must be greater than or equal to 1"),
-], ids=["auth", "tls", "external-redis", "init", "unknown-key", "policy", "gpus"])
+], ids=["auth", "tls", "external-redis", "init", "unknown-key", "policy", "cluster", "decay", "gpus"])
 def test_bad_values_fail_with_a_message(sets: tuple[str, ...], message: str) -> None:
     args = ["template"]
     for item in sets:
@@ -406,10 +430,12 @@ def test_bad_values_fail_with_a_message(sets: tuple[str, ...], message: str) -> 
 
 
 def test_schema_choices_match_the_cli() -> None:
+    from switchyard.placement.cost import PRESETS
     from switchyard.placement.policies import policy_names
 
     schema = json.loads((CHART / "values.schema.json").read_text())
     assert schema["properties"]["rebalance"]["properties"]["policy"]["enum"] == policy_names()
+    assert schema["properties"]["serve"]["properties"]["planning"]["properties"]["cluster"]["enum"] == sorted(PRESETS)
 
 
 def test_notes_tell_how_to_reach_the_gateway(tmp_path: Path) -> None:

@@ -179,6 +179,7 @@ def test_planning_stats_decay_the_chosen_memory_of_the_newest_windows() -> None:
     assert memory == chosen_memory(swinging, memories) == (6, 1.0)
     np.testing.assert_allclose(stats.load, sum(window.load for window in swinging[-6:]))
     assert planning_stats(drifting, (2, 0.5), adaptive=True)[1] == (2, 0.5)
+    assert planning_stats(drifting[:1], (2, 0.5), adaptive=False)[1] == (1, 0.5)  # the windows there are
     assert (planning_windows((3, 0.5), False), planning_windows((3, 0.5), True)) == (3, FORECAST_WINDOWS)
     assert planning_windows((20, 0.5), True) == 20
 
@@ -189,12 +190,12 @@ def test_serve_windows_with_adaptive_memory_plans_on_the_chosen_memory() -> None
                            adaptive_memory=True)
     windows = split_windows(TRACE, 500)
     stats = [RoutingStats.from_trace(w) for w in windows]
-    assert [item.memory for item in served[:1]] == [(3, 0.5)]  # one past window: nothing to choose by
-    assert any(item.memory != (3, 0.5) for item in served)
+    assert [item.memory for item in served[:1]] == [(1, 0.5)]  # one past window: nothing to choose by
+    assert any(item.memory[1] != 0.5 for item in served)  # a longer memory chosen
     for item in served:
-        memory = chosen_memory(stats[:item.window], ((3, 0.5), *LONGER_MEMORIES))
-        assert item.memory == memory
-        plan = EplbPolicy().place(decayed_stats(stats[:item.window][-memory[0]:], memory[1]), topology)
+        history, decay = chosen_memory(stats[:item.window], ((3, 0.5), *LONGER_MEMORIES))
+        assert item.memory == (min(history, item.window), decay)  # the windows merged, fewer at first
+        plan = EplbPolicy().place(decayed_stats(stats[:item.window][-history:], decay), topology)
         np.testing.assert_array_equal(item.evaluations["eplb"].gpu_load, evaluate(plan, windows[item.window]).gpu_load)
     assert {item.memory for item in serve_windows(TRACE, topology, {"eplb": EplbPolicy()}, window_tokens=500,
-                                                  decay=0.5, history=3)} == {(3, 0.5)}
+                                                  decay=0.5, history=3)} == {(1, 0.5), (2, 0.5), (3, 0.5)}

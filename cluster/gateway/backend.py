@@ -320,13 +320,11 @@ class RuntimeBackend:
             windows = await asyncio.to_thread(self.store.windows, by, size, count, None, pieces)
         if not windows:
             return RoutingStats.from_load(np.zeros((self.model.num_layers, self.model.num_experts)), 0.0), None
-        stats, (history, decay) = planning_stats(windows[::-1], (self.stats_history, self.stats_decay),
-                                                 self.adaptive_memory)
-        merged = min(history, len(windows))
+        stats, memory = planning_stats(windows[::-1], (self.stats_history, self.stats_decay), self.adaptive_memory)
         if planning:
-            log.info("planning on the last %d of %d windows read, each older one weighted %g", merged,
-                     len(windows), decay)
-        return stats, (merged, decay)
+            log.info("planning on the last %d of %d windows read, each older one weighted %g", memory[0],
+                     len(windows), memory[1])
+        return stats, memory
 
     async def rebalance(self, dry_run: bool, policy: str, max_moves: int | None, plan: Plan | None = None,
                         expected_epoch: int | None = None, by: str = "admin") -> RebalanceOutcome:

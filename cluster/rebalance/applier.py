@@ -39,7 +39,7 @@ from switchyard.cluster.errors import Conflict, FailedPrecondition, InvalidReque
 from switchyard.cluster.state.store import PlanConflict, StateStore, StateStoreUnavailable
 from switchyard.placement.errors import PlacementError
 from switchyard.placement.plan import Plan
-from switchyard.placement.proposal import Proposal
+from switchyard.placement.proposal import Proposal, memory_dict
 
 if TYPE_CHECKING:
     from switchyard.cluster.gateway.backend import Snapshot
@@ -166,8 +166,8 @@ class PlanApplier:
         await self.record({
             "kind": kind, "by": by, "from_epoch": from_epoch, "epoch": report.epoch, "policy": proposal.policy,
             "predicted_before": proposal.before.to_dict(), "predicted_after": proposal.after.to_dict(),
-            "copies": report.copies, "bytes_copied": report.bytes_copied, "apply_seconds": report.total_seconds,
-            "steps_during_switch": report.steps_during_switch})
+            "memory": memory_dict(proposal.memory), "copies": report.copies, "bytes_copied": report.bytes_copied,
+            "apply_seconds": report.total_seconds, "steps_during_switch": report.steps_during_switch})
         self._observer = asyncio.get_running_loop().create_task(self._observe(report.epoch, at_switch))
         return report
 

@@ -182,6 +182,9 @@ function figurePair(before, after, key, digits = 3) {
   return `${fmt(b, digits)} &rarr; ${fmt(a, digits)}${change(b, a)}`;
 }
 
+// The statistics a plan was made on (a proposal's or a rebalance event's `memory`).
+const memoryText = (m) => `the last ${m.windows} window(s), each older one weighted ${m.decay}`;
+
 function drawHistory(d) {
   const rows = d.rebalances;
   let html = "<table><thead><tr><th>time</th><th>kind</th><th>epochs</th><th>policy</th><th>copies</th><th>bytes</th>"
@@ -190,7 +193,7 @@ function drawHistory(d) {
   rows.forEach((r) => {
     const o = r.observed;
     html += `<tr class="rebalance"><td>${new Date(r.timestamp * 1000).toLocaleTimeString()}</td><td>${esc(r.kind)}</td>`
-      + `<td>${r.from_epoch} &rarr; ${r.epoch}</td><td>${esc(r.policy)}</td><td>${r.copies}</td><td>${bytes(r.bytes_copied)}</td>`
+      + `<td>${r.from_epoch} &rarr; ${r.epoch}</td><td>${esc(r.policy)}${r.memory ? ` on ${memoryText(r.memory)}` : ""}</td><td>${r.copies}</td><td>${bytes(r.bytes_copied)}</td>`
       + `<td>${fmt(r.apply_seconds, 2)}</td><td class="predicted">${figurePair(r.predicted_before, r.predicted_after, "balancedness")}</td>`
       + `<td>${figurePair(r.predicted_before, r.predicted_after, "gpus_per_token")}</td>`
       + `<td>${figurePair(r.predicted_before, r.predicted_after, "remote_nodes_per_token")}</td>`
@@ -229,7 +232,7 @@ async function dryRun(event) {
     });
     html += `</tbody></table><p class="note">policy ${esc(r.policy)} from epoch ${r.epoch}: ${r.replicas_moved} replica(s) to copy `
       + `(per layer: ${r.replicas_moved_per_layer.join(", ")}), ${bytes(r.bytes_to_copy)}; window ${fmt(r.window_tokens, 0)} tokens`
-      + (r.memory ? ` (the last ${r.memory.windows} window(s), each older one weighted ${r.memory.decay})` : "") + ".</p>";
+      + (r.memory ? ` (${memoryText(r.memory)})` : "") + ".</p>";
     $("dry-run-result").innerHTML = html;
     mark("dry-run", true);
   } catch (error) {

@@ -178,7 +178,15 @@ or the Serve config. The password must be URL-safe (the chart's generated one is
   "grpc_port" (int .Values.gateway.grpcPort)
   "metrics_port" (int .Values.gateway.metricsPort)
   "stats_interval_s" .Values.serve.statsIntervalSeconds
+  "cluster" .Values.serve.planning.cluster
+  "stats_window_s" .Values.serve.planning.windowSeconds
+  "stats_history" (int .Values.serve.planning.history)
+  "stats_decay" .Values.serve.planning.decay
+  "adaptive_memory" .Values.serve.planning.adaptiveMemory
 }}
+{{- with .Values.serve.planning.balanceTokens }}
+{{- $_ := set $args "balance_tokens" (int .) }}
+{{- end }}
 {{- if .Values.serve.plan }}
 {{- $_ := set $args "plan" "/etc/switchyard/plan/plan.json" }}
 {{- end }}
