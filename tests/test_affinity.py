@@ -77,6 +77,19 @@ def test_registered_and_deterministic(synthetic) -> None:
     assert get_policy("affinity", seed=0).place(stats, topology) == first
 
 
+def test_more_starts_keep_the_best_layout_of_each_layer(synthetic) -> None:
+    """Option `starts`: each refined layer's plan scores no worse on its statistics than with fewer
+    starts (the first start is the same), better in some layer, and the plan stays deterministic."""
+    stats, _, _ = synthetic
+    topology = Topology(2, 2, 9)
+    scores = {starts: [candidates[-1][1] for candidates in AffinityPolicy(starts=starts)._candidates(stats, topology, None)]
+              for starts in (1, 2, 4)}
+    for fewer, more in ((1, 2), (2, 4)):
+        assert not any(few.better_than(many) for few, many in zip(scores[fewer], scores[more]))
+    assert any(many.better_than(one) for one, many in zip(scores[1], scores[4]))
+    assert AffinityPolicy(starts=3).place(stats, topology) == AffinityPolicy(starts=3).place(stats, topology)
+
+
 def test_cluster_prices_remote_nodes_and_moves_the_plan(synthetic) -> None:
     """Time as the objective: a slower network prices a remote node higher, so the same statistics
     give another plan; the same options give the same plan. (Whether the pricier plan has fewer
@@ -276,6 +289,7 @@ def test_sampled_rows_keep_the_totals(synthetic) -> None:
     pytest.param({"max_moves": -1}, "max_moves must be a non-negative integer", id="moves"),
     pytest.param({"seed": 1.5}, "seed must be a non-negative integer", id="seed"),
     pytest.param({"sampled_rounds": -1}, "sampled_rounds must be a non-negative integer", id="rounds"),
+    pytest.param({"starts": 0}, "starts must be a positive integer", id="starts"),
     pytest.param({"processes": 0}, "processes must be a positive integer or None", id="processes"),
     pytest.param({"cluster": "h100"}, "cluster must be a ClusterSpec", id="cluster"),
     pytest.param({"cluster": PRESETS["h100"], "node_weight": 2.0}, "not both", id="cluster-and-weight"),
