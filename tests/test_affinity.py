@@ -257,6 +257,8 @@ def test_process_count(monkeypatch: pytest.MonkeyPatch) -> None:
     assert AffinityPolicy().process_count(stats, topology) == 1
     assert AffinityPolicy(processes=8).process_count(stats, topology) == 3  # at most one per layer
     assert AffinityPolicy(processes=None).process_count(stats, topology) == 1  # too small to pay for a fork
+    work = AffinityPolicy(starts=1)._planning_work(stats, topology)
+    assert AffinityPolicy(starts=4)._planning_work(stats, topology) == 4 * work  # refined layers: once per start
     monkeypatch.setattr(affinity, "_FORKED_WORK", 1)
     assert AffinityPolicy(processes=None).process_count(stats, topology) == min(3, len(os.sched_getaffinity(0)))
 

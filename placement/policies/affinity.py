@@ -22,8 +22,10 @@ almost as many GPUs as a random layout gives. This policy places, per layer, the
 
 Per layer: METIS on the co-activation graph, nodes first and then the GPUs of each node, gives every
 expert a GPU; the replicas are seeded there one by one (`seeding`); swap refinement (`partition`)
-then brings load under the cap and lowers the cost. A refinement round builds `[rows, GPUs]` and
-`[slots, slots]` tables, so its cost grows with rows x slots: layers where that exceeds
+then brings load under the cap and lowers the cost. That runs from `starts` METIS seeds, and each
+layer keeps the refined layout that scores best (a local search ends where its start leads it). A
+refinement round builds `[rows, GPUs]` and `[slots, slots]` tables, so its cost grows with
+rows x slots: layers where that exceeds
 `_REFINED_WORK` (every DeepSeek-V3-sized case: 4096 rows on 288 slots already needs ~1.2 s per
 layer refined in full) are planned by the seeding alone, under the cap, or, with `sampled_rounds`,
 refined for that many rounds at most on a sample of their rows that fits the bound, each round
@@ -163,14 +165,16 @@ class AffinityPolicy:
 
     def _planning_work(self, stats: RoutingStats, topology: Topology) -> int:
         """Rows x slots over the layers, an estimate of what planning costs: a refined layer's distinct
-        top-k sets (experts for load-only stats), a sampled one's sample, `_SEEDED_ROWS` for a layer
-        seeded only."""
+        top-k sets (experts for load-only stats) once per start, a sampled one's sample, `_SEEDED_ROWS`
+        for a layer seeded only."""
         bound = _sampled_row_count(topology)
         work = 0
         for layer in range(stats.num_layers):
             rows = stats.num_experts if stats.topk_sets is None else len(stats.topk_sets[layer])
             if rows > bound:
                 rows = bound if self.sampled_rounds else _SEEDED_ROWS
+            else:
+                rows *= self.starts
             work += rows * topology.num_slots
         return work
 
