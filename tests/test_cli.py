@@ -19,8 +19,9 @@ from click.testing import CliRunner, Result
 from switchyard.cluster.cli.main import main
 from switchyard.cluster.settings import DEFAULTS
 from switchyard.placement.cost import PRESETS
-from switchyard.placement.formats import load_trace, save_trace
+from switchyard.placement.formats import load_plan, load_trace, save_trace
 from switchyard.placement.policies import planning_policy, policy_names
+from switchyard.placement.stats import RoutingStats
 from switchyard.placement.synthetic import synthetic_trace
 from switchyard.placement.topology import Topology
 from switchyard.placement.windows import (ADAPTIVE_MEMORY, PLANNING_DECAY, PLANNING_HISTORY, serve_windows,
@@ -286,6 +287,25 @@ def test_plan_in_forked_processes_is_the_same(files, tmp_path: Path) -> None:
                     "--processes", processes, "--out", out))
         plans.append(json.loads(out.read_text())["physical_to_logical_map"])
     assert plans[0] == plans[1]
+
+
+def test_plan_with_starts(files, tmp_path: Path) -> None:
+    """`placement plan --starts` is affinity's option (the policy's default without it); other policies
+    ignore it, and a count below 1 is refused with exit code 2."""
+    stats = RoutingStats.from_trace(load_trace(files["trace"]))
+    topology = Topology(2, 2, 5)
+    for starts, expected in ((None, planning_policy("affinity", PRESETS["h100"])),
+                             (1, planning_policy("affinity", PRESETS["h100"], starts=1))):
+        out = tmp_path / f"affinity-{starts}.json"
+        _ok(_invoke("placement", "plan", "--trace", files["trace"], *_topology(2, 2, 5), "--policy", "affinity",
+                    *(["--starts", starts] if starts else []), "--out", out))
+        assert load_plan(out) == expected.place(stats, topology)
+    assert load_plan(tmp_path / "affinity-None.json") != load_plan(tmp_path / "affinity-1.json")
+    _ok(_invoke("placement", "plan", "--trace", files["trace"], *_topology(2, 2, 5), "--policy", "eplb",
+                "--starts", 2, "--out", tmp_path / "eplb.json"))
+    refused = _invoke("placement", "plan", "--trace", files["trace"], *_topology(2, 2, 5), "--policy", "affinity",
+                      "--starts", 0, "--out", tmp_path / "none.json")
+    assert refused.exit_code == 2 and "--starts" in refused.stderr
 
 
 def test_plan_from_a_load_matrix(files, tmp_path: Path) -> None:

@@ -89,12 +89,15 @@ def placement() -> None:
 @click.option("--processes", type=click.IntRange(min=1), default=None,
               help="Processes that plan the layers, for policies that can split them (affinity); the plan is "
                    "the same. Default: one per CPU where the plan is large enough to pay for forking, else one.")
+@click.option("--starts", type=click.IntRange(min=1), default=None,
+              help="Partitions each layer is refined from, the best kept, for policies that search (affinity): "
+                   "more find better plans, for as many times the time. Default: the policy's (4).")
 @_balance_tokens_option
 @drop_incomplete_option
 @verbose_option
 def plan(trace_path: Path, tokens: TokenWindow | None, nodes: int, gpus_per_node: int,
          slots_per_gpu: int | None, policy: str, out: Path, cluster: str, processes: int | None,
-         balance_tokens: int | None, drop_incomplete: bool) -> None:
+         starts: int | None, balance_tokens: int | None, drop_incomplete: bool) -> None:
     """Plan a placement from observed routing and write it as JSON."""
     if tokens is None:
         stats = load_stats(trace_path, drop_incomplete=drop_incomplete, window_tokens=balance_tokens)
@@ -103,6 +106,8 @@ def plan(trace_path: Path, tokens: TokenWindow | None, nodes: int, gpus_per_node
         stats = RoutingStats.from_trace(token_window(routing, tokens, "--tokens"), window_tokens=balance_tokens)
     topology = Topology.for_experts(stats.num_experts, nodes, gpus_per_node, slots_per_gpu)
     options = {"processes": processes} if "processes" in policy_options(policy) else {}
+    if starts is not None and "starts" in policy_options(policy):
+        options["starts"] = starts
     result = planning_policy(policy, PRESETS[cluster], **options).place(stats, topology)
     save_plan(result, out)
     redundant = topology.num_slots - stats.num_experts
