@@ -25,11 +25,11 @@ expert a GPU; the replicas are seeded there one by one (`seeding`); swap refinem
 then brings load under the cap and lowers the cost. That runs from `starts` METIS seeds, and each
 layer keeps the refined layout that scores best (a local search ends where its start leads it). A
 refinement round builds `[rows, GPUs]` and `[slots, slots]` tables, so its cost grows with
-rows x slots: layers where that exceeds
-`_REFINED_WORK` (every DeepSeek-V3-sized case: 4096 rows on 288 slots already needs ~1.2 s per
-layer refined in full) are planned by the seeding alone, under the cap, or, with `sampled_rounds`,
-refined for that many rounds at most on a sample of their rows that fits the bound, each round
-among `_SWAP_VERTICES` vertices (docs/placement.md, "DeepSeek-V3 scale", for what it costs and buys).
+rows x slots: layers where that exceeds `_REFINED_WORK` (every DeepSeek-V3-sized case: 4096 rows on
+288 slots already needs ~1.2 s per layer refined in full) are planned by the seeding alone, under
+the cap, or, with `sampled_rounds`, refined for that many rounds at most on a sample of their rows
+that fits the bound, each round among `_SWAP_VERTICES` vertices (docs/placement.md, "DeepSeek-V3
+scale", for what it costs and buys).
 Replicas of hot experts spread over nodes, and their picks go to the replica on a GPU the token
 already uses, so replication serves locality as well as balance.
 
