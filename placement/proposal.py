@@ -35,6 +35,7 @@ from switchyard.placement.plan import Plan
 from switchyard.placement.policies import DEFAULT_POLICY, POLICIES, get_policy, planning_policy
 from switchyard.placement.stats import RoutingStats
 from switchyard.placement.trace import RoutingTrace
+from switchyard.placement.windows import Memory
 
 __all__ = [
     "MAX_EVALUATED_TOKENS", "PlanMetrics", "Proposal", "evaluate_proposal", "expected_gpu_load", "propose", "set_traces",
@@ -85,7 +86,7 @@ class Proposal:
     after: PlanMetrics
     window_tokens: float
     evaluated_tokens: int
-    memory: tuple[int, float] | None = None
+    memory: Memory | None = None
 
     @property
     def copies_per_layer(self) -> np.ndarray:
@@ -100,7 +101,7 @@ class Proposal:
                 "memory": memory_dict(self.memory)}
 
 
-def memory_dict(memory: tuple[int, float] | None) -> dict[str, Any] | None:
+def memory_dict(memory: Memory | None) -> dict[str, Any] | None:
     """A proposal's `memory` as JSON (`{"windows", "decay"}`), wherever a proposal is shown; None stays None."""
     return None if memory is None else {"windows": memory[0], "decay": memory[1]}
 

@@ -23,6 +23,7 @@ from switchyard.cluster.errors import SwitchyardError
 from switchyard.cluster.gateway.client import planned_memory
 from switchyard.placement.plan import Plan
 from switchyard.placement.proposal import memory_dict
+from switchyard.placement.windows import Memory
 
 EVENTS_SHOWN = 100
 
@@ -56,7 +57,7 @@ class Source(Protocol):
 
 def proposal_dict(epoch: int, policy: str, current: dict[str, Any], proposed: dict[str, Any], moved: int,
                   moved_per_layer: list[int], bytes_to_copy: int, window_tokens: float,
-                  memory: tuple[int, float] | None) -> dict[str, Any]:
+                  memory: Memory | None) -> dict[str, Any]:
     """The dry-run panel's JSON: the current and proposed plans' figures and the copies between them,
     and the statistics planned on (`memory`: how many windows, each older one weighted by the decay)."""
     return {"epoch": epoch, "policy": policy, "current": current, "proposed": proposed, "replicas_moved": moved,

@@ -12,13 +12,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from switchyard.protos.generated import serving_pb2 as pb
 from switchyard.protos.generated import serving_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from switchyard.placement.windows import Memory
+
 
 def sampling(max_new_tokens: int | None = None, temperature: float = 0.0, top_p: float | None = None,
              seed: int = 0, stop_ids: Sequence[int] = ()) -> pb.SamplingParams:
@@ -31,7 +35,7 @@ def sampling(max_new_tokens: int | None = None, temperature: float = 0.0, top_p:
     return params
 
 
-def planned_memory(answer: pb.RebalanceResponse) -> tuple[int, float] | None:
+def planned_memory(answer: pb.RebalanceResponse) -> Memory | None:
     """`(windows, decay)` a proposal was planned on (`Proposal.memory`); None where the gateway does
     not say (`planned_windows` 0)."""
     return (answer.planned_windows, answer.planned_decay) if answer.planned_windows else None
