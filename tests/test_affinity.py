@@ -20,7 +20,7 @@ from switchyard.placement.plan import Plan
 from switchyard.placement.policies import affinity, get_policy
 from switchyard.placement.policies.affinity import AffinityPolicy, layer_rows, sampled_rows
 from switchyard.placement.policies.eplb import EplbPolicy
-from switchyard.placement.seeding import replica_counts
+from switchyard.placement.seeding import graph_partition, replica_counts
 from switchyard.placement.set_routing import route_sets
 from switchyard.placement.stats import RoutingStats
 from switchyard.placement.synthetic import synthetic_trace
@@ -88,6 +88,20 @@ def test_more_starts_keep_the_best_layout_of_each_layer(synthetic) -> None:
         assert not any(few.better_than(many) for few, many in zip(scores[fewer], scores[more]))
     assert any(many.better_than(one) for one, many in zip(scores[1], scores[4]))
     assert AffinityPolicy(starts=3).place(stats, topology) == AffinityPolicy(starts=3).place(stats, topology)
+
+
+def test_starts_refine_distinct_partitions(synthetic) -> None:
+    """A layer's starts are different METIS partitions, the first from the policy's seed: METIS gives
+    seeds 0 and 1 the same partition, which would make a start repeat another's work. A graph with
+    one partition (no co-activation) gets one start."""
+    stats, _, _ = synthetic
+    topology = Topology(2, 2, 9)
+    partitions = affinity.distinct_partitions(stats.pair_counts[0], stats.load[0], topology, 0, 4)
+    assert len(partitions) == 4
+    assert all(not np.array_equal(partitions[i], partitions[j]) for i in range(4) for j in range(i))
+    assert np.array_equal(partitions[0], graph_partition(stats.pair_counts[0], stats.load[0], topology, 0))
+    no_pairs = np.zeros_like(stats.pair_counts[0])
+    assert len(affinity.distinct_partitions(no_pairs, stats.load[0], topology, 0, 4)) == 1
 
 
 def test_cluster_prices_remote_nodes_and_moves_the_plan(synthetic) -> None:

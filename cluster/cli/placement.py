@@ -91,7 +91,7 @@ def placement() -> None:
                    "the same. Default: one per CPU where the plan is large enough to pay for forking, else one.")
 @click.option("--starts", type=click.IntRange(min=1), default=None,
               help="Partitions each layer is refined from, the best kept, for policies that search (affinity): "
-                   "more find better plans, for as many times the time. Default: the policy's (4).")
+                   "more find better plans, for as many times the time. Default: the policy's (3).")
 @_balance_tokens_option
 @drop_incomplete_option
 @verbose_option

@@ -22,14 +22,14 @@ almost as many GPUs as a random layout gives. This policy places, per layer, the
 
 Per layer: METIS on the co-activation graph, nodes first and then the GPUs of each node, gives every
 expert a GPU; the replicas are seeded there one by one (`seeding`); swap refinement (`partition`)
-then brings load under the cap and lowers the cost. That runs from `starts` METIS seeds, and each
-layer keeps the refined layout that scores best (a local search ends where its start leads it). A
-refinement round builds `[rows, GPUs]` and `[slots, slots]` tables, so its cost grows with
-rows x slots: layers where that exceeds `_REFINED_WORK` (every DeepSeek-V3-sized case: 4096 rows on
-288 slots already needs ~1.2 s per layer refined in full) are planned by the seeding alone, under
-the cap, or, with `sampled_rounds`, refined for that many rounds at most on a sample of their rows
-that fits the bound, each round among `_SWAP_VERTICES` vertices (docs/placement.md, "DeepSeek-V3
-scale", for what it costs and buys).
+then brings load under the cap and lowers the cost. That runs from `starts` different METIS
+partitions (`distinct_partitions`), and each layer keeps the refined layout that scores best (a local
+search ends where its start leads it). A refinement round builds `[rows, GPUs]` and `[slots, slots]`
+tables, so its cost grows with rows x slots: layers where that exceeds `_REFINED_WORK` (every
+DeepSeek-V3-sized case: 4096 rows on 288 slots already needs ~1.2 s per layer refined in full) are
+planned by the seeding alone, under the cap, or, with `sampled_rounds`, refined for that many rounds
+at most on a sample of their rows that fits the bound, each round among `_SWAP_VERTICES` vertices
+(docs/placement.md, "DeepSeek-V3 scale", for what it costs and buys).
 Replicas of hot experts spread over nodes, and their picks go to the replica on a GPU the token
 already uses, so replication serves locality as well as balance.
 
@@ -93,12 +93,13 @@ class AffinityPolicy:
     cluster: the hardware the plan is for; it prices remote nodes (give it or node_weight, not both).
     max_moves: with a current plan, the most expert copies the new plan may need (None: plan afresh).
     seed: METIS's seed and the model's random top-k order and home nodes.
-    starts: METIS partitions per refined layer (seeds `seed`, `seed + 1`, ...), each seeded and
-        refined on the same rows; the layout that scores best is the plan. Swap refinement ends in a
-        local optimum that depends on where it starts, so more starts find better ones, for as many
-        times the refinement's time (4, the default: on ESFT's half/half splits 0.005x fewer of EPLB's
-        GPUs per token than 1 on average, at 3x the planning time; docs/placement.md). Layers sampled
-        or seeded only take the first.
+    starts: different METIS partitions per refined layer (`distinct_partitions`: seeds `seed`,
+        `seed + 1`, ..., a repeated partition skipped), each seeded and refined on the same rows;
+        the layout that scores best is the plan. Swap refinement ends in a local optimum that
+        depends on where it starts, so more starts find better ones, for as many times the
+        refinement's time (3, the default: on ESFT's half/half splits 0.005x fewer of EPLB's GPUs per
+        token than 1 on average; a fourth partition bought nothing measurable; docs/placement.md).
+        Layers sampled or seeded only take the first.
     sampled_rounds: refinement batches, at most, for layers above the work bound (`_REFINED_WORK`),
         on a sample of their rows; 0 (default): those layers are seeded only, under the cap.
     processes: how many processes plan the layers (`forked`: this one and forked children), with
@@ -111,7 +112,7 @@ class AffinityPolicy:
     cluster: ClusterSpec | None = None
     max_moves: int | None = None
     seed: int = 0
-    starts: int = 4
+    starts: int = 3
     sampled_rounds: int = 0
     processes: int | None = 1
     name: ClassVar[str] = "affinity"
@@ -234,13 +235,14 @@ class AffinityPolicy:
         price = self.overload_price(topology)
         load_caps = [LoadCap.per_window(stats.windows[:, layer], topology.num_gpus, self.max_imbalance, price)
                      for layer in piece]
+        partitions = [distinct_partitions(pairs[at], load[at], topology, self.seed, self.starts if refined[at] else 1)
+                      for at in range(len(piece))]
         fresh: list[tuple[np.ndarray, Score | None] | None] = [None] * len(piece)
-        for start in range(self.starts if refined.any() else 1):
-            preferred = np.stack([graph_partition(pairs[at], load[at], topology, self.seed + start)
-                                  for at in range(len(piece))])
+        for start in range(max(len(one) for one in partitions)):
+            preferred = np.stack([one[min(start, len(one) - 1)] for one in partitions])
             # Refinement balances load itself, better from a start that follows co-activation alone.
             experts, gpus = initial_layouts(pairs, load, replicas, preferred, topology, np.where(refined, np.inf, caps))
-            for at in np.nonzero(refined)[0] if start else range(len(piece)):
+            for at in [at for at, one in enumerate(partitions) if start < len(one)]:
                 layout = self._fresh_layout(rows[at], experts[at], gpus[at], bool(refined[at]), load_caps[at], topology)
                 if fresh[at] is None or layout[1].better_than(fresh[at][1], price):
                     fresh[at] = layout
@@ -276,6 +278,22 @@ class AffinityPolicy:
         vertices = expert_vertices(gpu_experts, num_experts)
         candidates.append((gpu_experts, score(rows, vertices, topology.gpu_of_slot, topology, cap)))
         return candidates
+
+
+def distinct_partitions(pair_counts: np.ndarray, load: np.ndarray, topology: Topology, seed: int, count: int
+                        ) -> list[np.ndarray]:
+    """Up to `count` different METIS partitions of one layer (`graph_partition`, `[E]` GPU of each
+    expert), from seeds `seed`, `seed + 1`, ...: a seed whose partition repeats an earlier one is
+    skipped (METIS gives seeds 0 and 1 the same partition), and at most `2 * count` seeds are tried,
+    so a layer whose graph has fewer partitions gets fewer starts."""
+    found: list[np.ndarray] = []
+    for one_seed in range(seed, seed + 2 * count):
+        partition = graph_partition(pair_counts, load, topology, one_seed)
+        if not any(np.array_equal(partition, earlier) for earlier in found):
+            found.append(partition)
+        if len(found) == count:
+            break
+    return found
 
 
 def layer_rows(stats: RoutingStats, layer: int, topology: Topology, node_weight: float,
