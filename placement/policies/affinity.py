@@ -243,7 +243,7 @@ class AffinityPolicy:
             # Refinement balances load itself, better from a start that follows co-activation alone.
             experts, gpus = initial_layouts(pairs, load, replicas, preferred, topology, np.where(refined, np.inf, caps))
             for at in [at for at, one in enumerate(partitions) if start < len(one)]:
-                layout = self._fresh_layout(rows[at], experts[at], gpus[at], bool(refined[at]), load_caps[at], topology)
+                layout = self._fresh_layout(rows[at], experts[at], gpus[at], load_caps[at], topology)
                 if fresh[at] is None or layout[1].better_than(fresh[at][1], price):
                     fresh[at] = layout
         return [self._layer_candidates(rows[at], fresh[at], load_caps[at], topology,
@@ -251,17 +251,18 @@ class AffinityPolicy:
                                        None if current is None else current.gpu_experts[layer], stats.num_experts)
                 for at, layer in enumerate(piece)]
 
-    def _fresh_layout(self, rows: LayerRows, experts: np.ndarray, gpus: np.ndarray, refined: bool, cap: LoadCap,
+    def _fresh_layout(self, rows: LayerRows, experts: np.ndarray, gpus: np.ndarray, cap: LoadCap,
                       topology: Topology) -> tuple[np.ndarray, Score | None]:
         """One layer's plan from one seeding (`experts`, `gpus`: `[V]` vertex -> expert, GPU): its table
         and score, refined (no score where the layer is seeded only)."""
-        rounds, swap_vertices = self._rounds(refined)
+        rounds, swap_vertices = self._rounds(rows)
         layout, result = refine(rows, experts, gpus, topology, cap, rounds, swap_vertices)[-1] if rounds else (gpus, None)
         return _table(experts, layout), result
 
-    def _rounds(self, refined: bool) -> tuple[int, int | None]:
-        """Refinement rounds and swap candidates per round of a layer refined in full, or sampled."""
-        return (_MAX_ROUNDS, None) if refined else (self.sampled_rounds, _SWAP_VERTICES)
+    def _rounds(self, rows: LayerRows) -> tuple[int, int | None]:
+        """Refinement rounds and swap candidates per round of a layer: refined in full, or, where its
+        rows are a sample (`sampled_rows`), for `sampled_rounds` at most (0: seeded only)."""
+        return (self.sampled_rounds, _SWAP_VERTICES) if rows.sampled else (_MAX_ROUNDS, None)
 
     def _layer_candidates(self, rows: LayerRows, fresh: tuple[np.ndarray, Score | None], cap: LoadCap,
                           topology: Topology, current_table: np.ndarray | None, current_gpu_experts: np.ndarray | None,
@@ -270,7 +271,7 @@ class AffinityPolicy:
         the current table and the fresh plan renumbered to keep what it can of the current one."""
         if current_table is None:
             return [fresh]
-        rounds, swap_vertices = self._rounds(not rows.sampled)
+        rounds, swap_vertices = self._rounds(rows)
         path = refine(rows, current_table, topology.gpu_of_slot, topology, cap, rounds, swap_vertices)
         candidates = [(_table(current_table, gpus), result) for gpus, result in path]
         gpu_experts = relabel_gpus(current_gpu_experts, fresh[0].reshape(topology.num_gpus, -1),
