@@ -15,12 +15,14 @@ x slots per GPU (8, 9):
 - planning on several windows against the last one alone (the live rebalancer's `--stats-history`);
 - the memory chosen per window by how well it forecasts the past windows' load (`adaptive_memory`),
   against the fixed memory, on every cell and on synthetic seeds nothing else runs on;
+- balance without drift: the served plans judged on windows drawn from the traffic they were made on,
+  which splits affinity's balance gap into a new draw's and the drift's (`drift_split`);
 - the targets of issue 17 per cell, each marked met or missed (the DeepSeek-V3 sections run in a process
   started afresh, as `switchyard placement plan` does);
 - the rule family: every policy's half/half plan routed by each rule of `routing.RULES`, the test
   half as one batch and in batches of `RUNTIME_BATCH` tokens (what one dispatcher call knows).
-Takes 5-15 minutes on two cores (296-567 s on three machines, 2026-12-05; 418 s with the planning
-history section, 675 s with the memory section, 897 s on a slower VM), most of it planning affinity for 2 x 2 x 14 x 7 windows (--v3-only: ~2). `bench.placement_frontier` serves the same windows
+Takes 15-25 minutes on two cores with three starts per layer (1027 s on an EPYC VM, 1498-1530 s on a
+Xeon VM, 2026-12-05), most of it planning affinity for 2 x 2 x 14 x 7 windows (--v3-only: ~2). `bench.placement_frontier` serves the same windows
 with affinity's balance knobs at several positions.
 """
 
@@ -51,7 +53,8 @@ from switchyard.placement.synthetic import synthetic_trace
 from switchyard.placement.topology import Topology
 from switchyard.placement.trace import RoutingTrace
 from switchyard.placement.windows import (ADAPTIVE_MEMORY, LONGER_MEMORIES, PLANNING_DECAY, PLANNING_HISTORY,
-                                          WINDOW_TOKENS, ServedWindow, serve_windows, summarize_served)
+                                          WINDOW_TOKENS, ServedWindow, serve_windows, split_windows,
+                                          summarize_served, window_weights)
 
 REPO = Path(__file__).resolve().parents[1]
 ESFT_TASKS = ("intent", "law")
@@ -61,6 +64,7 @@ CLUSTER = "h100"
 DECAY, HISTORY = PLANNING_DECAY, PLANNING_HISTORY  # what the live rebalancer plans on, with ADAPTIVE_MEMORY
 MEMORY_WORDS = " or a longer memory where it forecasts better" if ADAPTIVE_MEMORY else ""  # after DECAY's words
 RUNTIME_BATCH = 256
+NO_DRIFT_DRAWS = 8  # windows drawn per served window from the traffic its plans were made on
 
 # Issue 17's targets (affinity against EPLB, same slots).
 BALANCE_GAP = 0.01  # median over windows of (affinity - EPLB) balancedness at least -0.01
@@ -116,6 +120,7 @@ def main() -> None:
     lines.extend(v3_lines)
     history_section(cells + synthetic_cells, emit)
     memory_section(cells + synthetic_cells, emit)
+    drift_section(cells + synthetic_cells, emit)
     targets_section(cells + synthetic_cells, v3_affinity_s, emit)
     if cells:
         window_figure([(cell["label"], cell["time_ratios"], cell["balance_gaps"]) for cell in cells],
@@ -283,7 +288,75 @@ def _windows(trace, topology: Topology, emit: Callable[[str], None], label: str)
             "history": {"fixed": served_medians(by_memory[False], "affinity", cluster),
                         "last window": served_medians(last_only, "affinity", cluster),
                         "adaptive": served_medians(by_memory[True], "affinity", cluster)},
-            "memories": [item.memory for item in by_memory[True]]}
+            "memories": [item.memory for item in by_memory[True]],
+            "drift": drift_split(trace, served)}
+
+
+def resampled_window(windows: list[RoutingTrace], weights: np.ndarray, tokens: int,
+                     rng: np.random.Generator) -> RoutingTrace:
+    """`tokens` tokens of sequence pieces drawn with replacement from `windows`, a piece of window j
+    with chance in proportion to `weights[j]`: the traffic a plan on those windows (so weighted) was
+    made on, in another draw of its sequences."""
+    pieces, chances = [], []
+    for window, weight in zip(windows, weights):
+        ends = np.cumsum(window.seq_lens)
+        pieces += [window.topk_ids[end - length:end] for end, length in zip(ends, window.seq_lens)]
+        chances += [weight] * len(window.seq_lens)
+    # Every piece holds a token at least, so `tokens` draws always suffice; the first ones that do are kept.
+    drawn = [pieces[i] for i in rng.choice(len(pieces), size=tokens, p=np.divide(chances, sum(chances)))]
+    lengths = np.array([len(piece) for piece in drawn])
+    kept = int(np.searchsorted(np.cumsum(lengths), tokens)) + 1
+    lengths = lengths[:kept]
+    lengths[-1] -= lengths.sum() - tokens
+    return RoutingTrace(np.concatenate(drawn[:kept])[:tokens], lengths, windows[0].num_experts)
+
+
+def drift_split(trace: RoutingTrace, served: list[ServedWindow]) -> dict[str, dict[str, float]]:
+    """Where each policy's balance goes between planning and serving: medians over served windows of its
+    balancedness on the newest window its plan was made on (`planned`), on `NO_DRIFT_DRAWS` windows drawn
+    from the windows it was made on (`no drift`, their mean: traffic of the same mix, other sequences),
+    and on the window it served (`served`). From planned to no drift is what a new draw of the same
+    traffic costs, from no drift to served what the traffic's drift costs."""
+    windows = split_windows(trace, WINDOW_TOKENS)
+    figures = {name: {"planned": [], "no drift": [], "served": []} for name in served[0].plans}
+    for item in served:
+        history, decay = item.memory
+        past = windows[item.window - history:item.window]
+        rng = np.random.default_rng(item.window)
+        draws = [resampled_window(past, window_weights(history, decay), WINDOW_TOKENS, rng)
+                 for _ in range(NO_DRIFT_DRAWS)]
+        for name, plan in item.plans.items():
+            figures[name]["planned"].append(evaluate(plan, past[-1]).balancedness)
+            figures[name]["no drift"].append(statistics.fmean(evaluate(plan, draw).balancedness for draw in draws))
+            figures[name]["served"].append(item.evaluations[name].balancedness)
+    medians = {name: {kind: statistics.median(values) for kind, values in kinds.items()}
+               for name, kinds in figures.items()}
+    medians["gap"] = {kind: float(statistics.median(np.subtract(figures["affinity"][kind], figures["eplb"][kind])))
+                      for kind in figures["eplb"]}
+    return medians
+
+
+def drift_section(cells: list[dict], emit: Callable[[str], None]) -> None:
+    """How much of affinity's balance gap to EPLB on the served windows is the traffic's drift, per cell
+    (`drift_split`)."""
+    emit("## Balance without drift")
+    emit(f"The served windows' plans (the live rebalancer's memory), each judged three ways: on the newest window "
+         f"it was made on (planned), on {NO_DRIFT_DRAWS} windows of {WINDOW_TOKENS} tokens drawn from the sequence "
+         "pieces of the windows it was made on, with their weights (no drift: the same traffic, other draws of "
+         "its sequences; `drift_split`), and on the next window (served). Medians over windows of the "
+         "balancedness, and of affinity's gap to EPLB's. Where the gap without drift is below the target "
+         f"(-{BALANCE_GAP}), the plan misses it on the very traffic it was made on: a new draw of its sequences "
+         "loads the experts that share a GPU together (the fewer GPUs a token uses, the more of its picks "
+         "share one), and no forecast of the traffic's mix changes that.")
+    rows = []
+    for cell in cells:
+        drift = cell["drift"]
+        rows.append([cell["label"], *(f"{drift[name][kind]:.3f}" for name in ("eplb", "affinity")
+                                      for kind in ("planned", "no drift", "served")),
+                     *(f"{drift['gap'][kind]:+.3f}" for kind in ("planned", "no drift", "served"))])
+    emit(markdown_table(["cell", "EPLB planned", "EPLB no drift", "EPLB served", "affinity planned",
+                         "affinity no drift", "affinity served", "gap planned", "gap no drift", "gap served"],
+                        rows, numeric_from=1))
 
 
 def _served_policies(cluster: ClusterSpec) -> dict[str, Policy]:
@@ -392,8 +465,9 @@ def targets_section(cells: list[dict], v3_affinity_s: float, emit: Callable[[str
         f"-{BALANCE_GAP}), of its MoE time over EPLB's (at most {TIME_RATIO}x), and the share of windows "
         f"where it is faster (at least {TIME_WINS:.0%}). Half/half: GPUs/token below EPLB's by "
         f"{GPU_CUT[8]:.0%} (8 slots) or {GPU_CUT[9]:.0%} (9 slots); balance and time on the half/half "
-        "split are shown against the same bounds. One-node cells show, after the windows' time, two "
-        "figures, medians over windows over EPLB's time: `balanced`, affinity's time with its compute "
+        "split are shown against the same bounds. The windows' balance gap shows in brackets the gap on "
+        "windows drawn from the traffic the plans were made on (section Balance without drift). One-node "
+        "cells show, after the windows' time, two figures, medians over windows over EPLB's time: `balanced`, affinity's time with its compute "
         "perfectly balanced and its traffic as routed (`balanced_compute_time`; above the target: "
         "balance alone cannot meet it, the plan needs less traffic), and `bound`, the cost model's time "
         "at perfect balance with the GPUs per token affinity reached, its sends spread evenly over the "
@@ -413,7 +487,9 @@ def targets_section(cells: list[dict], v3_affinity_s: float, emit: Callable[[str
         half_ratio = half_a.layer_time_s / half_e.layer_time_s
         bounds = "" if not cell["bound_ratios"] else (f" (balanced {statistics.median(cell['balanced_ratios']):.3f}x, "
                                                       f"bound {statistics.median(cell['bound_ratios']):.3f}x)")
-        checks = [(f"{gap:+.3f}", gap >= -BALANCE_GAP), (f"{ratio:.3f}x{bounds}", ratio <= TIME_RATIO),
+        no_drift = cell["drift"]["gap"]["no drift"]
+        checks = [(f"{gap:+.3f} (no drift {no_drift:+.3f})", gap >= -BALANCE_GAP),
+                  (f"{ratio:.3f}x{bounds}", ratio <= TIME_RATIO),
                   (f"{wins:.0%}", wins >= TIME_WINS), (f"{gpu_ratio:.3f}x", gpu_ratio <= 1 - GPU_CUT[cell["slots"]]),
                   (f"{half_gap:+.3f}", half_gap >= -BALANCE_GAP), (f"{half_ratio:.3f}x", half_ratio <= TIME_RATIO)]
         met_count += sum(met for _, met in checks)

@@ -31,6 +31,7 @@ import numpy as np
 from switchyard.placement.cost import ClusterSpec
 from switchyard.placement.errors import PlacementError, positive_int, unit_interval
 from switchyard.placement.evaluate import Evaluation, evaluate
+from switchyard.placement.plan import Plan
 from switchyard.placement.policies.base import Policy
 from switchyard.placement.routing import DEFAULT_RULE, ReplicaRule
 from switchyard.placement.stats import RoutingStats
@@ -65,12 +66,13 @@ the longest of `LONGER_MEMORIES` to forecast; what the live rebalancer reads fro
 
 @dataclass(frozen=True, eq=False)
 class ServedWindow:
-    """Every policy's plan, made on the windows up to `window - 1` with `memory`, evaluated on window
-    `window`."""
+    """Every policy's plan (`plans`), made on the windows up to `window - 1` with `memory`, and its
+    evaluation on window `window` (`evaluations`)."""
 
     window: int
     evaluations: dict[str, Evaluation]
     memory: Memory
+    plans: dict[str, Plan]
 
 
 def split_windows(trace: RoutingTrace, window_tokens: int) -> list[RoutingTrace]:
@@ -94,10 +96,10 @@ def decayed_stats(window_stats: list[RoutingStats], decay: float) -> RoutingStat
     for stats in window_stats[1:]:
         merged = merged.decayed(decay).merge(stats)
     return dataclasses.replace(merged, window_load=np.concatenate(
-        [stats.windows * weight for stats, weight in zip(window_stats, _weights(len(window_stats), decay))]))
+        [stats.windows * weight for stats, weight in zip(window_stats, window_weights(len(window_stats), decay))]))
 
 
-def _weights(count: int, decay: float) -> np.ndarray:
+def window_weights(count: int, decay: float) -> np.ndarray:
     """`[count]` the weight of each of `count` windows, oldest first: `decay ** age`, the last one 1."""
     return decay ** np.arange(count - 1, -1, -1.0)
 
@@ -111,7 +113,7 @@ def forecast_error(window_stats: Sequence[RoutingStats], memory: Memory) -> floa
     errors = []
     for served in range(1, len(window_stats)):
         past = window_stats[max(0, served - history):served]
-        load = sum(weight * stats.load for weight, stats in zip(_weights(len(past), decay), past))
+        load = sum(weight * stats.load for weight, stats in zip(window_weights(len(past), decay), past))
         errors.append(np.abs(_shares(window_stats[served].load) - _shares(load)).sum(axis=1).mean())
     return float(np.mean(errors)) if errors else None
 
@@ -185,9 +187,9 @@ def serve_windows(trace: RoutingTrace, topology: Topology, policies: Mapping[str
         if on_window is not None:
             on_window(index, len(windows) - 1)
         stats, memory = planning_stats(window_stats[:index], (history, decay), adaptive_memory)
-        evaluations = {name: evaluate(policy.place(stats, topology), windows[index], cluster, rule)
-                       for name, policy in policies.items()}
-        served.append(ServedWindow(index, evaluations, memory))
+        plans = {name: policy.place(stats, topology) for name, policy in policies.items()}
+        evaluations = {name: evaluate(plan, windows[index], cluster, rule) for name, plan in plans.items()}
+        served.append(ServedWindow(index, evaluations, memory, plans))
     return served
 
 

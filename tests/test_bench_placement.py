@@ -1,13 +1,15 @@
-"""The placement benchmark's one-node time figures: the bound (sends spread evenly) is below the time at
-perfectly balanced compute (traffic as routed), which is below the modelled time; with every GPU
-equally loaded the last two are equal."""
+"""The placement benchmark's own figures. The one-node time figures: the bound (sends spread evenly) is
+below the time at perfectly balanced compute (traffic as routed), which is below the modelled time;
+with every GPU equally loaded the last two are equal. Balance without drift: windows drawn from the
+sequence pieces of the planning windows, and the split of the served gap they give."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from bench.placement import balanced_compute_time, balanced_time_bound
+from bench.placement import (_served_policies, balanced_compute_time, balanced_time_bound, drift_split,
+                             resampled_window)
 from switchyard.placement.cost import PRESETS
 from switchyard.placement.evaluate import evaluate
 from switchyard.placement.policies import get_policy
@@ -15,6 +17,7 @@ from switchyard.placement.stats import RoutingStats
 from switchyard.placement.synthetic import synthetic_trace
 from switchyard.placement.topology import Topology
 from switchyard.placement.trace import RoutingTrace
+from switchyard.placement.windows import serve_windows, split_windows
 
 CLUSTER = PRESETS["h100"]
 
@@ -39,3 +42,37 @@ def test_balanced_compute_time_equals_the_time_when_every_gpu_serves_alike() -> 
     plan = get_policy("linear").place(RoutingStats.from_trace(trace), topology)
     evaluation = evaluate(plan, trace, CLUSTER)
     assert balanced_compute_time(evaluation, CLUSTER) == pytest.approx(evaluation.layer_time_s)
+
+
+def test_resampled_window_draws_whole_pieces_of_the_weighted_windows() -> None:
+    trace = synthetic_trace(2, 16, 2, 3000, seq_len=70, seed=5)
+    windows = split_windows(trace, 1000)
+    draw = resampled_window(windows, np.array([0.0, 1.0, 1.0]), 1000, np.random.default_rng(0))
+    assert draw.num_tokens == 1000 and draw.num_layers == 2 and draw.num_experts == 16
+    pieces = {window.topk_ids[end - length:end].tobytes()
+              for window in windows[1:] for end, length in zip(np.cumsum(window.seq_lens), window.seq_lens)}
+    ends = np.cumsum(draw.seq_lens)
+    for end, length in zip(ends[:-1], draw.seq_lens[:-1]):  # the last piece is cut at 1000 tokens
+        assert draw.topk_ids[end - length:end].tobytes() in pieces  # never from window 0, weighted 0
+    again = resampled_window(windows, np.array([0.0, 1.0, 1.0]), 1000, np.random.default_rng(0))
+    np.testing.assert_array_equal(again.topk_ids, draw.topk_ids)
+
+
+def test_drift_split_without_drift_is_the_planned_and_the_served_balance() -> None:
+    """Every token picks the same experts: a draw of the planning windows is the served window, so the
+    three balance figures are one; on traffic that varies they are medians of what they name."""
+    same = RoutingTrace(np.tile([[[0, 5], [2, 9]]], (3000, 1, 1)), np.full(30, 100), 16)
+    topology = Topology(1, 4, 5)
+    split = drift_split(same, serve_windows(same, topology, _served_policies(CLUSTER), window_tokens=1000))
+    for name in ("eplb", "affinity"):
+        assert split[name]["planned"] == split[name]["no drift"] == split[name]["served"]
+    assert split["gap"]["no drift"] == pytest.approx(split["affinity"]["served"] - split["eplb"]["served"])
+
+    trace = synthetic_trace(2, 16, 2, 4000, seq_len=100, seed=7)
+    served = serve_windows(trace, topology, _served_policies(CLUSTER), window_tokens=1000, decay=0.5, history=2)
+    split = drift_split(trace, served)
+    served_balance = [item.evaluations["affinity"].balancedness for item in served]
+    assert split["affinity"]["served"] == pytest.approx(np.median(served_balance))
+    windows = split_windows(trace, 1000)
+    planned = [evaluate(item.plans["affinity"], windows[item.window - 1]).balancedness for item in served]
+    assert split["affinity"]["planned"] == pytest.approx(np.median(planned))

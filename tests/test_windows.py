@@ -64,6 +64,7 @@ def test_serve_windows_plans_on_the_past_and_serves_the_next() -> None:
         plan = EplbPolicy().place(RoutingStats.from_trace(windows[item.window - 1]), topology)
         expected = evaluate(plan, windows[item.window])
         np.testing.assert_array_equal(item.evaluations["eplb"].gpu_load, expected.gpu_load)
+        np.testing.assert_array_equal(item.plans["eplb"].physical_to_logical, plan.physical_to_logical)
     decayed = serve_windows(TRACE, topology, {"eplb": EplbPolicy()}, window_tokens=1000, decay=0.5)
     plan = EplbPolicy().place(decayed_stats([RoutingStats.from_trace(w) for w in windows[:2]], 0.5), topology)
     np.testing.assert_array_equal(decayed[1].evaluations["eplb"].gpu_load, evaluate(plan, windows[2]).gpu_load)
