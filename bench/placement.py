@@ -292,23 +292,27 @@ def _windows(trace, topology: Topology, emit: Callable[[str], None], label: str)
             "drift": drift_split(trace, served)}
 
 
-def resampled_window(windows: list[RoutingTrace], weights: np.ndarray, tokens: int,
-                     rng: np.random.Generator) -> RoutingTrace:
-    """`tokens` tokens of sequence pieces drawn with replacement from `windows`, a piece of window j
-    with chance in proportion to `weights[j]`: the traffic a plan on those windows (so weighted) was
-    made on, in another draw of its sequences."""
+def resampled_windows(windows: list[RoutingTrace], weights: np.ndarray, tokens: int, count: int,
+                      rng: np.random.Generator) -> list[RoutingTrace]:
+    """`count` windows of `tokens` tokens, each of sequence pieces drawn with replacement from
+    `windows`, a piece of window j with chance in proportion to `weights[j]`: the traffic a plan on
+    those windows (so weighted) was made on, in other draws of its sequences."""
     pieces, chances = [], []
     for window, weight in zip(windows, weights):
         ends = np.cumsum(window.seq_lens)
         pieces += [window.topk_ids[end - length:end] for end, length in zip(ends, window.seq_lens)]
         chances += [weight] * len(window.seq_lens)
-    # Every piece holds a token at least, so `tokens` draws always suffice; the first ones that do are kept.
-    drawn = [pieces[i] for i in rng.choice(len(pieces), size=tokens, p=np.divide(chances, sum(chances)))]
-    lengths = np.array([len(piece) for piece in drawn])
-    kept = int(np.searchsorted(np.cumsum(lengths), tokens)) + 1
-    lengths = lengths[:kept]
-    lengths[-1] -= lengths.sum() - tokens
-    return RoutingTrace(np.concatenate(drawn[:kept])[:tokens], lengths, windows[0].num_experts)
+    chances = np.divide(chances, sum(chances))
+    draws = []
+    for _ in range(count):
+        # Every piece holds a token at least, so `tokens` draws always suffice; the first ones that do are kept.
+        drawn = [pieces[i] for i in rng.choice(len(pieces), size=tokens, p=chances)]
+        lengths = np.array([len(piece) for piece in drawn])
+        kept = int(np.searchsorted(np.cumsum(lengths), tokens)) + 1
+        lengths = lengths[:kept]
+        lengths[-1] -= lengths.sum() - tokens
+        draws.append(RoutingTrace(np.concatenate(drawn[:kept])[:tokens], lengths, windows[0].num_experts))
+    return draws
 
 
 def drift_split(trace: RoutingTrace, served: list[ServedWindow]) -> dict[str, dict[str, float]]:
@@ -322,9 +326,8 @@ def drift_split(trace: RoutingTrace, served: list[ServedWindow]) -> dict[str, di
     for item in served:
         history, decay = item.memory
         past = windows[item.window - history:item.window]
-        rng = np.random.default_rng(item.window)
-        draws = [resampled_window(past, window_weights(history, decay), WINDOW_TOKENS, rng)
-                 for _ in range(NO_DRIFT_DRAWS)]
+        draws = resampled_windows(past, window_weights(history, decay), WINDOW_TOKENS, NO_DRIFT_DRAWS,
+                                  np.random.default_rng(item.window))
         for name, plan in item.plans.items():
             figures[name]["planned"].append(evaluate(plan, past[-1]).balancedness)
             figures[name]["no drift"].append(statistics.fmean(evaluate(plan, draw).balancedness for draw in draws))

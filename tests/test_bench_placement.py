@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bench.placement import (_served_policies, balanced_compute_time, balanced_time_bound, drift_split,
-                             resampled_window)
+                             resampled_windows)
 from switchyard.placement.cost import PRESETS
 from switchyard.placement.evaluate import evaluate
 from switchyard.placement.policies import get_policy
@@ -47,14 +47,15 @@ def test_balanced_compute_time_equals_the_time_when_every_gpu_serves_alike() -> 
 def test_resampled_window_draws_whole_pieces_of_the_weighted_windows() -> None:
     trace = synthetic_trace(2, 16, 2, 3000, seq_len=70, seed=5)
     windows = split_windows(trace, 1000)
-    draw = resampled_window(windows, np.array([0.0, 1.0, 1.0]), 1000, np.random.default_rng(0))
+    draw, second = resampled_windows(windows, np.array([0.0, 1.0, 1.0]), 1000, 2, np.random.default_rng(0))
     assert draw.num_tokens == 1000 and draw.num_layers == 2 and draw.num_experts == 16
     pieces = {window.topk_ids[end - length:end].tobytes()
               for window in windows[1:] for end, length in zip(np.cumsum(window.seq_lens), window.seq_lens)}
     ends = np.cumsum(draw.seq_lens)
     for end, length in zip(ends[:-1], draw.seq_lens[:-1]):  # the last piece is cut at 1000 tokens
         assert draw.topk_ids[end - length:end].tobytes() in pieces  # never from window 0, weighted 0
-    again = resampled_window(windows, np.array([0.0, 1.0, 1.0]), 1000, np.random.default_rng(0))
+    assert second.num_tokens == 1000 and not np.array_equal(second.topk_ids, draw.topk_ids)
+    again = resampled_windows(windows, np.array([0.0, 1.0, 1.0]), 1000, 1, np.random.default_rng(0))[0]
     np.testing.assert_array_equal(again.topk_ids, draw.topk_ids)
 
 
