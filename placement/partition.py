@@ -236,6 +236,27 @@ def _ranked_swaps(rows: LayerRows, current: Score, expert_of_vertex: np.ndarray,
                   topology: Topology, cap: LoadCap, subset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The improving swaps among `subset` (ascending vertex ids) for the current routing, best first:
     two `[n]` int64 arrays of vertices."""
+    delta, overload, allowed = _swap_changes(rows, current, expert_of_vertex, gpu_of_vertex, topology, cap, subset)
+    allowed &= np.triu(np.ones(delta.shape, dtype=bool), 1)
+    if np.isfinite(cap.price):  # one objective: the cost with the overload priced in
+        improving = delta + cap.price * overload < -_TOLERANCE
+    else:
+        improving = (overload < -_TOLERANCE) | ((overload <= _TOLERANCE) & (delta < -_TOLERANCE))
+    a, b = np.nonzero(allowed & improving)
+    # Rank: swaps that cut overload first, cheapest cost per token of overload cut; then by cost.
+    cut = -overload[a, b]
+    relieves = cut > _TOLERANCE
+    rank = np.where(relieves, delta[a, b] / np.where(relieves, cut, 1.0), delta[a, b])
+    order = np.lexsort((rank, ~relieves))
+    return subset[a[order]], subset[b[order]]
+
+
+def _swap_changes(rows: LayerRows, current: Score, expert_of_vertex: np.ndarray, gpu_of_vertex: np.ndarray,
+                  topology: Topology, cap: LoadCap, subset: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For every swap of two vertices of `subset` (ascending ids), `[C, C]` each: the change of the cost
+    (`swap_deltas`) and of the overload (summed over windows) for the current routing, and whether it
+    is allowed: different GPUs, different experts, neither expert already on the other's GPU, and no
+    GPU left without a replica of a replicated expert (`stranding_swaps`)."""
     delta = swap_deltas(rows, current.pins, gpu_of_vertex, topology, subset)
     gpu = gpu_of_vertex[subset]
     overload = np.zeros(delta.shape)  # [a, b] the change of the overload, summed over windows
@@ -248,22 +269,62 @@ def _ranked_swaps(rows: LayerRows, current: Score, expert_of_vertex: np.ndarray,
         overload += (np.maximum(gpu_load[gpu][:, None] + shift - limit, 0)
                      + np.maximum(gpu_load[gpu][None, :] - shift - limit, 0)
                      - over[gpu][:, None] - over[gpu][None, :])
-    # Allowed: different GPUs, different experts, neither expert already on the other's GPU.
     experts_on_gpu = np.zeros((int(expert_of_vertex.max()) + 1, topology.num_gpus), dtype=bool)
     experts_on_gpu[expert_of_vertex, gpu_of_vertex] = True
     blocked = experts_on_gpu[expert_of_vertex[subset]][:, gpu]  # [a, b]: a's expert already on b's GPU
-    allowed = ~(blocked | blocked.T) & np.triu(np.ones(delta.shape, dtype=bool), 1)
-    if np.isfinite(cap.price):  # one objective: the cost with the overload priced in
-        improving = delta + cap.price * overload < -_TOLERANCE
-    else:
-        improving = (overload < -_TOLERANCE) | ((overload <= _TOLERANCE) & (delta < -_TOLERANCE))
-    a, b = np.nonzero(allowed & improving)
-    # Rank: swaps that cut overload first, cheapest cost per token of overload cut; then by cost.
-    cut = -overload[a, b]
-    relieves = cut > _TOLERANCE
-    rank = np.where(relieves, delta[a, b] / np.where(relieves, cut, 1.0), delta[a, b])
-    order = np.lexsort((rank, ~relieves))
-    return subset[a[order]], subset[b[order]]
+    allowed = ~(blocked | blocked.T | stranding_swaps(expert_of_vertex, gpu_of_vertex, topology.num_gpus, subset))
+    return delta, overload, allowed
+
+
+def replicated(expert_of_vertex: np.ndarray) -> np.ndarray:
+    """`[V]` bool: the vertices of experts with more than one replica, the only picks the replica rule
+    can send elsewhere."""
+    return np.bincount(expert_of_vertex)[expert_of_vertex] > 1
+
+
+def stranding_swaps(expert_of_vertex: np.ndarray, gpu_of_vertex: np.ndarray, num_gpus: int, subset: np.ndarray
+                    ) -> np.ndarray:
+    """`[C, C]` bool over `subset`: the swaps that would leave a GPU without a replica of a replicated
+    expert (one moves the GPU's last such replica away for a single-replica expert's).
+
+    The rule's repair relieves a GPU only by moving picks of replicated experts to their other
+    replicas, so a GPU without one cannot shed load on traffic the plan did not foresee. On the
+    served windows of both ESFT traces at 1 x 8 x 9, before this rule, the busiest GPU held none in a
+    quarter of affinity's layers, and those carried two fifths of its load above the mean
+    (docs/placement.md, "Every GPU keeps a replica")."""
+    spare = replicated(expert_of_vertex)
+    held = np.bincount(gpu_of_vertex[spare], minlength=num_gpus)
+    last = spare[subset] & (held[gpu_of_vertex[subset]] == 1)  # [C] the only such replica on its GPU
+    alone = last[:, None] & ~spare[subset][None, :]
+    return alone | alone.T
+
+
+def spread_replicas(rows: LayerRows, expert_of_vertex: np.ndarray, gpu_of_vertex: np.ndarray, topology: Topology,
+                    cap: LoadCap) -> np.ndarray:
+    """`gpu_of_vertex` with as many GPUs as can holding a replica of a replicated expert: while one
+    holds none and another holds two or more, the swap of one of the latter's for one of the former's
+    vertices that adds the least (overload first, or priced by `cap.price`, then cost), for the
+    current routing. `refine` then never undoes it (`stranding_swaps`)."""
+    spare = replicated(expert_of_vertex)
+    vertices = expert_vertices(expert_of_vertex, int(expert_of_vertex.max()) + 1)
+    layout = gpu_of_vertex.copy()
+    while True:
+        held = np.bincount(layout[spare], minlength=topology.num_gpus)
+        givers, bare = np.nonzero(spare & (held[layout] >= 2))[0], np.nonzero(held[layout] == 0)[0]
+        if not len(givers) or not len(bare):
+            return layout
+        subset = np.sort(np.concatenate([givers, bare]))
+        delta, overload, _ = _swap_changes(rows, score(rows, vertices, layout, topology, cap), expert_of_vertex,
+                                           layout, topology, cap, subset)
+        pairs = np.ix_(np.searchsorted(subset, givers), np.searchsorted(subset, bare))
+        delta, overload = delta[pairs], overload[pairs]
+        # Every such pair is allowed: a bare GPU holds only single-replica experts, a giver keeps one.
+        if np.isfinite(cap.price):
+            best = np.argmin(delta + cap.price * overload)
+        else:
+            best = np.lexsort((delta.ravel(), overload.ravel()))[0]
+        giver, taker = np.unravel_index(best, delta.shape)
+        layout[givers[giver]], layout[bare[taker]] = layout[bare[taker]], layout[givers[giver]]
 
 
 def swap_deltas(rows: LayerRows, pins: np.ndarray, gpu_of_vertex: np.ndarray, topology: Topology,

@@ -15,7 +15,8 @@ from switchyard.placement.evaluate import evaluate
 from switchyard.placement.formats import load_trace
 from switchyard.placement.forked import map_forked
 from switchyard.placement.migration import plan_migration
-from switchyard.placement.partition import LayerRows, LoadCap, Score, expert_vertices, refine, score, swap_deltas
+from switchyard.placement.partition import (LayerRows, LoadCap, Score, expert_vertices, refine, replicated, score,
+                                            spread_replicas, stranding_swaps, swap_deltas)
 from switchyard.placement.plan import Plan
 from switchyard.placement.policies import affinity, get_policy
 from switchyard.placement.policies.affinity import AffinityPolicy, layer_rows, sampled_rows
@@ -414,6 +415,57 @@ def test_swap_deltas_match_recounting(synthetic) -> None:
         assert delta[a, b] == pytest.approx(cost(swapped) - base, abs=1e-6)
     subset = np.sort(rng.choice(topology.num_slots, 12, replace=False))  # a round among some vertices
     assert swap_deltas(rows, pins, gpu_of_vertex, topology, subset) == pytest.approx(delta[np.ix_(subset, subset)])
+
+
+def test_no_swap_strands_a_gpu_without_a_replicated_expert() -> None:
+    """Experts 0 and 1 have two replicas each (vertices 0-1 and 2-3), 2-5 one. GPU 0 holds vertex 0,
+    the only replica of a replicated expert on it; a swap moving it off for a single-replica expert's
+    vertex would strand GPU 0 (the rule's repair could no longer relieve it). A swap for another
+    replicated expert's vertex, or of a GPU's second such replica, is allowed."""
+    experts = np.array([0, 0, 1, 1, 2, 3, 4, 5])
+    gpus = np.array([0, 1, 1, 2, 0, 2, 1, 0])  # GPU 0: vertices 0, 4, 7; GPU 1: 1, 2, 6; GPU 2: 3, 5
+    assert replicated(experts).tolist() == [True] * 4 + [False] * 4
+    stranding = stranding_swaps(experts, gpus, 3, np.arange(8))
+    assert stranding[0, 6] and stranding[6, 0] and stranding[0, 5]  # vertex 0 away for a single one
+    assert not stranding[0, 3]  # for expert 1's replica: GPU 0 keeps one
+    assert not stranding[1, 4] and not stranding[2, 7]  # GPU 1 holds two, it keeps the other
+    assert stranding[3, 4]  # vertex 3 is GPU 2's only one
+
+
+def test_spread_replicas_leaves_no_gpu_without_one_and_refinement_keeps_it(synthetic) -> None:
+    """From a seeding that puts all replicas of replicated experts on a few GPUs, every GPU ends with
+    one (there are more than GPUs), and no refined swap takes it away; the cost paid is the cheapest."""
+    stats, _, _ = synthetic
+    topology = Topology(1, 4, 9)
+    rows = layer_rows(stats, 0, topology, 1.0, np.random.default_rng(0))
+    replicas = replica_counts(stats.load[0], topology.num_slots, topology.num_gpus)
+    experts = np.repeat(np.arange(stats.num_experts), replicas)
+    spare = replicated(experts)
+    assert topology.num_gpus <= spare.sum() <= 2 * topology.slots_per_gpu
+    gpus = np.empty(len(experts), dtype=np.int64)  # replicas of replicated experts on GPUs 0 and 1 only
+    gpus[spare] = np.arange(spare.sum()) % 2
+    gpus[np.nonzero(~spare)[0]] = np.repeat(np.arange(topology.num_gpus), topology.slots_per_gpu
+                                            - np.bincount(gpus[spare], minlength=topology.num_gpus))
+    assert np.bincount(gpus, minlength=topology.num_gpus).tolist() == [topology.slots_per_gpu] * topology.num_gpus
+    assert not np.isin([2, 3], gpus[spare]).any()
+    cap = LoadCap.single(np.inf, stats.num_experts)
+    spread = spread_replicas(rows, experts, gpus, topology, cap)
+    assert np.bincount(spread, minlength=topology.num_gpus).tolist() == [topology.slots_per_gpu] * topology.num_gpus
+    assert (np.bincount(spread[spare], minlength=topology.num_gpus) >= 1).all()
+    assert (spread != gpus).sum() == 2 * 2  # one swap per GPU without one
+    for gpu_of_vertex, _ in refine(rows, experts, spread, topology, cap, max_rounds=8):
+        assert (np.bincount(gpu_of_vertex[spare], minlength=topology.num_gpus) >= 1).all()
+
+
+def test_every_gpu_of_a_plan_holds_a_replicated_expert(synthetic) -> None:
+    """With as many replicas of replicated experts as GPUs or more, every GPU of every refined layer
+    holds one, so the rule's repair can relieve any GPU; without spare slots nothing is replicated."""
+    stats, _, _ = synthetic
+    for topology in (Topology(1, 4, 9), Topology(2, 2, 9)):
+        plan = AffinityPolicy(cluster=PRESETS["h100"]).place(stats, topology)
+        for layer in plan.physical_to_logical:
+            held = np.bincount(topology.gpu_of_slot[replicated(layer)], minlength=topology.num_gpus)
+            assert (held >= 1).all()
 
 
 def test_route_sets_follows_the_rule() -> None:
