@@ -483,19 +483,18 @@ def test_route_sets_follows_the_rule() -> None:
 
 # Measured misses, kept visible: 2 x 4 GPUs cannot get a token's experts onto one node often enough
 # (mtkahypar's best balanced bisection of the training sets already leaves 0.78 remote nodes per token
-# on intent, above the 0.74 target); the law trace drifts between its halves, so a placement that
-# keeps co-activated experts together loses more balance on the second half than EPLB's mix does.
-# Re-measured with issue 17's `gpu` replica rule (EPLB gains from it too): law 9 slots balance
-# 0.954 vs 0.974 (1 x 8), 0.935 vs 0.961 (2 x 4), 0.947 vs 0.968 (4 x 2); law 4 x 2 x 9 GPUs per
-# token 0.752x EPLB's; docs/placement.md has the window-by-window picture.
+# on intent, above the 0.74 target). Law's 9-slot cells now keep EPLB's balance within 0.02 (with a
+# replica of a replicated expert on every GPU, 2026-12-06: 0.968 vs 0.981 on 1 x 8, 0.968 vs 0.979 on
+# 2 x 4, 0.970 vs 0.980 on 4 x 2) and miss the 25 % cut in GPUs per token this test asks of them, by
+# little: 0.752x, 0.762x and 0.753x EPLB's. docs/placement.md has the window-by-window picture.
 KNOWN_MISSES = {
     ("intent", 2, 4, 8): "remote nodes",
     ("intent", 2, 4, 9): "remote nodes",
     ("law", 2, 4, 8): "remote nodes",
-    ("law", 2, 4, 9): "remote nodes and balance",
-    ("law", 1, 8, 9): "balance",
+    ("law", 2, 4, 9): "remote nodes, and GPUs per token 0.762x EPLB's",
+    ("law", 1, 8, 9): "GPUs per token 0.752x EPLB's",
     ("law", 4, 2, 8): "remote nodes",
-    ("law", 4, 2, 9): "balance, and GPUs per token 24.8 % below EPLB's",
+    ("law", 4, 2, 9): "GPUs per token 0.753x EPLB's",
 }
 
 
