@@ -20,31 +20,39 @@ rule. It is applied to each layer independently, with its load counters starting
        (known before any replicated pick is resolved) plus the replicated picks resolved before.
    With `home_first=False` tiers b and c are one: balance decides between the home node and the
    others (on one node the two rules are the same).
-3. With `repair` (the default rule), the busiest GPU is then relieved, layer by layer: while every GPU
-   at the layer's highest load serves a pick of a replicated expert whose other replica sits on a GPU
-   at least two picks lighter, one such pick moves there, the move adding the fewest hidden-state
-   transfers first (+1 to a GPU the token does not use yet, -1 off its only pick on the busy GPU),
-   then to the lightest GPU, the lowest slot, the earliest pick; with `home_first` a pick never leaves
-   its home node. When a GPU at the highest load has no such move, the moves made since the highest
-   load last dropped are undone: they did not lower it. So the repair lowers the busiest GPU's
-   load, which sets the layer's compute time and vLLM's balancedness, and touches nothing else.
+3. With `repair` (the default rule), the busiest GPU is then relieved, layer by layer, along chains
+   of replicas. A replicated pick may move to any other replica of its expert; with `home_first`, a
+   pick that step 2 left on its home node only to one on that node. Each GPU at the layer's highest
+   load in turn is relieved by the shortest chain of moves that ends on a GPU at least two picks
+   lighter: one pick off the busy GPU onto a second GPU, one of that GPU's picks onto a third, and so
+   on, so only the two ends change load. The chain is found breadth first: the GPUs one move away,
+   each reached by its best move (the fewest added hidden-state transfers: +1 onto a GPU the token
+   does not use yet, -1 off its only pick on a GPU; then the lowest slot, the earliest pick), then
+   those two moves away, and so on; the last move is the best onto a light enough GPU, by added
+   transfers, then that GPU's load, slot and pick. When a GPU at the highest load has no chain, the
+   moves made since that load last dropped are undone: they did not lower it. Then no choice of
+   replicas makes the busiest GPU lighter (with the single-replica picks where they are): every GPU
+   its chains reach is at most one pick lighter than it, and their picks can only move among them. So the repair lowers the busiest GPU's load, which sets the layer's compute time and vLLM's
+   balancedness, as far as the replicas allow.
 
 Why this order: the hidden state goes once to every distinct GPU a token uses, so reusing a GPU is free
 and the home node is cheap. "replica" keeps an expert's replicas evenly busy; "gpu" lets replicas
 even out the GPUs, which is what balancedness and the busiest GPU's compute measure. Step 2 decides
 pick by pick, before it knows where the call's later picks go, so tier a can pile picks on a GPU
 that ends up the busiest; the repair looks at the whole call, which a dispatcher has, and by the
-cost model a pick off the busiest GPU is worth several transfers (`ClusterSpec.overload_weight`)
-(docs/placement.md has the measured family; `DEFAULT_RULE` is the one the runtime uses).
+cost model a pick off the busiest GPU is worth several transfers (`ClusterSpec.overload_weight`), more
+than a chain of a few moves adds (docs/placement.md has the measured family; `DEFAULT_RULE` is the one the runtime uses).
 
 Speed: picks of single-replica experts are one gather. Only picks of replicated experts are resolved
 in a Python loop over plain lists (their tiers a/b against the single-replica GPUs are precomputed with
 numpy). On half the ESFT trace (4k tokens x 26 layers x top-6) with 8 redundant slots per layer
 holding second replicas of the 8 busiest experts, as EPLB would (~205k of 641k picks replicated), that
-is ~0.25-0.6 s on one core. The repair makes numpy passes over the candidates on the busiest GPUs
-only, as many as the layer that needs most levels: on that batch ~1.7 s more (~1000 moves in one
-layer of that unbalanced plan), 0.1-0.4 s more on EPLB's and affinity's plans; a runtime batch of tens
-of tokens moves a few picks.
+is ~0.25-0.6 s on one core. The repair searches one chain per move, a few numpy calls per GPU
+level of the search over the layer's replicated picks: on that batch ~4.8 s more on that unbalanced
+plan and ~1.7 s more on EPLB's and affinity's plans (~5000 moves over 26 layers, ~0.35 ms each;
+the one-hop repair it replaced took 0.1-0.4 s, in passes over all layers at once). The runtime's
+calls, one layer of one batch each, cost what they did with the one-hop repair: ~0.5 ms for 32
+tokens and ~1.9 ms for 256, the repair included (EPLB's 1 x 8 x 9 plan on ESFT intent).
 
 While a worker is down the runtime passes `live_gpus`: the same rule then chooses among the live
 replicas only (the plan's replicas are the redundancy), and a pick of an expert without one gets -1.
@@ -116,7 +124,7 @@ def assign_slots(plan: Plan, topk_ids: np.ndarray, home_node: np.ndarray,
     if replicated.any():
         _resolve_replicated(plan, table, ids, home, slots, replicated, rule)
         if rule.repair:
-            _relieve_busiest(plan.topology, table, counts, ids, home, slots, replicated, rule.home_first)
+            _relieve_along_chains(plan.topology, table, ids, home, slots, replicated, rule.home_first)
     return slots
 
 
@@ -227,106 +235,96 @@ def _resolve_replicated(plan: Plan, table: np.ndarray, ids: np.ndarray, home: np
     slots[token, layer, position] = np.asarray(chosen, dtype=np.int64) - layer * num_slots
 
 
-def _relieve_busiest(topology: Topology, table: np.ndarray, counts: np.ndarray, ids: np.ndarray, home: np.ndarray,
-                     slots: np.ndarray, replicated: np.ndarray, home_first: bool) -> None:
-    """Step 3 of the rule (module docstring), in place on `slots`, in numpy passes over all layers.
+def _relieve_along_chains(topology: Topology, table: np.ndarray, ids: np.ndarray, home: np.ndarray,
+                          slots: np.ndarray, replicated: np.ndarray, home_first: bool) -> None:
+    """Step 3 of the rule (module docstring), in place on `slots`, layer by layer.
 
-    Candidates are (pick, other replica) pairs of the `replicated` picks, in the rule's pick order. A
-    pass reads only the candidates on GPUs at their layer's highest load: those of picks never moved
-    are sorted by (layer, GPU) once and sliced, those of moved picks are kept aside, so a pass costs
-    the busiest GPUs' picks, not the call's.
+    A layer's replicated picks are its candidates to move, each to any other replica of its expert
+    (with `home_first`, to one on the home node where step 2 left it there). A shortest chain is found
+    breadth first over GPUs, all GPUs one move away before those two away; a GPU is reached by the
+    best move onto it from the GPUs reached before (fewest added transfers, then slot, then pick), and
+    the chain ends at the best move, by the same keys after the target GPU's load, onto a GPU at least
+    two picks lighter than the busiest.
     """
-    num_layers, num_gpus = slots.shape[1], topology.num_gpus
-    layer, token, position = np.nonzero(replicated.transpose(1, 0, 2))  # each [n], in the rule's order
-    expert = ids[token, layer, position]
-    width = int(counts[layer, expert].max())
-    replica = table[layer, expert, :width]  # [n, R] every replica of the pick's expert, -1 padded
-    pick, _ = np.nonzero(replica >= 0)  # [C] each candidate's pick, candidates in pick order
-    to_slot = replica[replica >= 0]
-    to_gpu = topology.gpu_of_slot[to_slot]
-    c_layer, c_token, c_position = layer[pick], token[pick], position[pick]
-    leaves_home = np.zeros(pick.size, dtype=bool)
-    if home_first:  # a pick never leaves its home node
-        leaves_home = topology.node_of_gpu[to_gpu] != home[c_token]
-    served = slots >= 0  # picks with no live replica (-1) load no GPU and are never moved
-    gpu = np.where(served, topology.gpu_of_slot[np.maximum(slots, 0)], -1)  # [T, L, k]
-    load = np.bincount((np.nonzero(served)[1] * num_gpus + gpu[served]),
-                       minlength=num_layers * num_gpus).reshape(num_layers, num_gpus)
-    # Candidates of unmoved picks by (layer, GPU they are on): `by_place[bounds[i]:bounds[i + 1]]`.
-    start_gpu = gpu[c_token, c_layer, c_position]
-    place = np.where(to_gpu == start_gpu, num_layers * num_gpus, c_layer * num_gpus + start_gpu)  # own GPU: never
-    by_place = np.argsort(place, kind="stable")
-    bounds = np.searchsorted(place[by_place], np.arange(num_layers * num_gpus + 1))
-    first_of_pick = np.searchsorted(pick, np.arange(layer.size + 1))  # pick i's candidates: [first_of_pick[i], ...[i + 1])
-    moved = np.zeros(layer.size, dtype=bool)  # per pick: moved at least once (its candidates kept aside)
-    aside = np.zeros(0, dtype=np.int64)  # candidates of moved picks
-    level = load.max(axis=1)  # [L] the highest load when the pending moves began
-    pending: list[list[tuple[int, int, int]]] = [[] for _ in range(num_layers)]  # (token, position, old slot)
-    active = np.ones(num_layers, dtype=bool)
+    gpu_of_slot, node_of_gpu, num_gpus = topology.gpu_of_slot, topology.node_of_gpu, topology.num_gpus
+    for layer in np.flatnonzero(replicated.any(axis=(0, 2))).tolist():
+        token, position = np.nonzero(replicated[:, layer])  # the rule's pick order
+        target = table[layer, ids[token, layer, position]]  # [n, R] every replica of the pick's expert, -1 padded
+        now = gpu_of_slot[slots[token, layer, position]]  # [n] each candidate pick's GPU
+        if home_first:  # a pick step 2 left on its home node keeps to it
+            at_home = node_of_gpu[now] == home[token]
+            target = np.where(at_home[:, None] & (topology.node_of_slot[target] != home[token][:, None]), -1, target)
+        target_gpu = np.where(target >= 0, gpu_of_slot[target], -1)
+        served = slots[:, layer] >= 0  # [T, k] picks with no live replica (-1) load no GPU
+        row, _ = np.nonzero(served)
+        uses = np.zeros((slots.shape[0], num_gpus), dtype=np.int64)  # [T, G] each token's picks per GPU
+        np.add.at(uses, (row, gpu_of_slot[slots[:, layer][served]]), 1)
+        load = uses.sum(axis=0)
+        moved: list[tuple[int, int]] = []  # (pick, old slot) since the highest load last dropped
+        while True:
+            top = int(load.max())
+            stuck = False
+            for busy in np.flatnonzero(load == top).tolist():
+                chain = _shortest_chain(busy, top, now, target, target_gpu, token, uses, load)
+                if chain is None:
+                    stuck = True
+                    break
+                for pick, slot in chain:
+                    moved.append((pick, int(slots[token[pick], layer, position[pick]])))
+                    _move(pick, slot, gpu_of_slot, now, token, uses, load)
+                    slots[token[pick], layer, position[pick]] = slot
+            if stuck:
+                for pick, old in reversed(moved):  # they did not lower the highest load
+                    _move(pick, old, gpu_of_slot, now, token, uses, load)
+                    slots[token[pick], layer, position[pick]] = old
+                break
+            moved = []
 
-    def put(t: int, at_layer: int, j: int, slot: int) -> None:
-        """Pick (t, at_layer, j) to `slot`, its GPUs' loads following."""
-        load[at_layer, gpu[t, at_layer, j]] -= 1
-        slots[t, at_layer, j], gpu[t, at_layer, j] = slot, topology.gpu_of_slot[slot]
-        load[at_layer, gpu[t, at_layer, j]] += 1
 
-    while active.any():
-        top = load.max(axis=1)  # [L]
-        busy = np.flatnonzero(((load == top[:, None]) & active[:, None]).ravel())  # layer * G + GPU
-        lengths = bounds[busy + 1] - bounds[busy]
-        sliced = by_place[np.repeat(bounds[busy] - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())]
-        candidate = np.concatenate([sliced[~moved[pick[sliced]]], aside])
-        from_gpu = gpu[c_token[candidate], c_layer[candidate], c_position[candidate]]
-        at = c_layer[candidate]
-        movable = (active[at] & (load[at, from_gpu] == top[at]) & (load[at, to_gpu[candidate]] <= top[at] - 2)
-                   & ~(leaves_home[candidate] & (topology.node_of_gpu[from_gpu] == home[c_token[candidate]])))
-        candidate, from_gpu, at = candidate[movable], from_gpu[movable], at[movable]
-        relieved = np.zeros((num_layers, num_gpus), dtype=bool)
-        relieved[at, from_gpu] = True
-        stuck = active & ((load == top[:, None]) & ~relieved).any(axis=1)
-        for stuck_layer in np.flatnonzero(stuck).tolist():  # undo what did not lower the highest load
-            for t, j, old in reversed(pending[stuck_layer]):
-                put(t, stuck_layer, j, old)
-        active &= ~stuck
-        keep = active[at]
-        candidate, from_gpu, at = candidate[keep], from_gpu[keep], at[keep]
-        if candidate.size == 0:
-            break
-        row_gpus = gpu[c_token[candidate], at]  # [m, k]
-        added = (~(row_gpus == to_gpu[candidate, None]).any(axis=1)).astype(np.int64) \
-            - ((row_gpus == from_gpu[:, None]).sum(axis=1) == 1)
-        order = np.lexsort((candidate, to_slot[candidate], load[at, to_gpu[candidate]], added, at))
-        ranked, ranked_from = candidate[order], from_gpu[order]
-        # The sequential rule's next moves, several per pass: after a move off GPU g the rest of g's
-        # candidates wait for the next level, so only each busy GPU's best counts, in rank order. A
-        # move changes the keys of the candidates to its target GPU (worse) and of its token's other
-        # picks (`added`, either way); so each best is the next move while no move of this pass
-        # shares its target or token, and a move whose token has candidates on another busy GPU, or
-        # the first best that conflicts, ends the layer's pass.
-        _, best = np.unique(c_layer[ranked] * num_gpus + ranked_from, return_index=True)
-        best = ranked[np.sort(best)]
-        token_row = at * slots.shape[0] + c_token[candidate]
-        rows, gpus_of_row = np.unique(np.unique(token_row * num_gpus + from_gpu) // num_gpus, return_counts=True)
-        spread = set(rows[gpus_of_row > 1].tolist())  # (layer, token) rows with candidates on two busy GPUs
-        first, current_layer, targets, closed = [], -1, set(), False
-        for c, at_layer, t, target in zip(best.tolist(), c_layer[best].tolist(), c_token[best].tolist(),
-                                          to_gpu[best].tolist()):
-            if at_layer != current_layer:
-                current_layer, targets, closed = at_layer, set(), False
-            if closed or target in targets:
-                closed = True
-                continue
-            targets.add(target)
-            closed = at_layer * slots.shape[0] + t in spread
-            first.append(c)
-            j = int(c_position[c])
-            pending[at_layer].append((t, j, int(slots[t, at_layer, j])))
-            put(t, at_layer, j, int(to_slot[c]))
-        first = np.asarray(first, dtype=np.int64)
-        newly = np.unique(pick[first][~moved[pick[first]]])
-        moved[newly] = True
-        aside = np.concatenate([aside, *(np.arange(first_of_pick[i], first_of_pick[i + 1]) for i in newly.tolist())])
-        highest = load.max(axis=1)
-        for done_layer in np.flatnonzero(highest < level).tolist():
-            pending[done_layer] = []
-        level = np.minimum(highest, level)
+def _shortest_chain(busy: int, top: int, now: np.ndarray, target: np.ndarray, target_gpu: np.ndarray,
+                    token: np.ndarray, uses: np.ndarray, load: np.ndarray) -> list[tuple[int, int]] | None:
+    """The moves `(pick, slot)` of the chain from GPU `busy` (`_relieve_along_chains`), first move first;
+    None when no GPU at least two picks lighter than `top` can be reached."""
+    reached_by: dict[int, tuple[int, int] | None] = {busy: None}  # GPU -> the move onto it
+    reached = np.zeros(load.size, dtype=bool)
+    reached[busy] = True
+    frontier = reached.copy()
+    while True:
+        on_frontier = np.flatnonzero(frontier[now])
+        row, column = np.nonzero(target_gpu[on_frontier] >= 0)
+        pick = on_frontier[row]
+        onto = target_gpu[pick, column]
+        fresh = ~reached[onto]
+        pick, column, onto = pick[fresh], column[fresh], onto[fresh]
+        if pick.size == 0:
+            return None
+        slot = target[pick, column]
+        owner = token[pick]
+        added = (uses[owner, onto] == 0).astype(np.int64) - (uses[owner, now[pick]] == 1)
+        lighter = load[onto] <= top - 2
+        if lighter.any():
+            pick, slot, onto, added = pick[lighter], slot[lighter], onto[lighter], added[lighter]
+            best = np.lexsort((pick, slot, load[onto], added))[0]
+            chain, gpu = [(int(pick[best]), int(slot[best]))], int(now[pick[best]])
+            while (move := reached_by[gpu]) is not None:
+                chain.append(move)
+                gpu = int(now[move[0]])
+            return chain[::-1]
+        order = np.lexsort((pick, slot, added))
+        first = order[np.unique(onto[order], return_index=True)[1]]  # the best move onto every GPU reached
+        for index in first.tolist():
+            reached_by[int(onto[index])] = (int(pick[index]), int(slot[index]))
+        frontier[:] = False
+        frontier[onto[first]] = True
+        reached |= frontier
+
+
+def _move(pick: int, slot: int, gpu_of_slot: np.ndarray, now: np.ndarray, token: np.ndarray, uses: np.ndarray,
+          load: np.ndarray) -> None:
+    """Candidate `pick` to `slot`, its token's GPU counts and the loads following."""
+    old, new = int(now[pick]), int(gpu_of_slot[slot])
+    uses[token[pick], old] -= 1
+    load[old] -= 1
+    uses[token[pick], new] += 1
+    load[new] += 1
+    now[pick] = new

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import numpy as np
@@ -62,39 +63,62 @@ def reference_assign(plan: Plan, topk_ids: np.ndarray, home_node: np.ndarray,
 
 def reference_relieve(plan: Plan, topk_ids: np.ndarray, home_node: np.ndarray, slots: np.ndarray, layer: int,
                       home_first: bool) -> None:
-    """Step 3 of the rule read literally at one layer: one move at a time, undone if the highest load stays."""
+    """Step 3 of the rule read literally at one layer: the busiest GPUs one after another, each relieved
+    along a shortest chain found breadth first, the level's moves undone if the highest load stays."""
     topology = plan.topology
     gpu_of, node_of = topology.gpu_of_slot, topology.node_of_gpu
     replicas = {e: np.flatnonzero(plan.physical_to_logical[layer] == e) for e in np.unique(topk_ids[:, layer])}
-    moves: list[tuple[int, int, int]] = []  # (token, position, old slot) since the highest load last dropped
-    level = np.bincount(gpu_of[slots[:, layer].ravel()], minlength=topology.num_gpus).max()
+    picks = [(token, j) for token in range(topk_ids.shape[0]) for j in range(topk_ids.shape[2])
+             if len(replicas[topk_ids[token, layer, j]]) > 1]
+    allowed = []  # per pick: the slots it may move to
+    for token, j in picks:
+        options = list(replicas[topk_ids[token, layer, j]])
+        if home_first and node_of[gpu_of[slots[token, layer, j]]] == home_node[token]:
+            options = [s for s in options if node_of[gpu_of[s]] == home_node[token]]
+        allowed.append(options)
+
+    def load() -> np.ndarray:
+        return np.bincount(gpu_of[slots[:, layer].ravel()], minlength=topology.num_gpus)
+
     while True:
-        load = np.bincount(gpu_of[slots[:, layer].ravel()], minlength=topology.num_gpus)
-        top = load.max()
-        if top < level:
-            level, moves = top, []
-        options, stuck = [], False
-        for busy in np.flatnonzero(load == top):
-            mine = []
-            for token, j in np.argwhere(gpu_of[slots[:, layer]] == busy):
-                row = gpu_of[slots[token, layer]]
-                for slot in replicas[topk_ids[token, layer, j]]:
-                    target = gpu_of[slot]
-                    if target == busy or load[target] > top - 2:
+        top, moves = load().max(), []
+        for busy in np.flatnonzero(load() == top):
+            now = load()
+            reached, frontier, chain = {int(busy): None}, [int(busy)], None
+            while frontier and chain is None:
+                edges = []  # (added transfers, slot, pick, from GPU, to GPU)
+                for index, (token, j) in enumerate(picks):
+                    here = int(gpu_of[slots[token, layer, j]])
+                    if here not in frontier:
                         continue
-                    if home_first and node_of[busy] == home_node[token] and node_of[target] != home_node[token]:
-                        continue
-                    added = int(target not in row) - int((row == busy).sum() == 1)
-                    mine.append((added, load[target], slot, token, j))
-            stuck |= not mine
-            options += mine
-        if stuck:
-            for token, j, old in reversed(moves):
-                slots[token, layer, j] = old
-            return
-        _, _, slot, token, j = min(options)
-        moves.append((token, j, slots[token, layer, j]))
-        slots[token, layer, j] = slot
+                    row = list(gpu_of[slots[token, layer]])
+                    for slot in allowed[index]:
+                        there = int(gpu_of[slot])
+                        if there not in reached:
+                            edges.append((int(there not in row) - int(row.count(here) == 1), slot, index, here, there))
+                ends = [(added, now[there], slot, index, here) for added, slot, index, here, there in edges
+                        if now[there] <= top - 2]
+                if ends:
+                    _, _, slot, index, here = min(ends)
+                    chain = [(index, slot)]
+                    while reached[here] is not None:
+                        chain.append(reached[here][:2])
+                        here = reached[here][2]
+                    break
+                frontier = []
+                for _, slot, index, here, there in sorted(edges):
+                    if there not in reached:
+                        reached[there] = (index, slot, here)
+                        frontier.append(there)
+                frontier.sort()
+            if chain is None:
+                for token, j, old in reversed(moves):
+                    slots[token, layer, j] = old
+                return
+            for index, slot in reversed(chain):
+                token, j = picks[index]
+                moves.append((token, j, slots[token, layer, j]))
+                slots[token, layer, j] = slot
 
 
 # 2 nodes x 2 GPUs x 2 slots; expert 0 has replicas on slot 0 (GPU 0, node 0) and slot 4 (GPU 2, node 1).
@@ -178,6 +202,52 @@ def test_repair_undoes_moves_that_leave_the_highest_load():
     before = assign_slots(THREE_GPUS, ids, home, RULES["gpu"])
     assert gpu_load(THREE_GPUS.topology, before).tolist() == [[4, 4, 2]]
     np.testing.assert_array_equal(assign_slots(THREE_GPUS, ids, home, RULES["gpu-repair"]), before)
+
+
+# 1 node x 3 GPUs x 3 slots: expert 0 on GPUs 0 and 1 (slots 0, 3), expert 1 on GPUs 1 and 2 (slots 4, 6);
+# experts 2, 3 on GPU 0 (slots 1, 2), 4 on GPU 1 (slot 5), 5 and 6 on GPU 2 (slots 7, 8).
+CHAIN = Plan(np.array([[0, 2, 3, 0, 1, 4, 1, 5, 6]]), Topology(1, 3, 3), 7)
+
+
+def test_repair_relieves_the_busiest_gpu_along_a_chain_of_replicas():
+    # Tier a puts both picks of expert 0 on GPU 0 (with experts 2 and 3) and expert 1's on GPU 1
+    # (with expert 4): loads 4, 3, 1. No pick moves straight off GPU 0 to a GPU two picks lighter
+    # (expert 0's other replica is on GPU 1, at 3), but a chain does: token 0's expert 0 to GPU 1
+    # (slot 3, the earliest of two equal picks), token 2's expert 1 from GPU 1 to GPU 2 (slot 6):
+    # loads 3, 3, 2, where no chain reaches a GPU two picks lighter than 3.
+    ids = one_layer([[2, 0], [3, 0], [4, 1], [4, 5]])
+    home = np.zeros(4, dtype=np.int64)
+    assert gpu_load(CHAIN.topology, assign_slots(CHAIN, ids, home, RULES["gpu"])).tolist() == [[4, 3, 1]]
+    slots = assign_slots(CHAIN, ids, home, RULES["gpu-repair"])
+    assert slots[:, 0].tolist() == [[1, 3], [2, 0], [5, 6], [5, 7]]
+    assert gpu_load(CHAIN.topology, slots).tolist() == [[3, 3, 2]]
+
+
+@pytest.mark.parametrize("topology", [Topology(1, 3, 2), Topology(2, 2, 2)], ids=["1x3x2", "2x2x2"])
+@pytest.mark.parametrize("rule", [rule for rule in RULES.values() if rule.repair], ids=lambda rule: rule.name)
+def test_repair_reaches_the_lowest_busiest_load_any_choice_of_replicas_gives(rule, topology, random_plan):
+    # Every way to send the replicated picks to replicas they may use (home_first: those on the home
+    # node for a pick step 2 left there), the single-replica picks fixed: none has a lighter busiest GPU.
+    step_two = RULES[rule.name.removesuffix("-repair")]
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        plan = random_plan(rng, topology, num_layers=1, num_experts=4)
+        ids = np.stack([[rng.choice(4, 2, replace=False)] for _ in range(6)])
+        home = rng.integers(0, topology.num_nodes, 6)
+        before = assign_slots(plan, ids, home, step_two)
+        options = []
+        for token, j in np.argwhere(plan.replica_count[0, ids[:, 0]] > 1):
+            replicas = np.flatnonzero(plan.physical_to_logical[0] == ids[token, 0, j])
+            if rule.home_first and topology.node_of_slot[before[token, 0, j]] == home[token]:
+                replicas = replicas[topology.node_of_slot[replicas] == home[token]]
+            options.append([(token, j, slot) for slot in replicas])
+        lowest = before.copy()
+        best = gpu_load(topology, lowest).max()
+        for choice in itertools.product(*options):
+            for token, j, slot in choice:
+                lowest[token, 0, j] = slot
+            best = min(best, gpu_load(topology, lowest).max())
+        assert gpu_load(topology, assign_slots(plan, ids, home, rule)).max() == best, f"seed {seed}"
 
 
 def test_repair_keeps_picks_on_their_home_node():
@@ -302,8 +372,8 @@ def test_esft_half_trace_routes_fast(esft_path):
         elapsed = time.perf_counter() - start
         np.testing.assert_array_equal(plan.physical_to_logical[layers, slots], second.topk_ids)
         # Measured on the 2-core dev machine, one batch of 4111 tokens: "gpu" ~0.25-0.6 s; the repair
-        # adds ~1.7 s on this unbalanced plan (~1000 moves in one layer) and 0.1-0.4 s on EPLB's and
-        # affinity's plans. The bounds only catch a blow-up.
+        # along chains adds ~4.8 s on this unbalanced plan and ~1.7 s on EPLB's and affinity's (~5000
+        # moves over the 26 layers, each a breadth-first search). The bounds only catch a blow-up.
         assert elapsed < bound, rule.name
 
 
