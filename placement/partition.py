@@ -299,32 +299,78 @@ def stranding_swaps(expert_of_vertex: np.ndarray, gpu_of_vertex: np.ndarray, num
     return alone | alone.T
 
 
-def spread_replicas(rows: LayerRows, expert_of_vertex: np.ndarray, gpu_of_vertex: np.ndarray, topology: Topology,
-                    cap: LoadCap) -> np.ndarray:
-    """`gpu_of_vertex` with as many GPUs as can holding a replica of a replicated expert: while one
-    holds none and another holds two or more, the swap of one of the latter's for one of the former's
-    vertices that adds the least (overload first, or priced by `cap.price`, then cost), for the
-    current routing. `refine` then never undoes it (`stranding_swaps`)."""
+def replica_components(expert_of_vertex: np.ndarray, gpu_of_vertex: np.ndarray, num_gpus: int,
+                       moves: np.ndarray | None = None) -> np.ndarray:
+    """The components of the replica graph, whose vertices are GPUs and where the replicas of one
+    replicated expert link their GPUs: `[G]` each GPU's label, the lowest GPU of its component.
+
+    moves: `[M, 2]` rows (replicated vertex, GPU); then `[M, G]`, the labels with that one vertex on
+    that GPU instead, for every move on its own.
+    """
+    spare = np.flatnonzero(replicated(expert_of_vertex))
+    experts, column = np.unique(expert_of_vertex[spare], return_inverse=True)
+    count = 1 if moves is None else len(moves)
+    incidence = np.zeros((count, len(experts), num_gpus), dtype=np.int64)  # [M, X, G] expert x holds a replica on g
+    incidence[:, column, gpu_of_vertex[spare]] = 1
+    if moves is not None:
+        row, moved = np.arange(count), column[np.searchsorted(spare, moves[:, 0])]
+        incidence[row, moved, gpu_of_vertex[moves[:, 0]]] = 0
+        incidence[row, moved, moves[:, 1]] = 1
+    linked = ((incidence.transpose(0, 2, 1) @ incidence) > 0) | np.eye(num_gpus, dtype=bool)  # [M, G, G]
+    while True:  # the transitive closure by squaring: paths of up to 2^i links
+        wider = (linked.astype(np.int64) @ linked.astype(np.int64)) > 0
+        if (wider == linked).all():
+            break
+        linked = wider
+    labels = linked.argmax(axis=2)
+    return labels[0] if moves is None else labels
+
+
+def component_count(labels: np.ndarray) -> np.ndarray:
+    """`[...]` the number of components of every labelling `[..., G]` from `replica_components`."""
+    return (labels == np.arange(labels.shape[-1])).sum(axis=-1)
+
+
+def connect_replicas(rows: LayerRows, expert_of_vertex: np.ndarray, gpu_of_vertex: np.ndarray, topology: Topology,
+                     cap: LoadCap) -> np.ndarray:
+    """`gpu_of_vertex` with its replica graph (`replica_components`) in as few components as swaps can
+    make it: while swapping a replicated expert's replica with a single-replica expert's joins two
+    components, the swap that adds the least (overload first, or priced by `cap.price`, then cost),
+    for the current routing.
+
+    The runtime's repair moves load along chains of replicas, so it can even out the GPUs of one
+    component but never move load between two; a GPU holding no replica is a component of its own.
+    """
     spare = replicated(expert_of_vertex)
+    givers = np.flatnonzero(spare)
     vertices = expert_vertices(expert_of_vertex, int(expert_of_vertex.max()) + 1)
+    num_gpus = topology.num_gpus
     layout = gpu_of_vertex.copy()
-    while True:
-        held = np.bincount(layout[spare], minlength=topology.num_gpus)
-        givers, bare = np.nonzero(spare & (held[layout] >= 2))[0], np.nonzero(held[layout] == 0)[0]
-        if not len(givers) or not len(bare):
+    while len(givers):
+        count = component_count(replica_components(expert_of_vertex, layout, num_gpus))
+        if count == 1:
             return layout
-        subset = np.sort(np.concatenate([givers, bare]))
+        moves = np.stack(np.meshgrid(givers, np.arange(num_gpus), indexing="ij"), axis=2).reshape(-1, 2)
+        joins = component_count(replica_components(expert_of_vertex, layout, num_gpus, moves)) < count
+        held = np.zeros((int(expert_of_vertex.max()) + 1, num_gpus), dtype=bool)
+        held[expert_of_vertex, layout] = True
+        joins = joins.reshape(len(givers), num_gpus) & ~held[expert_of_vertex[givers]]  # never an expert twice on a GPU
+        takers = np.flatnonzero(~spare & joins.any(axis=0)[layout])
+        if not len(takers):
+            return layout
+        subset = np.sort(np.concatenate([givers, takers]))
         delta, overload, _ = _swap_changes(rows, score(rows, vertices, layout, topology, cap), expert_of_vertex,
                                            layout, topology, cap, subset)
-        pairs = np.ix_(np.searchsorted(subset, givers), np.searchsorted(subset, bare))
-        delta, overload = delta[pairs], overload[pairs]
-        # Every such pair is allowed: a bare GPU holds only single-replica experts, a giver keeps one.
+        pairs = np.ix_(np.searchsorted(subset, givers), np.searchsorted(subset, takers))
+        joining = joins[:, layout[takers]]  # [givers, takers] the swaps that join two components
+        delta, overload = np.where(joining, delta[pairs], np.inf), np.where(joining, overload[pairs], np.inf)
         if np.isfinite(cap.price):
             best = np.argmin(delta + cap.price * overload)
         else:
             best = np.lexsort((delta.ravel(), overload.ravel()))[0]
         giver, taker = np.unravel_index(best, delta.shape)
-        layout[givers[giver]], layout[bare[taker]] = layout[bare[taker]], layout[givers[giver]]
+        layout[givers[giver]], layout[takers[taker]] = layout[takers[taker]], layout[givers[giver]]
+    return layout
 
 
 def swap_deltas(rows: LayerRows, pins: np.ndarray, gpu_of_vertex: np.ndarray, topology: Topology,

@@ -21,10 +21,11 @@ almost as many GPUs as a random layout gives. This policy places, per layer, the
 - every GPU holds exactly `slots_per_gpu` slots and never one expert twice.
 
 Per layer: METIS on the co-activation graph, nodes first and then the GPUs of each node, gives every
-expert a GPU; the replicas are seeded there one by one (`seeding`); every GPU is given a replica of
-a replicated expert where there are enough (`partition.spread_replicas`: the runtime's repair
-relieves a GPU only through those); swap refinement (`partition`) then brings load under the cap and
-lowers the cost, never taking a GPU's last such replica. That runs from `starts` different METIS
+expert a GPU; the replicas are seeded there one by one (`seeding`); the replica graph, where the
+replicas of a replicated expert link their GPUs, is joined into as few components as swaps can make
+it (`partition.connect_replicas`: the runtime's repair moves load along chains of replicas, so only
+within a component); swap refinement (`partition`) then brings load under the cap and lowers the
+cost, never taking a GPU's last replica of a replicated expert. That runs from `starts` different METIS
 partitions (`distinct_partitions`), and each layer keeps the refined layout that scores best (a local
 search ends where its start leads it). A refinement round builds `[rows, GPUs]` and `[slots, slots]`
 tables, so its cost grows with rows x slots: layers where that exceeds `_REFINED_WORK` (every
@@ -61,8 +62,8 @@ from switchyard.placement.cost import ClusterSpec
 from switchyard.placement.errors import PlacementError
 from switchyard.placement.forked import can_fork, map_forked
 from switchyard.placement.migration import plan_migration
-from switchyard.placement.partition import (LayerRows, LoadCap, Score, expert_vertices, refine, score,
-                                            spread_replicas)
+from switchyard.placement.partition import (LayerRows, LoadCap, Score, connect_replicas, expert_vertices, refine,
+                                            score)
 from switchyard.placement.plan import Plan
 from switchyard.placement.policies.base import check_capacity
 from switchyard.placement.seeding import graph_partition, initial_layouts, replica_counts
@@ -258,13 +259,13 @@ class AffinityPolicy:
                       topology: Topology) -> tuple[np.ndarray, Score | None]:
         """One layer's plan from one seeding (`experts`, `gpus`: `[V]` vertex -> expert, GPU): its table
         and score, refined (no score where the layer is seeded only). A layer refined in full starts
-        with the replicas of replicated experts spread over its GPUs (`spread_replicas`); one refined
-        on sampled rows starts from the seeding, since its few rounds do not win back the spread's
-        cost in GPUs per token (on the tests' synthetic stats: 1.914 against the seeding's 1.896)."""
+        from its replica graph joined (`connect_replicas`); one refined on sampled rows starts from the
+        seeding, since its few rounds do not win back the joins' cost in GPUs per token (on the
+        tests' synthetic stats, spreading a replica to every GPU first gave 1.914 against 1.896)."""
         rounds, swap_vertices = self._rounds(rows)
         if not rounds:
             return _table(experts, gpus), None
-        start = gpus if rows.sampled else spread_replicas(rows, experts, gpus, topology, cap)
+        start = gpus if rows.sampled else connect_replicas(rows, experts, gpus, topology, cap)
         layout, result = refine(rows, experts, start, topology, cap, rounds, swap_vertices)[-1]
         return _table(experts, layout), result
 
