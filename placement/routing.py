@@ -32,7 +32,8 @@ rule. It is applied to each layer independently, with its load counters starting
    transfers, then that GPU's load, slot and pick. When a GPU at the highest load has no chain, the
    moves made since that load last dropped are undone: they did not lower it. Then no choice of
    replicas makes the busiest GPU lighter (with the single-replica picks where they are): every GPU
-   its chains reach is at most one pick lighter than it, and their picks can only move among them. So the repair lowers the busiest GPU's load, which sets the layer's compute time and vLLM's
+   its chains reach is at most one pick lighter than it, and their picks can only move among them.
+   So the repair lowers the busiest GPU's load, which sets the layer's compute time and vLLM's
    balancedness, as far as the replicas allow.
 
 Why this order: the hidden state goes once to every distinct GPU a token uses, so reusing a GPU is free
@@ -41,7 +42,8 @@ even out the GPUs, which is what balancedness and the busiest GPU's compute meas
 pick by pick, before it knows where the call's later picks go, so tier a can pile picks on a GPU
 that ends up the busiest; the repair looks at the whole call, which a dispatcher has, and by the
 cost model a pick off the busiest GPU is worth several transfers (`ClusterSpec.overload_weight`), more
-than a chain of a few moves adds (docs/placement.md has the measured family; `DEFAULT_RULE` is the one the runtime uses).
+than a chain of a few moves adds (docs/placement.md has the measured family; `DEFAULT_RULE` is the
+one the runtime uses).
 
 Speed: picks of single-replica experts are one gather. Only picks of replicated experts are resolved
 in a Python loop over plain lists (their tiers a/b against the single-replica GPUs are precomputed with
@@ -249,11 +251,12 @@ def _relieve_along_chains(topology: Topology, table: np.ndarray, ids: np.ndarray
     gpu_of_slot, node_of_gpu, num_gpus = topology.gpu_of_slot, topology.node_of_gpu, topology.num_gpus
     for layer in np.flatnonzero(replicated.any(axis=(0, 2))).tolist():
         token, position = np.nonzero(replicated[:, layer])  # the rule's pick order
-        target = table[layer, ids[token, layer, position]]  # [n, R] every replica of the pick's expert, -1 padded
+        target = table[layer, ids[token, layer, position]]  # [n, R] the replicas of each pick's expert, -1 pad
         now = gpu_of_slot[slots[token, layer, position]]  # [n] each candidate pick's GPU
         if home_first:  # a pick step 2 left on its home node keeps to it
             at_home = node_of_gpu[now] == home[token]
-            target = np.where(at_home[:, None] & (topology.node_of_slot[target] != home[token][:, None]), -1, target)
+            elsewhere = topology.node_of_slot[target] != home[token][:, None]
+            target = np.where(at_home[:, None] & elsewhere, -1, target)
         target_gpu = np.where(target >= 0, gpu_of_slot[target], -1)
         served = slots[:, layer] >= 0  # [T, k] picks with no live replica (-1) load no GPU
         row, _ = np.nonzero(served)
