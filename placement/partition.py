@@ -269,11 +269,17 @@ def _swap_changes(rows: LayerRows, current: Score, expert_of_vertex: np.ndarray,
         overload += (np.maximum(gpu_load[gpu][:, None] + shift - limit, 0)
                      + np.maximum(gpu_load[gpu][None, :] - shift - limit, 0)
                      - over[gpu][:, None] - over[gpu][None, :])
-    experts_on_gpu = np.zeros((int(expert_of_vertex.max()) + 1, topology.num_gpus), dtype=bool)
-    experts_on_gpu[expert_of_vertex, gpu_of_vertex] = True
-    blocked = experts_on_gpu[expert_of_vertex[subset]][:, gpu]  # [a, b]: a's expert already on b's GPU
+    on_gpu = experts_on_gpus(expert_of_vertex, gpu_of_vertex, topology.num_gpus)
+    blocked = on_gpu[expert_of_vertex[subset]][:, gpu]  # [a, b]: a's expert already on b's GPU
     allowed = ~(blocked | blocked.T | stranding_swaps(expert_of_vertex, gpu_of_vertex, topology.num_gpus, subset))
     return delta, overload, allowed
+
+
+def experts_on_gpus(expert_of_vertex: np.ndarray, gpu_of_vertex: np.ndarray, num_gpus: int) -> np.ndarray:
+    """`[E, G]` bool: whether expert e has a replica on GPU g, which a move must not give it twice."""
+    on_gpu = np.zeros((int(expert_of_vertex.max()) + 1, num_gpus), dtype=bool)
+    on_gpu[expert_of_vertex, gpu_of_vertex] = True
+    return on_gpu
 
 
 def replicated(expert_of_vertex: np.ndarray) -> np.ndarray:
@@ -352,9 +358,8 @@ def connect_replicas(rows: LayerRows, expert_of_vertex: np.ndarray, gpu_of_verte
             return layout
         moves = np.stack(np.meshgrid(givers, np.arange(num_gpus), indexing="ij"), axis=2).reshape(-1, 2)
         joins = component_count(replica_components(expert_of_vertex, layout, num_gpus, moves)) < count
-        held = np.zeros((int(expert_of_vertex.max()) + 1, num_gpus), dtype=bool)
-        held[expert_of_vertex, layout] = True
-        joins = joins.reshape(len(givers), num_gpus) & ~held[expert_of_vertex[givers]]  # never an expert twice on a GPU
+        on_gpu = experts_on_gpus(expert_of_vertex, layout, num_gpus)
+        joins = joins.reshape(len(givers), num_gpus) & ~on_gpu[expert_of_vertex[givers]]  # never an expert twice on a GPU
         takers = np.flatnonzero(~spare & joins.any(axis=0)[layout])
         if not len(takers):
             return layout
