@@ -252,7 +252,8 @@ def _relieve_along_chains(topology: Topology, table: np.ndarray, ids: np.ndarray
     for layer in np.flatnonzero(replicated.any(axis=(0, 2))).tolist():
         token, position = np.nonzero(replicated[:, layer])  # the rule's pick order
         target = table[layer, ids[token, layer, position]]  # [n, R] the replicas of each pick's expert, -1 pad
-        now = gpu_of_slot[slots[token, layer, position]]  # [n] each candidate pick's GPU
+        picked = slots[token, layer, position]  # [n] each candidate pick's slot, written back at the end
+        now = gpu_of_slot[picked]  # [n] its GPU
         if home_first:  # a pick step 2 left on its home node keeps to it
             at_home = node_of_gpu[now] == home[token]
             elsewhere = topology.node_of_slot[target] != home[token][:, None]
@@ -273,15 +274,14 @@ def _relieve_along_chains(topology: Topology, table: np.ndarray, ids: np.ndarray
                     stuck = True
                     break
                 for pick, slot in chain:
-                    moved.append((pick, int(slots[token[pick], layer, position[pick]])))
-                    _move(pick, slot, gpu_of_slot, now, token, uses, load)
-                    slots[token[pick], layer, position[pick]] = slot
+                    moved.append((pick, int(picked[pick])))
+                    _move(pick, slot, gpu_of_slot, picked, now, token, uses, load)
             if stuck:
                 for pick, old in reversed(moved):  # they did not lower the highest load
-                    _move(pick, old, gpu_of_slot, now, token, uses, load)
-                    slots[token[pick], layer, position[pick]] = old
+                    _move(pick, old, gpu_of_slot, picked, now, token, uses, load)
                 break
             moved = []
+        slots[token, layer, position] = picked
 
 
 def _shortest_chain(busy: int, top: int, now: np.ndarray, target: np.ndarray, target_gpu: np.ndarray,
@@ -322,10 +322,11 @@ def _shortest_chain(busy: int, top: int, now: np.ndarray, target: np.ndarray, ta
         reached |= frontier
 
 
-def _move(pick: int, slot: int, gpu_of_slot: np.ndarray, now: np.ndarray, token: np.ndarray, uses: np.ndarray,
-          load: np.ndarray) -> None:
-    """Candidate `pick` to `slot`, its token's GPU counts and the loads following."""
+def _move(pick: int, slot: int, gpu_of_slot: np.ndarray, picked: np.ndarray, now: np.ndarray, token: np.ndarray,
+          uses: np.ndarray, load: np.ndarray) -> None:
+    """Candidate `pick` to `slot`, its GPU, its token's GPU counts and the loads following."""
     old, new = int(now[pick]), int(gpu_of_slot[slot])
+    picked[pick] = slot
     uses[token[pick], old] -= 1
     load[old] -= 1
     uses[token[pick], new] += 1
