@@ -17,6 +17,8 @@ x slots per GPU (8, 9):
   against the fixed memory, on every cell and on synthetic seeds nothing else runs on;
 - balance without drift: the served plans judged on windows drawn from the traffic they were made on,
   which splits affinity's balance gap into a new draw's and the drift's (`drift_split`);
+- the cap on resampled windows: the served windows again, every plan made on windows drawn from the
+  planning windows' runs (`serve_windows(resampled_windows=...)`), against the default;
 - the targets of issue 17 per cell, each marked met or missed (the DeepSeek-V3 sections run in a process
   started afresh, as `switchyard placement plan` does);
 - the rule family: every policy's half/half plan routed by each rule of `routing.RULES`, the test
@@ -65,6 +67,7 @@ DECAY, HISTORY = PLANNING_DECAY, PLANNING_HISTORY  # what the live rebalancer pl
 MEMORY_WORDS = " or a longer memory where it forecasts better" if ADAPTIVE_MEMORY else ""  # after DECAY's words
 RUNTIME_BATCH = 256
 NO_DRIFT_DRAWS = 8  # windows drawn per served window from the traffic its plans were made on
+RESAMPLED_WINDOWS, RESAMPLED_RUN_TOKENS = 16, 250  # the cap on resampled windows: 16 draws of a window's 4 runs
 
 # Issue 17's targets (affinity against EPLB, same slots).
 BALANCE_GAP = 0.01  # median over windows of (affinity - EPLB) balancedness at least -0.01
@@ -121,6 +124,7 @@ def main() -> None:
     history_section(cells + synthetic_cells, emit)
     memory_section(cells + synthetic_cells, emit)
     drift_section(cells + synthetic_cells, emit)
+    resampled_section(cells + synthetic_cells, emit)
     targets_section(cells + synthetic_cells, v3_affinity_s, emit)
     if cells:
         window_figure([(cell["label"], cell["time_ratios"], cell["balance_gaps"]) for cell in cells],
@@ -267,6 +271,9 @@ def _windows(trace, topology: Topology, emit: Callable[[str], None], label: str)
     by_memory = {ADAPTIVE_MEMORY: served, not ADAPTIVE_MEMORY: serve_windows(
         trace, topology, policies, WINDOW_TOKENS, DECAY, HISTORY, cluster, adaptive_memory=not ADAPTIVE_MEMORY)}
     last_only = serve_windows(trace, topology, policies, WINDOW_TOKENS, 0.0, 1, cluster)
+    resampled = serve_windows(trace, topology, policies, WINDOW_TOKENS, DECAY, HISTORY, cluster,
+                              balance_tokens=RESAMPLED_RUN_TOKENS, adaptive_memory=ADAPTIVE_MEMORY,
+                              resampled_windows=RESAMPLED_WINDOWS)
     rows, time_ratios, balance_gaps, bound_ratios, balanced_ratios = [], [], [], [], []
     for item in served:
         affinity, eplb = item.evaluations["affinity"], item.evaluations["eplb"]
@@ -287,7 +294,8 @@ def _windows(trace, topology: Topology, emit: Callable[[str], None], label: str)
             "bound_ratios": bound_ratios, "balanced_ratios": balanced_ratios,
             "history": {"fixed": served_medians(by_memory[False], "affinity", cluster),
                         "last window": served_medians(last_only, "affinity", cluster),
-                        "adaptive": served_medians(by_memory[True], "affinity", cluster)},
+                        "adaptive": served_medians(by_memory[True], "affinity", cluster),
+                        "resampled": served_medians(resampled, "affinity", cluster)},
             "memories": [item.memory for item in by_memory[True]],
             "drift": drift_split(trace, served)}
 
@@ -434,6 +442,32 @@ def memory_section(cells: list[dict], emit: Callable[[str], None]) -> None:
                      " ".join(f"{h}/{d:g}" for h, d in cell["memories"])])
     emit(markdown_table(["cell", "gap, fixed", "gap, chosen", "change", "time, fixed", "time, chosen",
                          "GPUs, fixed", "GPUs, chosen", "chosen (history/decay)"], rows, numeric_from=1))
+
+
+def resampled_section(cells: list[dict], emit: Callable[[str], None]) -> None:
+    """What holding affinity's cap on windows resampled from the planning traffic buys, per cell:
+    the served windows planned as the live rebalancer plans (the default) and with every plan made on
+    `RESAMPLED_WINDOWS` draws of the planning windows' runs of `RESAMPLED_RUN_TOKENS` tokens
+    (`switchyard placement windows --balance-tokens 250 --resampled-windows 16`), EPLB alike."""
+    emit("## The cap on resampled windows")
+    emit(f"The same served windows, every plan made on the live rebalancer's memory (the default) and on "
+         f"{RESAMPLED_WINDOWS} windows drawn with replacement from the planning windows' runs of "
+         f"{RESAMPLED_RUN_TOKENS} tokens, as many runs a draw as a window holds (`windows.resampled_stats`; "
+         f"`switchyard placement windows --balance-tokens {RESAMPLED_RUN_TOKENS} --resampled-windows "
+         f"{RESAMPLED_WINDOWS}`): affinity holds its cap on other draws of the traffic it plans on. Medians "
+         "over windows of affinity's gap to EPLB's balancedness, its MoE time and GPUs per token over EPLB's "
+         f"(target: gap at least -{BALANCE_GAP}, time at most {TIME_RATIO}x).")
+    rows = []
+    for cell in cells:
+        default, resampled = cell["history"]["adaptive"], cell["history"]["resampled"]
+        rows.append([cell["label"], f"{default['gap']:+.3f}", f"{resampled['gap']:+.3f}",
+                     f"{resampled['gap'] - default['gap']:+.3f}", f"{default['time']:.3f}x",
+                     f"{resampled['time']:.3f}x", f"{default['gpus']:.3f}x", f"{resampled['gpus']:.3f}x"])
+    emit(markdown_table(["cell", "gap, default", "gap, resampled", "change", "time, default", "time, resampled",
+                         "GPUs, default", "GPUs, resampled"], rows, numeric_from=1))
+    met = {key: sum(cell["history"][key]["gap"] >= -BALANCE_GAP for cell in cells) for key in ("adaptive", "resampled")}
+    emit(f"The balance target on the windows is met in {met['resampled']} of {len(cells)} cells with the cap on "
+         f"resampled windows, {met['adaptive']} with the default.")
 
 
 def balanced_time_bound(evaluation: Evaluation, topology: Topology, cluster: ClusterSpec) -> float:

@@ -194,10 +194,16 @@ class RoutingStats:
         )
 
 
+def run_count(tokens: int, run_tokens: int) -> int:
+    """How many runs of `run_tokens` consecutive tokens `RoutingStats.from_trace(window_tokens=...)`
+    keeps of `tokens` tokens: the last one shorter where they do not divide."""
+    return -(-tokens // run_tokens)
+
+
 def _window_load(flat_ids: np.ndarray, size: int, window_tokens: int) -> np.ndarray:
     """`[W, size]` float64 the counts of `flat_ids` (`[T, ...]` flat layer-expert ids) in every run
     of `window_tokens` tokens, the last one possibly shorter (at least one run, even for no tokens)."""
-    count = max(-(-len(flat_ids) // window_tokens), 1)
+    count = max(run_count(len(flat_ids), window_tokens), 1)
     window = np.arange(len(flat_ids)) // window_tokens
     index = window.reshape((-1,) + (1,) * (flat_ids.ndim - 1)) * size + flat_ids
     return np.bincount(index.ravel(), minlength=count * size).reshape(count, size).astype(np.float64)

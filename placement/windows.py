@@ -8,7 +8,8 @@ default), and the plan is evaluated on window i + 1. One plan per window and pol
 a distribution over windows, not the single number of one half/half split. With `balance_tokens`,
 each window's statistics keep the load of every run of that many tokens in it
 (`RoutingStats.from_trace`), so a policy that holds its plan on each window's load (affinity) holds
-it on each such batch of the past instead (docs/placement.md, "Balance per batch").
+it on each such batch of the past instead (docs/placement.md, "Balance per batch"); with
+`resampled_windows` as well, on windows drawn from those batches (`resampled_stats`).
 
 Windows are cut at token boundaries, not sequence boundaries (a sequence may straddle two windows, as
 traffic does in a live window); a last window shorter than `window_tokens` is dropped.
@@ -34,7 +35,7 @@ from switchyard.placement.evaluate import Evaluation, evaluate
 from switchyard.placement.plan import Plan
 from switchyard.placement.policies.base import Policy
 from switchyard.placement.routing import DEFAULT_RULE, ReplicaRule
-from switchyard.placement.stats import RoutingStats
+from switchyard.placement.stats import RoutingStats, run_count
 from switchyard.placement.topology import Topology
 from switchyard.placement.trace import RoutingTrace
 
@@ -104,6 +105,27 @@ def window_weights(count: int, decay: float) -> np.ndarray:
     return decay ** np.arange(count - 1, -1, -1.0)
 
 
+def resampled_stats(stats: RoutingStats, runs_per_window: int, draws: int, seed: int = 0) -> RoutingStats:
+    """`stats` with its windows (`RoutingStats.windows`: the runs of tokens it keeps the load of) replaced
+    by `draws` windows, each the load of `runs_per_window` runs drawn with replacement, scaled so that
+    on every layer the draws add up to the runs' load (as windows merged into stats do).
+
+    A plan held on each past window (affinity's `LoadCap`) has balanced those windows, not the next
+    one, which is another draw of the same sequences and topics; held on windows resampled from the
+    traffic it is made on, it needs headroom where the load varies between draws: a bootstrap of the
+    served window (docs/placement-experiments.md, "The cap on resampled windows"). The same draws on
+    every layer, as a window of traffic spans them all.
+    """
+    positive_int("runs_per_window", runs_per_window)
+    positive_int("draws", draws)
+    runs = stats.windows
+    picked = np.random.default_rng(seed).integers(len(runs), size=(draws, runs_per_window))
+    drawn = runs[picked].sum(axis=1)  # [draws, L, E]
+    scale = np.divide(runs.sum(axis=(0, 2)), drawn.sum(axis=(0, 2)), out=np.zeros(runs.shape[1]),
+                      where=drawn.sum(axis=(0, 2)) > 0)
+    return dataclasses.replace(stats, window_load=drawn * scale[None, :, None])
+
+
 def forecast_error(window_stats: Sequence[RoutingStats], memory: Memory) -> float | None:
     """How far the load a plan with `memory` is made on falls from the load of the window it serves:
     for every window after the first, the expert load of the windows before it (the last `history`,
@@ -161,7 +183,8 @@ def serve_windows(trace: RoutingTrace, topology: Topology, policies: Mapping[str
                   window_tokens: int = WINDOW_TOKENS, decay: float = 0.0, history: int = 4,
                   cluster: ClusterSpec | None = None, rule: ReplicaRule = DEFAULT_RULE,
                   balance_tokens: int | None = None, adaptive_memory: bool = False,
-                  on_window: Callable[[int, int], None] | None = None) -> list[ServedWindow]:
+                  on_window: Callable[[int, int], None] | None = None,
+                  resampled_windows: int | None = None) -> list[ServedWindow]:
     """Plan on windows i - history + 1 .. i (decayed), evaluate on window i + 1, for every i and policy.
 
     policies: name -> policy; each plans afresh (no current plan) before every served window.
@@ -171,11 +194,19 @@ def serve_windows(trace: RoutingTrace, topology: Topology, policies: Mapping[str
         `LONGER_MEMORIES` by `chosen_memory` on the windows before it (`planning_stats`).
     on_window: called with `(i, n)` before the i-th of the n served windows is planned and served
         (progress on a long trace).
+    resampled_windows: plan on this many windows drawn from the planning windows' runs of
+        `balance_tokens` (`resampled_stats`, as many runs a draw as a window holds) instead of on the
+        planning windows themselves; needs `balance_tokens`.
     Returns one `ServedWindow` per window from 1 on; `PlacementError` when the trace has fewer than
     two full windows.
     """
     windows = split_windows(trace, window_tokens)
     positive_int("history", history)
+    if resampled_windows is not None:
+        positive_int("resampled_windows", resampled_windows)
+        if balance_tokens is None or balance_tokens > window_tokens:
+            raise PlacementError("resampled_windows draws runs of balance_tokens tokens: give balance_tokens, "
+                                 f"at most window_tokens ({window_tokens}), got {balance_tokens!r}")
     if len(windows) < 2:
         raise PlacementError(
             f"the trace's {trace.num_tokens} tokens make {len(windows)} window(s) of {window_tokens}; "
@@ -187,6 +218,8 @@ def serve_windows(trace: RoutingTrace, topology: Topology, policies: Mapping[str
         if on_window is not None:
             on_window(index, len(windows) - 1)
         stats, memory = planning_stats(window_stats[:index], (history, decay), adaptive_memory)
+        if resampled_windows is not None:
+            stats = resampled_stats(stats, run_count(window_tokens, balance_tokens), resampled_windows)
         plans = {name: policy.place(stats, topology) for name, policy in policies.items()}
         evaluations = {name: evaluate(plan, windows[index], cluster, rule) for name, plan in plans.items()}
         served.append(ServedWindow(index, evaluations, memory, plans))

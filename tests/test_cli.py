@@ -133,6 +133,8 @@ ERROR_CASES = [
     pytest.param("placement windows --trace {trace} --decay 1.5 " + TOPOLOGY, "--decay", id="windows-bad-decay"),
     pytest.param("placement windows --trace {trace} --history 0 " + TOPOLOGY, "--history",
                  id="windows-no-history"),
+    pytest.param("placement windows --trace {trace} --resampled-windows 4 " + TOPOLOGY, "give balance_tokens",
+                 id="windows-resampled-without-runs"),
     pytest.param("trace synth --out {folder}/s.npz --layers 2 --experts 4 --top-k 5 --tokens 16", "--top-k",
                  id="synth-top-k-above-experts"),
     pytest.param("placement export --plan {plan} --format trtllm --out {folder}/no/x.yaml", "no such file",
@@ -233,6 +235,22 @@ def test_windows_serves_each_window_with_plans_made_on_the_past(files) -> None:
     assert [(row[0], row[1]) for row in cells] == [(str(w), p) for w in (1, 2, 3) for p in ("eplb", "affinity")]
     window_2 = served[1].evaluations
     assert cells[3][3] == f"{window_2['affinity'].balancedness - window_2['eplb'].balancedness:+.3f}"
+
+
+def test_windows_plans_on_resampled_windows(files) -> None:
+    """`--resampled-windows` is `serve_windows(resampled_windows=...)`: affinity plans on draws of the
+    planning windows' runs of --balance-tokens, and the output says so."""
+    result = _ok(_invoke("placement", "windows", "--trace", files["trace"], *_topology(2, 2, 5),
+                         "--window-tokens", 128, "--policy", "affinity", "--balance-tokens", 32,
+                         "--resampled-windows", 6, "--json"))
+    assert "as 6 windows drawn from their runs of 32 tokens (4 a window)" in result.stdout
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (answer["balance_tokens"], answer["resampled_windows"]) == (32, 6)
+    cluster = PRESETS[DEFAULTS.cluster_preset]
+    served = serve_windows(load_trace(files["trace"]), Topology(2, 2, 5), {"affinity": planning_policy("affinity", cluster)},
+                           128, PLANNING_DECAY, PLANNING_HISTORY, cluster, balance_tokens=32,
+                           adaptive_memory=ADAPTIVE_MEMORY, resampled_windows=6)
+    assert answer["summary"]["affinity"] == summarize_served(served)[0].to_dict()
 
 
 @pytest.mark.parametrize("adaptive", [True, False], ids=["adaptive", "fixed"])

@@ -16,7 +16,7 @@ from switchyard.placement.topology import Topology
 from switchyard.placement.cost import PRESETS
 from switchyard.placement.windows import (
     FORECAST_WINDOWS, LONGER_MEMORIES, chosen_memory, decayed_stats, forecast_error, planning_stats,
-    planning_windows, serve_windows, split_windows, summarize_served,
+    planning_windows, resampled_stats, serve_windows, split_windows, summarize_served,
 )
 
 TRACE = synthetic_trace(2, 16, 2, 3500, seq_len=50, skew=1.0, seed=5)
@@ -98,6 +98,42 @@ def test_serve_windows_plans_on_the_batches_of_the_past_windows() -> None:
     assert [s.windows.shape[0] for s in recording.seen] == [4, 8]
     expected = decayed_stats([RoutingStats.from_trace(w, window_tokens=250) for w in windows[:2]], 0.5)
     np.testing.assert_allclose(recording.seen[1].window_load, expected.window_load)
+
+
+def test_resampled_stats_draw_runs_with_replacement_and_keep_each_layers_load() -> None:
+    """Each resampled window is a sum of runs the stats keep, drawn with replacement, scaled so that every
+    layer's windows add up to its load; the draws are the same on every layer and fixed by the seed."""
+    stats = RoutingStats.from_trace(split_windows(TRACE, 1000)[0], window_tokens=250)
+    runs = stats.windows  # [4, L, E]
+    single = resampled_stats(stats, 1, 12)
+    assert single.windows.shape == (12, 2, 16)
+    np.testing.assert_allclose(single.windows.sum(axis=(0, 2)), runs.sum(axis=(0, 2)))
+    for window in single.windows:  # one run each, the same run on both layers
+        layer_scale = window.sum(axis=1) / runs.sum(axis=2)  # [4, L]: only the run drawn is proportional
+        drawn = [run for run in range(4) if np.allclose(window, runs[run] * layer_scale[run][:, None])]
+        assert len(drawn) == 1
+    drawn = resampled_stats(stats, 4, 8)
+    np.testing.assert_allclose(drawn.windows.sum(axis=(0, 2)), stats.load.sum(axis=1))
+    np.testing.assert_array_equal(drawn.windows, resampled_stats(stats, 4, 8).windows)
+    assert not np.array_equal(drawn.windows, resampled_stats(stats, 4, 8, seed=1).windows)
+    np.testing.assert_array_equal(drawn.load, stats.load)  # what a plan minimises is the same traffic
+    for bad in ({"runs_per_window": 0, "draws": 4}, {"runs_per_window": 2, "draws": 0}):
+        with pytest.raises(PlacementError, match="must be a positive integer"):
+            resampled_stats(stats, **bad)
+
+
+def test_serve_windows_plans_on_resampled_windows_of_the_past_runs() -> None:
+    recording = _Recording()
+    serve_windows(TRACE, Topology(2, 2, 5), {"eplb": recording}, window_tokens=1000, decay=0.5, history=2,
+                  balance_tokens=250, resampled_windows=6)
+    expected = decayed_stats([RoutingStats.from_trace(w, window_tokens=250) for w in split_windows(TRACE, 1000)[:2]],
+                             0.5)
+    assert [s.windows.shape[0] for s in recording.seen] == [6, 6]
+    np.testing.assert_array_equal(recording.seen[1].windows, resampled_stats(expected, 4, 6).windows)
+    for balance_tokens in (None, 1500):
+        with pytest.raises(PlacementError, match="give balance_tokens"):
+            serve_windows(TRACE, Topology(2, 2, 5), {"eplb": EplbPolicy()}, window_tokens=1000,
+                          balance_tokens=balance_tokens, resampled_windows=6)
 
 
 def test_serve_windows_needs_two_windows() -> None:

@@ -37,7 +37,7 @@ from switchyard.placement.formats import (
 from switchyard.placement.plan import Plan
 from switchyard.placement.proposal import memory_dict
 from switchyard.placement.policies import DEFAULT_POLICY, planning_policy, policy_names, policy_options
-from switchyard.placement.stats import RoutingStats
+from switchyard.placement.stats import RoutingStats, run_count
 from switchyard.placement.topology import Topology
 from switchyard.placement.trace import RoutingTrace
 from switchyard.placement.windows import (
@@ -184,13 +184,19 @@ def compare(trace_path: Path, nodes: int, gpus_per_node: int, slots_per_gpu: int
 @_cluster_option
 @_balance_tokens_option
 @adaptive_memory_option("Before each window, plan")
+@click.option("--resampled-windows", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Plan on N windows drawn with replacement from the planning windows' runs of --balance-tokens "
+                   "tokens, each as many runs as a window holds, instead of on the planning windows themselves: "
+                   "affinity then holds its cap on other draws of the traffic it plans on "
+                   "(docs/placement-experiments.md, \"The cap on resampled windows\"). Needs --balance-tokens.")
 @click.option("--per-window", is_flag=True, help="Also print every served window's figures, one row per policy.")
 @_json_option
 @drop_incomplete_option
 @verbose_option
 def windows(trace_path: Path, nodes: int, gpus_per_node: int, slots_per_gpu: int | None, window_tokens: int,
             history: int, decay: float, policies: tuple[str, ...], cluster: str, balance_tokens: int | None,
-            adaptive_memory: bool, per_window: bool, as_json: bool, drop_incomplete: bool) -> None:
+            adaptive_memory: bool, resampled_windows: int | None, per_window: bool, as_json: bool,
+            drop_incomplete: bool) -> None:
     """Serve the trace as a live cluster would: cut it into windows, plan every policy on the past
     windows and serve the next one with its plan; medians over the served windows, and each policy
     against EPLB in the same window (docs/placement.md, "Serving the next window")."""
@@ -204,13 +210,16 @@ def windows(trace_path: Path, nodes: int, gpus_per_node: int, slots_per_gpu: int
 
     served = serve_windows(routing, topology, {name: planning_policy(name, spec) for name in names},
                            window_tokens, decay, history, spec, balance_tokens=balance_tokens,
-                           adaptive_memory=adaptive_memory, on_window=progress)
+                           adaptive_memory=adaptive_memory, on_window=progress, resampled_windows=resampled_windows)
     summaries = summarize_served(served, BASELINE_POLICY)
     click.echo(_describe(trace_path, routing, topology))
     chosen = ""
     if adaptive_memory:
         memories = ", ".join(f"{item.memory[0]} by {item.memory[1]:g}" for item in served)
         chosen = f" or a longer memory, whichever forecast best (in turn: {memories})"
+    if resampled_windows is not None:
+        chosen += (f", as {resampled_windows} windows drawn from their runs of {balance_tokens} tokens "
+                   f"({run_count(window_tokens, balance_tokens)} a window)")
     click.echo(f"{len(served)} windows of {window_tokens} tokens served, each with plans made on the windows "
                f"before it: the last {history}, each older one weighted {decay:g} of the next{chosen}; "
                f"medians over the served windows; MoE time simulated on {cluster}")
@@ -222,6 +231,7 @@ def windows(trace_path: Path, nodes: int, gpus_per_node: int, slots_per_gpu: int
     if as_json:
         click.echo(json.dumps({
             "window_tokens": window_tokens, "history": history, "decay": decay, "adaptive_memory": adaptive_memory,
+            "balance_tokens": balance_tokens, "resampled_windows": resampled_windows,
             "summary": {summary.policy: summary.to_dict() for summary in summaries},
             "windows": [{"window": item.window, "memory": {"history": item.memory[0], "decay": item.memory[1]},
                          **{name: evaluation.to_dict() for name, evaluation in item.evaluations.items()}}
