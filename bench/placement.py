@@ -23,8 +23,9 @@ x slots per GPU (8, 9):
   started afresh, as `switchyard placement plan` does);
 - the rule family: every policy's half/half plan routed by each rule of `routing.RULES`, the test
   half as one batch and in batches of `RUNTIME_BATCH` tokens (what one dispatcher call knows).
-Takes 15-25 minutes on two cores with three starts per layer (1027 s on an EPYC VM, 1498-1530 s on a
-Xeon VM, 2026-12-05), most of it planning affinity for 2 x 2 x 14 x 7 windows (--v3-only: ~2). `bench.placement_frontier` serves the same windows
+Takes 30-55 minutes on two cores (1647 s on a Xeon VM and 2014 s on an EPYC VM before the resampled
+windows; 3061 s with them on a slower Xeon VM, 2026-12-06), most of it planning affinity for
+2 x 2 x 14 x 7 windows and the resampled ones (--v3-only: ~3). `bench.placement_frontier` serves the same windows
 with affinity's balance knobs at several positions.
 """
 
