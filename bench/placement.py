@@ -436,20 +436,24 @@ def memory_section(cells: list[dict], emit: Callable[[str], None]) -> None:
          "section serves.")
     rows = []
     for cell in cells + checks:
-        fixed, adaptive = cell["history"]["fixed"], cell["history"]["adaptive"]
-        rows.append([cell["label"], f"{fixed['gap']:+.3f}", f"{adaptive['gap']:+.3f}",
-                     f"{adaptive['gap'] - fixed['gap']:+.3f}", f"{fixed['time']:.3f}x", f"{adaptive['time']:.3f}x",
-                     f"{fixed['gpus']:.3f}x", f"{adaptive['gpus']:.3f}x",
+        rows.append([cell["label"], *_medians_against(cell["history"]["fixed"], cell["history"]["adaptive"]),
                      " ".join(f"{h}/{d:g}" for h, d in cell["memories"])])
     emit(markdown_table(["cell", "gap, fixed", "gap, chosen", "change", "time, fixed", "time, chosen",
                          "GPUs, fixed", "GPUs, chosen", "chosen (history/decay)"], rows, numeric_from=1))
+
+
+def _medians_against(first: dict[str, float], second: dict[str, float]) -> list[str]:
+    """Two ways of serving a cell's windows side by side (`served_medians` of each): affinity's gap to
+    EPLB in both and its change, its time and its GPUs per token over EPLB's in both."""
+    return [f"{first['gap']:+.3f}", f"{second['gap']:+.3f}", f"{second['gap'] - first['gap']:+.3f}",
+            f"{first['time']:.3f}x", f"{second['time']:.3f}x", f"{first['gpus']:.3f}x", f"{second['gpus']:.3f}x"]
 
 
 def resampled_section(cells: list[dict], emit: Callable[[str], None]) -> None:
     """What holding affinity's cap on windows resampled from the planning traffic buys, per cell:
     the served windows planned as the live rebalancer plans (the default) and with every plan made on
     `RESAMPLED_WINDOWS` draws of the planning windows' runs of `RESAMPLED_RUN_TOKENS` tokens
-    (`switchyard placement windows --balance-tokens 250 --resampled-windows 16`), EPLB alike."""
+    (`switchyard placement windows --balance-tokens --resampled-windows` with those), EPLB alike."""
     emit("## The cap on resampled windows")
     emit(f"The same served windows, every plan made on the live rebalancer's memory (the default) and on "
          f"{RESAMPLED_WINDOWS} windows drawn with replacement from the planning windows' runs of "
@@ -460,10 +464,7 @@ def resampled_section(cells: list[dict], emit: Callable[[str], None]) -> None:
          f"(target: gap at least -{BALANCE_GAP}, time at most {TIME_RATIO}x).")
     rows = []
     for cell in cells:
-        default, resampled = cell["history"]["adaptive"], cell["history"]["resampled"]
-        rows.append([cell["label"], f"{default['gap']:+.3f}", f"{resampled['gap']:+.3f}",
-                     f"{resampled['gap'] - default['gap']:+.3f}", f"{default['time']:.3f}x",
-                     f"{resampled['time']:.3f}x", f"{default['gpus']:.3f}x", f"{resampled['gpus']:.3f}x"])
+        rows.append([cell["label"], *_medians_against(cell["history"]["adaptive"], cell["history"]["resampled"])])
     emit(markdown_table(["cell", "gap, default", "gap, resampled", "change", "time, default", "time, resampled",
                          "GPUs, default", "GPUs, resampled"], rows, numeric_from=1))
     met = {key: sum(cell["history"][key]["gap"] >= -BALANCE_GAP for cell in cells) for key in ("adaptive", "resampled")}

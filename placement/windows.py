@@ -121,8 +121,8 @@ def resampled_stats(stats: RoutingStats, runs_per_window: int, draws: int, seed:
     runs = stats.windows
     picked = np.random.default_rng(seed).integers(len(runs), size=(draws, runs_per_window))
     drawn = runs[picked].sum(axis=1)  # [draws, L, E]
-    scale = np.divide(runs.sum(axis=(0, 2)), drawn.sum(axis=(0, 2)), out=np.zeros(runs.shape[1]),
-                      where=drawn.sum(axis=(0, 2)) > 0)
+    drawn_total = drawn.sum(axis=(0, 2))  # [L]
+    scale = np.divide(runs.sum(axis=(0, 2)), drawn_total, out=np.zeros(runs.shape[1]), where=drawn_total > 0)
     return dataclasses.replace(stats, window_load=drawn * scale[None, :, None])
 
 
