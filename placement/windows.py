@@ -35,7 +35,7 @@ from switchyard.placement.evaluate import Evaluation, evaluate
 from switchyard.placement.plan import Plan
 from switchyard.placement.policies.base import Policy
 from switchyard.placement.routing import DEFAULT_RULE, ReplicaRule
-from switchyard.placement.stats import RoutingStats, run_count
+from switchyard.placement.stats import RoutingStats
 from switchyard.placement.topology import Topology
 from switchyard.placement.trace import RoutingTrace
 
@@ -166,17 +166,26 @@ def planning_windows(memory: Memory, adaptive: bool) -> int:
     return max(memory[0], FORECAST_WINDOWS) if adaptive else memory[0]
 
 
-def planning_stats(past: Sequence[RoutingStats], memory: Memory,
-                   adaptive: bool) -> tuple[RoutingStats, Memory]:
+def planning_stats(past: Sequence[RoutingStats], memory: Memory, adaptive: bool,
+                   resampled_windows: int | None = None) -> tuple[RoutingStats, Memory]:
     """What the plan for the next window is made on, from the windows before it (oldest first), and the
     memory used: their last `history` decayed (`decayed_stats`) by `memory`, or with `adaptive` by the
     memory `chosen_memory` picks from `memory` and `LONGER_MEMORIES` on the last `planning_windows`.
-    The memory returned counts the windows merged: fewer than `history` while fewer have passed."""
+    The memory returned counts the windows merged: fewer than `history` while fewer have passed.
+
+    resampled_windows: instead of those windows' own runs (`RoutingStats.windows`), this many windows
+    drawn from them (`resampled_stats`), each of as many runs as a merged window holds on average.
+    """
     past = list(past[-planning_windows(memory, adaptive):])
     if adaptive:
         memory = chosen_memory(past, (memory, *LONGER_MEMORIES))
     history, decay = memory
-    return decayed_stats(past[-history:], decay), (min(history, len(past)), decay)
+    merged = past[-history:]
+    stats = decayed_stats(merged, decay)
+    if resampled_windows is not None:
+        runs_per_window = max(1, round(statistics.fmean(len(window.windows) for window in merged)))
+        stats = resampled_stats(stats, runs_per_window, resampled_windows)
+    return stats, (min(history, len(past)), decay)
 
 
 def serve_windows(trace: RoutingTrace, topology: Topology, policies: Mapping[str, Policy],
@@ -195,7 +204,7 @@ def serve_windows(trace: RoutingTrace, topology: Topology, policies: Mapping[str
     on_window: called with `(i, n)` before the i-th of the n served windows is planned and served
         (progress on a long trace).
     resampled_windows: plan on this many windows drawn from the planning windows' runs of
-        `balance_tokens` (`resampled_stats`, as many runs a draw as a window holds) instead of on the
+        `balance_tokens` (`planning_stats`, as many runs a draw as a window holds) instead of on the
         planning windows themselves; needs `balance_tokens`.
     Returns one `ServedWindow` per window from 1 on; `PlacementError` when the trace has fewer than
     two full windows.
@@ -217,9 +226,7 @@ def serve_windows(trace: RoutingTrace, topology: Topology, policies: Mapping[str
     for index in range(1, len(windows)):
         if on_window is not None:
             on_window(index, len(windows) - 1)
-        stats, memory = planning_stats(window_stats[:index], (history, decay), adaptive_memory)
-        if resampled_windows is not None:
-            stats = resampled_stats(stats, run_count(window_tokens, balance_tokens), resampled_windows)
+        stats, memory = planning_stats(window_stats[:index], (history, decay), adaptive_memory, resampled_windows)
         plans = {name: policy.place(stats, topology) for name, policy in policies.items()}
         evaluations = {name: evaluate(plan, windows[index], cluster, rule) for name, plan in plans.items()}
         served.append(ServedWindow(index, evaluations, memory, plans))

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
@@ -41,14 +42,18 @@ def model_dir(tmp_path_factory):
                          ids=["ephemeral-cluster", "joins-address-with-redis"])
 def test_serve_until_sigterm(request, model_dir, joins: bool, fresh_redis_store):
     """Without --address serve starts (and stops) its own cluster; with it, serve joins the session's cluster
-    (a process's actors die with it, so a failed serve leaves nothing behind there), and there its
-    rebalances plan on runs of 4 tokens of store entries (--balance-tokens)."""
+    (a process's actors die with it, so a failed serve leaves nothing behind there). Both plan their
+    rebalances on 8 windows drawn from runs of 4 tokens of store entries (--balance-tokens,
+    --resampled-windows), the first as its log says."""
+    planning_args = ["--balance-tokens", "4", "--resampled-windows", "8"]
     if not joins:  # the embedded store, seen through GetStats and GetPlacement
-        _serve_generate_and_stop(model_dir, [])
+        log = _serve_generate_and_stop(model_dir, planning_args)
+        assert "planning on the last 1 of 1 windows read, each older one weighted 0.5, as 8 windows drawn from " \
+               "their runs of 4 tokens" in log
         return
     cluster_args = ["--address", request.getfixturevalue("ray_address"), "--nodes", "2"]
     with fresh_redis_store("test-serve") as store:
-        store_args = ["--redis", REDIS_URL, "--deployment", store.deployment, "--balance-tokens", "4"]
+        store_args = ["--redis", REDIS_URL, "--deployment", store.deployment, *planning_args]
         _serve_generate_and_stop(model_dir, cluster_args + store_args)
         assert store.active_plan()[1] == 1
         assert store.window("time", 600).num_tokens == FORWARDED  # `stop` published the last entries
@@ -75,10 +80,12 @@ def test_bad_deployment_is_a_usage_error(model_dir):
     assert result.exit_code == 2 and "bad deployment name 'a:b'" in result.output
 
 
-def _serve_generate_and_stop(model_dir, extra_args: list[str]) -> None:
+def _serve_generate_and_stop(model_dir, extra_args: list[str]) -> str:
+    """Serve, generate, read the statistics, dry-run a rebalance and stop on SIGTERM; the serve's output."""
     process = subprocess.Popen([sys.executable, "-c", SERVE, "--model", str(model_dir), "--port", "0",
                                 "--stats-interval", "0.5", *extra_args],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    reader = ThreadPoolExecutor(1)
     try:
         log = ""
         while (match := re.search(r"gateway listening on 127\.0\.0\.1:(\d+)", log)) is None:
@@ -101,13 +108,16 @@ def _serve_generate_and_stop(model_dir, extra_args: list[str]) -> None:
         with urllib.request.urlopen(board.group(1) + "metrics", timeout=60) as response:
             assert "switchyard_requests_started_total 1.0" in response.read().decode()
         process.send_signal(signal.SIGTERM)
-        rest, _ = process.communicate(timeout=60)
-        assert process.returncode == 0, log + rest
+        # read() goes through what readline() buffered already, which communicate() would skip
+        rest = reader.submit(process.stdout.read).result(timeout=60)
+        assert process.wait(timeout=60) == 0, log + rest
         assert "draining" in rest and "stopped" in rest
+        return log + rest
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+        reader.shutdown(wait=False)
 
 
 def test_serve_ray_serve_until_sigterm(model_dir):
@@ -167,6 +177,17 @@ def test_bad_automatic_rebalance_options_are_one_line(model_dir, args: list[str]
 def test_bad_planning_window_options_are_one_line(model_dir, args: list[str], message: str):
     result = CliRunner().invoke(serve, ["--model", str(model_dir), *args])
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_resampled_windows_without_balance_tokens_is_one_line(model_dir):
+    """`--resampled-windows` draws from the runs of `--balance-tokens`: without them, exit code 2 and one
+    line naming both, before Ray starts."""
+    result = CliRunner().invoke(serve, ["--model", str(model_dir), "--resampled-windows", "8"])
+    assert result.exit_code == 2, result.output
+    assert "--resampled-windows draws windows from the runs of --balance-tokens tokens: give --balance-tokens too" \
+        in result.output and result.output.count("\n") == 1
+    result = CliRunner().invoke(serve, ["--model", str(model_dir), "--balance-tokens", "64", "--resampled-windows", "0"])
+    assert result.exit_code == 2 and "--resampled-windows" in result.output, result.output
 
 
 def test_dashboard_port_in_use_is_one_line_before_ray_starts(model_dir):

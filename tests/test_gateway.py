@@ -37,6 +37,7 @@ from switchyard.cluster.state.publisher import StatsPublisher
 from switchyard.placement.cost import PRESETS
 from switchyard.placement.plan import Plan
 from switchyard.placement.stats import RoutingStats
+from switchyard.placement.windows import resampled_stats
 from switchyard.protos.generated import serving_pb2 as pb
 from switchyard.workers.checkpoints import init_checkpoint
 from waiting import wait_until
@@ -486,6 +487,27 @@ def test_balance_tokens_keep_the_runs_of_entries_a_rebalance_plans_on(runtime, s
         RuntimeBackend(runtime, store=state_store, balance_tokens=0)
     with pytest.raises(ValueError, match="balance_tokens needs a state store"):
         RuntimeBackend(runtime, balance_tokens=100)
+
+
+def test_resampled_windows_draw_the_windows_a_rebalance_plans_on_from_the_runs(runtime, state_store):
+    """`--resampled-windows 5` with `--balance-tokens 100` over the same four entries: a rebalance plans on
+    5 windows drawn from the four runs (`planning_stats`, 2 runs a draw, as each window holds), with the
+    same load; snapshots read the newest window as before. Refused without balance_tokens."""
+    shape = (runtime.spec.num_layers, runtime.spec.num_experts)
+    now = time.time()
+    for index in range(4):
+        state_store.append_stats("engine", RoutingStats.from_load(np.full(shape, index + 1.0), 100.0), now - 3 + index)
+    plain = RuntimeBackend(runtime, store=state_store, stats_window_tokens=200, balance_tokens=100)
+    backend = RuntimeBackend(runtime, store=state_store, stats_window_tokens=200, balance_tokens=100,
+                             resampled_windows=5)
+    expected, _ = asyncio.run(plain._statistics(planning=True))
+    planning, memory = asyncio.run(backend._statistics(planning=True))
+    assert memory == (2, 0.5) and planning.window_load.shape == (5, *shape)
+    np.testing.assert_array_equal(planning.window_load, resampled_stats(expected, 2, 5).window_load)
+    np.testing.assert_array_equal(planning.load, expected.load)
+    assert asyncio.run(backend._statistics())[0].window_load is None
+    with pytest.raises(ValueError, match="resampled_windows draws windows from the runs of balance_tokens"):
+        RuntimeBackend(runtime, store=state_store, resampled_windows=5)
 
 
 class _FlakyStore(EmbeddedStateStore):

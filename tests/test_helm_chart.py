@@ -394,19 +394,22 @@ def test_planning_values_are_the_cli_defaults_and_reach_the_application(monkeypa
     `AppArgs`); set, they reach the application's arguments, which it accepts."""
     from switchyard.cluster.serving.args import AppArgs
 
-    planning = ("cluster", "stats_window_s", "stats_history", "stats_decay", "adaptive_memory", "balance_tokens")
+    planning = ("cluster", "stats_window_s", "stats_history", "stats_decay", "adaptive_memory", "balance_tokens",
+                "resampled_windows")
     rendered = AppArgs.parse(_serve_app(_one(_render(), "RayService"))["args"])
     defaults = AppArgs(model=rendered.model)
     assert {name: getattr(rendered, name) for name in planning} == {name: getattr(defaults, name) for name in planning}
     args = _serve_app(_one(_render(None, "serve.planning.cluster=h100-100gbit", "serve.planning.windowSeconds=30",
                                    "serve.planning.history=6", "serve.planning.decay=1",
-                                   "serve.planning.adaptiveMemory=false", "serve.planning.balanceTokens=256"),
+                                   "serve.planning.adaptiveMemory=false", "serve.planning.balanceTokens=256",
+                                   "serve.planning.resampledWindows=16"),
                            "RayService"))["args"]
     assert {name: args[name] for name in planning} == {
         "cluster": "h100-100gbit", "stats_window_s": 30, "stats_history": 6, "stats_decay": 1,
-        "adaptive_memory": False, "balance_tokens": 256}
+        "adaptive_memory": False, "balance_tokens": 256, "resampled_windows": 16}
     monkeypatch.setenv(args["redis_url_env"], "redis://127.0.0.1:6379")  # as the chart sets it: a store to cut runs from
-    assert AppArgs.parse(args).balance_tokens == 256
+    parsed = AppArgs.parse(args)
+    assert (parsed.balance_tokens, parsed.resampled_windows) == (256, 16)
 
 
 @pytest.mark.parametrize("sets, message", [
@@ -418,9 +421,11 @@ def test_planning_values_are_the_cli_defaults_and_reach_the_application(monkeypa
     (("rebalance.policy=best",), "rebalance.policy"),
     (("serve.planning.cluster=h200",), "serve.planning.cluster"),
     (("serve.planning.decay=2",), "decay: Must be less than or equal to 1"),
+    (("serve.planning.resampledWindows=16",), "serve.planning.balanceTokens is required with "
+                                              "serve.planning.resampledWindows"),
     (("workerGroups[0].gpusPerPod=0", "workerGroups[0].name=gpu", "workerGroups[0].replicas=1"),
      "gpusPerPod: Must be greater than or equal to 1"),
-], ids=["auth", "tls", "external-redis", "init", "unknown-key", "policy", "cluster", "decay", "gpus"])
+], ids=["auth", "tls", "external-redis", "init", "unknown-key", "policy", "cluster", "decay", "resampled", "gpus"])
 def test_bad_values_fail_with_a_message(sets: tuple[str, ...], message: str) -> None:
     args = ["template"]
     for item in sets:

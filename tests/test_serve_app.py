@@ -205,6 +205,8 @@ def _succeeds(client: Client) -> bool:
     ({"model": "/m", "adaptive_memory": "yes"}, "adaptive_memory='yes' is not of type bool"),
     ({"model": "/m", "balance_tokens": 0}, "balance_tokens must be a positive number, got 0.0"),
     ({"model": "/m", "balance_tokens": 256}, "balance_tokens needs a state store"),
+    ({"model": "/m", "resampled_windows": 8}, "resampled_windows draws windows from the runs of balance_tokens tokens"),
+    ({"model": "/m", "resampled_windows": 2.5}, "resampled_windows=2.5 is not of type int | None"),
     ({"model": "/m", "cluster": "h200"}, "unknown cluster preset 'h200'"),
 ])
 def test_bad_arguments_fail_the_build_with_one_line(args, message, monkeypatch):
@@ -223,6 +225,9 @@ def test_balance_tokens_are_taken_with_a_state_store(monkeypatch):
     monkeypatch.setenv(REDIS_URL_ENV, "redis://127.0.0.1:6379/0")
     assert AppArgs.parse({"model": "/m", "balance_tokens": 256}).balance_tokens == 256.0
     assert AppArgs.parse({"model": "/m"}).balance_tokens is None
+    assert AppArgs.parse({"model": "/m", "balance_tokens": 256, "resampled_windows": 8}).resampled_windows == 8
+    with pytest.raises(ValueError, match="resampled_windows must be a positive integer, got 0"):
+        AppArgs.parse({"model": "/m", "balance_tokens": 256, "resampled_windows": 0})
 
 
 def test_adaptive_memory_is_a_yaml_boolean():

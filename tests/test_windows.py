@@ -221,6 +221,22 @@ def test_planning_stats_decay_the_chosen_memory_of_the_newest_windows() -> None:
     assert planning_windows((20, 0.5), True) == 20
 
 
+def test_planning_stats_resample_the_merged_windows_runs() -> None:
+    """With `resampled_windows`, the plan's statistics are that many draws (`resampled_stats`) from the
+    runs of the windows merged, each draw as many runs as a merged window holds on average (3 and 5
+    runs: 4), the load as without; the windows a plan is not made on do not count."""
+    trace = TRACE.slice_tokens(0, 2000)
+    old, short, long = (RoutingStats.from_trace(trace.slice_tokens(0, 500), window_tokens=500),
+                        RoutingStats.from_trace(trace.slice_tokens(500, 1100), window_tokens=200),
+                        RoutingStats.from_trace(trace.slice_tokens(1100, 2000), window_tokens=180))
+    assert [len(window.windows) for window in (old, short, long)] == [1, 3, 5]
+    stats, memory = planning_stats([old, short, long], (2, 0.5), adaptive=False, resampled_windows=7)
+    expected = decayed_stats([short, long], 0.5)
+    assert memory == (2, 0.5)
+    np.testing.assert_array_equal(stats.windows, resampled_stats(expected, 4, 7).windows)
+    np.testing.assert_array_equal(stats.load, expected.load)
+
+
 def test_serve_windows_with_adaptive_memory_plans_on_the_chosen_memory() -> None:
     topology = Topology(2, 2, 5)
     served = serve_windows(TRACE, topology, {"eplb": EplbPolicy()}, window_tokens=500, decay=0.5, history=3,

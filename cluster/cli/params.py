@@ -128,6 +128,19 @@ def adaptive_memory_option(planner: str) -> Callable[[Callable[..., Any]], Calla
     )
 
 
+def resampled_windows_option(planner: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`--resampled-windows N` (`placement.windows.planning_stats`): `planner` (the subject of the help's
+    sentence) plans on N windows drawn from the planning windows' runs of `--balance-tokens` tokens.
+    The command receives `resampled_windows`."""
+    return click.option(
+        "--resampled-windows", type=click.IntRange(min=1), default=None, metavar="N",
+        help=f"{planner} on N windows drawn with replacement from the planning windows' runs of --balance-tokens "
+             "tokens, each as many runs as a window holds, instead of on the planning windows themselves: "
+             "affinity then holds its cap on other draws of the traffic it plans on "
+             "(docs/placement-experiments.md, \"The cap on resampled windows\"). Needs --balance-tokens.",
+    )
+
+
 def ray_cluster_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """`--nodes`, `--address` and `--gpus-per-node` of the commands that serve a model on Ray (`serve`,
     `generate --model`); the command receives `nodes`, `address` and `workers_per_node`."""

@@ -22,7 +22,7 @@ from click.core import ParameterSource
 
 from switchyard.cluster.cli.params import (
     INPUT_FILE, OUTPUT_FILE, TOKEN_RANGE, adaptive_memory_option, drop_incomplete_option, grpc_errors_exit,
-    topology_options, verbose_option,
+    resampled_windows_option, topology_options, verbose_option,
 )
 from switchyard.cluster.settings import DEFAULTS, TLS_CA_ENV, TOKEN_ENV
 from switchyard.cluster.cli.formatting import (
@@ -184,11 +184,7 @@ def compare(trace_path: Path, nodes: int, gpus_per_node: int, slots_per_gpu: int
 @_cluster_option
 @_balance_tokens_option
 @adaptive_memory_option("Before each window, plan")
-@click.option("--resampled-windows", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Plan on N windows drawn with replacement from the planning windows' runs of --balance-tokens "
-                   "tokens, each as many runs as a window holds, instead of on the planning windows themselves: "
-                   "affinity then holds its cap on other draws of the traffic it plans on "
-                   "(docs/placement-experiments.md, \"The cap on resampled windows\"). Needs --balance-tokens.")
+@resampled_windows_option("Plan")
 @click.option("--per-window", is_flag=True, help="Also print every served window's figures, one row per policy.")
 @_json_option
 @drop_incomplete_option

@@ -19,10 +19,11 @@ import click
 
 from switchyard.cluster.cli.params import (
     OneLineCommand, UserError, adaptive_memory_option, grpc_errors_exit, ray_cluster_options,
+    resampled_windows_option,
 )
 from switchyard.cluster.cli.preflight import check_serve_options
 from switchyard.cluster.errors import SwitchyardError
-from switchyard.cluster.settings import ADMIN_TOKEN_ENV, DEFAULTS, REDIS_URL_ENV, TOKEN_ENV
+from switchyard.cluster.settings import ADMIN_TOKEN_ENV, DEFAULTS, REDIS_URL_ENV, TOKEN_ENV, check_resampled_windows
 from switchyard.placement.cost import PRESETS
 from switchyard.placement.policies import DEFAULT_POLICY, policy_names
 from switchyard.workers.checkpoints import load_spec
@@ -111,6 +112,7 @@ async def serve_until_signalled(config: Any, start_backend: Any, auto: Any = Non
               help="Also keep the load of every run of store entries holding N tokens in those windows: affinity "
               "holds its load cap on each run, which buys balance on the next window for locality "
               "(docs/placement.md, \"Balance per batch\"). Default: on each window.")
+@resampled_windows_option("Each rebalance plans")
 @click.option("--cluster", "cluster_preset", type=click.Choice(sorted(PRESETS)), default=DEFAULTS.cluster_preset,
               show_default=True, help="The hardware rebalances plan for and model their MoE layer time on, with "
               "the model's sizes: affinity weighs a remote node and load above its cap by it (docs/placement.md).")
@@ -154,7 +156,8 @@ async def serve_until_signalled(config: Any, start_backend: Any, auto: Any = Non
 def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: int, engines_per_node: int,
           plan_path: Path | None, tokenizer_dir: Path | None, redis: str | None, deployment: str,
           stats_interval_s: float, stats_window_s: float, stats_window_tokens: float | None, stats_history: int,
-          stats_decay: float, adaptive_memory: bool, balance_tokens: int | None, cluster_preset: str,
+          stats_decay: float, adaptive_memory: bool, balance_tokens: int | None, resampled_windows: int | None,
+          cluster_preset: str,
           auto_rebalance: bool, auto_min_balancedness: float, auto_min_gain: float, auto_interval_s: float,
           auto_policy: str, host: str, port: int, token: str | None,
           admin_token: str | None, tls_cert: Path | None, tls_key: Path | None, max_queue: int,
@@ -188,6 +191,7 @@ def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: in
 
     check_serve_options(host, port, tls_cert, tls_key, address, admin_token)  # before Ray: one line each
     try:
+        check_resampled_windows(resampled_windows, balance_tokens, "--resampled-windows", "--balance-tokens")
         spec = load_spec(model_dir)
         plan = resolve_plan(spec, plan_path if plan_path is not None else "linear", nodes, workers_per_node)
         config = GatewayConfig(host=host, port=port, token=token, admin_token=admin_token, tls_cert=tls_cert,
@@ -213,7 +217,7 @@ def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: in
              "engines_per_node": engines_per_node, "deployment": deployment, "host": host, "grpc_port": port,
              "metrics_port": metrics_port, "stats_interval_s": stats_interval_s, "stats_window_s": stats_window_s,
              "stats_history": stats_history, "stats_decay": stats_decay, "adaptive_memory": adaptive_memory,
-             "balance_tokens": balance_tokens,
+             "balance_tokens": balance_tokens, "resampled_windows": resampled_windows,
              "cluster": cluster_preset,
              "plan": str(plan_path) if plan_path is not None else "linear", "max_queue": max_queue,
              "tls_cert_file": str(tls_cert) if tls_cert else None, "tls_key_file": str(tls_key) if tls_key else None},
@@ -259,7 +263,7 @@ def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: in
                                  stats_window_s=stats_window_s, stats_window_tokens=stats_window_tokens,
                                  stats_history=stats_history, stats_decay=stats_decay,
                                  adaptive_memory=adaptive_memory, balance_tokens=balance_tokens,
-                                 cluster_preset=cluster_preset, supervisor=supervisor)
+                                 resampled_windows=resampled_windows, cluster_preset=cluster_preset, supervisor=supervisor)
         return backend, shutdown, tuple(publisher.writers)
 
     try:

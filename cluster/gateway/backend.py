@@ -39,7 +39,7 @@ from switchyard.cluster.rebalance.applier import PlanApplier, RebalanceOutcome, 
 from switchyard.cluster.rebalance.planner import model_cluster, plan_proposal
 from switchyard.cluster.runtime.runtime import Runtime, merge_engine_stats
 from switchyard.cluster.runtime.supervisor import Supervisor
-from switchyard.cluster.settings import DEFAULTS, check_balance_tokens
+from switchyard.cluster.settings import DEFAULTS, check_balance_tokens, check_resampled_windows
 from switchyard.cluster.state.store import StateStore, WindowBy
 from switchyard.placement.errors import positive_int, unit_interval
 from switchyard.placement.plan import Plan
@@ -164,6 +164,9 @@ class RuntimeBackend:
     windows best (`placement.windows.planning_stats`; it reads `planning_windows` of them).
     balance_tokens: besides, each of those windows keeps the load of its runs of store entries holding this many tokens, and
     affinity holds its cap on each run (`switchyard serve --balance-tokens`; needs a store).
+    resampled_windows: rebalances plan on this many windows drawn with replacement from those runs
+    instead (`placement.windows.planning_stats`; `switchyard serve --resampled-windows`; needs
+    balance_tokens): affinity then holds its cap on other draws of the traffic it plans on.
     cluster_preset: the hardware preset (`placement.cost.PRESETS`) with the model's sizes that
     proposals are modelled on and affinity plans for (`switchyard serve --cluster`).
     observe_after_s: how long after an apply its gain is measured ("observed" event).
@@ -177,7 +180,7 @@ class RuntimeBackend:
                  stats_window_s: float = DEFAULTS.stats_window_s, stats_window_tokens: float | None = None,
                  stats_history: int = DEFAULTS.stats_history, stats_decay: float = DEFAULTS.stats_decay,
                  adaptive_memory: bool = DEFAULTS.adaptive_memory, balance_tokens: float | None = None,
-                 cluster_preset: str = DEFAULTS.cluster_preset,
+                 resampled_windows: int | None = None, cluster_preset: str = DEFAULTS.cluster_preset,
                  observe_after_s: float = DEFAULTS.observe_after_s, supervisor: Supervisor | None = None) -> None:
         if max_queue_per_engine < 1:
             raise InvalidSetting(f"max_queue_per_engine must be at least 1, got {max_queue_per_engine}")
@@ -188,12 +191,13 @@ class RuntimeBackend:
         positive_int("stats_history", stats_history, InvalidSetting)
         unit_interval("stats_decay", stats_decay, InvalidSetting)
         check_balance_tokens(balance_tokens, store is not None)
+        check_resampled_windows(resampled_windows, balance_tokens)
         self.cluster = model_cluster(runtime.spec, cluster_preset)
         self.runtime, self.store, self.stats_window_s = runtime, store, stats_window_s
         self.stats_window_tokens, self.stats_history, self.stats_decay = stats_window_tokens, stats_history, stats_decay
         self.adaptive_memory = adaptive_memory
         self.planning_windows = planning_windows((stats_history, stats_decay), adaptive_memory)
-        self.balance_tokens = balance_tokens
+        self.balance_tokens, self.resampled_windows = balance_tokens, resampled_windows
         self.tokenizer = load_tokenizer(runtime.spec.model_dir if tokenizer_dir is None else tokenizer_dir)
         self.model = ModelInfo.of_spec(runtime.spec, self.tokenizer is not None)
         self.max_queue_per_engine, self.poll_timeout_s = max_queue_per_engine, poll_timeout_s
@@ -309,8 +313,9 @@ class RuntimeBackend:
         """What snapshots read (and, with `planning`, proposals): without a store, the statistics since
         loading; with one, its newest window (by tokens when configured, else by time), or for planning
         its last `planning_windows`, each with its runs of `balance_tokens`, decayed by the memory
-        `planning_stats` chooses. Also `(windows, decay)`: how many windows were merged, each older one
-        weighted `decay`; no load and None when nothing was published."""
+        `planning_stats` chooses (with `resampled_windows`, that many windows drawn from those runs).
+        Also `(windows, decay)`: how many windows were merged, each older one weighted `decay`; no load
+        and None when nothing was published."""
         if self.store is None:  # the engines up now (one gone is left out)
             live = [stats for stats in await self._ask_engines("routing_stats") if stats is not None]
             windows = [merge_engine_stats(live)] if live else []
@@ -320,10 +325,13 @@ class RuntimeBackend:
             windows = await asyncio.to_thread(self.store.windows, by, size, count, None, pieces)
         if not windows:
             return RoutingStats.from_load(np.zeros((self.model.num_layers, self.model.num_experts)), 0.0), None
-        stats, memory = planning_stats(windows[::-1], (self.stats_history, self.stats_decay), self.adaptive_memory)
+        resampled = self.resampled_windows if planning else None
+        stats, memory = planning_stats(windows[::-1], (self.stats_history, self.stats_decay), self.adaptive_memory,
+                                       resampled)
         if planning:
-            log.info("planning on the last %d of %d windows read, each older one weighted %g", memory[0],
-                     len(windows), memory[1])
+            log.info("planning on the last %d of %d windows read, each older one weighted %g%s", memory[0],
+                     len(windows), memory[1], "" if resampled is None else f", as {resampled} windows drawn "
+                     f"from their runs of {self.balance_tokens:g} tokens")
         return stats, memory
 
     async def rebalance(self, dry_run: bool, policy: str, max_moves: int | None, plan: Plan | None = None,

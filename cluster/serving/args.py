@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from switchyard.cluster.errors import InvalidSetting
-from switchyard.cluster.settings import DEFAULTS, REDIS_URL_ENV, check_balance_tokens
+from switchyard.cluster.settings import DEFAULTS, REDIS_URL_ENV, check_balance_tokens, check_resampled_windows
 from switchyard.placement.cost import preset
 from switchyard.placement.errors import unit_interval
 
@@ -28,8 +28,8 @@ class AppArgs:
     (unset or empty: no store).  host, grpc_port, health_port, metrics_port: where the gateway listens
     (health_port: a plaintext grpc.health.v1-only port beside a TLS one; 0: none; metrics_port 0:
     no dashboard).  stats_interval_s: between statistics uploads.  stats_window_s, stats_history,
-    stats_decay, adaptive_memory, balance_tokens: the windows rebalances plan on (`RuntimeBackend`;
-    balance_tokens needs the store).  cluster: the hardware preset rebalances plan for
+    stats_decay, adaptive_memory, balance_tokens, resampled_windows: the windows rebalances plan on
+    (`RuntimeBackend`; balance_tokens needs the store, resampled_windows balance_tokens).  cluster: the hardware preset rebalances plan for
     (`placement.cost.PRESETS`).  plan: a plan JSON file, or a policy name.  token_file, admin_token_file, tls_cert_file, tls_key_file: files
     of the secrets."""
 
@@ -50,6 +50,7 @@ class AppArgs:
     stats_decay: float = DEFAULTS.stats_decay
     adaptive_memory: bool = DEFAULTS.adaptive_memory
     balance_tokens: float | None = None
+    resampled_windows: int | None = None
     cluster: str = DEFAULTS.cluster_preset
     plan: str = "linear"
     max_queue: int = DEFAULTS.max_queue_per_engine
@@ -94,6 +95,8 @@ class AppArgs:
         unit_interval("the Serve application argument stats_decay", args.stats_decay, InvalidSetting)
         check_balance_tokens(args.balance_tokens, args.redis_url() is not None,
                              "the Serve application argument balance_tokens")
+        check_resampled_windows(args.resampled_windows, args.balance_tokens,
+                                "the Serve application argument resampled_windows", "balance_tokens")
         preset(args.cluster, InvalidSetting)
         if (args.tls_cert_file is None) != (args.tls_key_file is None):
             raise InvalidSetting("TLS needs both tls_cert_file and tls_key_file")

@@ -115,7 +115,7 @@ class GatewayReplica:
         self.backend = ServeBackend(runtime, self.pool, max_queue_per_engine=args.max_queue, store=store,
                                     stats_window_s=args.stats_window_s, stats_history=args.stats_history,
                                     stats_decay=args.stats_decay, adaptive_memory=args.adaptive_memory,
-                                    balance_tokens=args.balance_tokens,
+                                    balance_tokens=args.balance_tokens, resampled_windows=args.resampled_windows,
                                     cluster_preset=args.cluster)
         self.server.attach(self.backend)
         if args.metrics_port:

@@ -187,6 +187,10 @@ or the Serve config. The password must be URL-safe (the chart's generated one is
 {{- with .Values.serve.planning.balanceTokens }}
 {{- $_ := set $args "balance_tokens" (int .) }}
 {{- end }}
+{{- with .Values.serve.planning.resampledWindows }}
+{{- $_ := required "serve.planning.balanceTokens is required with serve.planning.resampledWindows: the windows are drawn from its runs" $.Values.serve.planning.balanceTokens }}
+{{- $_ := set $args "resampled_windows" (int .) }}
+{{- end }}
 {{- if .Values.serve.plan }}
 {{- $_ := set $args "plan" "/etc/switchyard/plan/plan.json" }}
 {{- end }}
