@@ -115,15 +115,3 @@ def check_balance_tokens(balance_tokens: float | None, has_store: bool, name: st
         raise InvalidSetting(f"{name} needs a state store: without one the statistics since loading are a "
                              "single window with no runs of entries to balance on")
 
-
-def check_resampled_windows(resampled_windows: int | None, balance_tokens: float | None,
-                            name: str = "resampled_windows", runs_name: str = "balance_tokens") -> None:
-    """`InvalidSetting` unless `resampled_windows` (the windows a rebalance draws from the runs of
-    `balance_tokens` and plans on, `switchyard serve --resampled-windows`) is None, or a positive
-    integer with `balance_tokens` given. `name` and `runs_name` are what the error calls the two."""
-    if resampled_windows is None:
-        return
-    if isinstance(resampled_windows, bool) or not isinstance(resampled_windows, int) or resampled_windows < 1:
-        raise InvalidSetting(f"{name} must be a positive integer, got {resampled_windows!r}")
-    if balance_tokens is None:
-        raise InvalidSetting(f"{name} draws windows from the runs of {runs_name} tokens: give {runs_name} too")

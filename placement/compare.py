@@ -20,6 +20,7 @@ from switchyard.placement.policies import planning_policy
 from switchyard.placement.stats import RoutingStats
 from switchyard.placement.topology import Topology
 from switchyard.placement.trace import RoutingTrace
+from switchyard.placement.windows import check_resampled, resampled_window
 
 TokenWindow = tuple[int | None, int | None]
 """`(start, stop)` token indices of a trace, Python slice rules; None is an open end."""
@@ -64,6 +65,7 @@ def compare_policies(
     cluster: ClusterSpec | None = None,
     on_policy: Callable[[str], None] | None = None,
     balance_tokens: int | None = None,
+    resampled_windows: int | None = None,
 ) -> list[PolicyResult]:
     """Plan with every policy on the `train` tokens and evaluate each plan on the `test` tokens.
 
@@ -73,12 +75,15 @@ def compare_policies(
     on_policy: called with each policy's name before it plans (progress reporting for long runs).
     balance_tokens: the training statistics keep the load of every run of this many tokens, which a
         policy that hedges against drift (affinity) holds its plan on; None: of the whole window.
+    resampled_windows: instead of those runs, this many windows drawn from them, each as many runs as
+        the training window holds (`windows.resampled_window`); needs `balance_tokens`.
     Returns one `PolicyResult` per name, in the order given.
     """
+    check_resampled(resampled_windows, balance_tokens)
     default_train, default_test = default_windows(trace)
     train_trace = token_window(trace, default_train if train is None else train, "the training window")
     test_trace = token_window(trace, default_test if test is None else test, "the test window")
-    stats = RoutingStats.from_trace(train_trace, window_tokens=balance_tokens)
+    stats = resampled_window(RoutingStats.from_trace(train_trace, window_tokens=balance_tokens), resampled_windows)
     results = []
     for name in policy_names:
         if on_policy is not None:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from switchyard.placement.cost import ClusterSpec
-from switchyard.placement.errors import PlacementError, positive_int, unit_interval
+from switchyard.placement.errors import PlacementError, SwitchyardError, positive_int, unit_interval
 from switchyard.placement.evaluate import Evaluation, evaluate
 from switchyard.placement.plan import Plan
 from switchyard.placement.policies.base import Policy
@@ -126,6 +126,29 @@ def resampled_stats(stats: RoutingStats, runs_per_window: int, draws: int, seed:
     return dataclasses.replace(stats, window_load=drawn * scale[None, :, None])
 
 
+def check_resampled(resampled_windows: object, balance_tokens: float | None, window_tokens: float | None = None,
+                    error: type[SwitchyardError] = PlacementError, name: str = "resampled_windows",
+                    runs_name: str = "balance_tokens") -> None:
+    """`error` unless `resampled_windows` is None, or a positive integer with runs of `balance_tokens`
+    tokens to draw its windows from, runs no longer than a window (`window_tokens`, where given).
+    `name` and `runs_name`: what the message calls the two (a CLI's options, a Serve application's
+    arguments; the cluster passes its `InvalidSetting` for settings)."""
+    if resampled_windows is None:
+        return
+    positive_int(name, resampled_windows, error)
+    if balance_tokens is None:
+        raise error(f"{name} draws windows from the runs of {runs_name} tokens: give {runs_name} too")
+    if window_tokens is not None and balance_tokens > window_tokens:
+        raise error(f"{name} draws windows from the runs of {runs_name} tokens in each window: {runs_name} must be "
+                    f"at most the window's {window_tokens:g} tokens, got {balance_tokens:g}")
+
+
+def resampled_window(stats: RoutingStats, draws: int | None) -> RoutingStats:
+    """`stats` (one planning window, or a trace planned on once) with `draws` windows drawn from its runs,
+    each as many runs as it keeps: a bootstrap of the whole window (`resampled_stats`); None: `stats`."""
+    return stats if draws is None else resampled_stats(stats, len(stats.windows), draws)
+
+
 def forecast_error(window_stats: Sequence[RoutingStats], memory: Memory) -> float | None:
     """How far the load a plan with `memory` is made on falls from the load of the window it serves:
     for every window after the first, the expert load of the windows before it (the last `history`,
@@ -211,11 +234,7 @@ def serve_windows(trace: RoutingTrace, topology: Topology, policies: Mapping[str
     """
     windows = split_windows(trace, window_tokens)
     positive_int("history", history)
-    if resampled_windows is not None:
-        positive_int("resampled_windows", resampled_windows)
-        if balance_tokens is None or balance_tokens > window_tokens:
-            raise PlacementError("resampled_windows draws runs of balance_tokens tokens: give balance_tokens, "
-                                 f"at most window_tokens ({window_tokens}), got {balance_tokens!r}")
+    check_resampled(resampled_windows, balance_tokens, window_tokens)
     if len(windows) < 2:
         raise PlacementError(
             f"the trace's {trace.num_tokens} tokens make {len(windows)} window(s) of {window_tokens}; "

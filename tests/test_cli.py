@@ -24,8 +24,8 @@ from switchyard.placement.policies import planning_policy, policy_names
 from switchyard.placement.stats import RoutingStats
 from switchyard.placement.synthetic import synthetic_trace
 from switchyard.placement.topology import Topology
-from switchyard.placement.windows import (ADAPTIVE_MEMORY, PLANNING_DECAY, PLANNING_HISTORY, serve_windows,
-                                          summarize_served)
+from switchyard.placement.windows import (ADAPTIVE_MEMORY, PLANNING_DECAY, PLANNING_HISTORY, resampled_stats,
+                                          serve_windows, summarize_served)
 
 SCRIPT = Path(sys.executable).parent / "switchyard"
 NUM_LAYERS, NUM_EXPERTS, TOP_K, NUM_TOKENS = 4, 16, 2, 512
@@ -133,8 +133,13 @@ ERROR_CASES = [
     pytest.param("placement windows --trace {trace} --decay 1.5 " + TOPOLOGY, "--decay", id="windows-bad-decay"),
     pytest.param("placement windows --trace {trace} --history 0 " + TOPOLOGY, "--history",
                  id="windows-no-history"),
-    pytest.param("placement windows --trace {trace} --resampled-windows 4 " + TOPOLOGY, "give balance_tokens",
+    pytest.param("placement windows --trace {trace} --resampled-windows 4 " + TOPOLOGY,
+                 "--resampled-windows draws windows from the runs of --balance-tokens tokens: give --balance-tokens too",
                  id="windows-resampled-without-runs"),
+    pytest.param("placement compare --trace {trace} --resampled-windows 4 " + TOPOLOGY, "give --balance-tokens too",
+                 id="compare-resampled-without-runs"),
+    pytest.param("placement plan --trace {trace} --policy eplb --out {folder}/p.json --resampled-windows 4 " + TOPOLOGY,
+                 "give --balance-tokens too", id="plan-resampled-without-runs"),
     pytest.param("trace synth --out {folder}/s.npz --layers 2 --experts 4 --top-k 5 --tokens 16", "--top-k",
                  id="synth-top-k-above-experts"),
     pytest.param("placement export --plan {plan} --format trtllm --out {folder}/no/x.yaml", "no such file",
@@ -293,6 +298,14 @@ def test_plan_for_a_cluster(tmp_path: Path) -> None:
         plans[policy, "batches"] = json.loads(out.read_text())["physical_to_logical_map"]
     assert plans["affinity", "batches"] != plans["affinity", "h100"]
     assert plans["eplb", "batches"] == plans["eplb", "h100"]
+    # --resampled-windows 8 plans on 8 draws of those runs, as many runs a draw as the trace holds.
+    out = tmp_path / "resampled.json"
+    _ok(_invoke("placement", "plan", "--trace", trace, *_topology(2, 2, 9), "--policy", "affinity",
+                "--balance-tokens", 256, "--resampled-windows", 8, "--out", out))
+    runs = RoutingStats.from_trace(load_trace(trace), window_tokens=256)
+    expected = planning_policy("affinity", PRESETS["h100"]).place(resampled_stats(runs, len(runs.windows), 8),
+                                                                  Topology(2, 2, 9))
+    assert load_plan(out) == expected
 
 
 def test_plan_in_forked_processes_is_the_same(files, tmp_path: Path) -> None:

@@ -60,6 +60,27 @@ def test_balance_tokens_hold_affinitys_cap_on_every_batch(trace, topology) -> No
     assert plans["eplb", None] == plans["eplb", 50]
 
 
+def test_resampled_windows_plan_on_draws_of_the_training_windows_runs(trace, topology) -> None:
+    """With `resampled_windows`, every policy plans on that many windows drawn from the training runs,
+    each as many runs as the training window holds (`resampled_window`): affinity plans otherwise
+    than on the runs themselves, EPLB (the load alone, which the draws keep) the same. Refused without
+    `balance_tokens`."""
+    from switchyard.placement.policies import planning_policy
+    from switchyard.placement.stats import RoutingStats
+    from switchyard.placement.windows import resampled_stats
+
+    (result,) = compare_policies(trace, topology, ["affinity"], balance_tokens=50, resampled_windows=6)
+    runs = RoutingStats.from_trace(trace.slice_tokens(0, trace.num_tokens // 2), window_tokens=50)
+    drawn = resampled_stats(runs, len(runs.windows), 6)
+    assert result.plan == planning_policy("affinity", None).place(drawn, topology)
+    assert result.plan != compare_policies(trace, topology, ["affinity"], balance_tokens=50)[0].plan
+    eplb = {draws: compare_policies(trace, topology, ["eplb"], balance_tokens=50, resampled_windows=draws)[0].plan
+            for draws in (None, 6)}
+    assert eplb[None] == eplb[6]
+    with pytest.raises(PlacementError, match="give balance_tokens too"):
+        compare_policies(trace, topology, ["eplb"], resampled_windows=6)
+
+
 def test_without_a_cluster_there_is_no_time(trace, topology) -> None:
     (result,) = compare_policies(trace, topology, ["linear"])
     assert result.evaluation.layer_time_s is None

@@ -130,8 +130,9 @@ def test_serve_windows_plans_on_resampled_windows_of_the_past_runs() -> None:
                              0.5)
     assert [s.windows.shape[0] for s in recording.seen] == [6, 6]
     np.testing.assert_array_equal(recording.seen[1].windows, resampled_stats(expected, 4, 6).windows)
-    for balance_tokens in (None, 1500):
-        with pytest.raises(PlacementError, match="give balance_tokens"):
+    for balance_tokens, message in ((None, "give balance_tokens too"),
+                                    (1500, "balance_tokens must be at most the window's 1000 tokens, got 1500")):
+        with pytest.raises(PlacementError, match=message):
             serve_windows(TRACE, Topology(2, 2, 5), {"eplb": EplbPolicy()}, window_tokens=1000,
                           balance_tokens=balance_tokens, resampled_windows=6)
 

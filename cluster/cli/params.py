@@ -17,7 +17,7 @@ import click
 
 from switchyard.cluster.errors import exit_code
 from switchyard.placement.compare import TokenWindow
-from switchyard.placement.windows import ADAPTIVE_MEMORY, LONGER_MEMORIES
+from switchyard.placement.windows import ADAPTIVE_MEMORY, LONGER_MEMORIES, check_resampled
 
 
 class TokenRangeType(click.ParamType):
@@ -139,6 +139,12 @@ def resampled_windows_option(planner: str) -> Callable[[Callable[..., Any]], Cal
              "affinity then holds its cap on other draws of the traffic it plans on "
              "(docs/placement-experiments.md, \"The cap on resampled windows\"). Needs --balance-tokens.",
     )
+
+
+def check_resampled_options(resampled_windows: int | None, balance_tokens: int | None) -> None:
+    """`--resampled-windows` draws from the runs of `--balance-tokens`: a `PlacementError` naming both
+    options when it is given without them (`placement.windows.check_resampled`)."""
+    check_resampled(resampled_windows, balance_tokens, name="--resampled-windows", runs_name="--balance-tokens")
 
 
 def ray_cluster_options(command: Callable[..., Any]) -> Callable[..., Any]:

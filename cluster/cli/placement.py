@@ -21,8 +21,8 @@ import numpy as np
 from click.core import ParameterSource
 
 from switchyard.cluster.cli.params import (
-    INPUT_FILE, OUTPUT_FILE, TOKEN_RANGE, adaptive_memory_option, drop_incomplete_option, grpc_errors_exit,
-    resampled_windows_option, topology_options, verbose_option,
+    INPUT_FILE, OUTPUT_FILE, TOKEN_RANGE, adaptive_memory_option, check_resampled_options, drop_incomplete_option,
+    grpc_errors_exit, resampled_windows_option, topology_options, verbose_option,
 )
 from switchyard.cluster.settings import DEFAULTS, TLS_CA_ENV, TOKEN_ENV
 from switchyard.cluster.cli.formatting import (
@@ -41,7 +41,7 @@ from switchyard.placement.stats import RoutingStats, run_count
 from switchyard.placement.topology import Topology
 from switchyard.placement.trace import RoutingTrace
 from switchyard.placement.windows import (
-    PLANNING_DECAY, PLANNING_HISTORY, WINDOW_TOKENS, serve_windows, summarize_served,
+    PLANNING_DECAY, PLANNING_HISTORY, WINDOW_TOKENS, resampled_window, serve_windows, summarize_served,
 )
 
 PROGRESS_PICKS = 1 << 22
@@ -93,17 +93,21 @@ def placement() -> None:
               help="Partitions each layer is refined from, the best kept, for policies that search (affinity): "
                    "more find better plans, for as many times the time. Default: the policy's (3).")
 @_balance_tokens_option
+@resampled_windows_option("Plan")
 @drop_incomplete_option
 @verbose_option
 def plan(trace_path: Path, tokens: TokenWindow | None, nodes: int, gpus_per_node: int,
          slots_per_gpu: int | None, policy: str, out: Path, cluster: str, processes: int | None,
-         starts: int | None, balance_tokens: int | None, drop_incomplete: bool) -> None:
+         starts: int | None, balance_tokens: int | None, resampled_windows: int | None,
+         drop_incomplete: bool) -> None:
     """Plan a placement from observed routing and write it as JSON."""
+    check_resampled_options(resampled_windows, balance_tokens)
     if tokens is None:
         stats = load_stats(trace_path, drop_incomplete=drop_incomplete, window_tokens=balance_tokens)
     else:
         routing = load_trace(trace_path, drop_incomplete=drop_incomplete)
         stats = RoutingStats.from_trace(token_window(routing, tokens, "--tokens"), window_tokens=balance_tokens)
+    stats = resampled_window(stats, resampled_windows)
     topology = Topology.for_experts(stats.num_experts, nodes, gpus_per_node, slots_per_gpu)
     options = {"processes": processes} if "processes" in policy_options(policy) else {}
     if starts is not None and "starts" in policy_options(policy):
@@ -143,13 +147,15 @@ def evaluate_command(trace_path: Path, plan_path: Path, tokens: TokenWindow | No
 @_policies_option
 @_cluster_option
 @_balance_tokens_option
+@resampled_windows_option("Plan")
 @_json_option
 @drop_incomplete_option
 @verbose_option
 def compare(trace_path: Path, nodes: int, gpus_per_node: int, slots_per_gpu: int | None,
             train: TokenWindow | None, test: TokenWindow | None, policies: tuple[str, ...], cluster: str,
-            balance_tokens: int | None, as_json: bool, drop_incomplete: bool) -> None:
+            balance_tokens: int | None, resampled_windows: int | None, as_json: bool, drop_incomplete: bool) -> None:
     """Plan with every policy on the training tokens and compare them on the test tokens."""
+    check_resampled_options(resampled_windows, balance_tokens)
     routing = load_trace(trace_path, drop_incomplete=drop_incomplete)
     topology = Topology.for_experts(routing.num_experts, nodes, gpus_per_node, slots_per_gpu)
     default_train, default_test = default_windows(routing)
@@ -161,7 +167,8 @@ def compare(trace_path: Path, nodes: int, gpus_per_node: int, slots_per_gpu: int
             click.echo(f"planning with {policy} and evaluating ...", err=True)
 
     results = compare_policies(routing, topology, policies or policy_names(), train, test,
-                               PRESETS[cluster], on_policy=progress, balance_tokens=balance_tokens)
+                               PRESETS[cluster], on_policy=progress, balance_tokens=balance_tokens,
+                               resampled_windows=resampled_windows)
     click.echo(_describe(trace_path, routing, topology))
     click.echo(f"plan on tokens {_span(train, routing.num_tokens)}, "
                f"evaluate on tokens {_span(test, routing.num_tokens)}; "
@@ -196,6 +203,7 @@ def windows(trace_path: Path, nodes: int, gpus_per_node: int, slots_per_gpu: int
     """Serve the trace as a live cluster would: cut it into windows, plan every policy on the past
     windows and serve the next one with its plan; medians over the served windows, and each policy
     against EPLB in the same window (docs/placement.md, "Serving the next window")."""
+    check_resampled_options(resampled_windows, balance_tokens)
     routing = load_trace(trace_path, drop_incomplete=drop_incomplete)
     topology = Topology.for_experts(routing.num_experts, nodes, gpus_per_node, slots_per_gpu)
     spec = PRESETS[cluster]

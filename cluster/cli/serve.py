@@ -18,12 +18,12 @@ from typing import Any
 import click
 
 from switchyard.cluster.cli.params import (
-    OneLineCommand, UserError, adaptive_memory_option, grpc_errors_exit, ray_cluster_options,
-    resampled_windows_option,
+    OneLineCommand, UserError, adaptive_memory_option, check_resampled_options, grpc_errors_exit,
+    ray_cluster_options, resampled_windows_option,
 )
 from switchyard.cluster.cli.preflight import check_serve_options
 from switchyard.cluster.errors import SwitchyardError
-from switchyard.cluster.settings import ADMIN_TOKEN_ENV, DEFAULTS, REDIS_URL_ENV, TOKEN_ENV, check_resampled_windows
+from switchyard.cluster.settings import ADMIN_TOKEN_ENV, DEFAULTS, REDIS_URL_ENV, TOKEN_ENV
 from switchyard.placement.cost import PRESETS
 from switchyard.placement.policies import DEFAULT_POLICY, policy_names
 from switchyard.workers.checkpoints import load_spec
@@ -191,7 +191,7 @@ def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: in
 
     check_serve_options(host, port, tls_cert, tls_key, address, admin_token)  # before Ray: one line each
     try:
-        check_resampled_windows(resampled_windows, balance_tokens, "--resampled-windows", "--balance-tokens")
+        check_resampled_options(resampled_windows, balance_tokens)
         spec = load_spec(model_dir)
         plan = resolve_plan(spec, plan_path if plan_path is not None else "linear", nodes, workers_per_node)
         config = GatewayConfig(host=host, port=port, token=token, admin_token=admin_token, tls_cert=tls_cert,

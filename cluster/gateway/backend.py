@@ -39,13 +39,13 @@ from switchyard.cluster.rebalance.applier import PlanApplier, RebalanceOutcome, 
 from switchyard.cluster.rebalance.planner import model_cluster, plan_proposal
 from switchyard.cluster.runtime.runtime import Runtime, merge_engine_stats
 from switchyard.cluster.runtime.supervisor import Supervisor
-from switchyard.cluster.settings import DEFAULTS, check_balance_tokens, check_resampled_windows
+from switchyard.cluster.settings import DEFAULTS, check_balance_tokens
 from switchyard.cluster.state.store import StateStore, WindowBy
 from switchyard.placement.errors import positive_int, unit_interval
 from switchyard.placement.plan import Plan
 from switchyard.placement.proposal import Proposal, expected_balancedness
 from switchyard.placement.stats import RoutingStats
-from switchyard.placement.windows import Memory, planning_stats, planning_windows
+from switchyard.placement.windows import Memory, check_resampled, planning_stats, planning_windows
 from switchyard.workers.checkpoints import ModelSpec, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -191,7 +191,7 @@ class RuntimeBackend:
         positive_int("stats_history", stats_history, InvalidSetting)
         unit_interval("stats_decay", stats_decay, InvalidSetting)
         check_balance_tokens(balance_tokens, store is not None)
-        check_resampled_windows(resampled_windows, balance_tokens)
+        check_resampled(resampled_windows, balance_tokens, error=InvalidSetting)
         self.cluster = model_cluster(runtime.spec, cluster_preset)
         self.runtime, self.store, self.stats_window_s = runtime, store, stats_window_s
         self.stats_window_tokens, self.stats_history, self.stats_decay = stats_window_tokens, stats_history, stats_decay

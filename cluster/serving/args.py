@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from switchyard.cluster.errors import InvalidSetting
-from switchyard.cluster.settings import DEFAULTS, REDIS_URL_ENV, check_balance_tokens, check_resampled_windows
+from switchyard.cluster.settings import DEFAULTS, REDIS_URL_ENV, check_balance_tokens
 from switchyard.placement.cost import preset
 from switchyard.placement.errors import unit_interval
+from switchyard.placement.windows import check_resampled
 
 
 @dataclass(frozen=True)
@@ -95,8 +96,8 @@ class AppArgs:
         unit_interval("the Serve application argument stats_decay", args.stats_decay, InvalidSetting)
         check_balance_tokens(args.balance_tokens, args.redis_url() is not None,
                              "the Serve application argument balance_tokens")
-        check_resampled_windows(args.resampled_windows, args.balance_tokens,
-                                "the Serve application argument resampled_windows", "balance_tokens")
+        check_resampled(args.resampled_windows, args.balance_tokens, error=InvalidSetting,
+                        name="the Serve application argument resampled_windows")
         preset(args.cluster, InvalidSetting)
         if (args.tls_cert_file is None) != (args.tls_key_file is None):
             raise InvalidSetting("TLS needs both tls_cert_file and tls_key_file")
