@@ -114,4 +114,3 @@ def check_balance_tokens(balance_tokens: float | None, has_store: bool, name: st
     if not has_store:
         raise InvalidSetting(f"{name} needs a state store: without one the statistics since loading are a "
                              "single window with no runs of entries to balance on")
-
