@@ -6,8 +6,9 @@ Issue 17 asks, on the next window, for balancedness within 0.01 of EPLB's, a sim
 most 0.85x EPLB's and 22-25 % fewer GPUs per token, all at once. The affinity policy has two knobs that
 trade them: what a pick above the load cap costs (`AffinityPolicy(cluster=...)` prices it at
 `ClusterSpec.overload_weight`, the model's compute time of a pick over a GPU per token's NVLink time;
-without a cluster the cap comes first), and what the cap is held on (each past window, the default, or
-each batch of it: `serve_windows(balance_tokens=...)`). This benchmark serves every cell of
+without a cluster the cap comes first), and what the cap is held on (each past window, the default,
+each batch of it: `serve_windows(balance_tokens=...)`, or windows drawn from its batches:
+`serve_windows(resampled_windows=...)`). This benchmark serves every cell of
 `bench.placement` (same windows, decay, history, memory chosen by forecast and rule) with the knobs at
 several positions, from
 cheaper than the model's price to the cap first at zero imbalance, and prints per position the medians
@@ -17,7 +18,9 @@ on each window is the policy's default.
 
 Positions: `price xm` plans for the `h100` preset with GPUs m times slower (the overload price m
 times the model's, the remote-node price unchanged); `batch xm` is the same with the cap held on every
-batch of `RUNTIME_BATCH` tokens of the past windows (what one dispatcher call routes); `cap a` plans
+batch of `RUNTIME_BATCH` tokens of the past windows (what one dispatcher call routes); `resampled xm`
+with the cap held on `RESAMPLED_WINDOWS` windows drawn from the past windows' runs of
+`RESAMPLED_RUN_TOKENS` tokens, as `bench.placement`'s section "The cap on resampled windows"; `cap a` plans
 with the cap first (`max_imbalance=a`, remote nodes at the `h100` price). Serving is always judged on
 `h100`, each served window routed as one batch.
 GPUs/token here is the windows' median (the issue's GPU target is on the half/half split; the
@@ -36,8 +39,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from bench.placement import (BALANCE_GAP, CLUSTER, DECAY, ESFT_GPUS, ESFT_SLOTS_PER_GPU, GPU_CUT, HISTORY, MEMORY_WORDS,
-                             REPO, RUNTIME_BATCH, SYNTH_SEEDS, SYNTH_SEQ_LEN, SYNTH_SHAPE, TIME_RATIO, WINDOW_TOKENS,
-                             _emitter, esft_traces, served_medians)
+                             REPO, RESAMPLED_RUN_TOKENS, RESAMPLED_WINDOWS, RUNTIME_BATCH, SYNTH_SEEDS, SYNTH_SEQ_LEN,
+                             SYNTH_SHAPE, TIME_RATIO, WINDOW_TOKENS, _emitter, esft_traces, served_medians)
 from bench.report import command_line, provenance, publish
 from switchyard.cluster.cli.formatting import markdown_table
 from switchyard.placement.cost import PRESETS
@@ -50,21 +53,23 @@ from switchyard.placement.trace import RoutingTrace
 from switchyard.placement.windows import ADAPTIVE_MEMORY, serve_windows
 
 PRICE_FACTORS = (0.25, 0.5, 1.0, 4.0, 16.0)
-BATCH_PRICE_FACTORS = (0.5, 1.0, 4.0)
+BATCH_PRICE_FACTORS = (0.5, 1.0, 4.0)  # also the resampled positions' prices
 CAP_FIRST = (0.02, 0.0)
 
 
 @dataclasses.dataclass(frozen=True)
 class Position:
-    """One setting of the knobs: the affinity policy, and the batch its cap is held on (None: each window)."""
+    """One setting of the knobs: the affinity policy, the batch its cap is held on (None: each window),
+    and how many windows it draws from those batches to hold it on instead (None: the batches)."""
 
     policy: Policy
     balance_tokens: int | None = None
+    resampled_windows: int | None = None
 
 
 def positions() -> dict[str, Position]:
     """The knobs' positions: by price on each window, cheapest overload first; by price on each batch;
-    then the cap first."""
+    by price on windows resampled from the batches; then the cap first."""
     cluster = PRESETS[CLUSTER]
 
     def priced(factor: float) -> Policy:
@@ -74,23 +79,25 @@ def positions() -> dict[str, Position]:
 
     windows = {f"price x{factor:g}": Position(priced(factor)) for factor in PRICE_FACTORS}
     batches = {f"batch x{factor:g}": Position(priced(factor), RUNTIME_BATCH) for factor in BATCH_PRICE_FACTORS}
+    resampled = {f"resampled x{factor:g}": Position(priced(factor), RESAMPLED_RUN_TOKENS, RESAMPLED_WINDOWS)
+                 for factor in BATCH_PRICE_FACTORS}
     capped = {f"cap {cap:g}": Position(get_policy("affinity", processes=None, max_imbalance=cap,
                                                   node_weight=cluster.remote_node_weight)) for cap in CAP_FIRST}
-    return windows | batches | capped
+    return windows | batches | resampled | capped
 
 
 def frontier(trace: RoutingTrace, topology: Topology, chosen: dict[str, Position]) -> list[dict]:
     """Serve `trace` window by window with EPLB and every position (the positions that hold the cap
-    on the same batches in one pass); per position the medians over windows of its balancedness minus
+    on the same batches, or windows drawn from them, in one pass); per position the medians over windows of its balancedness minus
     EPLB's, its MoE time and GPUs per token over EPLB's, and its time with perfectly balanced compute
     (`balanced_compute_time`) over EPLB's time."""
     medians: dict[str, dict[str, float]] = {}  # position -> `served_medians`
-    for balance_tokens in dict.fromkeys(position.balance_tokens for position in chosen.values()):
+    for held_on in dict.fromkeys((position.balance_tokens, position.resampled_windows) for position in chosen.values()):
         policies = {name: position.policy for name, position in chosen.items()
-                    if position.balance_tokens == balance_tokens}
+                    if (position.balance_tokens, position.resampled_windows) == held_on}
         windows = serve_windows(trace, topology, {"eplb": get_policy("eplb"), **policies}, WINDOW_TOKENS, DECAY,
-                                HISTORY, PRESETS[CLUSTER], balance_tokens=balance_tokens,
-                                adaptive_memory=ADAPTIVE_MEMORY)
+                                HISTORY, PRESETS[CLUSTER], balance_tokens=held_on[0],
+                                adaptive_memory=ADAPTIVE_MEMORY, resampled_windows=held_on[1])
         for name in policies:
             medians[name] = served_medians(windows, name, PRESETS[CLUSTER])
     return [{"position": name, **medians[name]} for name in chosen]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from bench.placement import RUNTIME_BATCH
+from bench.placement import RESAMPLED_RUN_TOKENS, RESAMPLED_WINDOWS, RUNTIME_BATCH
 from bench.placement_frontier import PRICE_FACTORS, frontier, met, positions
 from switchyard.placement.synthetic import synthetic_trace
 from switchyard.placement.topology import Topology
@@ -13,9 +13,10 @@ from switchyard.placement.topology import Topology
 
 def test_frontier_serves_every_position_on_the_same_windows() -> None:
     trace = synthetic_trace(2, 16, 2, 3000, seq_len=100, seed=0)  # 3 windows of 1000 tokens: 2 served
-    chosen = {name: position for name, position in positions().items() if name in ("price x1", "batch x1", "cap 0")}
+    chosen = {name: position for name, position in positions().items()
+              if name in ("price x1", "batch x1", "resampled x1", "cap 0")}
     rows = frontier(trace, Topology(1, 4, 5), chosen)
-    assert [row["position"] for row in rows] == ["price x1", "batch x1", "cap 0"]
+    assert [row["position"] for row in rows] == ["price x1", "batch x1", "resampled x1", "cap 0"]
     for row in rows:
         assert all(math.isfinite(row[key]) for key in ("gap", "time", "gpus", "balanced"))
         assert row["balanced"] <= row["time"]  # balancing compute only takes time off
@@ -31,7 +32,9 @@ def test_positions_go_from_the_cheapest_overload_to_the_cap_first() -> None:
     windows = len(PRICE_FACTORS)
     assert prices[:windows] == sorted(prices[:windows]) and math.isinf(prices[-1])
     assert chosen["batch x1"].balance_tokens == RUNTIME_BATCH and chosen["price x1"].balance_tokens is None
-    assert chosen["batch x1"].policy == chosen["price x1"].policy
+    assert chosen["batch x1"].policy == chosen["price x1"].policy == chosen["resampled x1"].policy
+    assert (chosen["resampled x1"].balance_tokens, chosen["resampled x1"].resampled_windows) == (
+        RESAMPLED_RUN_TOKENS, RESAMPLED_WINDOWS)
 
 
 def test_targets_are_marked_per_slot_count() -> None:
