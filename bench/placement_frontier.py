@@ -1,6 +1,6 @@
 """The balance / locality / time trade-off of the affinity policy on served windows (issue 17), per cell.
 
-    python -m bench.placement_frontier --out docs/benchmarks/placement-frontier.md      (50-65 min on two cores: 3138 s and 3783 s on EPYC VMs, 3105 s on a Xeon VM, 2026-12-05/06)
+    python -m bench.placement_frontier --out docs/benchmarks/placement-frontier.md      (50-75 min on two cores: 3138 s and 3783 s on EPYC VMs, 3105 s on a Xeon VM, 2026-12-05/06; 4211 s with the resampled positions)
 
 Issue 17 asks, on the next window, for balancedness within 0.01 of EPLB's, a simulated MoE time at
 most 0.85x EPLB's and 22-25 % fewer GPUs per token, all at once. The affinity policy has two knobs that
