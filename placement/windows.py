@@ -143,10 +143,15 @@ def check_resampled(resampled_windows: object, balance_tokens: float | None, win
                     f"at most the window's {window_tokens:g} tokens, got {balance_tokens:g}")
 
 
+def _runs_per_draw(windows: Sequence[RoutingStats]) -> int:
+    """How many runs a resampled window draws: as many as the windows planned on hold, on average."""
+    return max(1, round(statistics.fmean(len(window.windows) for window in windows)))
+
+
 def resampled_window(stats: RoutingStats, draws: int | None) -> RoutingStats:
     """`stats` (one planning window, or a trace planned on once) with `draws` windows drawn from its runs,
     each as many runs as it keeps: a bootstrap of the whole window (`resampled_stats`); None: `stats`."""
-    return stats if draws is None else resampled_stats(stats, len(stats.windows), draws)
+    return stats if draws is None else resampled_stats(stats, _runs_per_draw([stats]), draws)
 
 
 def forecast_error(window_stats: Sequence[RoutingStats], memory: Memory) -> float | None:
@@ -206,8 +211,7 @@ def planning_stats(past: Sequence[RoutingStats], memory: Memory, adaptive: bool,
     merged = past[-history:]
     stats = decayed_stats(merged, decay)
     if resampled_windows is not None:
-        runs_per_window = max(1, round(statistics.fmean(len(window.windows) for window in merged)))
-        stats = resampled_stats(stats, runs_per_window, resampled_windows)
+        stats = resampled_stats(stats, _runs_per_draw(merged), resampled_windows)
     return stats, (min(history, len(past)), decay)
 
 
