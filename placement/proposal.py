@@ -35,7 +35,7 @@ from switchyard.placement.plan import Plan
 from switchyard.placement.policies import DEFAULT_POLICY, POLICIES, get_policy, planning_policy
 from switchyard.placement.stats import RoutingStats
 from switchyard.placement.trace import RoutingTrace
-from switchyard.placement.windows import Memory
+from switchyard.placement.windows import Memory, Resampling
 
 __all__ = [
     "MAX_EVALUATED_TOKENS", "PlanMetrics", "Proposal", "evaluate_proposal", "expected_gpu_load", "propose", "set_traces",
@@ -75,6 +75,8 @@ class Proposal:
     evaluated_tokens: one-token sequences rebuilt from the window's sets, over all layers.
     memory: `(windows, decay)`, where the caller knows it: the statistics merge the last `windows`
     windows, each older one weighted `decay` (`placement.windows.planning_stats`).
+    resampled: `(windows, run_tokens)` where the plan was made on windows drawn from those windows'
+    runs (`planning_stats`' `resampled_windows`); None where it was made on the windows themselves.
     """
 
     policy: str
@@ -87,6 +89,7 @@ class Proposal:
     window_tokens: float
     evaluated_tokens: int
     memory: Memory | None = None
+    resampled: Resampling | None = None
 
     @property
     def copies_per_layer(self) -> np.ndarray:
@@ -98,12 +101,26 @@ class Proposal:
                 "replicas_moved_per_layer": self.copies_per_layer.tolist(), "bytes_to_copy": self.bytes_moved,
                 "current": self.before.to_dict(), "proposed": self.after.to_dict(),
                 "window_tokens": self.window_tokens, "evaluated_tokens": self.evaluated_tokens,
-                "memory": memory_dict(self.memory)}
+                "memory": memory_dict(self.memory, self.resampled)}
 
 
-def memory_dict(memory: Memory | None) -> dict[str, Any] | None:
-    """A proposal's `memory` as JSON (`{"windows", "decay"}`), wherever a proposal is shown; None stays None."""
-    return None if memory is None else {"windows": memory[0], "decay": memory[1]}
+def memory_dict(memory: Memory | None, resampled: Resampling | None = None) -> dict[str, Any] | None:
+    """What a proposal was planned on as JSON, wherever a proposal is shown: its `memory` as `{"windows",
+    "decay"}` and `"resampled"`, `{"windows", "run_tokens"}` of its `resampled` draws or None. No memory:
+    None."""
+    if memory is None:
+        return None
+    drawn = None if resampled is None else {"windows": resampled[0], "run_tokens": resampled[1]}
+    return {"windows": memory[0], "decay": memory[1], "resampled": drawn}
+
+
+def memory_text(memory: dict[str, Any]) -> str:
+    """`memory_dict`'s JSON in words, as the CLI shows a proposal (the dashboard writes the same)."""
+    text = f"the last {memory['windows']} window(s), each older one weighted {memory['decay']:g} of the next"
+    drawn = memory.get("resampled")  # events recorded before resampled draws were reported lack the key
+    if drawn:
+        text += f", as {drawn['windows']} windows drawn from their runs of {drawn['run_tokens']:g} tokens"
+    return text
 
 
 def propose(stats: RoutingStats, current: Plan, policy_name: str = DEFAULT_POLICY, max_moves: int | None = None,

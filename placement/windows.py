@@ -51,6 +51,9 @@ served windows it raised affinity's balance in 13 of 14 cells over planning on t
 (docs/placement.md, "The live rebalancer plans the same way")."""
 Memory = tuple[int, float]
 """`(history, decay)`: how many windows a plan is made on, and the weight of each older one."""
+Resampling = tuple[int, float]
+"""`(windows, run_tokens)`: a plan made on that many windows drawn from the runs of `run_tokens` tokens
+of the windows of its memory (`planning_stats`' `resampled_windows`)."""
 LONGER_MEMORIES: tuple[Memory, ...] = ((6, 0.75), (6, 1.0))
 """What `chosen_memory` may pick besides the memory given: the last 6 windows, decayed by 0.75 or
 weighted alike (round values, not fitted). Longer memory forecasts a stationary mix of traffic better,

@@ -39,6 +39,8 @@ TOKEN, ADMIN = "user-token", "admin-token"
 PROMPTS = [[1, 5, 9, 33, 100, 7], [4, 8, 15, 16, 23, 42, 99], [300, 2], [77, 78, 79]]
 NEW_TOKENS = 8
 OBSERVE_AFTER_S = 3.0
+RUN_TOKENS, RESAMPLED_WINDOWS = 8, 4  # --balance-tokens, --resampled-windows
+DRAWN = f", as {RESAMPLED_WINDOWS} windows drawn from their runs of {RUN_TOKENS} tokens"
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
@@ -83,13 +85,15 @@ def _screenshot(driver, name: str) -> None:
 
 @pytest.fixture(scope="module")
 def cluster(ray_connected, tmp_path_factory):
-    """The gateway (auth on) and the dashboard on its loop, over a 2-node runtime with a state store."""
+    """The gateway (auth on) and the dashboard on its loop, over a 2-node runtime with a state store;
+    rebalances plan on windows drawn from the store's runs (`--resampled-windows`), which the page names."""
     model_dir = init_checkpoint("mixtral", "tiny", tmp_path_factory.mktemp("dashboard") / "mixtral", skew=1.0, seed=0)
     with Runtime.start(model_dir, num_nodes=2, workers_per_node=1) as runtime:
         store = EmbeddedStateStore()
         record_serving_plan(store, runtime.plan)
         publisher = StatsPublisher(store, runtime.engines, interval_s=0.3, source="test").start()
-        backend = RuntimeBackend(runtime, store=store, stats_window_s=3600, observe_after_s=OBSERVE_AFTER_S)
+        backend = RuntimeBackend(runtime, store=store, stats_window_s=3600, observe_after_s=OBSERVE_AFTER_S,
+                                 balance_tokens=RUN_TOKENS, resampled_windows=RESAMPLED_WINDOWS)
         gateway = BackgroundGateway(GatewayConfig(port=0, token=TOKEN, admin_token=ADMIN))
         port = gateway.start()
         gateway.attach(backend)
@@ -196,7 +200,7 @@ def test_page_renders_every_panel_with_data(scenario):
                f"every panel drawn: {_panels(driver)}", timeout_s=60)
     driver.find_element("id", "dry-run-button").click()
     wait_until(lambda: _panels(driver)["dry-run"] == "true", "the dry run's table", timeout_s=120)
-    assert "window(s), each older one weighted" in driver.find_element("id", "dry-run-result").text
+    assert f"window(s), each older one weighted 0.5 of the next{DRAWN}" in driver.find_element("id", "dry-run-result").text
     _screenshot(driver, "dashboard-after-rebalance.png")
 
     load = np.array([list(layer.expert_load) for layer in client.stats().layers])
@@ -220,7 +224,7 @@ def test_page_renders_every_panel_with_data(scenario):
                       f"the observed gain on the page: {history_rows()}", timeout_s=30)
     assert len(rows) == 1
     applied = scenario["applied"]
-    assert "1 → 2" in rows[0]["text"] and "affinity on the last" in rows[0]["text"]  # and what it planned on
+    assert "1 → 2" in rows[0]["text"] and "affinity on the last" in rows[0]["text"] and DRAWN in rows[0]["text"]
     assert f"{applied.current.balancedness:.3f} → {applied.proposed.balancedness:.3f}" in rows[0]["text"]
     assert "→" in rows[0]["observed"] and "pending" not in rows[0]["observed"]
 
@@ -237,9 +241,12 @@ def test_dashboard_against_a_running_gateway(scenario):
         stats = client.stats()
         assert view.epoch == 2 and view.cross_node_bytes() == stats.traffic.cross_node_bytes
         assert view.requests.started == scenario["requests"] and len(view.rebalances()) == 1
+        drawn = {"windows": RESAMPLED_WINDOWS, "run_tokens": RUN_TOKENS}
         assert view.rebalances()[0]["observed"] is not None and view.rebalances()[0]["memory"]["windows"] >= 1
+        assert view.rebalances()[0]["memory"]["resampled"] == drawn
         dry_run = asyncio.run(source.dry_run("eplb", None))
         assert dry_run["policy"] == "eplb" and dry_run["memory"]["windows"] >= 1  # the windows it planned on
+        assert dry_run["memory"]["resampled"] == drawn
         user_only = ClientSource(client)
         with pytest.raises(Exception, match="admin token"):
             asyncio.run(user_only.dry_run("eplb", None))

@@ -492,7 +492,8 @@ def test_balance_tokens_keep_the_runs_of_entries_a_rebalance_plans_on(runtime, s
 def test_resampled_windows_draw_the_windows_a_rebalance_plans_on_from_the_runs(runtime, state_store):
     """`--resampled-windows 5` with `--balance-tokens 100` over the same four entries: a rebalance plans on
     5 windows drawn from the four runs (`planning_stats`, 2 runs a draw, as each window holds), with the
-    same load; snapshots read the newest window as before. Refused without balance_tokens."""
+    same load, and its answer (and `placement rebalance`) says so; snapshots read the newest window as
+    before. Refused without balance_tokens."""
     shape = (runtime.spec.num_layers, runtime.spec.num_experts)
     now = time.time()
     for index in range(4):
@@ -506,6 +507,18 @@ def test_resampled_windows_draw_the_windows_a_rebalance_plans_on_from_the_runs(r
     np.testing.assert_array_equal(planning.window_load, resampled_stats(expected, 2, 5).window_load)
     np.testing.assert_array_equal(planning.load, expected.load)
     assert asyncio.run(backend._statistics())[0].window_load is None
+    for planner, drawn in ((plain, (0, 0.0)), (backend, (5, 100.0))):  # the answer names the draws, or 0
+        gateway, target = _gateway(planner)
+        try:
+            with Client(target) as client:
+                proposal = client.rebalance(policy="affinity")
+                assert (proposal.resampled_windows, proposal.resampled_run_tokens) == drawn
+            result = CliRunner().invoke(main, ["placement", "rebalance", "--server", target])
+            assert result.exit_code == 0, result.output
+            assert ("(the last 2 window(s), each older one weighted 0.5 of the next, as 5 windows drawn from their "
+                    "runs of 100 tokens)" in result.output) == (planner is backend)
+        finally:
+            gateway.drain(0)
     with pytest.raises(ValueError, match="resampled_windows draws windows from the runs of balance_tokens"):
         RuntimeBackend(runtime, store=state_store, resampled_windows=5)
 

@@ -9,7 +9,7 @@ from switchyard.placement.cost import PRESETS
 from switchyard.placement.errors import PlacementError
 from switchyard.placement.policies import get_policy
 from switchyard.placement.policies.affinity import AffinityPolicy
-from switchyard.placement.proposal import evaluate_proposal, propose, set_traces
+from switchyard.placement.proposal import evaluate_proposal, memory_dict, memory_text, propose, set_traces
 from switchyard.placement.stats import RoutingStats
 from switchyard.placement.synthetic import synthetic_trace
 from switchyard.placement.topology import Topology
@@ -99,3 +99,15 @@ def test_set_traces_scale_large_windows(window):
     traces = set_traces(stats, max_tokens=100)
     assert [trace.num_tokens for trace in traces] == [100] * 4
     assert traces[0].topk_ids.shape[1:] == (1, 4) and len(traces[0].seq_lens) == traces[0].num_tokens
+
+
+def test_what_a_proposal_was_planned_on_in_json_and_words():
+    """The memory alone, with resampled draws, and an event recorded before draws were reported."""
+    assert memory_dict(None, (4, 8.0)) is None
+    plain, drawn = memory_dict((3, 0.5)), memory_dict((3, 0.5), (16, 250.0))
+    assert plain == {"windows": 3, "decay": 0.5, "resampled": None}
+    assert drawn == {"windows": 3, "decay": 0.5, "resampled": {"windows": 16, "run_tokens": 250.0}}
+    assert memory_text(plain) == memory_text({"windows": 3, "decay": 0.5}) == \
+        "the last 3 window(s), each older one weighted 0.5 of the next"
+    assert memory_text(drawn) == ("the last 3 window(s), each older one weighted 0.5 of the next, "
+                                  "as 16 windows drawn from their runs of 250 tokens")

@@ -35,7 +35,7 @@ from switchyard.placement.formats import (
     EXPORT_FORMATS, export_plan, load_plan, load_stats, load_trace, save_plan,
 )
 from switchyard.placement.plan import Plan
-from switchyard.placement.proposal import memory_dict
+from switchyard.placement.proposal import memory_dict, memory_text
 from switchyard.placement.policies import DEFAULT_POLICY, planning_policy, policy_names, policy_options
 from switchyard.placement.stats import RoutingStats, run_count
 from switchyard.placement.topology import Topology
@@ -364,8 +364,7 @@ def rebalance(ctx: click.Context, server: str, policy: str, max_moves: int | Non
         summary = rebalance_summary(answer)
         source = f"the plan in {plan_path}" if plan_path is not None else policy
         memory = summary["memory"]
-        merged = "" if memory is None else (f" (the last {memory['windows']} window(s), each older one weighted "
-                                            f"{memory['decay']:g} of the next)")
+        merged = "" if memory is None else f" ({memory_text(memory)})"
         _show_then_apply(f"{source} on {summary['window_tokens']:.0f} tokens of statistics{merged}", summary,
                          apply, yes, as_json, "rebalance",
                          lambda: client.rebalance(apply=True, policy=policy, max_moves=max_moves,
@@ -434,7 +433,7 @@ def _echo_result(summary: dict[str, Any], applied: Any, as_json: bool) -> None:
 
 def rebalance_summary(answer: Any) -> dict[str, Any]:
     """A `RebalanceResponse` as `Proposal.to_dict()`'s shape plus `epoch` and `plan` (figures unset: None)."""
-    from switchyard.cluster.gateway.client import planned_memory  # gRPC is loaded by now: the answer is one
+    from switchyard.cluster.gateway.client import planned_memory, planned_resampling  # gRPC is loaded by now
 
     def metrics(message: Any) -> dict[str, float | None]:
         return {key: getattr(message, key) if key == "balancedness" or message.HasField(key) else None
@@ -445,7 +444,8 @@ def rebalance_summary(answer: Any) -> dict[str, Any]:
             "bytes_to_copy": answer.bytes_to_copy, "current": metrics(answer.current),
             "proposed": metrics(answer.proposed), "window_tokens": answer.window_tokens,
             "evaluated_tokens": answer.evaluated_tokens,
-            "memory": memory_dict(planned_memory(answer)), "plan": json.loads(answer.plan_json)}
+            "memory": memory_dict(planned_memory(answer), planned_resampling(answer)),
+            "plan": json.loads(answer.plan_json)}
 
 
 def _describe(trace_path: Path, routing: RoutingTrace, topology: Topology) -> str:

@@ -20,10 +20,10 @@ import numpy as np
 from switchyard.cluster.dashboard.requests import HistogramTotals, RequestMetrics, RequestTotals
 from switchyard.cluster.dashboard.view import ClusterView, EngineTraffic
 from switchyard.cluster.errors import SwitchyardError
-from switchyard.cluster.gateway.client import planned_memory
+from switchyard.cluster.gateway.client import planned_memory, planned_resampling
 from switchyard.placement.plan import Plan
 from switchyard.placement.proposal import memory_dict
-from switchyard.placement.windows import Memory
+from switchyard.placement.windows import Memory, Resampling
 
 EVENTS_SHOWN = 100
 
@@ -57,13 +57,14 @@ class Source(Protocol):
 
 def proposal_dict(epoch: int, policy: str, current: dict[str, Any], proposed: dict[str, Any], moved: int,
                   moved_per_layer: list[int], bytes_to_copy: int, window_tokens: float,
-                  memory: Memory | None) -> dict[str, Any]:
+                  memory: Memory | None, resampled: Resampling | None) -> dict[str, Any]:
     """The dry-run panel's JSON: the current and proposed plans' figures and the copies between them,
-    and the statistics planned on (`memory`: how many windows, each older one weighted by the decay)."""
+    and the statistics planned on (`memory`: how many windows, each older one weighted by the decay;
+    `resampled`: the windows drawn from their runs, if any; `memory_dict`)."""
     return {"epoch": epoch, "policy": policy, "current": current, "proposed": proposed, "replicas_moved": moved,
             "replicas_moved_per_layer": moved_per_layer, "bytes_to_copy": bytes_to_copy,
             "window_tokens": window_tokens,
-            "memory": memory_dict(memory)}
+            "memory": memory_dict(memory, resampled)}
 
 
 class BackendSource:
@@ -105,7 +106,8 @@ class BackendSource:
         proposal = outcome.proposal
         return proposal_dict(outcome.epoch, proposal.policy, proposal.before.to_dict(), proposal.after.to_dict(),
                              proposal.migration.num_copies, proposal.copies_per_layer.tolist(),
-                             proposal.bytes_moved, proposal.window_tokens, proposal.memory)
+                             proposal.bytes_moved, proposal.window_tokens, proposal.memory,
+                             proposal.resampled)
 
 
 def totals_of_proto(message: Any) -> RequestTotals:
@@ -165,4 +167,4 @@ class ClientSource:
 
         return proposal_dict(r.epoch, r.policy, figures(r.current), figures(r.proposed), r.replicas_moved,
                              list(r.replicas_moved_per_layer), r.bytes_to_copy, r.window_tokens,
-                             planned_memory(r))
+                             planned_memory(r), planned_resampling(r))

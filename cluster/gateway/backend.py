@@ -394,7 +394,9 @@ class RuntimeBackend:
         stats, memory = await self._statistics(planning=True)
         proposal = await asyncio.to_thread(plan_proposal, stats, self.runtime.plan, self.cluster, policy, max_moves,
                                            plan, where)
-        return dataclasses.replace(proposal, memory=memory)
+        resampled = None if memory is None or self.resampled_windows is None else (
+            self.resampled_windows, self.balance_tokens)
+        return dataclasses.replace(proposal, memory=memory, resampled=resampled)
 
     async def cluster_info(self) -> dict[str, Any]:
         topology = self.runtime.plan.topology

@@ -21,7 +21,7 @@ from switchyard.protos.generated import serving_pb2 as pb
 from switchyard.protos.generated import serving_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
-    from switchyard.placement.windows import Memory
+    from switchyard.placement.windows import Memory, Resampling
 
 
 def sampling(max_new_tokens: int | None = None, temperature: float = 0.0, top_p: float | None = None,
@@ -39,6 +39,12 @@ def planned_memory(answer: pb.RebalanceResponse) -> Memory | None:
     """`(windows, decay)` a proposal was planned on (`Proposal.memory`); None where the gateway does
     not say (`planned_windows` 0)."""
     return (answer.planned_windows, answer.planned_decay) if answer.planned_windows else None
+
+
+def planned_resampling(answer: pb.RebalanceResponse) -> Resampling | None:
+    """`(windows, run_tokens)` drawn for a proposal (`Proposal.resampled`); None where it was planned
+    on the windows themselves (`resampled_windows` 0)."""
+    return (answer.resampled_windows, answer.resampled_run_tokens) if answer.resampled_windows else None
 
 
 class Client:

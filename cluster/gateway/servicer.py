@@ -274,6 +274,8 @@ def _rebalance_response(outcome: RebalanceOutcome) -> pb.RebalanceResponse:
         "steps_during_switch": report.steps_during_switch}
     memory = {} if proposal.memory is None else {"planned_windows": proposal.memory[0],
                                                  "planned_decay": proposal.memory[1]}
+    if proposal.resampled is not None:
+        memory.update(resampled_windows=proposal.resampled[0], resampled_run_tokens=proposal.resampled[1])
     return pb.RebalanceResponse(
         epoch=outcome.epoch, applied=report is not None, plan_json=json.dumps(proposal.proposed.to_dict()),
         balancedness_before=proposal.before.balancedness, balancedness_after=proposal.after.balancedness,

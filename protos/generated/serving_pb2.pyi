@@ -273,7 +273,7 @@ class PlanMetrics(_message.Message):
     def __init__(self, balancedness: _Optional[float] = ..., gpus_per_token: _Optional[float] = ..., remote_nodes_per_token: _Optional[float] = ..., layer_time_s: _Optional[float] = ...) -> None: ...
 
 class RebalanceResponse(_message.Message):
-    __slots__ = ("epoch", "applied", "plan_json", "balancedness_before", "balancedness_after", "policy", "replicas_moved", "replicas_moved_per_layer", "bytes_to_copy", "current", "proposed", "window_tokens", "evaluated_tokens", "applied_epoch", "bytes_copied", "apply_seconds", "steps_during_switch", "planned_windows", "planned_decay")
+    __slots__ = ("epoch", "applied", "plan_json", "balancedness_before", "balancedness_after", "policy", "replicas_moved", "replicas_moved_per_layer", "bytes_to_copy", "current", "proposed", "window_tokens", "evaluated_tokens", "applied_epoch", "bytes_copied", "apply_seconds", "steps_during_switch", "planned_windows", "planned_decay", "resampled_windows", "resampled_run_tokens")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     APPLIED_FIELD_NUMBER: _ClassVar[int]
     PLAN_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -293,6 +293,8 @@ class RebalanceResponse(_message.Message):
     STEPS_DURING_SWITCH_FIELD_NUMBER: _ClassVar[int]
     PLANNED_WINDOWS_FIELD_NUMBER: _ClassVar[int]
     PLANNED_DECAY_FIELD_NUMBER: _ClassVar[int]
+    RESAMPLED_WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    RESAMPLED_RUN_TOKENS_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     applied: bool
     plan_json: str
@@ -312,7 +314,9 @@ class RebalanceResponse(_message.Message):
     steps_during_switch: int
     planned_windows: int
     planned_decay: float
-    def __init__(self, epoch: _Optional[int] = ..., applied: _Optional[bool] = ..., plan_json: _Optional[str] = ..., balancedness_before: _Optional[float] = ..., balancedness_after: _Optional[float] = ..., policy: _Optional[str] = ..., replicas_moved: _Optional[int] = ..., replicas_moved_per_layer: _Optional[_Iterable[int]] = ..., bytes_to_copy: _Optional[int] = ..., current: _Optional[_Union[PlanMetrics, _Mapping]] = ..., proposed: _Optional[_Union[PlanMetrics, _Mapping]] = ..., window_tokens: _Optional[float] = ..., evaluated_tokens: _Optional[int] = ..., applied_epoch: _Optional[int] = ..., bytes_copied: _Optional[int] = ..., apply_seconds: _Optional[float] = ..., steps_during_switch: _Optional[int] = ..., planned_windows: _Optional[int] = ..., planned_decay: _Optional[float] = ...) -> None: ...
+    resampled_windows: int
+    resampled_run_tokens: float
+    def __init__(self, epoch: _Optional[int] = ..., applied: _Optional[bool] = ..., plan_json: _Optional[str] = ..., balancedness_before: _Optional[float] = ..., balancedness_after: _Optional[float] = ..., policy: _Optional[str] = ..., replicas_moved: _Optional[int] = ..., replicas_moved_per_layer: _Optional[_Iterable[int]] = ..., bytes_to_copy: _Optional[int] = ..., current: _Optional[_Union[PlanMetrics, _Mapping]] = ..., proposed: _Optional[_Union[PlanMetrics, _Mapping]] = ..., window_tokens: _Optional[float] = ..., evaluated_tokens: _Optional[int] = ..., applied_epoch: _Optional[int] = ..., bytes_copied: _Optional[int] = ..., apply_seconds: _Optional[float] = ..., steps_during_switch: _Optional[int] = ..., planned_windows: _Optional[int] = ..., planned_decay: _Optional[float] = ..., resampled_windows: _Optional[int] = ..., resampled_run_tokens: _Optional[float] = ...) -> None: ...
 
 class GetEventsRequest(_message.Message):
     __slots__ = ("limit",)

@@ -182,8 +182,10 @@ function figurePair(before, after, key, digits = 3) {
   return `${fmt(b, digits)} &rarr; ${fmt(a, digits)}${change(b, a)}`;
 }
 
-// The statistics a plan was made on (a proposal's or a rebalance event's `memory`).
-const memoryText = (m) => `the last ${m.windows} window(s), each older one weighted ${m.decay}`;
+// The statistics a plan was made on (a proposal's or a rebalance event's `memory`), as the CLI says it
+// (`proposal.memory_text`); events recorded before resampled draws were reported have no `resampled`.
+const memoryText = (m) => `the last ${m.windows} window(s), each older one weighted ${m.decay} of the next`
+  + (m.resampled ? `, as ${m.resampled.windows} windows drawn from their runs of ${m.resampled.run_tokens} tokens` : "");
 
 function drawHistory(d) {
   const rows = d.rebalances;
