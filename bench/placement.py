@@ -46,7 +46,7 @@ from bench.figures import window_figure
 from bench.report import command_line, provenance, publish
 from switchyard.cluster.cli.formatting import comparison_table, markdown_table
 from switchyard.placement.compare import compare_policies
-from switchyard.placement.cost import PRESETS, ClusterSpec
+from switchyard.placement.cost import PRESETS, ClusterSpec, source_gpu_of_token
 from switchyard.placement.evaluate import Evaluation, balancedness, evaluate
 from switchyard.placement.formats import load_trace
 from switchyard.placement.policies import Policy, get_policy, policy_names
@@ -275,13 +275,16 @@ def _windows(trace, topology: Topology, emit: Callable[[str], None], label: str)
     resampled = serve_windows(trace, topology, policies, WINDOW_TOKENS, DECAY, HISTORY, cluster,
                               balance_tokens=RESAMPLED_RUN_TOKENS, adaptive_memory=ADAPTIVE_MEMORY,
                               resampled_windows=RESAMPLED_WINDOWS)
-    rows, time_ratios, balance_gaps, bound_ratios, balanced_ratios = [], [], [], [], []
+    windows = split_windows(trace, WINDOW_TOKENS)
+    rows, time_ratios, balance_gaps, bound_ratios, balanced_ratios, needed_gpus = [], [], [], [], [], []
     for item in served:
         affinity, eplb = item.evaluations["affinity"], item.evaluations["eplb"]
         time_ratios.append(affinity.layer_time_s / eplb.layer_time_s)
         if topology.num_nodes == 1:
-            bound_ratios.append(balanced_time_bound(affinity, topology, cluster) / eplb.layer_time_s)
+            window = windows[item.window]
+            bound_ratios.append(balanced_time_bound(affinity, window, topology, cluster) / eplb.layer_time_s)
             balanced_ratios.append(balanced_compute_time(affinity, cluster) / eplb.layer_time_s)
+            needed_gpus.append(gpus_needed_for_time(eplb, window, topology, cluster))
         balance_gaps.append(affinity.balancedness - eplb.balancedness)
         rows.append([str(item.window), f"{eplb.balancedness:.3f}", f"{affinity.balancedness:.3f}",
                      f"{balance_gaps[-1]:+.3f}", f"{eplb.gpus_per_token:.2f}", f"{affinity.gpus_per_token:.2f}",
@@ -292,7 +295,7 @@ def _windows(trace, topology: Topology, emit: Callable[[str], None], label: str)
     emit(f"Served windows ({WINDOW_TOKENS} tokens; plan on the last {HISTORY} windows decayed by {DECAY}{MEMORY_WORDS}, "
          f"serve the next; {seconds:.0f} s):\n\n" + markdown_table(headers, rows, numeric_from=1))
     return {"label": label, "time_ratios": time_ratios, "balance_gaps": balance_gaps,
-            "bound_ratios": bound_ratios, "balanced_ratios": balanced_ratios,
+            "bound_ratios": bound_ratios, "balanced_ratios": balanced_ratios, "needed_gpus": needed_gpus,
             "history": {"fixed": served_medians(by_memory[False], "affinity", cluster),
                         "last window": served_medians(last_only, "affinity", cluster),
                         "adaptive": served_medians(by_memory[True], "affinity", cluster),
@@ -472,18 +475,39 @@ def resampled_section(cells: list[dict], emit: Callable[[str], None]) -> None:
          f"resampled windows, {met['adaptive']} with the default.")
 
 
-def balanced_time_bound(evaluation: Evaluation, topology: Topology, cluster: ClusterSpec) -> float:
-    """The cost model's time of a plan with `evaluation`'s GPUs per token at perfect balance, on one
-    node: every GPU computes `T * k / G` picks, and a token's picks on `g` GPUs send at least `g - 1`
-    hidden states (its source GPU may be one of them), spread evenly over the GPUs' NVLink ports.
-    No plan that reaches these GPUs per token is faster, so a time target below it cannot be met
-    without fewer GPUs per token."""
+def _bound_terms(evaluation: Evaluation, window: RoutingTrace, topology: Topology,
+                 cluster: ClusterSpec) -> tuple[float, float]:
+    """`balanced_time_bound`'s two terms: seconds of perfectly balanced compute over the layers, and
+    seconds the busiest source GPU's sends add per GPU per token a layer uses."""
     if topology.num_nodes != 1:
         raise ValueError("the bound is the one-node (NVLink-only) case")
-    picks = evaluation.gpu_load.sum(axis=1)  # [L] T * k
-    compute = picks / topology.num_gpus * cluster.flops_per_pick / cluster.gpu_flops
-    sent = evaluation.num_tokens * np.maximum(evaluation.gpus_per_token_per_layer - 1, 0) / topology.num_gpus
-    return float((compute + 2 * cluster.hidden_bytes * sent / cluster.nvlink_bandwidth).sum())
+    num_gpus = topology.num_gpus
+    compute = evaluation.gpu_load.sum() / num_gpus * cluster.flops_per_pick / cluster.gpu_flops  # T * k * L picks
+    busiest = np.bincount(source_gpu_of_token(topology, window.sequence_of_token), minlength=num_gpus).max()
+    send = busiest * (num_gpus - 1) / num_gpus * 2 * cluster.hidden_bytes / cluster.nvlink_bandwidth
+    return float(compute), float(send)
+
+
+def balanced_time_bound(evaluation: Evaluation, window: RoutingTrace, topology: Topology,
+                        cluster: ClusterSpec) -> float:
+    """The cost model's time, in expectation, of a plan at perfect balance with `evaluation`'s GPUs per
+    token (per layer) on `window`, on one node: every GPU computes `T * k / G` picks, and the GPU the
+    most tokens start on (`cost.source_gpu_of_token`: their sequences' GPU) sends each of them to
+    its `g` GPUs but itself, `g * (G - 1) / G` of them in expectation for a plan that does not know
+    which GPU each sequence starts on (the plan is made on past windows); its NVLink port sets the
+    phase's time at least. No such plan at these GPUs per token is faster, so a time target below
+    this needs fewer GPUs per token."""
+    compute, send = _bound_terms(evaluation, window, topology, cluster)
+    return compute + send * float(evaluation.gpus_per_token_per_layer.sum())
+
+
+def gpus_needed_for_time(eplb: Evaluation, window: RoutingTrace, topology: Topology, cluster: ClusterSpec,
+                         ratio: float = TIME_RATIO) -> float:
+    """The most GPUs per token, over EPLB's on `window` (every layer scaled alike), at which
+    `balanced_time_bound` is `ratio` times EPLB's modelled time: a plan that does not know the
+    sequences' GPUs and uses more cannot meet the time target, however well balanced."""
+    compute, send = _bound_terms(eplb, window, topology, cluster)
+    return (ratio * eplb.layer_time_s - compute) / (send * float(eplb.gpus_per_token_per_layer.sum()))
 
 
 def balanced_compute_time(evaluation: Evaluation, cluster: ClusterSpec) -> float:
@@ -506,17 +530,21 @@ def targets_section(cells: list[dict], v3_affinity_s: float, emit: Callable[[str
         f"{GPU_CUT[8]:.0%} (8 slots) or {GPU_CUT[9]:.0%} (9 slots); balance and time on the half/half "
         "split are shown against the same bounds. The windows' balance gap shows in brackets the gap on "
         "windows drawn from the traffic the plans were made on (section Balance without drift). One-node "
-        "cells show, after the windows' time, two figures, medians over windows over EPLB's time: `balanced`, affinity's time with its compute "
-        "perfectly balanced and its traffic as routed (`balanced_compute_time`; above the target: "
-        "balance alone cannot meet it, the plan needs less traffic), and `bound`, the cost model's time "
-        "at perfect balance with the GPUs per token affinity reached, its sends spread evenly over the "
-        "NVLink ports (`balanced_time_bound`; no plan at that locality is faster)."
+        "cells show, after the windows' time, medians over windows: `balanced`, affinity's time with its "
+        "compute perfectly balanced and its traffic as routed, over EPLB's (`balanced_compute_time`; above "
+        "the target: balance alone cannot meet it, the plan needs less traffic); `bound`, the cost model's "
+        "time in expectation at perfect balance with the GPUs per token affinity reached, the GPU the most "
+        "tokens start on sending each to its GPUs but itself, over EPLB's (`balanced_time_bound`: no plan "
+        "that does not know which GPU each sequence starts on is faster at that locality); and `needs`, "
+        "the most GPUs per token, over EPLB's, at which that bound meets the target "
+        "(`gpus_needed_for_time`), beside affinity's on the windows (`has`): where it has more, the time "
+        "target is out of reach at its locality, however well balanced."
     )
 
     def mark(value: str, met: bool) -> str:
         return f"{value} {'met' if met else 'MISSED'}"
 
-    rows, met_count, total = [], 0, 0
+    rows, met_count, total, time_misses, out_of_reach = [], 0, 0, [], []
     for cell in cells:
         served = cell["history"]["adaptive" if ADAPTIVE_MEMORY else "fixed"]
         gap, ratio, wins = served["gap"], served["time"], served["faster"]
@@ -524,8 +552,10 @@ def targets_section(cells: list[dict], v3_affinity_s: float, emit: Callable[[str
         gpu_ratio = half_a.gpus_per_token / half_e.gpus_per_token
         half_gap = half_a.balancedness - half_e.balancedness
         half_ratio = half_a.layer_time_s / half_e.layer_time_s
-        bounds = "" if not cell["bound_ratios"] else (f" (balanced {statistics.median(cell['balanced_ratios']):.3f}x, "
-                                                      f"bound {statistics.median(cell['bound_ratios']):.3f}x)")
+        bounds = "" if not cell["bound_ratios"] else (
+            f" (balanced {statistics.median(cell['balanced_ratios']):.3f}x, bound "
+            f"{statistics.median(cell['bound_ratios']):.3f}x; needs {statistics.median(cell['needed_gpus']):.3f}x "
+            f"GPUs/token, has {served['gpus']:.3f}x)")
         no_drift = cell["drift"]["gap"]["no drift"]
         checks = [(f"{gap:+.3f} (no drift {no_drift:+.3f})", gap >= -BALANCE_GAP),
                   (f"{ratio:.3f}x{bounds}", ratio <= TIME_RATIO),
@@ -534,9 +564,18 @@ def targets_section(cells: list[dict], v3_affinity_s: float, emit: Callable[[str
         met_count += sum(met for _, met in checks)
         total += len(checks)
         rows.append([cell["label"], *(mark(value, met) for value, met in checks)])
+        if cell["needed_gpus"] and ratio > TIME_RATIO:
+            time_misses.append(cell["label"])
+            if served["gpus"] > statistics.median(cell["needed_gpus"]):
+                out_of_reach.append(cell["label"])
     headers = ["cell", "windows: bal. gap", "windows: time", "windows: faster", "half: GPUs/token",
                "half: bal. gap", "half: time"]
     emit(markdown_table(headers, rows))
+    if time_misses:
+        emit(f"Of the {len(time_misses)} one-node cells that miss the windows' time target, {len(out_of_reach)} "
+             f"are out of reach at affinity's locality (it has more GPUs per token than the target needs at "
+             f"perfect balance){': ' + ', '.join(out_of_reach) if out_of_reach else ''}; in the others the "
+             "miss is imbalance: compute above the mean, or sends and receipts above the busiest source's.")
     emit(f"{met_count} of {total} cell targets met. DeepSeek-V3 scale (2304 slots), affinity planning: "
          f"{mark(f'{v3_affinity_s:.2f} s', v3_affinity_s <= V3_PLAN_S)} with refinement on "
          f"(`{V3_TARGET}`, {len(os.sched_getaffinity(0))} CPUs; target {V3_PLAN_S:.0f} s).")

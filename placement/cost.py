@@ -130,6 +130,14 @@ def preset(name: str, error: type[Exception] = PlacementError) -> ClusterSpec:
     return PRESETS[name]
 
 
+def source_gpu_of_token(topology: Topology, sequence_of_token: np.ndarray) -> np.ndarray:
+    """`[T]` int64: the GPU each token's hidden state starts on, the one rule of the module docstring:
+    sequence s on node `s % N` (its home node), GPU `(s // N) % gpus_per_node` of that node."""
+    num_nodes = topology.num_nodes
+    node, local = sequence_of_token % num_nodes, (sequence_of_token // num_nodes) % topology.gpus_per_node
+    return node * topology.gpus_per_node + local
+
+
 def simulate_layer_times(topology: Topology, slots: np.ndarray, sequence_of_token: np.ndarray,
                          cluster: ClusterSpec) -> np.ndarray:
     """Seconds of every MoE layer by the model in the module docstring.
@@ -145,12 +153,9 @@ def simulate_layer_times(topology: Topology, slots: np.ndarray, sequence_of_toke
             f"and {np.shape(sequence_of_token)}"
         )
     num_layers = slots.shape[1]
-    num_nodes, gpus_per_node, num_gpus = topology.num_nodes, topology.gpus_per_node, topology.num_gpus
+    num_gpus = topology.num_gpus
     compute = gpu_load(topology, slots).max(axis=1) * cluster.flops_per_pick / cluster.gpu_flops  # [L]
-
-    # [T, L, k] each pick's source GPU: the token's sequence s on node s % N, GPU (s // N) % gpus_per_node.
-    node, local = sequence_of_token % num_nodes, (sequence_of_token // num_nodes) % gpus_per_node
-    source = np.broadcast_to((node * gpus_per_node + local)[:, None, None], slots.shape)
+    source = np.broadcast_to(source_gpu_of_token(topology, sequence_of_token)[:, None, None], slots.shape)
     target = topology.gpu_of_slot[slots]  # [T, L, k]
     sent = first_occurrence(target) & (target != source)  # one transfer per distinct GPU but the source
     same_node = topology.node_of_gpu[target] == topology.node_of_gpu[source]

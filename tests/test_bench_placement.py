@@ -1,7 +1,9 @@
-"""The placement benchmark's own figures. The one-node time figures: the bound (sends spread evenly) is
-below the time at perfectly balanced compute (traffic as routed), which is below the modelled time;
-with every GPU equally loaded the last two are equal. Balance without drift: windows drawn from the
-sequence pieces of the planning windows, and the split of the served gap they give."""
+"""The placement benchmark's own figures. The one-node time figures: the time at perfectly balanced
+compute (traffic as routed) is below the modelled time, equal with every GPU equally loaded; the bound
+is the busiest source GPU's sends in expectation over where the sequences start, on a hand-checked
+window, and the GPUs per token the time target needs are where the bound meets it. Balance without
+drift: windows drawn from the sequence pieces of the planning windows, and the split of the served gap
+they give."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import numpy as np
 import pytest
 
 from bench.placement import (_served_policies, balanced_compute_time, balanced_time_bound, drift_split,
-                             resampled_windows)
+                             gpus_needed_for_time, resampled_windows)
 from switchyard.placement.cost import PRESETS
 from switchyard.placement.evaluate import evaluate
 from switchyard.placement.policies import get_policy
@@ -27,12 +29,31 @@ def test_one_node_time_figures_are_ordered(policy: str) -> None:
     trace = synthetic_trace(3, 32, 4, 2000, seq_len=100, skew=1.2, seed=3)
     topology = Topology(1, 8, 5)
     plan = get_policy(policy).place(RoutingStats.from_trace(trace.slice_tokens(0, 1000)), topology)
-    evaluation = evaluate(plan, trace.slice_tokens(1000, 2000), CLUSTER)
-    bound = balanced_time_bound(evaluation, topology, CLUSTER)
+    window = trace.slice_tokens(1000, 2000)
+    evaluation = evaluate(plan, window, CLUSTER)
     balanced = balanced_compute_time(evaluation, CLUSTER)
-    assert bound <= balanced <= evaluation.layer_time_s
+    assert balanced <= evaluation.layer_time_s
     if not np.all(evaluation.gpu_load == evaluation.gpu_load[:, :1]):
         assert balanced < evaluation.layer_time_s  # some GPU was above the mean: its compute is taken off
+    # Where the bound meets a target, the GPUs per token it needs are the plan's own.
+    ratio = balanced_time_bound(evaluation, window, topology, CLUSTER) / evaluation.layer_time_s
+    assert gpus_needed_for_time(evaluation, window, topology, CLUSTER, ratio) == pytest.approx(1.0)
+
+
+def test_the_bound_is_the_busiest_source_gpus_sends_in_expectation() -> None:
+    """4 tokens pick experts 0 and 1, one per GPU of 1 x 4 x 1: each uses 2 GPUs. Sequence 0 (3 tokens)
+    starts on GPU 0, sequence 1 on GPU 1. Where sequence 0 starts on GPU 0 or 1 it sends 1 hidden state
+    a token, on GPU 2 or 3 it sends 2: 4.5 in expectation over the 4 GPUs, `3 * 2 * (4 - 1) / 4`. The
+    compute: 8 picks over 4 GPUs."""
+    ids = np.tile(np.array([[[0, 1]]]), (4, 1, 1))
+    window = RoutingTrace(ids, np.array([3, 1]), 4)
+    topology = Topology(1, 4, 1)
+    evaluation = evaluate(get_policy("linear").place(RoutingStats.from_trace(window), topology), window, CLUSTER)
+    pick = CLUSTER.flops_per_pick / CLUSTER.gpu_flops
+    transfer = 2 * CLUSTER.hidden_bytes / CLUSTER.nvlink_bandwidth  # out and back
+    assert balanced_time_bound(evaluation, window, topology, CLUSTER) == pytest.approx(2 * pick + 4.5 * transfer)
+    with pytest.raises(ValueError, match="one-node"):
+        balanced_time_bound(evaluation, window, Topology(2, 2, 1), CLUSTER)
 
 
 def test_balanced_compute_time_equals_the_time_when_every_gpu_serves_alike() -> None:
