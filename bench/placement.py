@@ -235,7 +235,11 @@ def _cell(trace, name: str, nodes: int, gpus_per_node: int, slots_per_gpu: int, 
         emit(_rule_family_table(trace, results, nodes))
     cell = _windows(trace, topology, emit, f"{name} {nodes}x{gpus_per_node}x{slots_per_gpu}")
     by_name = {result.policy: result.evaluation for result in results}
-    cell.update(slots=slots_per_gpu, half_affinity=by_name["affinity"], half_eplb=by_name["eplb"])
+    half_a, half_e = by_name["affinity"], by_name["eplb"]
+    _, test = trace.split()
+    half_bound = None if nodes != 1 else (balanced_time_bound(half_a, test, topology, cluster) / half_e.layer_time_s,
+                                          gpus_needed_for_time(half_e, test, topology, cluster))
+    cell.update(slots=slots_per_gpu, half_affinity=half_a, half_eplb=half_e, half_bound=half_bound)
     return cell
 
 
@@ -495,8 +499,8 @@ def balanced_time_bound(evaluation: Evaluation, window: RoutingTrace, topology: 
     most tokens start on (`cost.source_gpu_of_token`: their sequences' GPU) sends each of them to
     its `g` GPUs but itself, `g * (G - 1) / G` of them in expectation for a plan that does not know
     which GPU each sequence starts on (the plan is made on past windows); its NVLink port sets the
-    phase's time at least. No such plan at these GPUs per token is faster, so a time target below
-    this needs fewer GPUs per token."""
+    phase's time at least. In expectation no such plan at these GPUs per token is faster (a window
+    can do better by chance), so a time target below this needs fewer GPUs per token."""
     compute, send = _bound_terms(evaluation, window, topology, cluster)
     return compute + send * float(evaluation.gpus_per_token_per_layer.sum())
 
@@ -534,11 +538,12 @@ def targets_section(cells: list[dict], v3_affinity_s: float, emit: Callable[[str
         "compute perfectly balanced and its traffic as routed, over EPLB's (`balanced_compute_time`; above "
         "the target: balance alone cannot meet it, the plan needs less traffic); `bound`, the cost model's "
         "time in expectation at perfect balance with the GPUs per token affinity reached, the GPU the most "
-        "tokens start on sending each to its GPUs but itself, over EPLB's (`balanced_time_bound`: no plan "
-        "that does not know which GPU each sequence starts on is faster at that locality); and `needs`, "
+        "tokens start on sending each to its GPUs but itself, over EPLB's (`balanced_time_bound`: in expectation no "
+        "plan that does not know which GPU each sequence starts on is faster at that locality); and `needs`, "
         "the most GPUs per token, over EPLB's, at which that bound meets the target "
         "(`gpus_needed_for_time`), beside affinity's on the windows (`has`): where it has more, the time "
-        "target is out of reach at its locality, however well balanced."
+        "target is out of reach at its locality, however well balanced. Their half/half time shows the "
+        "same bound and GPUs per token on the evaluated half."
     )
 
     def mark(value: str, met: bool) -> str:
@@ -556,26 +561,33 @@ def targets_section(cells: list[dict], v3_affinity_s: float, emit: Callable[[str
             f" (balanced {statistics.median(cell['balanced_ratios']):.3f}x, bound "
             f"{statistics.median(cell['bound_ratios']):.3f}x; needs {statistics.median(cell['needed_gpus']):.3f}x "
             f"GPUs/token, has {served['gpus']:.3f}x)")
+        half_bounds = "" if cell["half_bound"] is None else (
+            f" (bound {cell['half_bound'][0]:.3f}x; needs {cell['half_bound'][1]:.3f}x GPUs/token, has {gpu_ratio:.3f}x)")
         no_drift = cell["drift"]["gap"]["no drift"]
         checks = [(f"{gap:+.3f} (no drift {no_drift:+.3f})", gap >= -BALANCE_GAP),
                   (f"{ratio:.3f}x{bounds}", ratio <= TIME_RATIO),
                   (f"{wins:.0%}", wins >= TIME_WINS), (f"{gpu_ratio:.3f}x", gpu_ratio <= 1 - GPU_CUT[cell["slots"]]),
-                  (f"{half_gap:+.3f}", half_gap >= -BALANCE_GAP), (f"{half_ratio:.3f}x", half_ratio <= TIME_RATIO)]
+                  (f"{half_gap:+.3f}", half_gap >= -BALANCE_GAP), (f"{half_ratio:.3f}x{half_bounds}", half_ratio <= TIME_RATIO)]
         met_count += sum(met for _, met in checks)
         total += len(checks)
         rows.append([cell["label"], *(mark(value, met) for value, met in checks)])
         if cell["needed_gpus"] and ratio > TIME_RATIO:
-            time_misses.append(cell["label"])
+            time_misses.append(f"{cell['label']} (windows)")
             if served["gpus"] > statistics.median(cell["needed_gpus"]):
-                out_of_reach.append(cell["label"])
+                out_of_reach.append(time_misses[-1])
+        if cell["half_bound"] is not None and half_ratio > TIME_RATIO:
+            time_misses.append(f"{cell['label']} (half/half)")
+            if gpu_ratio > cell["half_bound"][1]:
+                out_of_reach.append(time_misses[-1])
     headers = ["cell", "windows: bal. gap", "windows: time", "windows: faster", "half: GPUs/token",
                "half: bal. gap", "half: time"]
     emit(markdown_table(headers, rows))
     if time_misses:
-        emit(f"Of the {len(time_misses)} one-node cells that miss the windows' time target, {len(out_of_reach)} "
+        emit(f"Of the {len(time_misses)} one-node time targets missed, {len(out_of_reach)} "
              f"are out of reach at affinity's locality (it has more GPUs per token than the target needs at "
-             f"perfect balance){': ' + ', '.join(out_of_reach) if out_of_reach else ''}; in the others the "
-             "miss is imbalance: compute above the mean, or sends and receipts above the busiest source's.")
+             f"perfect balance){': ' + ', '.join(out_of_reach) if out_of_reach else ''}"
+             + ("; in the others the miss is imbalance: compute above the mean, or sends and receipts above "
+                "the busiest source's." if len(out_of_reach) < len(time_misses) else "."))
     emit(f"{met_count} of {total} cell targets met. DeepSeek-V3 scale (2304 slots), affinity planning: "
          f"{mark(f'{v3_affinity_s:.2f} s', v3_affinity_s <= V3_PLAN_S)} with refinement on "
          f"(`{V3_TARGET}`, {len(os.sched_getaffinity(0))} CPUs; target {V3_PLAN_S:.0f} s).")
