@@ -48,8 +48,8 @@ def test_serve_until_sigterm(request, model_dir, joins: bool, fresh_redis_store)
     planning_args = ["--balance-tokens", "4", "--resampled-windows", "8"]
     if not joins:  # the embedded store, seen through GetStats and GetPlacement
         log = _serve_generate_and_stop(model_dir, planning_args)
-        assert "planning on the last 1 of 1 windows read, each older one weighted 0.5, as 8 windows drawn from " \
-               "their runs of 4 tokens" in log
+        assert "planning on the last 1 window(s), each older one weighted 0.5 of the next, as 8 windows drawn " \
+               "from their runs of 4 tokens (1 window(s) read)" in log
         return
     cluster_args = ["--address", request.getfixturevalue("ray_address"), "--nodes", "2"]
     with fresh_redis_store("test-serve") as store:

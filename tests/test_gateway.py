@@ -448,7 +448,7 @@ def test_a_rebalance_plans_on_the_memory_that_forecasts_the_store_best(runtime, 
         finally:
             gateway.drain(0)
     assert planned == {True: (pytest.approx(600), 6, 1.0), False: (pytest.approx(175), 3, 0.5)}
-    assert "planning on the last 6 of 8 windows read, each older one weighted 1" in caplog.text
+    assert "planning on the last 6 window(s), each older one weighted 1 of the next (8 window(s) read)" in caplog.text
 
 
 def test_the_cluster_preset_is_what_rebalances_model_and_plan_for(runtime):

@@ -43,9 +43,9 @@ from switchyard.cluster.settings import DEFAULTS, check_balance_tokens
 from switchyard.cluster.state.store import StateStore, WindowBy
 from switchyard.placement.errors import positive_int, unit_interval
 from switchyard.placement.plan import Plan
-from switchyard.placement.proposal import Proposal, expected_balancedness
+from switchyard.placement.proposal import Proposal, expected_balancedness, memory_dict, memory_text
 from switchyard.placement.stats import RoutingStats
-from switchyard.placement.windows import Memory, check_resampled, planning_stats, planning_windows
+from switchyard.placement.windows import Memory, Resampling, check_resampled, planning_stats, planning_windows
 from switchyard.workers.checkpoints import ModelSpec, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -329,10 +329,13 @@ class RuntimeBackend:
         stats, memory = planning_stats(windows[::-1], (self.stats_history, self.stats_decay), self.adaptive_memory,
                                        resampled)
         if planning:
-            log.info("planning on the last %d of %d windows read, each older one weighted %g%s", memory[0],
-                     len(windows), memory[1], "" if resampled is None else f", as {resampled} windows drawn "
-                     f"from their runs of {self.balance_tokens:g} tokens")
+            log.info("planning on %s (%d window(s) read)", memory_text(memory_dict(memory, self._resampling())),
+                     len(windows))
         return stats, memory
+
+    def _resampling(self) -> Resampling | None:
+        """`(windows, run_tokens)` a rebalance draws to plan on (`--resampled-windows`), or None."""
+        return None if self.resampled_windows is None else (self.resampled_windows, self.balance_tokens)
 
     async def rebalance(self, dry_run: bool, policy: str, max_moves: int | None, plan: Plan | None = None,
                         expected_epoch: int | None = None, by: str = "admin") -> RebalanceOutcome:
@@ -394,9 +397,7 @@ class RuntimeBackend:
         stats, memory = await self._statistics(planning=True)
         proposal = await asyncio.to_thread(plan_proposal, stats, self.runtime.plan, self.cluster, policy, max_moves,
                                            plan, where)
-        resampled = None if memory is None or self.resampled_windows is None else (
-            self.resampled_windows, self.balance_tokens)
-        return dataclasses.replace(proposal, memory=memory, resampled=resampled)
+        return dataclasses.replace(proposal, memory=memory, resampled=None if memory is None else self._resampling())
 
     async def cluster_info(self) -> dict[str, Any]:
         topology = self.runtime.plan.topology
