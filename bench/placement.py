@@ -557,10 +557,10 @@ def targets_section(cells: list[dict], v3_affinity_s: float, emit: Callable[[str
         gpu_ratio = half_a.gpus_per_token / half_e.gpus_per_token
         half_gap = half_a.balancedness - half_e.balancedness
         half_ratio = half_a.layer_time_s / half_e.layer_time_s
-        bounds = "" if not cell["bound_ratios"] else (
+        needed = statistics.median(cell["needed_gpus"]) if cell["needed_gpus"] else None
+        bounds = "" if needed is None else (
             f" (balanced {statistics.median(cell['balanced_ratios']):.3f}x, bound "
-            f"{statistics.median(cell['bound_ratios']):.3f}x; needs {statistics.median(cell['needed_gpus']):.3f}x "
-            f"GPUs/token, has {served['gpus']:.3f}x)")
+            f"{statistics.median(cell['bound_ratios']):.3f}x; needs {needed:.3f}x GPUs/token, has {served['gpus']:.3f}x)")
         half_bounds = "" if cell["half_bound"] is None else (
             f" (bound {cell['half_bound'][0]:.3f}x; needs {cell['half_bound'][1]:.3f}x GPUs/token, has {gpu_ratio:.3f}x)")
         no_drift = cell["drift"]["gap"]["no drift"]
@@ -571,9 +571,9 @@ def targets_section(cells: list[dict], v3_affinity_s: float, emit: Callable[[str
         met_count += sum(met for _, met in checks)
         total += len(checks)
         rows.append([cell["label"], *(mark(value, met) for value, met in checks)])
-        if cell["needed_gpus"] and ratio > TIME_RATIO:
+        if needed is not None and ratio > TIME_RATIO:
             time_misses.append(f"{cell['label']} (windows)")
-            if served["gpus"] > statistics.median(cell["needed_gpus"]):
+            if served["gpus"] > needed:
                 out_of_reach.append(time_misses[-1])
         if cell["half_bound"] is not None and half_ratio > TIME_RATIO:
             time_misses.append(f"{cell['label']} (half/half)")
