@@ -6,10 +6,11 @@ On the statistics `bench.placement` times (58 layers x 256 experts, top-8, 4096 
 issue 17's topology (32 nodes x 8 GPUs x 9 slots = 2304 slots per layer), times each step the policy
 takes before and during refinement, summed over the 58 layers: the seeding-only plan, its METIS and
 lockstep-seeding parts, the sampled rows, one score of the start (the model of the runtime's rule,
-`set_routing.route_sets`, then the counts) per layer, the same routing with all layers stacked in one
-call, and one round's swap table (`partition._ranked_swaps`) on 512 candidate vertices. A plan with
-refinement costs at least the seeding plus one score per layer; each round adds a swap table and at
-least one score per layer. Each time is the median of `REPEATS` runs.
+`set_routing.route_sets`, then the counts) per layer, called layer by layer and for all layers at once
+(`partition.score_layers`, as the policy's lockstep refinement does), and one round's swap table
+(`partition._ranked_swaps`) on 512 candidate vertices. A plan with refinement costs at least the
+seeding plus one score of every layer; each round adds a swap table per layer and at least one more
+score. Each time is the median of `REPEATS` runs.
 
 Then the whole plan against the target (`V3_PLAN_S`): `AffinityPolicy(sampled_rounds=...)` seeded only,
 refined one round and the benchmark's `V3_SAMPLED_ROUNDS`, planned in one process and with the layers split
@@ -30,11 +31,11 @@ import numpy as np
 from bench.placement import V3_EXPERTS, V3_LAYERS, V3_PLAN_S, V3_SAMPLED_ROUNDS, V3_TOKENS, V3_TOP_K, V3_TOPOLOGIES
 from bench.report import command_line, provenance, publish
 from switchyard.cluster.cli.formatting import markdown_table
-from switchyard.placement.partition import LayerRows, LoadCap, _ranked_swaps, _swap_candidates, expert_vertices, score
+from switchyard.placement.partition import (Layout, LoadCap, _ranked_swaps, _swap_candidates, expert_vertices, score,
+                                            score_layers)
 from switchyard.placement.policies.affinity import (_SWAP_VERTICES, AffinityPolicy, _sampled_row_count, layer_rows,
                                                     sampled_rows)
 from switchyard.placement.seeding import graph_partition, initial_layouts, replica_counts
-from switchyard.placement.set_routing import route_sets
 from switchyard.placement.stats import RoutingStats
 from switchyard.placement.synthetic import synthetic_trace
 
@@ -95,22 +96,24 @@ def floor_section(stats: RoutingStats) -> list[str]:
         steps.append((f"one score per layer, {count} rows (`partition.score`: routing and counts)",
                       lambda rows=sampled[count]: [score(one, vertices[layer], gpus[layer], topology, limits[layer])
                                                    for layer, one in enumerate(rows)]))
-        steps.append((f"the same routing, all layers in one `route_sets` call, {count} rows",
-                      lambda rows=sampled[count]: stacked_routing(rows, vertices, gpus, topology.node_of_gpu)))
+        steps.append((f"the same scores, all layers in one call (`partition.score_layers`), {count} rows",
+                      lambda rows=sampled[count]: score_layers(
+                          [Layout(one, vertices[layer], gpus[layer], limits[layer]) for layer, one in enumerate(rows)],
+                          topology)))
     steps.append((f"one round's swap table per layer, {_SWAP_VERTICES} vertices, {ROW_COUNTS[0]} rows "
                   "(`_swap_candidates`, `_ranked_swaps`)", swap_tables))
     seconds = {name: _median_seconds(step) for name, step in steps}
     rows = [[name, f"{value:.3f}", f"{value / stats.num_layers * 1000:.1f}"] for name, value in seconds.items()]
-    plan, start, table = (seconds[steps[0][0]], seconds[steps[4][0]], seconds[steps[-1][0]])
+    plan, start, table = (seconds[steps[0][0]], seconds[steps[5][0]], seconds[steps[-1][0]])
     work = _sampled_row_count(topology)
     return [
         f"{stats.num_layers} layers x {topology.num_slots} slots ({topology.describe()}), statistics of a "
         f"{V3_TOKENS}-token synthetic trace (seed 0); the policy samples {work} rows per layer at this size. "
         f"Seconds over all layers and milliseconds per layer, median of {REPEATS} runs.", "",
         markdown_table(["step", "seconds, all layers", "ms per layer"], rows, numeric_from=1), "",
-        f"Before the first swap a refined plan costs the seeding plus one score per layer: {plan:.2f} + "
-        f"{start:.2f} = {plan + start:.2f} s; each round adds a swap table ({table:.2f} s) and at least one "
-        "more score per layer.",
+        f"Before the first swap a refined plan costs the seeding plus one score of every layer, all in one "
+        f"call: {plan:.2f} + {start:.2f} = {plan + start:.2f} s; each round adds a swap table per layer "
+        f"({table:.2f} s) and at least one more score.",
     ]
 
 
@@ -141,28 +144,6 @@ def target_section(stats: RoutingStats) -> list[str]:
         markdown_table(["refinement", "processes", "seconds", "speed-up", f"{V3_PLAN_S:.0f} s target",
                         "same plan as 1 process"], rows, numeric_from=1),
     ]
-
-
-def stacked_routing(rows: list[LayerRows], vertices: list[np.ndarray], gpus: np.ndarray, node_of_gpu: np.ndarray
-                    ) -> list[np.ndarray]:
-    """Route every layer's rows in one `route_sets` call: expert and vertex ids offset by layer, GPU and
-    node ids kept per layer (the rule compares them only within a row). Returns each layer's `[M, k]`
-    pins, offsets removed: those of one call per layer for whole token counts (a test checks it);
-    fractional weights round the water-filling's running sums over a call's picks differently, which
-    can move a pick.
-
-    rows: per layer; vertices: per layer `[E, R_l]` from `expert_vertices`; gpus: `[L, V]` int64."""
-    num_experts, num_vertices = len(vertices[0]), gpus.shape[1]
-    width = max(table.shape[1] for table in vertices)
-    stacked = np.full((len(vertices) * num_experts, width), -1, dtype=np.int64)
-    for layer, table in enumerate(vertices):
-        stacked[layer * num_experts:(layer + 1) * num_experts, :table.shape[1]] = np.where(
-            table >= 0, table + layer * num_vertices, -1)
-    sets = np.concatenate([one.sets + layer * num_experts for layer, one in enumerate(rows)])
-    pins, _ = route_sets(sets, np.concatenate([one.weight for one in rows]),
-                         np.concatenate([one.home for one in rows]), stacked, gpus.ravel(), node_of_gpu)
-    starts = np.cumsum([0] + [len(one.sets) for one in rows])
-    return [pins[start:stop] - layer * num_vertices for layer, (start, stop) in enumerate(zip(starts[:-1], starts[1:]))]
 
 
 def _median_seconds(step: Callable[[], object]) -> float:

@@ -29,6 +29,8 @@ term is the same with node counts, the row's home node counted as a pick, betwee
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Generator
 from dataclasses import dataclass
 
 import numpy as np
@@ -143,21 +145,56 @@ def score(rows: LayerRows, vertices: np.ndarray, gpu_of_vertex: np.ndarray, topo
 
     vertices: `[E, R]` int64 from `expert_vertices`; gpu_of_vertex: `[V]` int64.
     """
-    pins, vertex_load = route_sets(rows.sets, rows.weight, rows.home, vertices, gpu_of_vertex,
-                                   topology.node_of_gpu)
-    gpu_counts, node_counts = _counts(rows, pins, gpu_of_vertex, topology)
+    return score_layers([Layout(rows, vertices, gpu_of_vertex, cap)], topology)[0]
+
+
+@dataclass(frozen=True, eq=False)
+class Layout:
+    """One layer's layout to score: its rows, `[E, R]` vertices of each expert (`expert_vertices`),
+    `[V]` GPU of each vertex and load cap."""
+
+    rows: LayerRows
+    vertices: np.ndarray
+    gpu_of_vertex: np.ndarray
+    cap: LoadCap
+
+
+def score_layers(layouts: list[Layout], topology: Topology) -> list[Score]:
+    """`score` of many layouts, routed in one call of `route_sets`: their experts and vertices are
+    numbered apart, so no pick of one can reach another's replicas, and the rule routes each as on its
+    own, to the bit. Routing is a few dozen numpy calls per column of picks, on arrays small enough
+    that the calls' own cost counts; routing the layers of a refinement step together pays it once."""
+    expert_start = np.cumsum([0] + [len(one.vertices) for one in layouts])
+    vertex_start = np.cumsum([0] + [len(one.gpu_of_vertex) for one in layouts])
+    row_start = np.cumsum([0] + [len(one.rows.sets) for one in layouts])
+    vertices = np.full((expert_start[-1], max(one.vertices.shape[1] for one in layouts)), -1, dtype=np.int64)
+    for one, first_expert, first_vertex in zip(layouts, expert_start, vertex_start):
+        table = vertices[first_expert:first_expert + len(one.vertices), :one.vertices.shape[1]]
+        np.add(one.vertices, first_vertex, out=table, where=one.vertices >= 0)
+    pins, vertex_load = route_sets(
+        np.concatenate([one.rows.sets + first for one, first in zip(layouts, expert_start)]),
+        np.concatenate([one.rows.weight for one in layouts]), np.concatenate([one.rows.home for one in layouts]),
+        vertices, np.concatenate([one.gpu_of_vertex for one in layouts]), topology.node_of_gpu)
+    return [_measure(one, pins[row_start[at]:row_start[at + 1]] - vertex_start[at],
+                     vertex_load[vertex_start[at]:vertex_start[at + 1]], topology)
+            for at, one in enumerate(layouts)]
+
+
+def _measure(layout: Layout, pins: np.ndarray, vertex_load: np.ndarray, topology: Topology) -> Score:
+    """The score of one layout from its routing: the cost of its rows and the overload of its GPUs."""
+    rows = layout.rows
+    gpu_counts, node_counts = _counts(rows, pins, layout.gpu_of_vertex, topology)
     home_known = (rows.home >= 0).astype(np.float64)
     cost = (rows.weight @ (gpu_counts > 0).sum(axis=1)
             + rows.node_weight @ ((node_counts > 0).sum(axis=1) - home_known))
-    overload = cap.overload(vertex_load, _expert_of_vertex(vertices, len(gpu_of_vertex)), gpu_of_vertex,
-                            topology.num_gpus)
+    overload = layout.cap.overload(vertex_load, _expert_of_vertex(layout.vertices, len(layout.gpu_of_vertex)),
+                                   layout.gpu_of_vertex, topology.num_gpus)
     return Score(overload, float(cost), pins, vertex_load)
 
 
-def refine(rows: LayerRows, expert_of_vertex: np.ndarray, gpu_of_vertex: np.ndarray,
-           topology: Topology, cap: LoadCap, max_rounds: int, swap_vertices: int | None = None
-           ) -> list[tuple[np.ndarray, Score]]:
-    """Improve a layout by swaps; returns the path: the start and every kept step, with its score.
+@dataclass(frozen=True, eq=False)
+class Refinement:
+    """One layer's refinement to run (`refine_layers`).
 
     expert_of_vertex: `[V]` int64 the expert each vertex replicates (fixed: swaps move vertices).
     gpu_of_vertex: `[V]` int64 the start layout, exactly S vertices per GPU, no expert twice on a GPU.
@@ -165,14 +202,59 @@ def refine(rows: LayerRows, expert_of_vertex: np.ndarray, gpu_of_vertex: np.ndar
     swap_vertices: with more vertices than this, each round considers the swaps among this many
         (`_swap_candidates`) instead of all `V x V`, which at DeepSeek-V3's 2304 slots per layer would
         cost ~0.5 s a round; None: all.
-    The last element of the path is the best layout found.
     """
-    num_experts = int(expert_of_vertex.max()) + 1
-    vertices = expert_vertices(expert_of_vertex, num_experts)
-    current = gpu_of_vertex.copy()
-    best = score(rows, vertices, current, topology, cap)
+
+    rows: LayerRows
+    expert_of_vertex: np.ndarray
+    gpu_of_vertex: np.ndarray
+    cap: LoadCap
+    max_rounds: int
+    swap_vertices: int | None = None
+
+    @functools.cached_property
+    def vertices(self) -> np.ndarray:
+        """`[E, R]` the vertices of each expert (`expert_vertices`)."""
+        return expert_vertices(self.expert_of_vertex, int(self.expert_of_vertex.max()) + 1)
+
+
+RefinePath = list[tuple[np.ndarray, Score]]
+
+
+def refine(rows: LayerRows, expert_of_vertex: np.ndarray, gpu_of_vertex: np.ndarray,
+           topology: Topology, cap: LoadCap, max_rounds: int, swap_vertices: int | None = None) -> RefinePath:
+    """Improve a layout by swaps; returns the path: the start and every kept step, with its score
+    (`Refinement` says what the arguments are). The last element of the path is the best layout found."""
+    return refine_layers([Refinement(rows, expert_of_vertex, gpu_of_vertex, cap, max_rounds, swap_vertices)],
+                         topology)[0]
+
+
+def refine_layers(refinements: list[Refinement], topology: Topology) -> list[RefinePath]:
+    """`refine` of many layers in lockstep: each step scores the layout every unfinished search tries
+    next in one `score_layers` call. Each search goes as it would alone, so the paths are the same."""
+    searches = [_search(one, topology) for one in refinements]
+    paths: list[RefinePath | None] = [None] * len(refinements)
+    trying = {at: next(search) for at, search in enumerate(searches)}
+    while trying:
+        scores = score_layers([Layout(refinements[at].rows, refinements[at].vertices, layout, refinements[at].cap)
+                               for at, layout in trying.items()], topology)
+        following = {}
+        for at, result in zip(trying, scores):
+            try:
+                following[at] = searches[at].send(result)
+            except StopIteration as finished:
+                paths[at] = finished.value
+        trying = following
+    return paths
+
+
+def _search(refinement: Refinement, topology: Topology) -> Generator[np.ndarray, Score, RefinePath]:
+    """One layer's swap search: yields each layout to score, is sent its score, returns the path."""
+    rows, expert_of_vertex, cap = refinement.rows, refinement.expert_of_vertex, refinement.cap
+    swap_vertices = refinement.swap_vertices
+    current = refinement.gpu_of_vertex.copy()
+    best = yield current
     path = [(current.copy(), best)]
-    for _ in range(max_rounds):
+    for _ in range(refinement.max_rounds):
         subset = (np.arange(len(current)) if swap_vertices is None or swap_vertices >= len(current)
                   else _swap_candidates(rows, best, expert_of_vertex, current, topology, cap, swap_vertices))
         first, second = _ranked_swaps(rows, best, expert_of_vertex, current, topology, cap, subset)
@@ -185,7 +267,7 @@ def refine(rows: LayerRows, expert_of_vertex: np.ndarray, gpu_of_vertex: np.ndar
             layout = current.copy()
             for a, b in trial:
                 layout[a], layout[b] = current[b], current[a]
-            result = score(rows, vertices, layout, topology, cap)
+            result = yield layout
             if result.better_than(best, cap.price):
                 current, best = layout, result
                 path.append((current.copy(), best))

@@ -20,20 +20,18 @@ rule when tokens arrive in random order. It models the "replica" balance of the 
 as well on the same layout, while water-filling the GPUs' loads instead over-promised balance to the
 planner (ESFT, half/half, 9 slots: intent 1 x 8 planned to 0.952 and served 0.947, against 0.974
 and 0.972 when planned with this model), and so did a load model of the repair (docs/placement.md).
-Vectorised per column: a handful of numpy calls per layer.
+Vectorised per column: a handful of numpy calls per column, over flat arrays of each pick's replicas
+(no table as wide as the busiest expert's), for as many layers as a call holds (`partition.score_layers`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-_SAME_GPU, _HOME_NODE, _ANYWHERE, _NOT_A_REPLICA = 0, 1, 2, 3
+_SAME_GPU, _HOME_NODE, _ANYWHERE = 0, 1, 2
 # Fixed odd 31-bit multipliers for hashing which replicas of an expert are eligible (one per replica
-# position; an expert has at most G replicas). Sums stay far below 2**63.
+# position; an expert has at most G replicas). Sums of at most 2**16 of them stay far below 2**63.
 _HASH = np.random.default_rng(20240531).integers(1, 1 << 31, size=1 << 16) | 1
-# The same as float64, for a BLAS product (an integer one is not): a row's sum is an integer below
-# 2**53 (at most 2**16 terms below 2**31), so it is exact and the hash the same as in integers.
-_HASH_FLOAT = _HASH.astype(np.float64)
 
 
 def route_sets(sets: np.ndarray, weight: np.ndarray, home: np.ndarray, expert_vertices: np.ndarray,
@@ -48,6 +46,9 @@ def route_sets(sets: np.ndarray, weight: np.ndarray, home: np.ndarray, expert_ve
     gpu_of_vertex: `[V]` int64 the GPU of every vertex. node_of_gpu: `[G]` int64.
     Returns pins `[M, k]` int64 (the vertex serving each pick) and vertex_load `[V]` float64 (the
     tokens each vertex serves).
+
+    Rows whose experts have no vertex in common are routed independently, to the bit: a call may hold
+    many layers, their experts and vertices numbered apart (`partition.score_layers`).
     """
     num_rows, top_k = sets.shape
     num_vertices, num_gpus = len(gpu_of_vertex), len(node_of_gpu)
@@ -63,27 +64,28 @@ def route_sets(sets: np.ndarray, weight: np.ndarray, home: np.ndarray, expert_ve
     single_gpus = gpu_of_vertex[pins[~replicated]]
     # What does not change between the two passes, per column: the replicated picks, their replicas
     # and GPUs, and their tier apart from (a), which depends on the GPUs a row uses so far.
-    columns = [_Column(column, rows, expert_vertices[sets[rows, column]], weight[rows], home[rows], gpu_of_vertex,
-                       node_of_gpu)
+    columns = [_Column(column, rows, sets[rows, column], weight[rows], home[rows], expert_vertices, replicas,
+                       gpu_of_vertex, node_of_gpu)
                for column in range(top_k) if len(rows := np.nonzero(replicated[:, column])[0])]
     # Pass 1 estimates the load of picks left a single eligible replica (tier a usually) over the
     # whole layer; pass 2 then spreads every other pick on top of that estimate, so that, as with the
     # runtime's least-loaded choice over the whole stream, replicas end up even where they can.
     forced_load = np.zeros(num_vertices)
     for final in (False, True):
-        # [M, G + 1] GPUs each row uses so far; the last column, never used, stands for padding.
-        used = np.zeros((num_rows, num_gpus + 1), dtype=bool)
+        used = np.zeros((num_rows, num_gpus), dtype=bool)  # [M, G] GPUs each row uses so far
         used[single_rows, single_gpus] = True
         spread_load = np.zeros(num_vertices)
         for one in columns:
-            eligible, count = one.best_tier(used.ravel())  # [n, R], [n]
+            eligible, count = one.best_tier(used.ravel())  # [T], [n]
             forced = count == 1
-            chosen = eligible.max(axis=1)
+            chosen = np.maximum.reduceat(np.where(eligible, one.vertex, -1), one.first)
             if not final:
                 forced_load += np.bincount(chosen[forced], weights=one.weight[forced], minlength=num_vertices)
             if not forced.all():
                 spread = ~forced
-                chosen[spread] = _water_fill(eligible[spread], one.weight[spread],
+                kept = eligible & spread[one.pick]
+                chosen[spread] = _water_fill(np.cumsum(spread)[one.pick[kept]] - 1, one.vertex[kept],
+                                             one.position[kept], one.weight[spread],
                                              load + forced_load + spread_load)
                 spread_load += np.bincount(chosen[spread], weights=one.weight[spread], minlength=num_vertices)
             used[one.rows, gpu_of_vertex[chosen]] = True
@@ -96,45 +98,51 @@ def route_sets(sets: np.ndarray, weight: np.ndarray, home: np.ndarray, expert_ve
 class _Column:
     """One column's replicated picks, as both passes of `route_sets` see them.
 
-    rows: `[n]` the rows whose pick in this column is replicated; candidates: `[n, R]` the picked
-    expert's replicas, -1 padded; weight, home: `[n]` the rows'. Every candidate's tier but (a)
-    (`_HOME_NODE`, `_ANYWHERE`, or `_NOT_A_REPLICA` for padding) stays the same in both passes, so it
-    is computed once, here, as is where to look up (a) in the flat `[M, G + 1]` table of GPUs used
-    (padding looks at column G, never used): `best_tier` runs twice per column, and at DeepSeek-V3
-    scale on `[256, ~80]` tables (sampled rows by the busiest expert's replicas).
+    rows: `[n]` the rows whose pick in this column is replicated; weight: `[n]` theirs. The picks'
+    candidates are the replicas of the picked expert, as flat `[T]` arrays in pick order: `pick`,
+    `vertex`, `position` (the replica's column in the expert's `[E, R]` vertices); `first`: `[n]`
+    where each pick's run starts. Flat, since at DeepSeek-V3 scale a pick's expert has 16 replicas on
+    average and the hottest ~80 (a `[n, R]` table would be mostly padding). Every candidate's tier but
+    (a) (`_HOME_NODE` or `_ANYWHERE`) stays the same in both passes, so it is computed once, here, as
+    is where to look up (a) in the flat `[M, G]` table of GPUs used.
     """
 
-    def __init__(self, column: int, rows: np.ndarray, candidates: np.ndarray, weight: np.ndarray, home: np.ndarray,
-                 gpu_of_vertex: np.ndarray, node_of_gpu: np.ndarray) -> None:
-        self.column, self.rows, self.candidates, self.weight = column, rows, candidates, weight
-        valid = candidates >= 0
-        gpu = gpu_of_vertex[np.maximum(candidates, 0)]  # [n, R]
-        self.tier = (node_of_gpu[gpu] != home[:, None]).astype(np.int8) + _HOME_NODE  # _HOME_NODE or _ANYWHERE
-        self.tier[~valid] = _NOT_A_REPLICA
-        num_columns = len(node_of_gpu) + 1
-        self.used_at = rows[:, None] * num_columns + np.where(valid, gpu, num_columns - 1)  # [n, R]
+    def __init__(self, column: int, rows: np.ndarray, experts: np.ndarray, weight: np.ndarray, home: np.ndarray,
+                 expert_vertices: np.ndarray, replicas: np.ndarray, gpu_of_vertex: np.ndarray,
+                 node_of_gpu: np.ndarray) -> None:
+        self.column, self.rows, self.weight = column, rows, weight
+        count = replicas[experts]  # [n]
+        self.first = np.cumsum(count) - count
+        self.pick = np.repeat(np.arange(len(rows)), count)  # [T]
+        self.position = np.arange(len(self.pick)) - self.first[self.pick]
+        self.vertex = expert_vertices[experts[self.pick], self.position]
+        gpu = gpu_of_vertex[self.vertex]
+        self.tier = (node_of_gpu[gpu] != home[self.pick]).astype(np.int8) + _HOME_NODE  # _HOME_NODE or _ANYWHERE
+        self.used_at = rows[self.pick] * len(node_of_gpu) + gpu
 
     def best_tier(self, used: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """`[n, R]` the candidates in each pick's best tier of the rule, -1 elsewhere, and `[n]` how
-        many there are; used: the `[M, G + 1]` bool GPUs every row uses so far, raveled."""
+        """`[T]` whether each candidate is in its pick's best tier of the rule, and `[n]` how many of a
+        pick's are; used: the `[M, G]` bool GPUs every row uses so far, raveled."""
         tier = np.where(used[self.used_at], _SAME_GPU, self.tier)
-        best = tier == tier.min(axis=1, keepdims=True)
-        return np.where(best, self.candidates, -1), np.count_nonzero(best, axis=1)
+        best = tier == np.minimum.reduceat(tier, self.first)[self.pick]
+        return best, np.add.reduceat(best, self.first)
 
 
-def _water_fill(eligible: np.ndarray, weight: np.ndarray, load: np.ndarray) -> np.ndarray:
+def _water_fill(pick: np.ndarray, vertex: np.ndarray, position: np.ndarray, weight: np.ndarray,
+                load: np.ndarray) -> np.ndarray:
     """`[n]` the vertex each pick goes to: picks with the same eligible replicas form a group, and
     each group's weight raises its least loaded replicas to a common level (least-loaded, in bulk).
 
-    eligible: `[n, R]` vertex ids of the replicas each pick may use, -1 elsewhere (at least one per
-    row); weight: `[n]` float64; load: `[V]` float64 the vertices' load so far.
+    pick, vertex, position: `[T]` the replicas each pick may use, in pick order (at least one per
+    pick), and their columns in the expert's `[E, R]` vertices; weight: `[n]` float64; load: `[V]`
+    float64 the vertices' load so far.
     """
-    num_picks, width = eligible.shape
-    # Groups: identical rows of `eligible`, found by a key: the row's largest vertex (which names the
-    # expert) and a 32-bit hash of which of its replicas are eligible. [n] group of each pick.
-    eligible_mask = eligible >= 0
-    mask_hash = (eligible_mask.astype(np.float64) @ _HASH_FLOAT[:width]).astype(np.int64) % (1 << 32)
-    key = eligible.max(axis=1) * (1 << 32) + mask_hash
+    num_picks = len(weight)
+    first = np.flatnonzero(np.concatenate([[True], pick[1:] != pick[:-1]]))  # [n] each pick's run
+    # Groups: picks with the same eligible replicas, found by a key: the largest eligible vertex
+    # (which names the expert) and a 32-bit hash of which of its replicas are eligible. [n] group of
+    # each pick.
+    key = np.maximum.reduceat(vertex, first) * (1 << 32) + np.add.reduceat(_HASH[position], first) % (1 << 32)
     # np.unique(key, return_index=True, return_inverse=True) by hand, keeping its stable order of the
     # picks: it is also the picks grouped in row order, which the hand-out below needs.
     by_group = np.argsort(key, kind="stable")
@@ -143,14 +151,30 @@ def _water_fill(eligible: np.ndarray, weight: np.ndarray, load: np.ndarray) -> n
     sorted_key = key[by_group]
     np.not_equal(sorted_key[1:], sorted_key[:-1], out=starts[1:])
     group_of_sorted = np.cumsum(starts) - 1  # [n] the group of each pick, in `by_group` order
-    # Replica positions no pick may use are left out of the water-filling (at DeepSeek-V3 scale about
-    # half of the ~80 columns): they would take no share, and the result is the same to the bit, as
-    # a cumulative sum only adds 0 there and the shares' total is still summed over all positions.
-    kept = np.flatnonzero(eligible_mask.any(axis=0))
-    groups = eligible[by_group[starts]][:, kept]  # [Q, R'] R' = len(kept)
-    num_groups, width = groups.shape
-    sorted_weight = weight[by_group]  # a group's picks in row order: its sum as over all picks
-    total = np.bincount(group_of_sorted, weights=sorted_weight, minlength=num_groups)  # [Q]
+    num_groups = int(group_of_sorted[-1]) + 1
+    # [Q, R'] each group's eligible vertices in the order of their columns, from its first pick, -1
+    # padded to the most any group has (at DeepSeek-V3 scale a few, where a token's home node holds a
+    # replica, against ~80 columns): a replica a group may not use would take no share, and a
+    # cumulative sum only adds 0 there, so leaving them out changes nothing.
+    group_of_pick = np.empty(num_picks, dtype=np.int64)
+    group_of_pick[by_group] = group_of_sorted
+    representative = np.zeros(num_picks, dtype=bool)
+    representative[by_group[starts]] = True
+    shown = representative[pick]
+    rank_in_pick = np.arange(len(pick)) - first[pick]
+    width = int(rank_in_pick[shown].max()) + 1
+    groups = np.full((num_groups, width), -1, dtype=np.int64)
+    groups[group_of_pick[pick[shown]], rank_in_pick[shown]] = vertex[shown]
+    # Each pick's weight and the weight before it in its group, summed in row order within the group
+    # alone (a `[Q, largest group]` table), so that picks of other groups, in this call or not, never
+    # change the rounding: a call on many layers at once (`partition.score_layers`) hands out as one
+    # layer at a time does, to the bit.
+    sorted_weight = weight[by_group]
+    rank = np.arange(num_picks) - np.flatnonzero(starts)[group_of_sorted]
+    weights = np.zeros((num_groups, int(rank.max()) + 1))
+    weights[group_of_sorted, rank] = sorted_weight
+    running = np.cumsum(weights, axis=1)
+    total = running[:, -1]  # [Q]
     base = np.where(groups >= 0, load[np.maximum(groups, 0)], np.inf)  # [Q, R]
     # Water level: with replicas sorted by load, the first n of them reach level (total + sum) / n. The
     # padding (inf) sorts last; the level stops at or before the last finite load, so the infinite
@@ -164,17 +188,16 @@ def _water_fill(eligible: np.ndarray, weight: np.ndarray, load: np.ndarray) -> n
     share = np.maximum(level[:, None] - base, 0.0)  # [Q, R] weight each replica receives (padding: 0)
     weightless = np.flatnonzero(total <= 0)  # all picks of zero weight: the least loaded replica takes them
     share[weightless, np.argmin(base[weightless], axis=1)] = 1.0
-    all_positions = np.zeros((num_groups, len(eligible_mask[0])))
-    all_positions[:, kept] = share  # numpy sums a row pairwise: where the zeros sit changes the rounding
-    bounds = np.cumsum(share, axis=1) / all_positions.sum(axis=1, keepdims=True)  # [Q, R'] cumulative share
+    # Shares summed in order (a sequential sum adds nothing at a zero, wherever the unused replica
+    # positions sit), each bound their cumulative share of the whole.
+    cumulative = np.cumsum(share, axis=1)
+    bounds = cumulative / cumulative[:, -1:]  # [Q, R'] cumulative share
     # The last replica with a share closes its group's range, whatever the rounding.
     last = width - 1 - np.argmax(share[:, ::-1] > 0, axis=1)
     # Hand picks out in row order within each group: the midpoint of a pick's weight in its group's
     # cumulative weight falls into one replica's share.
     # Computed in `by_group` order and put back in pick order at the end.
-    group_start = np.concatenate([[0.0], np.cumsum(total)])[group_of_sorted]
-    midpoint = (np.cumsum(sorted_weight) - group_start - sorted_weight / 2) / np.maximum(
-        total[group_of_sorted], 1e-300)
+    midpoint = (running[group_of_sorted, rank] - sorted_weight / 2) / np.maximum(total[group_of_sorted], 1e-300)
     # The first replica past the midpoint, at most the group's last (the bounds never decrease).
     slot = np.minimum((bounds[group_of_sorted] <= midpoint[:, None]).sum(axis=1), last[group_of_sorted])
     chosen = np.empty(num_picks, dtype=groups.dtype)

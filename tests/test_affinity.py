@@ -15,8 +15,9 @@ from switchyard.placement.evaluate import evaluate
 from switchyard.placement.formats import load_trace
 from switchyard.placement.forked import map_forked
 from switchyard.placement.migration import plan_migration
-from switchyard.placement.partition import (LayerRows, LoadCap, Score, component_count, connect_replicas,
-                                            expert_vertices, refine, replica_components, replicated, score,
+from switchyard.placement.partition import (LayerRows, Layout, LoadCap, Refinement, Score, component_count,
+                                            connect_replicas, expert_vertices, refine, refine_layers,
+                                            replica_components, replicated, score, score_layers,
                                             stranding_swaps, swap_deltas)
 from switchyard.placement.plan import Plan
 from switchyard.placement.policies import affinity, get_policy
@@ -495,14 +496,44 @@ def test_route_sets_follows_the_rule() -> None:
     assert load.tolist() == [2, 2, 2, 2]
 
 
+def test_layers_scored_and_refined_together_match_one_at_a_time(synthetic) -> None:
+    """`score_layers` routes many layers in one `route_sets` call and `refine_layers` runs their
+    searches in lockstep; each layer gets what it gets alone, to the bit: with replicated experts of
+    different replica counts per layer, home nodes, per-window caps and one layer's rows sampled."""
+    stats, _, _ = synthetic
+    topology = Topology(2, 4, 8)
+    tables = EplbPolicy().place(stats, topology).physical_to_logical
+    layouts, refinements = [], []
+    for layer in range(4):
+        rng = np.random.default_rng(layer)
+        rows = layer_rows(stats, layer, topology, 1.5, rng)
+        if layer == 3:
+            rows = sampled_rows(rows, 64, rng)
+        cap = LoadCap.per_window(stats.windows[:, layer], topology.num_gpus, 0.02)
+        layouts.append(Layout(rows, expert_vertices(tables[layer], stats.num_experts), topology.gpu_of_slot, cap))
+        refinements.append(Refinement(rows, tables[layer], topology.gpu_of_slot, cap, max_rounds=8))
+    assert len({one.vertices.shape[1] for one in layouts}) > 1  # the layers' replica tables differ in width
+    for together, layout in zip(score_layers(layouts, topology), layouts):
+        alone = score(layout.rows, layout.vertices, layout.gpu_of_vertex, topology, layout.cap)
+        assert (together.cost, together.overload) == (alone.cost, alone.overload)
+        assert np.array_equal(together.pins, alone.pins) and np.array_equal(together.vertex_load, alone.vertex_load)
+    paths = refine_layers(refinements, topology)
+    assert any(len(path) > 2 for path in paths)
+    for path, one in zip(paths, refinements):
+        alone = refine(one.rows, one.expert_of_vertex, one.gpu_of_vertex, topology, one.cap, one.max_rounds)
+        assert [(gpus.tolist(), result.cost, result.overload) for gpus, result in path] == [
+            (gpus.tolist(), result.cost, result.overload) for gpus, result in alone]
+
+
 # --- the targets of issue 6 on the real ESFT traces ---------------------------------------------------
 
 # Measured misses, kept visible: 2 x 4 GPUs cannot get a token's experts onto one node often enough
 # (mtkahypar's best balanced bisection of the training sets already leaves 0.78 remote nodes per token
 # on intent, above the 0.74 target). Law's 9-slot cells keep EPLB's balance within 0.01 (with one
-# replica graph and the repair along chains of replicas, 2026-12-06 05:27 UTC: -0.001 on 1 x 8, -0.009
-# on 2 x 4, -0.003 on 4 x 2) and miss the 25 % cut in GPUs per token this test asks of them: 0.756x,
-# 0.767x and 0.769x EPLB's. docs/placement.md has the window-by-window picture.
+# replica graph and the repair along chains of replicas, and the layers refined together, 2026-12-06
+# 19:31 UTC: -0.001 on 1 x 8, -0.009 on 2 x 4, -0.004 on 4 x 2) and miss the 25 % cut in GPUs per token
+# this test asks of them: 0.756x, 0.767x and 0.767x EPLB's. docs/placement.md has the window-by-window
+# picture.
 KNOWN_MISSES = {
     ("intent", 2, 4, 8): "remote nodes",
     ("intent", 2, 4, 9): "remote nodes",
@@ -510,7 +541,7 @@ KNOWN_MISSES = {
     ("law", 2, 4, 9): "remote nodes, and GPUs per token 0.767x EPLB's",
     ("law", 1, 8, 9): "GPUs per token 0.756x EPLB's",
     ("law", 4, 2, 8): "remote nodes",
-    ("law", 4, 2, 9): "GPUs per token 0.769x EPLB's",
+    ("law", 4, 2, 9): "GPUs per token 0.767x EPLB's",
 }
 
 

@@ -37,7 +37,10 @@ Replicas of hot experts spread over nodes, and their picks go to the replica on 
 already uses, so replication serves locality as well as balance.
 
 Nothing couples the layers before the migration budget: with `processes`, layers are planned in
-processes forked from this one (`forked`), every n-th layer in one, and the plan is the same.
+processes forked from this one (`forked`), every n-th layer in one, and the plan is the same. A
+process refines its layers in lockstep (`partition.refine_layers`): each step scores the layout every
+layer's search tries next in one routing call, which pays numpy's per-call cost once for all of them
+(docs/placement.md, "Layers refined together": ESFT's layers, refined in full, plan a fifth faster).
 
 Migration-aware: with `max_moves` and the plan in service, each layer offers the layouts on the
 path of refinement started from the current layout, and the fresh plan renumbered to keep what it
@@ -62,8 +65,8 @@ from switchyard.placement.cost import ClusterSpec
 from switchyard.placement.errors import PlacementError
 from switchyard.placement.forked import can_fork, map_forked
 from switchyard.placement.migration import plan_migration
-from switchyard.placement.partition import (LayerRows, LoadCap, Score, connect_replicas, expert_vertices, refine,
-                                            score)
+from switchyard.placement.partition import (Layout, LayerRows, LoadCap, Refinement, Score, connect_replicas,
+                                            expert_vertices, refine_layers, score_layers)
 from switchyard.placement.plan import Plan
 from switchyard.placement.policies.base import check_capacity
 from switchyard.placement.seeding import graph_partition, initial_layouts, replica_counts
@@ -246,49 +249,60 @@ class AffinityPolicy:
             preferred = np.stack([one[min(start, len(one) - 1)] for one in partitions])
             # Refinement balances load itself, better from a start that follows co-activation alone.
             experts, gpus = initial_layouts(pairs, load, replicas, preferred, topology, np.where(refined, np.inf, caps))
-            for at in [at for at, one in enumerate(partitions) if start < len(one)]:
-                layout = self._fresh_layout(rows[at], experts[at], gpus[at], load_caps[at], topology)
+            seeded = [at for at, one in enumerate(partitions) if start < len(one)]
+            layouts = self._fresh_layouts([rows[at] for at in seeded], [experts[at] for at in seeded],
+                                          [gpus[at] for at in seeded], [load_caps[at] for at in seeded], topology)
+            for at, layout in zip(seeded, layouts):
                 if fresh[at] is None or layout[1].better_than(fresh[at][1], price):
                     fresh[at] = layout
-        return [self._layer_candidates(rows[at], fresh[at], load_caps[at], topology,
-                                       None if current is None else current.physical_to_logical[layer],
-                                       None if current is None else current.gpu_experts[layer], stats.num_experts)
-                for at, layer in enumerate(piece)]
+        if current is None:
+            return [[one] for one in fresh]
+        return self._budget_candidates(rows, fresh, load_caps, topology,
+                                       [current.physical_to_logical[layer] for layer in piece],
+                                       [current.gpu_experts[layer] for layer in piece], stats.num_experts)
 
-    def _fresh_layout(self, rows: LayerRows, experts: np.ndarray, gpus: np.ndarray, cap: LoadCap,
-                      topology: Topology) -> tuple[np.ndarray, Score | None]:
-        """One layer's plan from one seeding (`experts`, `gpus`: `[V]` vertex -> expert, GPU): its table
-        and score, refined (no score where the layer is seeded only). A layer refined in full starts
-        from its replica graph joined (`connect_replicas`); one refined on sampled rows starts from the
-        seeding, since its few rounds do not win back the joins' cost in GPUs per token (on the
-        tests' synthetic stats, spreading a replica to every GPU first gave 1.914 against 1.896)."""
-        rounds, swap_vertices = self._rounds(rows)
-        if not rounds:
-            return _table(experts, gpus), None
-        start = gpus if rows.sampled else connect_replicas(rows, experts, gpus, topology, cap)
-        layout, result = refine(rows, experts, start, topology, cap, rounds, swap_vertices)[-1]
-        return _table(experts, layout), result
+    def _fresh_layouts(self, rows: list[LayerRows], experts: list[np.ndarray], gpus: list[np.ndarray],
+                       caps: list[LoadCap], topology: Topology) -> list[tuple[np.ndarray, Score | None]]:
+        """Layers' plans from one seeding each (`experts`, `gpus`: `[V]` vertex -> expert, GPU): their
+        tables and scores, refined together (`refine_layers`; no score where a layer is seeded only). A
+        layer refined in full starts from its replica graph joined (`connect_replicas`); one refined on
+        sampled rows starts from the seeding, since its few rounds do not win back the joins' cost in
+        GPUs per token (on the tests' synthetic stats, spreading a replica to every GPU first gave 1.914
+        against 1.896)."""
+        refinements = {}
+        for at, (one_rows, one_experts, one_gpus, cap) in enumerate(zip(rows, experts, gpus, caps)):
+            rounds, swap_vertices = self._rounds(one_rows)
+            if rounds:
+                start = one_gpus if one_rows.sampled else connect_replicas(one_rows, one_experts, one_gpus, topology, cap)
+                refinements[at] = Refinement(one_rows, one_experts, start, cap, rounds, swap_vertices)
+        paths = dict(zip(refinements, refine_layers(list(refinements.values()), topology)))
+        layouts: list[tuple[np.ndarray, Score | None]] = []
+        for at, (one_experts, one_gpus) in enumerate(zip(experts, gpus)):
+            layout, result = paths[at][-1] if at in paths else (one_gpus, None)
+            layouts.append((_table(one_experts, layout), result))
+        return layouts
 
     def _rounds(self, rows: LayerRows) -> tuple[int, int | None]:
         """Refinement rounds and swap candidates per round of a layer: refined in full, or, where its
         rows are a sample (`sampled_rows`), for `sampled_rounds` at most (0: seeded only)."""
         return (self.sampled_rounds, _SWAP_VERTICES) if rows.sampled else (_MAX_ROUNDS, None)
 
-    def _layer_candidates(self, rows: LayerRows, fresh: tuple[np.ndarray, Score | None], cap: LoadCap,
-                          topology: Topology, current_table: np.ndarray | None, current_gpu_experts: np.ndarray | None,
-                          num_experts: int) -> list[tuple[np.ndarray, Score | None]]:
-        """One layer's candidates: the fresh plan (`_fresh_layout`) alone, or after the path refined from
-        the current table and the fresh plan renumbered to keep what it can of the current one."""
-        if current_table is None:
-            return [fresh]
-        rounds, swap_vertices = self._rounds(rows)
-        path = refine(rows, current_table, topology.gpu_of_slot, topology, cap, rounds, swap_vertices)
-        candidates = [(_table(current_table, gpus), result) for gpus, result in path]
-        gpu_experts = relabel_gpus(current_gpu_experts, fresh[0].reshape(topology.num_gpus, -1),
-                                   topology).reshape(-1)
-        vertices = expert_vertices(gpu_experts, num_experts)
-        candidates.append((gpu_experts, score(rows, vertices, topology.gpu_of_slot, topology, cap)))
-        return candidates
+    def _budget_candidates(self, rows: list[LayerRows], fresh: list[tuple[np.ndarray, Score | None]],
+                           caps: list[LoadCap], topology: Topology, current_tables: list[np.ndarray],
+                           current_gpu_experts: list[np.ndarray], num_experts: int
+                           ) -> list[list[tuple[np.ndarray, Score | None]]]:
+        """Layers' candidates under a migration budget: the path refined from each current table, then
+        the fresh plan renumbered to keep what it can of the current one (`relabel_gpus`); the paths
+        refined together, the renumbered plans scored together."""
+        refinements = [Refinement(one_rows, table, topology.gpu_of_slot, cap, *self._rounds(one_rows))
+                       for one_rows, table, cap in zip(rows, current_tables, caps)]
+        paths = refine_layers(refinements, topology)
+        relabelled = [relabel_gpus(gpu_experts, plan[0].reshape(topology.num_gpus, -1), topology).reshape(-1)
+                      for gpu_experts, plan in zip(current_gpu_experts, fresh)]
+        scores = score_layers([Layout(one_rows, expert_vertices(table, num_experts), topology.gpu_of_slot, cap)
+                               for one_rows, table, cap in zip(rows, relabelled, caps)], topology)
+        return [[(_table(table, gpus), result) for gpus, result in path] + [(gpu_experts, relabelled_score)]
+                for path, table, gpu_experts, relabelled_score in zip(paths, current_tables, relabelled, scores)]
 
 
 def distinct_partitions(pair_counts: np.ndarray, load: np.ndarray, topology: Topology, seed: int, count: int
