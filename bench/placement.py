@@ -231,21 +231,21 @@ def _cell(trace, name: str, nodes: int, gpus_per_node: int, slots_per_gpu: int, 
     topology = Topology.for_experts(trace.num_experts, nodes, gpus_per_node, slots_per_gpu)
     results = compare_policies(trace, topology, policy_names(), cluster=cluster)
     emit(f"#### {name}, {topology.describe()}: half/half\n\n{comparison_table(results)}")
+    _, test = trace.split()
     if slots_per_gpu * topology.num_gpus > trace.num_experts:  # rules differ only with replicas
-        emit(_rule_family_table(trace, results, nodes))
+        emit(_rule_family_table(test, results, nodes))
     cell = _windows(trace, topology, emit, f"{name} {nodes}x{gpus_per_node}x{slots_per_gpu}")
     by_name = {result.policy: result.evaluation for result in results}
     half_a, half_e = by_name["affinity"], by_name["eplb"]
-    _, test = trace.split()
     half_bound = None if nodes != 1 else (balanced_time_bound(half_a, test, topology, cluster) / half_e.layer_time_s,
                                           gpus_needed_for_time(half_e, test, topology, cluster))
     cell.update(slots=slots_per_gpu, half_affinity=half_a, half_eplb=half_e, half_bound=half_bound)
     return cell
 
 
-def _rule_family_table(trace, results, num_nodes: int) -> str:
-    """Balancedness and MoE time of every policy's half/half plan under every rule of the family."""
-    _, test = trace.split()
+def _rule_family_table(test: RoutingTrace, results, num_nodes: int) -> str:
+    """Balancedness and MoE time of every policy's half/half plan under every rule of the family, on
+    the evaluated half `test`."""
     cluster = PRESETS[CLUSTER]
     rows = []
     for result in results:

@@ -114,7 +114,7 @@ class _Column:
         count = replicas[experts]  # [n]
         self.first = np.cumsum(count) - count
         self.pick = np.repeat(np.arange(len(rows)), count)  # [T]
-        self.position = np.arange(len(self.pick)) - self.first[self.pick]
+        self.position = _rank_in_run(self.first, self.pick)
         self.vertex = expert_vertices[experts[self.pick], self.position]
         gpu = gpu_of_vertex[self.vertex]
         self.tier = (node_of_gpu[gpu] != home[self.pick]).astype(np.int8) + _HOME_NODE  # _HOME_NODE or _ANYWHERE
@@ -153,15 +153,15 @@ def _water_fill(pick: np.ndarray, vertex: np.ndarray, position: np.ndarray, weig
     group_of_sorted = np.cumsum(starts) - 1  # [n] the group of each pick, in `by_group` order
     num_groups = int(group_of_sorted[-1]) + 1
     # [Q, R'] each group's eligible vertices in the order of their columns, from its first pick, -1
-    # padded to the most any group has (at DeepSeek-V3 scale a few, where a token's home node holds a
-    # replica, against ~80 columns): a replica a group may not use would take no share, and a
-    # cumulative sum only adds 0 there, so leaving them out changes nothing.
+    # padded to the most any group has, not to the busiest expert's replicas (~80 columns at
+    # DeepSeek-V3 scale): a replica a group may not use would take no share, and a cumulative sum only
+    # adds 0 there, so leaving them out changes nothing.
     group_of_pick = np.empty(num_picks, dtype=np.int64)
     group_of_pick[by_group] = group_of_sorted
     representative = np.zeros(num_picks, dtype=bool)
     representative[by_group[starts]] = True
     shown = representative[pick]
-    rank_in_pick = np.arange(len(pick)) - first[pick]
+    rank_in_pick = _rank_in_run(first, pick)
     width = int(rank_in_pick[shown].max()) + 1
     groups = np.full((num_groups, width), -1, dtype=np.int64)
     groups[group_of_pick[pick[shown]], rank_in_pick[shown]] = vertex[shown]
@@ -170,7 +170,7 @@ def _water_fill(pick: np.ndarray, vertex: np.ndarray, position: np.ndarray, weig
     # change the rounding: a call on many layers at once (`partition.score_layers`) hands out as one
     # layer at a time does, to the bit.
     sorted_weight = weight[by_group]
-    rank = np.arange(num_picks) - np.flatnonzero(starts)[group_of_sorted]
+    rank = _rank_in_run(np.flatnonzero(starts), group_of_sorted)
     weights = np.zeros((num_groups, int(rank.max()) + 1))
     weights[group_of_sorted, rank] = sorted_weight
     running = np.cumsum(weights, axis=1)
@@ -203,3 +203,9 @@ def _water_fill(pick: np.ndarray, vertex: np.ndarray, position: np.ndarray, weig
     chosen = np.empty(num_picks, dtype=groups.dtype)
     chosen[by_group] = groups[group_of_sorted, slot]
     return chosen
+
+
+def _rank_in_run(first: np.ndarray, run: np.ndarray) -> np.ndarray:
+    """`[T]` each element's place in its run, for elements in run order: `run` `[T]` the run of each,
+    `first` `[runs]` where each run starts."""
+    return np.arange(len(run)) - first[run]
