@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import os
 import statistics
 import time
 from multiprocessing.connection import Connection
@@ -49,6 +48,7 @@ from switchyard.placement.compare import compare_policies
 from switchyard.placement.cost import PRESETS, ClusterSpec, source_gpu_of_token
 from switchyard.placement.evaluate import Evaluation, balancedness, evaluate
 from switchyard.placement.formats import load_trace
+from switchyard.placement.forked import usable_cpus
 from switchyard.placement.policies import Policy, get_policy, policy_names
 from switchyard.placement.routing import DEFAULT_RULE, RULES
 from switchyard.placement.stats import RoutingStats
@@ -590,7 +590,7 @@ def targets_section(cells: list[dict], v3_affinity_s: float, emit: Callable[[str
                 "the busiest source's." if len(out_of_reach) < len(time_misses) else "."))
     emit(f"{met_count} of {total} cell targets met. DeepSeek-V3 scale (2304 slots), affinity planning: "
          f"{mark(f'{v3_affinity_s:.2f} s', v3_affinity_s <= V3_PLAN_S)} with refinement on "
-         f"(`{V3_TARGET}`, {len(os.sched_getaffinity(0))} CPUs; target {V3_PLAN_S:.0f} s).")
+         f"(`{V3_TARGET}`, {usable_cpus()} CPUs; target {V3_PLAN_S:.0f} s).")
 
 
 def deepseek_v3_section(emit: Callable[[str], None]) -> float:

@@ -4,7 +4,8 @@ A forked child shares the parent's memory as it was at the fork, so neither the 
 data are pickled (DeepSeek-V3's pair counts alone are 30 MB): only each piece's result comes back,
 through a pipe. The parent computes the first piece itself while the children compute the others.
 The children run the function and nothing else, and exit when their piece is sent. Forking needs
-the `fork` start method (Linux, macOS); `can_fork` says whether it is there.
+the `fork` start method (Linux, macOS); `can_fork` says whether it is there, `usable_cpus` how many
+processes can run at once.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import multiprocessing
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import TypeVar
+
+import loky
 
 from switchyard.placement.errors import PlacementError
 
@@ -23,6 +26,18 @@ Result = TypeVar("Result")
 def can_fork() -> bool:
     """Whether this platform can fork a Python process (`multiprocessing`'s `fork` start method)."""
     return "fork" in multiprocessing.get_all_start_methods()
+
+
+def usable_cpus() -> int:
+    """The CPUs this process can keep busy at once: those its affinity mask allows, capped by its
+    container's CPU quota (cgroup v1 or v2, which is how Kubernetes enforces a pod's CPU limit).
+
+    The mask alone counts every core of the host: a pod limited to 2 CPUs on a 64-core node would
+    fork a process per layer, which its quota then runs a slice at a time (DeepSeek-V3's 58 layers
+    in 58 processes took 5.9 s against 1.7 s in 2, on 2 cores). `loky.cpu_count` reads both, and the
+    `LOKY_MAX_CPU_COUNT` environment variable as a further cap.
+    """
+    return loky.cpu_count(only_physical_cores=False)
 
 
 def map_forked(function: Callable[[Piece], Result], pieces: Sequence[Piece]) -> list[Result]:

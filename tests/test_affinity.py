@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ from switchyard.placement.cost import PRESETS
 from switchyard.placement.errors import PlacementError
 from switchyard.placement.evaluate import evaluate
 from switchyard.placement.formats import load_trace
-from switchyard.placement.forked import map_forked
+from switchyard.placement.forked import map_forked, usable_cpus
 from switchyard.placement.migration import plan_migration
 from switchyard.placement.partition import (LayerRows, Layout, LoadCap, Refinement, Score, component_count,
                                             connect_replicas, expert_vertices, refine, refine_layers,
@@ -277,7 +276,7 @@ def test_process_count(monkeypatch: pytest.MonkeyPatch) -> None:
     work = AffinityPolicy(starts=1)._planning_work(stats, topology)
     assert AffinityPolicy(starts=4)._planning_work(stats, topology) == 4 * work  # refined layers: once per start
     monkeypatch.setattr(affinity, "_FORKED_WORK", 1)
-    assert AffinityPolicy(processes=None).process_count(stats, topology) == min(3, len(os.sched_getaffinity(0)))
+    assert AffinityPolicy(processes=None).process_count(stats, topology) == min(3, usable_cpus())
 
 
 def test_a_failing_forked_piece_raises_here() -> None:

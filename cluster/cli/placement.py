@@ -88,7 +88,8 @@ def placement() -> None:
               show_default=True, help="Hardware the plan is for: policies that weigh time (affinity) price traffic by it.")
 @click.option("--processes", type=click.IntRange(min=1), default=None,
               help="Processes that plan the layers, for policies that can split them (affinity); the plan is "
-                   "the same. Default: one per CPU where the plan is large enough to pay for forking, else one.")
+                   "the same. Default: one per CPU this process may use (its container's CPU limit counted) where "
+                   "the plan is large enough to pay for forking, else one.")
 @click.option("--starts", type=click.IntRange(min=1), default=None,
               help="Partitions each layer is refined from, the best kept, for policies that search (affinity): "
                    "more find better plans, for as many times the time. Default: the policy's (3).")

@@ -54,7 +54,6 @@ policy then balances load, and spreads replicas over nodes.
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -63,7 +62,7 @@ import numpy as np
 from switchyard.placement.budget import allocate, copies_needed, relabel_gpus
 from switchyard.placement.cost import ClusterSpec
 from switchyard.placement.errors import PlacementError
-from switchyard.placement.forked import can_fork, map_forked
+from switchyard.placement.forked import can_fork, map_forked, usable_cpus
 from switchyard.placement.migration import plan_migration
 from switchyard.placement.partition import (Layout, LayerRows, LoadCap, Refinement, Score, connect_replicas,
                                             expert_vertices, refine_layers, score_layers)
@@ -110,8 +109,9 @@ class AffinityPolicy:
     sampled_rounds: refinement batches, at most, for layers above the work bound (`_REFINED_WORK`),
         on a sample of their rows; 0 (default): those layers are seeded only, under the cap.
     processes: how many processes plan the layers (`forked`: this one and forked children), with
-        the same plan as one; None: one per CPU this process may use, at most one per layer, where
-        the plan is large enough to pay for the forks (`_FORKED_WORK`), else one; 1 (default): no fork.
+        the same plan as one; None: one per CPU this process may use (`forked.usable_cpus`: its
+        affinity mask and its container's CPU quota), at most one per layer, where the plan is large
+        enough to pay for the forks (`_FORKED_WORK`), else one; 1 (default): no fork.
     """
 
     max_imbalance: float = 0.02
@@ -169,7 +169,7 @@ class AffinityPolicy:
             return max(1, min(int(self.processes), stats.num_layers))
         if self._planning_work(stats, topology) < _FORKED_WORK:
             return 1
-        return max(1, min(len(os.sched_getaffinity(0)), stats.num_layers))
+        return max(1, min(usable_cpus(), stats.num_layers))
 
     def _planning_work(self, stats: RoutingStats, topology: Topology) -> int:
         """Rows x slots over the layers, an estimate of what planning costs: a refined layer's distinct
