@@ -15,8 +15,6 @@ from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import TypeVar
 
-import loky
-
 from switchyard.placement.errors import PlacementError
 
 Piece = TypeVar("Piece")
@@ -37,6 +35,10 @@ def usable_cpus() -> int:
     in 58 processes took 5.9 s against 1.7 s in 2, on 2 cores). `loky.cpu_count` reads both, and the
     `LOKY_MAX_CPU_COUNT` environment variable as a further cap.
     """
+    # Imported here: loky brings its process-pool machinery (~18 ms of the placement package's ~170 ms
+    # import), which only a plan forking by CPU count needs, not every process that imports a policy.
+    import loky
+
     return loky.cpu_count(only_physical_cores=False)
 
 
