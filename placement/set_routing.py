@@ -75,12 +75,14 @@ def route_sets(sets: np.ndarray, weight: np.ndarray, home: np.ndarray, expert_ve
         used = np.zeros((num_rows, num_gpus), dtype=bool)  # [M, G] GPUs each row uses so far
         used[single_rows, single_gpus] = True
         spread_load = np.zeros(num_vertices)
-        for one in columns:
+        for at, one in enumerate(columns):
             eligible, count = one.best_tier(used.ravel())  # [T], [n]
             forced = count == 1
             chosen = np.maximum.reduceat(np.where(eligible, one.vertex, -1), one.first)
             if not final:
                 forced_load += np.bincount(chosen[forced], weights=one.weight[forced], minlength=num_vertices)
+                if at == len(columns) - 1:  # pass 1 needs nothing of its last column but its forced load
+                    break
             if not forced.all():
                 spread = ~forced
                 kept = eligible & spread[one.pick]

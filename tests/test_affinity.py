@@ -106,6 +106,18 @@ def test_starts_refine_distinct_partitions(synthetic) -> None:
     assert len(affinity.distinct_partitions(no_pairs, stats.load[0], topology, 0, 4)) == 1
 
 
+def test_groups_too_small_to_partition_deal_their_experts_by_load() -> None:
+    """Fewer than two experts per part are not partitioned: busiest first (ties to the lower id),
+    one per part in turn, over the nodes and then over each node's GPUs, as DeepSeek-V3's 8 experts
+    per node of 32 are. 12 experts on 8 nodes of 2 GPUs: node r % 8 for the r-th busiest, and on a
+    node its busier expert on the first GPU."""
+    load = np.array([5.0, 1.0, 3.0, 3.0, 8.0, 2.0, 4.0, 4.0, 6.0, 0.5, 7.0, 9.0])
+    pairs = np.ones((12, 12)) - np.eye(12)
+    gpu = graph_partition(pairs, load, Topology(8, 2, 2), 0)
+    # By load: 11, 4, 10, 8, 0, 6, 7, 2 on nodes 0-7 (GPU 0), then 3, 5, 1, 9 on nodes 0-3 (GPU 1).
+    assert gpu.tolist() == [8, 5, 14, 1, 2, 3, 10, 12, 6, 7, 4, 0]
+
+
 def test_cluster_prices_remote_nodes_and_moves_the_plan(synthetic) -> None:
     """Time as the objective: a slower network prices a remote node higher, so the same statistics
     give another plan; the same options give the same plan. (Whether the pricier plan has fewer

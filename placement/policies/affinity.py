@@ -77,9 +77,11 @@ from switchyard.placement.topology import Topology
 _REFINED_WORK = 1 << 19
 _MAX_ROUNDS = 64  # refinement batches per layer at most; ESFT-sized layers settle in ~15
 # Larger layers are refined (option `sampled_rounds`) on a sample of rows that brings them to
-# _REFINED_WORK (at least _SAMPLED_MIN_ROWS), among _SWAP_VERTICES vertices a round.
+# _REFINED_WORK (at least _SAMPLED_MIN_ROWS), among _SWAP_VERTICES vertices a round: every slot of
+# DeepSeek-V3's 288-slot prefill layout; at 2304 slots, 512 planned as well as 288 (docs/placement.md,
+# "Fewer swap candidates") with a swap table 3x as dear.
 _SAMPLED_MIN_ROWS = 256
-_SWAP_VERTICES = 512
+_SWAP_VERTICES = 288
 _ROW_PIECES = 512  # rows heavier than 1/512 of a layer's tokens are split, as the rule splits tokens
 # `processes=None` forks from this much work (`_planning_work`, rows x slots), a layer seeded only counting
 # _SEEDED_ROWS rows. Measured on 2 cores, 2 processes against 1 (docs/placement.md, "Layers in parallel"):
