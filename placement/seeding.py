@@ -66,10 +66,16 @@ def graph_partition(pair_counts: np.ndarray, load: np.ndarray, topology: Topolog
     # `_by_load` all at once, which a call per node made 0.2 s of 58 layers' seeding.
     gpu = node * gpus_per_node + _by_load(load, node, gpus_per_node)
     members_per_node = np.bincount(node, minlength=topology.num_nodes)
-    for n in np.nonzero(members_per_node >= 2 * gpus_per_node)[0]:
+    for n in np.nonzero(~_too_few(members_per_node, gpus_per_node))[0]:
         members = np.nonzero(node == n)[0]
         gpu[members] = n * gpus_per_node + _metis(pair_counts, load, members, gpus_per_node, seed)
     return gpu
+
+
+def _too_few(count: np.ndarray | int, parts: int) -> np.ndarray | bool:
+    """Whether `count` experts are too few for METIS to split into `parts` blocks: fewer than two
+    each (`_by_load` deals them instead)."""
+    return count < 2 * parts
 
 
 def _by_load(load: np.ndarray, group: np.ndarray, parts: int) -> np.ndarray:
@@ -85,7 +91,7 @@ def _by_load(load: np.ndarray, group: np.ndarray, parts: int) -> np.ndarray:
 def _metis(pair_counts: np.ndarray, load: np.ndarray, members: np.ndarray, parts: int, seed: int
            ) -> np.ndarray:
     """`[len(members)]` int64 block of each member expert: METIS on the induced subgraph."""
-    if len(members) < 2 * parts:  # too few to partition
+    if _too_few(len(members), parts):
         return _by_load(load[members], np.zeros(len(members), dtype=np.int64), parts)
     pairs = pair_counts[np.ix_(members, members)]
     top = pairs.max()
