@@ -337,8 +337,7 @@ def _swap_changes(rows: LayerRows, current: Score, expert_of_vertex: np.ndarray,
                   topology: Topology, cap: LoadCap, subset: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For every swap of two vertices of `subset` (ascending ids), `[C, C]` each: the change of the cost
     (`swap_deltas`) and of the overload (summed over windows) for the current routing, and whether it
-    is allowed: different GPUs, different experts, neither expert already on the other's GPU, and no
-    GPU left without a replica of a replicated expert (`stranding_swaps`)."""
+    is allowed (`allowed_swaps`)."""
     delta = swap_deltas(rows, current.pins, gpu_of_vertex, topology, subset)
     gpu = gpu_of_vertex[subset]
     overload = np.zeros(delta.shape)  # [a, b] the change of the overload, summed over windows
@@ -351,10 +350,17 @@ def _swap_changes(rows: LayerRows, current: Score, expert_of_vertex: np.ndarray,
         overload += (np.maximum(gpu_load[gpu][:, None] + shift - limit, 0)
                      + np.maximum(gpu_load[gpu][None, :] - shift - limit, 0)
                      - over[gpu][:, None] - over[gpu][None, :])
-    on_gpu = experts_on_gpus(expert_of_vertex, gpu_of_vertex, topology.num_gpus)
-    blocked = on_gpu[expert_of_vertex[subset]][:, gpu]  # [a, b]: a's expert already on b's GPU
-    allowed = ~(blocked | blocked.T | stranding_swaps(expert_of_vertex, gpu_of_vertex, topology.num_gpus, subset))
-    return delta, overload, allowed
+    return delta, overload, allowed_swaps(expert_of_vertex, gpu_of_vertex, topology.num_gpus, subset)
+
+
+def allowed_swaps(expert_of_vertex: np.ndarray, gpu_of_vertex: np.ndarray, num_gpus: int, subset: np.ndarray
+                  ) -> np.ndarray:
+    """`[C, C]` bool over `subset`: the swaps a layout may make. Neither expert may already be on the
+    other's GPU (which rules out two vertices of one GPU, or of one expert, too), and no GPU may be
+    left without a replica of a replicated expert (`stranding_swaps`)."""
+    on_gpu = experts_on_gpus(expert_of_vertex, gpu_of_vertex, num_gpus)
+    blocked = on_gpu[expert_of_vertex[subset]][:, gpu_of_vertex[subset]]  # [a, b]: a's expert already on b's GPU
+    return ~(blocked | blocked.T | stranding_swaps(expert_of_vertex, gpu_of_vertex, num_gpus, subset))
 
 
 def experts_on_gpus(expert_of_vertex: np.ndarray, gpu_of_vertex: np.ndarray, num_gpus: int) -> np.ndarray:
@@ -385,6 +391,23 @@ def stranding_swaps(expert_of_vertex: np.ndarray, gpu_of_vertex: np.ndarray, num
     last = spare[subset] & (held[gpu_of_vertex[subset]] == 1)  # [C] the only such replica on its GPU
     alone = last[:, None] & ~spare[subset][None, :]
     return alone | alone.T
+
+
+def perturbed(expert_of_vertex: np.ndarray, gpu_of_vertex: np.ndarray, num_gpus: int, swaps: int,
+              rng: np.random.Generator) -> np.ndarray:
+    """`gpu_of_vertex` after `swaps` random swaps of two vertices, each one the refinement could make
+    (`allowed_swaps`): the kick of an iterated local search, from which refinement settles into a
+    nearby local optimum. Where no swap is allowed, the layout stays as it is."""
+    layout = gpu_of_vertex.copy()
+    everyone = np.arange(len(layout))
+    for _ in range(swaps):
+        first, second = np.nonzero(np.triu(allowed_swaps(expert_of_vertex, layout, num_gpus, everyone), 1))
+        if not len(first):
+            break
+        pick = rng.integers(len(first))
+        a, b = first[pick], second[pick]
+        layout[a], layout[b] = layout[b], layout[a]
+    return layout
 
 
 def replica_components(expert_of_vertex: np.ndarray, gpu_of_vertex: np.ndarray, num_gpus: int,

@@ -15,7 +15,7 @@ from switchyard.placement.formats import load_trace
 from switchyard.placement.forked import map_forked, usable_cpus
 from switchyard.placement.migration import plan_migration
 from switchyard.placement.partition import (LayerRows, Layout, LoadCap, Refinement, Score, component_count,
-                                            connect_replicas, expert_vertices, refine, refine_layers,
+                                            connect_replicas, expert_vertices, perturbed, refine, refine_layers,
                                             replica_components, replicated, score, score_layers,
                                             stranding_swaps, swap_deltas)
 from switchyard.placement.plan import Plan
@@ -90,6 +90,43 @@ def test_more_starts_keep_the_best_layout_of_each_layer(synthetic) -> None:
         assert not any(few.better_than(many) for few, many in zip(scores[fewer], scores[more]))
     assert any(many.better_than(one) for one, many in zip(scores[1], scores[4]))
     assert AffinityPolicy(starts=3).place(stats, topology) == AffinityPolicy(starts=3).place(stats, topology)
+
+
+def test_kicks_keep_the_best_layout_of_each_layer(synthetic) -> None:
+    """Option `perturbations` (iterated local search): each refined layer's plan scores no worse on its
+    statistics than without kicks (the starts are the same), better in some layer, and the plan stays
+    deterministic; a migration budget of 0 still returns the plan in service."""
+    stats, _, _ = synthetic
+    topology = Topology(2, 2, 9)
+    scores = {kicks: [candidates[-1][1] for candidates in
+                      AffinityPolicy(perturbations=kicks)._candidates(stats, topology, None)] for kicks in (0, 4)}
+    assert not any(none.better_than(kicked) for none, kicked in zip(scores[0], scores[4]))
+    assert any(kicked.better_than(none) for none, kicked in zip(scores[0], scores[4]))
+    policy = AffinityPolicy(perturbations=2)
+    assert policy.place(stats, topology) == policy.place(stats, topology)
+    current = AffinityPolicy().place(stats, topology)
+    assert dataclasses.replace(policy, max_moves=0).place(stats, topology, current) == current
+
+
+def test_a_kick_swaps_only_as_refinement_may() -> None:
+    """`partition.perturbed`: every GPU keeps its slot count, no expert lands twice on a GPU, no GPU
+    loses its last replica of a replicated expert, the same generator state gives the same kick, and a
+    layout that allows no swap stays as it is."""
+    expert_of_vertex = np.array([0, 0, 1, 2, 3, 4, 5, 6, 7])  # expert 0 replicated, on GPUs 0 and 1
+    gpu_of_vertex = np.array([0, 1, 0, 0, 1, 1, 2, 2, 2])
+    for seed in range(20):
+        kicked = perturbed(expert_of_vertex, gpu_of_vertex, 3, 4, np.random.default_rng(seed))
+        assert np.bincount(kicked, minlength=3).tolist() == [3, 3, 3]
+        pairs = kicked * 8 + expert_of_vertex
+        assert len(np.unique(pairs)) == len(pairs)
+        assert len(set(kicked[expert_of_vertex == 0].tolist())) == 2
+        assert set(kicked[expert_of_vertex == 0].tolist()) <= {0, 1, 2}
+        same = perturbed(expert_of_vertex, gpu_of_vertex, 3, 4, np.random.default_rng(seed))
+        assert same.tolist() == kicked.tolist()
+    assert not all(np.array_equal(perturbed(expert_of_vertex, gpu_of_vertex, 3, 1, np.random.default_rng(seed)),
+                                  gpu_of_vertex) for seed in range(5))
+    stuck = np.array([0, 0])  # one expert on both GPUs: no swap may move it
+    assert perturbed(stuck, np.array([0, 1]), 2, 3, np.random.default_rng(0)).tolist() == [0, 1]
 
 
 def test_starts_refine_distinct_partitions(synthetic) -> None:
@@ -287,6 +324,7 @@ def test_process_count(monkeypatch: pytest.MonkeyPatch) -> None:
     assert AffinityPolicy(processes=None).process_count(stats, topology) == 1  # too small to pay for a fork
     work = AffinityPolicy(starts=1)._planning_work(stats, topology)
     assert AffinityPolicy(starts=4)._planning_work(stats, topology) == 4 * work  # refined layers: once per start
+    assert AffinityPolicy(starts=1, perturbations=2)._planning_work(stats, topology) == 2 * work  # a kick: half
     monkeypatch.setattr(affinity, "_FORKED_WORK", 1)
     assert AffinityPolicy(processes=None).process_count(stats, topology) == min(3, usable_cpus())
 
@@ -319,6 +357,7 @@ def test_sampled_rows_keep_the_totals(synthetic) -> None:
     pytest.param({"max_moves": -1}, "max_moves must be a non-negative integer", id="moves"),
     pytest.param({"seed": 1.5}, "seed must be a non-negative integer", id="seed"),
     pytest.param({"sampled_rounds": -1}, "sampled_rounds must be a non-negative integer", id="rounds"),
+    pytest.param({"perturbations": -1}, "perturbations must be a non-negative integer", id="perturbations"),
     pytest.param({"starts": 0}, "starts must be a positive integer", id="starts"),
     pytest.param({"processes": 0}, "processes must be a positive integer or None", id="processes"),
     pytest.param({"cluster": "h100"}, "cluster must be a ClusterSpec", id="cluster"),

@@ -244,15 +244,17 @@ def test_windows_serves_each_window_with_plans_made_on_the_past(files) -> None:
 
 def test_windows_plans_on_resampled_windows(files) -> None:
     """`--resampled-windows` is `serve_windows(resampled_windows=...)`: affinity plans on draws of the
-    planning windows' runs of --balance-tokens, and the output says so."""
+    planning windows' runs of --balance-tokens, and the output says so; `--starts` and `--perturbations`
+    set affinity's search (docs/placement.md, "Iterated local search": the combination measured there)."""
     result = _ok(_invoke("placement", "windows", "--trace", files["trace"], *_topology(2, 2, 5),
                          "--window-tokens", 128, "--policy", "affinity", "--balance-tokens", 32,
-                         "--resampled-windows", 6, "--json"))
+                         "--resampled-windows", 6, "--starts", 1, "--perturbations", 2, "--json"))
     assert "as 6 windows drawn from their runs of 32 tokens (4 a window)" in result.stdout
     answer = json.loads(result.stdout.strip().splitlines()[-1])
     assert (answer["balance_tokens"], answer["resampled_windows"]) == (32, 6)
     cluster = PRESETS[DEFAULTS.cluster_preset]
-    served = serve_windows(load_trace(files["trace"]), Topology(2, 2, 5), {"affinity": planning_policy("affinity", cluster)},
+    searched = planning_policy("affinity", cluster, starts=1, perturbations=2)
+    served = serve_windows(load_trace(files["trace"]), Topology(2, 2, 5), {"affinity": searched},
                            128, PLANNING_DECAY, PLANNING_HISTORY, cluster, balance_tokens=32,
                            adaptive_memory=ADAPTIVE_MEMORY, resampled_windows=6)
     assert answer["summary"]["affinity"] == summarize_served(served)[0].to_dict()
@@ -320,23 +322,25 @@ def test_plan_in_forked_processes_is_the_same(files, tmp_path: Path) -> None:
     assert plans[0] == plans[1]
 
 
-def test_plan_with_starts(files, tmp_path: Path) -> None:
-    """`placement plan --starts` is affinity's option (the policy's default without it); other policies
-    ignore it, and a count below 1 is refused with exit code 2."""
+@pytest.mark.parametrize("option, value, least", [("starts", 1, 1), ("perturbations", 2, 0)])
+def test_plan_with_search_options(files, tmp_path: Path, option: str, value: int, least: int) -> None:
+    """`placement plan --starts` and `--perturbations` are affinity's options (the policy's default without
+    them); other policies ignore them, and a count below the least is refused with exit code 2."""
     stats = RoutingStats.from_trace(load_trace(files["trace"]))
     topology = Topology(2, 2, 5)
-    for starts, expected in ((None, planning_policy("affinity", PRESETS["h100"])),
-                             (1, planning_policy("affinity", PRESETS["h100"], starts=1))):
-        out = tmp_path / f"affinity-{starts}.json"
+    flag = f"--{option}"
+    for given, expected in ((None, planning_policy("affinity", PRESETS["h100"])),
+                            (value, planning_policy("affinity", PRESETS["h100"], **{option: value}))):
+        out = tmp_path / f"affinity-{given}.json"
         _ok(_invoke("placement", "plan", "--trace", files["trace"], *_topology(2, 2, 5), "--policy", "affinity",
-                    *(["--starts", starts] if starts else []), "--out", out))
+                    *([flag, given] if given is not None else []), "--out", out))
         assert load_plan(out) == expected.place(stats, topology)
-    assert load_plan(tmp_path / "affinity-None.json") != load_plan(tmp_path / "affinity-1.json")
+    assert load_plan(tmp_path / "affinity-None.json") != load_plan(tmp_path / f"affinity-{value}.json")
     _ok(_invoke("placement", "plan", "--trace", files["trace"], *_topology(2, 2, 5), "--policy", "eplb",
-                "--starts", 2, "--out", tmp_path / "eplb.json"))
+                flag, value, "--out", tmp_path / "eplb.json"))
     refused = _invoke("placement", "plan", "--trace", files["trace"], *_topology(2, 2, 5), "--policy", "affinity",
-                      "--starts", 0, "--out", tmp_path / "none.json")
-    assert refused.exit_code == 2 and "--starts" in refused.stderr
+                      flag, least - 1, "--out", tmp_path / "none.json")
+    assert refused.exit_code == 2 and flag in refused.stderr
 
 
 def test_plan_from_a_load_matrix(files, tmp_path: Path) -> None:

@@ -65,6 +65,17 @@ _policies_option = click.option(
     "--policy", "policies", type=click.Choice(policy_names()), multiple=True,
     help="A policy to compare (repeat the option). Default: every policy.",
 )
+_starts_option = click.option(
+    "--starts", type=click.IntRange(min=1), default=None,
+    help="Partitions each layer is refined from, the best kept, for policies that search (affinity): "
+         "more find better plans, for as many times the time. Default: the policy's (3).",
+)
+_perturbations_option = click.option(
+    "--perturbations", type=click.IntRange(min=0), default=None,
+    help="Kicks of an iterated local search per layer after the starts, for policies that search "
+         "(affinity): each swaps a few random slots of the best layout and refines again, keeping what "
+         "scores better; fewer GPUs per token, each for about half a start's time. Default: the policy's (0).",
+)
 _json_option = click.option(
     "--json", "as_json", is_flag=True, help="Also print the result as one JSON object on the last line.",
 )
@@ -90,17 +101,16 @@ def placement() -> None:
               help="Processes that plan the layers, for policies that can split them (affinity); the plan is "
                    "the same. Default: one per CPU this process may use (its container's CPU limit counted) where "
                    "the plan is large enough to pay for forking, else one.")
-@click.option("--starts", type=click.IntRange(min=1), default=None,
-              help="Partitions each layer is refined from, the best kept, for policies that search (affinity): "
-                   "more find better plans, for as many times the time. Default: the policy's (3).")
+@_starts_option
+@_perturbations_option
 @_balance_tokens_option
 @resampled_windows_option("Plan")
 @drop_incomplete_option
 @verbose_option
 def plan(trace_path: Path, tokens: TokenWindow | None, nodes: int, gpus_per_node: int,
          slots_per_gpu: int | None, policy: str, out: Path, cluster: str, processes: int | None,
-         starts: int | None, balance_tokens: int | None, resampled_windows: int | None,
-         drop_incomplete: bool) -> None:
+         starts: int | None, perturbations: int | None, balance_tokens: int | None,
+         resampled_windows: int | None, drop_incomplete: bool) -> None:
     """Plan a placement from observed routing and write it as JSON."""
     check_resampled_options(resampled_windows, balance_tokens)
     if tokens is None:
@@ -110,9 +120,8 @@ def plan(trace_path: Path, tokens: TokenWindow | None, nodes: int, gpus_per_node
         stats = RoutingStats.from_trace(token_window(routing, tokens, "--tokens"), window_tokens=balance_tokens)
     stats = resampled_window(stats, resampled_windows)
     topology = Topology.for_experts(stats.num_experts, nodes, gpus_per_node, slots_per_gpu)
-    options = {"processes": processes} if "processes" in policy_options(policy) else {}
-    if starts is not None and "starts" in policy_options(policy):
-        options["starts"] = starts
+    options = {"processes": processes} if "processes" in policy_options(policy) else {}  # None: one per CPU
+    options.update(_policy_options(policy, starts=starts, perturbations=perturbations))
     result = planning_policy(policy, PRESETS[cluster], **options).place(stats, topology)
     save_plan(result, out)
     redundant = topology.num_slots - stats.num_experts
@@ -193,14 +202,16 @@ def compare(trace_path: Path, nodes: int, gpus_per_node: int, slots_per_gpu: int
 @_balance_tokens_option
 @adaptive_memory_option("Before each window, plan")
 @resampled_windows_option("Plan")
+@_starts_option
+@_perturbations_option
 @click.option("--per-window", is_flag=True, help="Also print every served window's figures, one row per policy.")
 @_json_option
 @drop_incomplete_option
 @verbose_option
 def windows(trace_path: Path, nodes: int, gpus_per_node: int, slots_per_gpu: int | None, window_tokens: int,
             history: int, decay: float, policies: tuple[str, ...], cluster: str, balance_tokens: int | None,
-            adaptive_memory: bool, resampled_windows: int | None, per_window: bool, as_json: bool,
-            drop_incomplete: bool) -> None:
+            adaptive_memory: bool, resampled_windows: int | None, starts: int | None, perturbations: int | None,
+            per_window: bool, as_json: bool, drop_incomplete: bool) -> None:
     """Serve the trace as a live cluster would: cut it into windows, plan every policy on the past
     windows and serve the next one with its plan; medians over the served windows, and each policy
     against EPLB in the same window (docs/placement.md, "Serving the next window")."""
@@ -213,7 +224,9 @@ def windows(trace_path: Path, nodes: int, gpus_per_node: int, slots_per_gpu: int
     def progress(index: int, count: int) -> None:  # every served window plans every policy: always long work
         click.echo(f"serving window {index} of {count} ...", err=True)
 
-    served = serve_windows(routing, topology, {name: planning_policy(name, spec) for name in names},
+    chosen_policies = {name: planning_policy(name, spec, **_policy_options(name, starts=starts, perturbations=perturbations))
+                       for name in names}
+    served = serve_windows(routing, topology, chosen_policies,
                            window_tokens, decay, history, spec, balance_tokens=balance_tokens,
                            adaptive_memory=adaptive_memory, on_window=progress, resampled_windows=resampled_windows)
     summaries = summarize_served(served, BASELINE_POLICY)
@@ -447,6 +460,12 @@ def rebalance_summary(answer: Any) -> dict[str, Any]:
             "evaluated_tokens": answer.evaluated_tokens,
             "memory": memory_dict(planned_memory(answer), planned_resampling(answer)),
             "plan": json.loads(answer.plan_json)}
+
+
+def _policy_options(policy: str, **given: int | None) -> dict[str, int]:
+    """The search options given on the command line that `policy` takes (affinity's `starts` and
+    `perturbations`); other policies ignore them, and an option not given keeps the policy's default."""
+    return {option: value for option, value in given.items() if value is not None and option in policy_options(policy)}
 
 
 def _describe(trace_path: Path, routing: RoutingTrace, topology: Topology) -> str:

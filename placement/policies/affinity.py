@@ -27,7 +27,8 @@ it (`partition.connect_replicas`: the runtime's repair moves load along chains o
 within a component); swap refinement (`partition`) then brings load under the cap and lowers the
 cost, never taking a GPU's last replica of a replicated expert. That runs from `starts` different METIS
 partitions (`distinct_partitions`), and each layer keeps the refined layout that scores best (a local
-search ends where its start leads it). A refinement round builds `[rows, GPUs]` and `[slots, slots]`
+search ends where its start leads it); with `perturbations`, an iterated local search then kicks that
+layout by a few random swaps and refines it again, as often, keeping what scores better. A refinement round builds `[rows, GPUs]` and `[slots, slots]`
 tables, so its cost grows with rows x slots: layers where that exceeds `_REFINED_WORK` (every
 DeepSeek-V3-sized case: 4096 rows on 288 slots already needs ~1.2 s per layer refined in full) are
 planned by the seeding alone, under the cap, or, with `sampled_rounds`, refined for that many rounds
@@ -65,7 +66,7 @@ from switchyard.placement.errors import PlacementError
 from switchyard.placement.forked import can_fork, map_forked, usable_cpus
 from switchyard.placement.migration import plan_migration
 from switchyard.placement.partition import (Layout, LayerRows, LoadCap, Refinement, Score, connect_replicas,
-                                            expert_vertices, refine_layers, score_layers)
+                                            expert_vertices, perturbed, refine_layers, score_layers)
 from switchyard.placement.plan import Plan
 from switchyard.placement.policies.base import check_capacity
 from switchyard.placement.seeding import graph_partition, initial_layouts, replica_counts
@@ -89,6 +90,7 @@ _ROW_PIECES = 512  # rows heavier than 1/512 of a layer's tokens are split, as t
 _FORKED_WORK = 1 << 19
 _SEEDED_ROWS = 64
 _OVERLOAD_VALUE = 1e6  # a token of overload weighs this much cost when steps are compared
+_KICK_SWAPS = 3  # random swaps that kick a layout before it is refined again (option `perturbations`)
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,12 @@ class AffinityPolicy:
         refinement's time (3, the default: on ESFT's half/half splits 0.005x fewer of EPLB's GPUs per
         token than 1 on average; a fourth partition bought nothing measurable; docs/placement.md).
         Layers sampled or seeded only take the first.
+    perturbations: kicks of an iterated local search per refined layer, after the starts: the best
+        layout so far takes `_KICK_SWAPS` random allowed swaps (`partition.perturbed`, drawn from the
+        seed and the layer) and is refined again, and the result replaces it where it scores better.
+        A kick leaves the local optimum the swaps cannot, and lands near it, where the next one often
+        scores better; each costs about half a start's time. 0 (default): none (docs/placement.md,
+        "Iterated local search", for what they buy on ESFT).
     sampled_rounds: refinement batches, at most, for layers above the work bound (`_REFINED_WORK`),
         on a sample of their rows; 0 (default): those layers are seeded only, under the cap.
     processes: how many processes plan the layers (`forked`: this one and forked children), with
@@ -122,6 +130,7 @@ class AffinityPolicy:
     max_moves: int | None = None
     seed: int = 0
     starts: int = 3
+    perturbations: int = 0
     sampled_rounds: int = 0
     processes: int | None = 1
     name: ClassVar[str] = "affinity"
@@ -137,7 +146,7 @@ class AffinityPolicy:
             raise PlacementError(f"cluster must be a ClusterSpec, got {self.cluster!r}")
         if self.cluster is not None and self.node_weight is not None:
             raise PlacementError("give node_weight or cluster (which prices remote nodes), not both")
-        for option in ("max_moves", "seed", "sampled_rounds"):
+        for option in ("max_moves", "seed", "perturbations", "sampled_rounds"):
             value = getattr(self, option)
             if value is None and option == "max_moves":
                 continue
@@ -175,8 +184,8 @@ class AffinityPolicy:
 
     def _planning_work(self, stats: RoutingStats, topology: Topology) -> int:
         """Rows x slots over the layers, an estimate of what planning costs: a refined layer's distinct
-        top-k sets (experts for load-only stats) once per start, a sampled one's sample, `_SEEDED_ROWS`
-        for a layer seeded only."""
+        top-k sets (experts for load-only stats) once per start and half a time per kick, a sampled
+        one's sample, `_SEEDED_ROWS` for a layer seeded only."""
         bound = _sampled_row_count(topology)
         work = 0
         for layer in range(stats.num_layers):
@@ -184,8 +193,8 @@ class AffinityPolicy:
             if rows > bound:
                 rows = bound if self.sampled_rounds else _SEEDED_ROWS
             else:
-                rows *= self.starts
-            work += rows * topology.num_slots
+                rows *= self.starts + self.perturbations / 2  # a kick refines about half as long as a start
+            work += int(rows * topology.num_slots)
         return work
 
     def place(self, stats: RoutingStats, topology: Topology, current: Plan | None = None) -> Plan:
@@ -257,6 +266,8 @@ class AffinityPolicy:
             for at, layout in zip(seeded, layouts):
                 if fresh[at] is None or layout[1].better_than(fresh[at][1], price):
                     fresh[at] = layout
+        self._kick(rows, fresh, load_caps, topology, [layer for at, layer in enumerate(piece) if refined[at]],
+                   np.flatnonzero(refined).tolist())
         if current is None:
             return [[one] for one in fresh]
         return self._budget_candidates(rows, fresh, load_caps, topology,
@@ -283,6 +294,23 @@ class AffinityPolicy:
             layout, result = paths[at][-1] if at in paths else (one_gpus, None)
             layouts.append((_table(one_experts, layout), result))
         return layouts
+
+    def _kick(self, rows: list[LayerRows], fresh: list[tuple[np.ndarray, Score | None]], caps: list[LoadCap],
+              topology: Topology, layers: list[int], kicked: list[int]) -> None:
+        """Option `perturbations`' iterated local search on the layers at `kicked` (indices into the
+        piece's lists; `layers` their layer ids), in place of `fresh`: each kick swaps `_KICK_SWAPS`
+        random pairs of slots of a layer's best table so far, refines the result (the layers
+        together, as the starts are) and keeps it where it scores better."""
+        price = self.overload_price(topology)
+        rngs = [np.random.default_rng([self.seed, layer, 1]) for layer in layers]  # apart from the rows' [seed, layer]
+        for _ in range(self.perturbations if kicked else 0):
+            refinements = [Refinement(rows[at], fresh[at][0], perturbed(fresh[at][0], topology.gpu_of_slot,
+                                                                        topology.num_gpus, _KICK_SWAPS, rng),
+                                      caps[at], _MAX_ROUNDS) for at, rng in zip(kicked, rngs)]
+            for at, path in zip(kicked, refine_layers(refinements, topology)):
+                layout, result = path[-1]
+                if result.better_than(fresh[at][1], price):
+                    fresh[at] = (_table(fresh[at][0], layout), result)
 
     def _rounds(self, rows: LayerRows) -> tuple[int, int | None]:
         """Refinement rounds and swap candidates per round of a layer: refined in full, or, where its
