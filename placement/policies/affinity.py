@@ -90,7 +90,9 @@ _ROW_PIECES = 512  # rows heavier than 1/512 of a layer's tokens are split, as t
 _FORKED_WORK = 1 << 19
 _SEEDED_ROWS = 64
 _OVERLOAD_VALUE = 1e6  # a token of overload weighs this much cost when steps are compared
-_KICK_SWAPS = 3  # random swaps that kick a layout before it is refined again (option `perturbations`)
+# Random swaps that kick a layout before it is refined again (option `perturbations`): 2 and 5 did no
+# better than 3 on the half/half splits of the four 9-slot ESFT cells short of the GPU cut (docs/placement.md).
+_KICK_SWAPS = 3
 
 
 @dataclass(frozen=True)
@@ -266,8 +268,7 @@ class AffinityPolicy:
             for at, layout in zip(seeded, layouts):
                 if fresh[at] is None or layout[1].better_than(fresh[at][1], price):
                     fresh[at] = layout
-        self._kick(rows, fresh, load_caps, topology, [layer for at, layer in enumerate(piece) if refined[at]],
-                   np.flatnonzero(refined).tolist())
+        self._kick(rows, fresh, load_caps, topology, piece, refined)
         if current is None:
             return [[one] for one in fresh]
         return self._budget_candidates(rows, fresh, load_caps, topology,
@@ -296,13 +297,14 @@ class AffinityPolicy:
         return layouts
 
     def _kick(self, rows: list[LayerRows], fresh: list[tuple[np.ndarray, Score | None]], caps: list[LoadCap],
-              topology: Topology, layers: list[int], kicked: list[int]) -> None:
-        """Option `perturbations`' iterated local search on the layers at `kicked` (indices into the
-        piece's lists; `layers` their layer ids), in place of `fresh`: each kick swaps `_KICK_SWAPS`
-        random pairs of slots of a layer's best table so far, refines the result (the layers
-        together, as the starts are) and keeps it where it scores better."""
+              topology: Topology, piece: range, refined: np.ndarray) -> None:
+        """Option `perturbations`' iterated local search on the `refined` layers of `piece`, in place
+        of `fresh`: each kick swaps `_KICK_SWAPS` random pairs of slots of a layer's best table so far,
+        refines the result (the layers together, as the starts are) and keeps it where it scores
+        better."""
         price = self.overload_price(topology)
-        rngs = [np.random.default_rng([self.seed, layer, 1]) for layer in layers]  # apart from the rows' [seed, layer]
+        kicked = np.flatnonzero(refined).tolist()
+        rngs = [np.random.default_rng([self.seed, piece[at], 1]) for at in kicked]  # apart from the rows' [seed, layer]
         for _ in range(self.perturbations if kicked else 0):
             refinements = [Refinement(rows[at], fresh[at][0], perturbed(fresh[at][0], topology.gpu_of_slot,
                                                                         topology.num_gpus, _KICK_SWAPS, rng),
