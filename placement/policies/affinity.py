@@ -25,15 +25,16 @@ expert a GPU; the replicas are seeded there one by one (`seeding`); the replica 
 replicas of a replicated expert link their GPUs, is joined into as few components as swaps can make
 it (`partition.connect_replicas`: the runtime's repair moves load along chains of replicas, so only
 within a component); swap refinement (`partition`) then brings load under the cap and lowers the
-cost, never taking a GPU's last replica of a replicated expert. That runs from `starts` different METIS
-partitions (`distinct_partitions`), and each layer keeps the refined layout that scores best (a local
-search ends where its start leads it); with `perturbations`, an iterated local search then kicks that
-layout by a few random swaps and refines it again, as often, keeping what scores better. A refinement round builds `[rows, GPUs]` and `[slots, slots]`
-tables, so its cost grows with rows x slots: layers where that exceeds `_REFINED_WORK` (every
-DeepSeek-V3-sized case: 4096 rows on 288 slots already needs ~1.2 s per layer refined in full) are
-planned by the seeding alone, under the cap, or, with `sampled_rounds`, refined for that many rounds
-at most on a sample of their rows that fits the bound, each round among `_SWAP_VERTICES` vertices
-(docs/placement.md, "DeepSeek-V3 scale", for what it costs and buys).
+cost, never taking a GPU's last replica of a replicated expert. That runs from `starts` different
+METIS partitions (`distinct_partitions`), and each layer keeps the refined layout that scores best (a
+local search ends where its start leads it); with `perturbations`, an iterated local search then
+kicks that layout by a few random swaps and refines it again, as often, keeping what scores better. A
+refinement round builds `[rows, GPUs]` and `[slots, slots]` tables, so its cost grows with rows x
+slots: layers where that exceeds `_REFINED_WORK` (every DeepSeek-V3-sized case: 4096 rows on 288
+slots already needs ~1.2 s per layer refined in full) are planned by the seeding alone, under the
+cap, or, with `sampled_rounds`, refined for that many rounds at most on a sample of their rows that
+fits the bound, each round among `_SWAP_VERTICES` vertices (docs/placement.md, "DeepSeek-V3 scale",
+for what it costs and buys).
 Replicas of hot experts spread over nodes, and their picks go to the replica on a GPU the token
 already uses, so replication serves locality as well as balance.
 
@@ -91,7 +92,8 @@ _FORKED_WORK = 1 << 19
 _SEEDED_ROWS = 64
 _OVERLOAD_VALUE = 1e6  # a token of overload weighs this much cost when steps are compared
 # Random swaps that kick a layout before it is refined again (option `perturbations`): 2 and 5 did no
-# better than 3 on the half/half splits of the four 9-slot ESFT cells short of the GPU cut (docs/placement.md).
+# better than 3 on the half/half splits of the four 9-slot ESFT cells short of the GPU cut
+# (docs/placement.md, "Iterated local search").
 _KICK_SWAPS = 3
 
 
@@ -304,7 +306,8 @@ class AffinityPolicy:
         better."""
         price = self.overload_price(topology)
         kicked = np.flatnonzero(refined).tolist()
-        rngs = [np.random.default_rng([self.seed, piece[at], 1]) for at in kicked]  # apart from the rows' [seed, layer]
+        # Each layer's kicks are drawn from [seed, layer, 1], a stream apart from its rows' [seed, layer].
+        rngs = [np.random.default_rng([self.seed, piece[at], 1]) for at in kicked]
         for _ in range(self.perturbations if kicked else 0):
             refinements = [Refinement(rows[at], fresh[at][0], perturbed(fresh[at][0], topology.gpu_of_slot,
                                                                         topology.num_gpus, _KICK_SWAPS, rng),
