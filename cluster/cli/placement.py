@@ -224,9 +224,9 @@ def windows(trace_path: Path, nodes: int, gpus_per_node: int, slots_per_gpu: int
     def progress(index: int, count: int) -> None:  # every served window plans every policy: always long work
         click.echo(f"serving window {index} of {count} ...", err=True)
 
-    chosen_policies = {name: planning_policy(name, spec, **_policy_options(name, starts=starts, perturbations=perturbations))
-                       for name in names}
-    served = serve_windows(routing, topology, chosen_policies,
+    search = {"starts": starts, "perturbations": perturbations}
+    planners = {name: planning_policy(name, spec, **_policy_options(name, **search)) for name in names}
+    served = serve_windows(routing, topology, planners,
                            window_tokens, decay, history, spec, balance_tokens=balance_tokens,
                            adaptive_memory=adaptive_memory, on_window=progress, resampled_windows=resampled_windows)
     summaries = summarize_served(served, BASELINE_POLICY)
@@ -465,7 +465,8 @@ def rebalance_summary(answer: Any) -> dict[str, Any]:
 def _policy_options(policy: str, **given: int | None) -> dict[str, int]:
     """The search options given on the command line that `policy` takes (affinity's `starts` and
     `perturbations`); other policies ignore them, and an option not given keeps the policy's default."""
-    return {option: value for option, value in given.items() if value is not None and option in policy_options(policy)}
+    takes = policy_options(policy)
+    return {option: value for option, value in given.items() if value is not None and option in takes}
 
 
 def _describe(trace_path: Path, routing: RoutingTrace, topology: Topology) -> str:
