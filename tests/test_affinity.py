@@ -84,12 +84,14 @@ def test_more_starts_keep_the_best_layout_of_each_layer(synthetic) -> None:
     starts (the first start is the same), better in some layer, and the plan stays deterministic."""
     stats, _, _ = synthetic
     topology = Topology(2, 2, 9)
-    scores = {starts: [candidates[-1][1] for candidates in AffinityPolicy(starts=starts)._candidates(stats, topology, None)]
+    scores = {starts: [candidates[-1][1] for candidates in
+                       AffinityPolicy(starts=starts, perturbations=0)._candidates(stats, topology, None)]
               for starts in (1, 2, 4)}
     for fewer, more in ((1, 2), (2, 4)):
         assert not any(few.better_than(many) for few, many in zip(scores[fewer], scores[more]))
     assert any(many.better_than(one) for one, many in zip(scores[1], scores[4]))
-    assert AffinityPolicy(starts=3).place(stats, topology) == AffinityPolicy(starts=3).place(stats, topology)
+    policy = AffinityPolicy(starts=3, perturbations=0)
+    assert policy.place(stats, topology) == policy.place(stats, topology)
 
 
 def test_kicks_keep_the_best_layout_of_each_layer(synthetic) -> None:
@@ -322,8 +324,8 @@ def test_process_count(monkeypatch: pytest.MonkeyPatch) -> None:
     assert AffinityPolicy().process_count(stats, topology) == 1
     assert AffinityPolicy(processes=8).process_count(stats, topology) == 3  # at most one per layer
     assert AffinityPolicy(processes=None).process_count(stats, topology) == 1  # too small to pay for a fork
-    work = AffinityPolicy(starts=1)._planning_work(stats, topology)
-    assert AffinityPolicy(starts=4)._planning_work(stats, topology) == 4 * work  # refined layers: once per start
+    work = AffinityPolicy(starts=1, perturbations=0)._planning_work(stats, topology)
+    assert AffinityPolicy(starts=4, perturbations=0)._planning_work(stats, topology) == 4 * work  # once per start
     assert AffinityPolicy(starts=1, perturbations=2)._planning_work(stats, topology) == 2 * work  # a kick: half
     monkeypatch.setattr(affinity, "_FORKED_WORK", 1)
     assert AffinityPolicy(processes=None).process_count(stats, topology) == min(3, usable_cpus())
@@ -579,19 +581,17 @@ def test_layers_scored_and_refined_together_match_one_at_a_time(synthetic) -> No
 
 # Measured misses, kept visible: 2 x 4 GPUs cannot get a token's experts onto one node often enough
 # (mtkahypar's best balanced bisection of the training sets already leaves 0.78 remote nodes per token
-# on intent, above the 0.74 target). Law's 9-slot cells keep EPLB's balance within 0.01 (with one
-# replica graph and the repair along chains of replicas, and the layers refined together, 2026-12-06
-# 19:31 UTC: -0.001 on 1 x 8, -0.009 on 2 x 4, -0.004 on 4 x 2) and miss the 25 % cut in GPUs per token
-# this test asks of them: 0.756x, 0.767x and 0.767x EPLB's. docs/placement.md has the window-by-window
-# picture.
+# on intent, above the 0.74 target). Law's 9-slot cells keep EPLB's balance within 0.01 and miss the
+# 25 % cut in GPUs per token this test asks of them, with one start and 8 kicks (2026-12-07 07:07 UTC;
+# law 4 x 2 x 8's remote nodes, 0.749x, met since): 0.757x, 0.760x and 0.762x EPLB's.
+# docs/placement.md has the window-by-window picture.
 KNOWN_MISSES = {
-    ("intent", 2, 4, 8): "remote nodes",
-    ("intent", 2, 4, 9): "remote nodes",
-    ("law", 2, 4, 8): "remote nodes",
-    ("law", 2, 4, 9): "remote nodes, and GPUs per token 0.767x EPLB's",
-    ("law", 1, 8, 9): "GPUs per token 0.756x EPLB's",
-    ("law", 4, 2, 8): "remote nodes",
-    ("law", 4, 2, 9): "GPUs per token 0.767x EPLB's",
+    ("intent", 2, 4, 8): "remote nodes 0.828x EPLB's",
+    ("intent", 2, 4, 9): "remote nodes 0.782x EPLB's",
+    ("law", 2, 4, 8): "remote nodes 0.857x EPLB's",
+    ("law", 2, 4, 9): "remote nodes 0.820x, and GPUs per token 0.760x EPLB's",
+    ("law", 1, 8, 9): "GPUs per token 0.757x EPLB's",
+    ("law", 4, 2, 9): "GPUs per token 0.762x EPLB's",
 }
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from bench.placement import (_served_policies, balanced_compute_time, balanced_time_bound, drift_split,
-                             gpus_needed_for_time, resampled_windows)
+                             gpus_needed_for_time, in_processes, resampled_windows)
 from switchyard.placement.cost import PRESETS
 from switchyard.placement.evaluate import evaluate
 from switchyard.placement.policies import get_policy
@@ -98,3 +98,11 @@ def test_drift_split_without_drift_is_the_planned_and_the_served_balance() -> No
     windows = split_windows(trace, 1000)
     planned = [evaluate(item.plans["affinity"], windows[item.window - 1]).balancedness for item in served]
     assert split["affinity"]["planned"] == pytest.approx(np.median(planned))
+
+
+def test_cells_in_processes_come_back_in_order() -> None:
+    """The benchmark's cells run in forked processes and come back in the order given, so its tables
+    read as a run in one process would print them; a job's exception reaches the caller."""
+    assert list(in_processes(divmod, [(7, 2), (9, 4), (1, 1)])) == [(3, 1), (2, 1), (1, 0)]
+    with pytest.raises(ZeroDivisionError):
+        list(in_processes(divmod, [(1, 0)]))

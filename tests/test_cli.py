@@ -322,7 +322,7 @@ def test_plan_in_forked_processes_is_the_same(files, tmp_path: Path) -> None:
     assert plans[0] == plans[1]
 
 
-@pytest.mark.parametrize("option, value, least", [("starts", 1, 1), ("perturbations", 2, 0)])
+@pytest.mark.parametrize("option, value, least", [("starts", 3, 1), ("perturbations", 2, 0)])
 def test_plan_with_search_options(files, tmp_path: Path, option: str, value: int, least: int) -> None:
     """`placement plan --starts` and `--perturbations` are affinity's options (the policy's default without
     them); other policies ignore them, and a count below the least is refused with exit code 2."""

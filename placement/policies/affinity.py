@@ -111,15 +111,16 @@ class AffinityPolicy:
         `seed + 1`, ..., a repeated partition skipped), each seeded and refined on the same rows;
         the layout that scores best is the plan. Swap refinement ends in a local optimum that
         depends on where it starts, so more starts find better ones, for as many times the
-        refinement's time (3, the default: on ESFT's half/half splits 0.005x fewer of EPLB's GPUs per
-        token than 1 on average; a fourth partition bought nothing measurable; docs/placement.md).
-        Layers sampled or seeded only take the first.
+        refinement's time (3: on ESFT's half/half splits 0.005x fewer of EPLB's GPUs per token than
+        1 on average). 1 (default): the kicks below buy more for the time (docs/placement.md,
+        "Iterated local search"). Layers sampled or seeded only take the first.
     perturbations: kicks of an iterated local search per refined layer, after the starts: the best
         layout so far takes `_KICK_SWAPS` random allowed swaps (`partition.perturbed`, drawn from the
         seed and the layer) and is refined again, and the result replaces it where it scores better.
         A kick leaves the local optimum the swaps cannot, and lands near it, where the next one often
-        scores better; each costs about half a start's time. 0 (default): none (docs/placement.md,
-        "Iterated local search", for what they buy on ESFT).
+        scores better; each costs about half a start's time. 8 (default): one start and 8 kicks put
+        tokens on fewer GPUs than three starts in every cell of the ESFT benchmark, for 1.7-1.9x
+        three starts' time (docs/placement.md, "Iterated local search"); 0: none.
     sampled_rounds: refinement batches, at most, for layers above the work bound (`_REFINED_WORK`),
         on a sample of their rows; 0 (default): those layers are seeded only, under the cap.
     processes: how many processes plan the layers (`forked`: this one and forked children), with
@@ -133,8 +134,8 @@ class AffinityPolicy:
     cluster: ClusterSpec | None = None
     max_moves: int | None = None
     seed: int = 0
-    starts: int = 3
-    perturbations: int = 0
+    starts: int = 1
+    perturbations: int = 8
     sampled_rounds: int = 0
     processes: int | None = 1
     name: ClassVar[str] = "affinity"
