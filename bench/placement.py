@@ -237,14 +237,15 @@ def _cells(trace: RoutingTrace, name: str, layouts: list[tuple[int, int, int]], 
 
 def in_processes(function: Callable[..., Any], jobs: list[tuple]) -> Iterator[Any]:
     """`function(*job)` for every job, in forked processes, one per CPU this process may use
-    (`forked.usable_cpus`), yielded in the order of `jobs`. The cells are independent and each plans
-    in one process, so two cores serve two at once: the same figures, in about half the time (the
-    planning times in the tables are then measured beside another cell's planning)."""
+    (`forked.usable_cpus`), yielded in the order of `jobs`. The benchmark's cells are independent and
+    each plans in one process, so two cores serve two at once: the same figures, in about half the
+    time (the planning times in the tables are then measured beside another cell's planning)."""
     with multiprocessing.get_context("fork").Pool(min(usable_cpus(), len(jobs))) as pool:
         yield from pool.imap(_call, [(function, job) for job in jobs])
 
 
 def _call(function_and_job: tuple[Callable[..., Any], tuple]) -> Any:
+    """One job of `in_processes` in its worker (`Pool.imap` passes one argument)."""
     function, job = function_and_job
     return function(*job)
 
