@@ -50,7 +50,7 @@ from switchyard.placement.cost import PRESETS, ClusterSpec, source_gpu_of_token
 from switchyard.placement.evaluate import Evaluation, balancedness, evaluate
 from switchyard.placement.formats import load_trace
 from switchyard.placement.forked import usable_cpus
-from switchyard.placement.policies import Policy, get_policy, policy_names
+from switchyard.placement.policies import Policy, get_policy, planning_policy, policy_names
 from switchyard.placement.routing import DEFAULT_RULE, RULES
 from switchyard.placement.stats import RoutingStats
 from switchyard.placement.synthetic import synthetic_trace
@@ -269,7 +269,7 @@ def _cell(trace: RoutingTrace, name: str, nodes: int, gpus_per_node: int, slots_
     half_bound = None if nodes != 1 else (balanced_time_bound(half_a, test, topology, cluster) / half_e.layer_time_s,
                                           gpus_needed_for_time(half_e, test, topology, cluster))
     resampled = {result.policy: result.evaluation for result in compare_policies(
-        trace, topology, ["eplb", "affinity"], cluster=cluster, balance_tokens=RESAMPLED_RUN_TOKENS,
+        trace, topology, SERVED_POLICIES, cluster=cluster, balance_tokens=RESAMPLED_RUN_TOKENS,
         resampled_windows=RESAMPLED_WINDOWS)}
     cell.update(slots=slots_per_gpu, half={"default": (half_a, half_e), "resampled": (resampled["affinity"],
                                                                                      resampled["eplb"])},
@@ -412,9 +412,12 @@ def drift_section(cells: list[dict], emit: Callable[[str], None]) -> None:
                         rows, numeric_from=1))
 
 
+SERVED_POLICIES = ("eplb", "affinity")  # what every served window, and the resampled half/half split, compares
+
+
 def _served_policies(cluster: ClusterSpec) -> dict[str, Policy]:
     """The two policies every served window compares: EPLB, and affinity planning for `cluster`."""
-    return {"eplb": get_policy("eplb"), "affinity": get_policy("affinity", cluster=cluster)}
+    return {name: planning_policy(name, cluster) for name in SERVED_POLICIES}
 
 
 def served_medians(served: list[ServedWindow], name: str, cluster: ClusterSpec) -> dict[str, float]:

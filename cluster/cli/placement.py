@@ -37,6 +37,7 @@ from switchyard.placement.formats import (
 from switchyard.placement.plan import Plan
 from switchyard.placement.proposal import memory_dict, memory_text
 from switchyard.placement.policies import DEFAULT_POLICY, planning_policy, policy_names, policy_options
+from switchyard.placement.policies.affinity import AffinityPolicy
 from switchyard.placement.stats import RoutingStats, run_count
 from switchyard.placement.topology import Topology
 from switchyard.placement.trace import RoutingTrace
@@ -68,13 +69,14 @@ _policies_option = click.option(
 _starts_option = click.option(
     "--starts", type=click.IntRange(min=1), default=None,
     help="Partitions each layer is refined from, the best kept, for policies that search (affinity): "
-         "more find better plans, for as many times the time. Default: the policy's (3).",
+         f"more find better plans, for as many times the time. Default: affinity's ({AffinityPolicy.starts}).",
 )
 _perturbations_option = click.option(
     "--perturbations", type=click.IntRange(min=0), default=None,
     help="Kicks of an iterated local search per layer after the starts, for policies that search "
          "(affinity): each swaps a few random slots of the best layout and refines again, keeping what "
-         "scores better; fewer GPUs per token, each for about half a start's time. Default: the policy's (0).",
+         "scores better; fewer GPUs per token, each for about half a start's time. "
+         f"Default: affinity's ({AffinityPolicy.perturbations}).",
 )
 _json_option = click.option(
     "--json", "as_json", is_flag=True, help="Also print the result as one JSON object on the last line.",
