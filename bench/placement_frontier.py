@@ -1,6 +1,6 @@
 """The balance / locality / time trade-off of the affinity policy on served windows (issue 17), per cell.
 
-    python -m bench.placement_frontier --out docs/benchmarks/placement-frontier.md      (50-75 min on two cores: 3138 s and 3783 s on EPYC VMs, 3105 s on a Xeon VM, 2026-12-05/06; 4211 s with the resampled positions)
+    python -m bench.placement_frontier --out docs/benchmarks/placement-frontier.md      (the cells in one process per core, `bench.placement.in_processes`)
 
 Issue 17 asks, on the next window, for balancedness within 0.01 of EPLB's, a simulated MoE time at
 most 0.85x EPLB's and 22-25 % fewer GPUs per token, all at once. The affinity policy has two knobs that
@@ -40,7 +40,8 @@ from typing import Callable, Iterator
 
 from bench.placement import (BALANCE_GAP, CLUSTER, DECAY, ESFT_GPUS, ESFT_SLOTS_PER_GPU, GPU_CUT, HISTORY, MEMORY_WORDS,
                              REPO, RESAMPLED_RUN_TOKENS, RESAMPLED_WINDOWS, RUNTIME_BATCH, SYNTH_SEEDS, SYNTH_SEQ_LEN,
-                             SYNTH_SHAPE, TIME_RATIO, WINDOW_TOKENS, _emitter, esft_traces, served_medians)
+                             SYNTH_SHAPE, TIME_RATIO, WINDOW_TOKENS, _emitter, esft_traces, in_processes,
+                             served_medians)
 from bench.report import command_line, provenance, publish
 from switchyard.cluster.cli.formatting import markdown_table
 from switchyard.placement.cost import PRESETS
@@ -73,15 +74,14 @@ def positions() -> dict[str, Position]:
     cluster = PRESETS[CLUSTER]
 
     def priced(factor: float) -> Policy:
-        # processes=None: the layers are planned in one process per CPU where that pays (the same plans).
-        return get_policy("affinity", processes=None,
+        return get_policy("affinity",
                           cluster=dataclasses.replace(cluster, gpu_flops=cluster.gpu_flops / factor))
 
     windows = {f"price x{factor:g}": Position(priced(factor)) for factor in PRICE_FACTORS}
     batches = {f"batch x{factor:g}": Position(priced(factor), RUNTIME_BATCH) for factor in BATCH_PRICE_FACTORS}
     resampled = {f"resampled x{factor:g}": Position(priced(factor), RESAMPLED_RUN_TOKENS, RESAMPLED_WINDOWS)
                  for factor in BATCH_PRICE_FACTORS}
-    capped = {f"cap {cap:g}": Position(get_policy("affinity", processes=None, max_imbalance=cap,
+    capped = {f"cap {cap:g}": Position(get_policy("affinity", max_imbalance=cap,
                                                   node_weight=cluster.remote_node_weight)) for cap in CAP_FIRST}
     return windows | batches | resampled | capped
 
@@ -108,6 +108,26 @@ def met(row: dict, slots_per_gpu: int) -> tuple[bool, bool, bool]:
     return (row["gap"] >= -BALANCE_GAP, row["time"] <= TIME_RATIO, row["gpus"] <= 1 - GPU_CUT[slots_per_gpu])
 
 
+def frontier_cell(label: str, trace: RoutingTrace, nodes: int, gpus_per_node: int, slots_per_gpu: int
+                  ) -> tuple[str, list[str]]:
+    """One cell: its table of every position (the block to emit) and its summary row."""
+    topology = Topology.for_experts(trace.num_experts, nodes, gpus_per_node, slots_per_gpu)
+    cell_started = time.perf_counter()
+    rows = frontier(trace, topology, positions())
+    table = [[row["position"], *_marked(row, slots_per_gpu), f"{row['balanced']:.3f}x"] for row in rows]
+    block = (f"### {label} ({time.perf_counter() - cell_started:.0f} s)\n\n"
+             + markdown_table(["position", "balance gap", "time vs EPLB", "GPUs/token vs EPLB",
+                               "time at balanced compute"], table))
+    all_met = [row["position"] for row in rows if all(met(row, slots_per_gpu))]
+    gap_met = sorted((row for row in rows if met(row, slots_per_gpu)[0]), key=lambda row: row["gpus"])
+    best_gap = max(rows, key=lambda row: row["gap"])
+    least_traffic = min(rows, key=lambda row: row["balanced"])
+    return block, [label, ", ".join(all_met) or "none",
+                   (f"{gap_met[0]['position']}: time {gap_met[0]['time']:.3f}x, GPUs {gap_met[0]['gpus']:.3f}x"
+                    if gap_met else f"none (best: {best_gap['position']}, {best_gap['gap']:+.3f})"),
+                   f"{least_traffic['balanced']:.3f}x ({least_traffic['position']})"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, help="Markdown file to write, e.g. docs/benchmarks/placement-frontier.md.")
@@ -124,22 +144,9 @@ def main() -> None:
          f"(<= {TIME_RATIO}x) and its GPUs per token over EPLB's (<= {1 - GPU_CUT[8]:.2f}x with 8 slots, "
          f"{1 - GPU_CUT[9]:.2f}x with 9). `price x1` is the policy's default for the cluster.")
     summary = []
-    for label, trace, nodes, gpus_per_node, slots_per_gpu in _cells(args.traces, emit):
-        topology = Topology.for_experts(trace.num_experts, nodes, gpus_per_node, slots_per_gpu)
-        cell_started = time.perf_counter()
-        rows = frontier(trace, topology, positions())
-        table = [[row["position"], *_marked(row, slots_per_gpu), f"{row['balanced']:.3f}x"] for row in rows]
-        emit(f"### {label} ({time.perf_counter() - cell_started:.0f} s)\n\n"
-             + markdown_table(["position", "balance gap", "time vs EPLB", "GPUs/token vs EPLB",
-                               "time at balanced compute"], table))
-        all_met = [row["position"] for row in rows if all(met(row, slots_per_gpu))]
-        gap_met = sorted((row for row in rows if met(row, slots_per_gpu)[0]), key=lambda row: row["gpus"])
-        best_gap = max(rows, key=lambda row: row["gap"])
-        least_traffic = min(rows, key=lambda row: row["balanced"])
-        summary.append([label, ", ".join(all_met) or "none",
-                        (f"{gap_met[0]['position']}: time {gap_met[0]['time']:.3f}x, GPUs {gap_met[0]['gpus']:.3f}x"
-                         if gap_met else f"none (best: {best_gap['position']}, {best_gap['gap']:+.3f})"),
-                        f"{least_traffic['balanced']:.3f}x ({least_traffic['position']})"])
+    for block, row in in_processes(frontier_cell, list(_cells(args.traces, emit))):
+        emit(block)
+        summary.append(row)
     emit("## Summary\n\nPer cell: the positions that meet all three targets; among those that meet the "
          "balance target the one with the fewest GPUs per token, with its time and GPUs per token (or, "
          "where none does, the position with the best balance); and the lowest time at balanced compute "

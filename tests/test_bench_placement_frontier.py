@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from bench.placement import RESAMPLED_RUN_TOKENS, RESAMPLED_WINDOWS, RUNTIME_BATCH
-from bench.placement_frontier import PRICE_FACTORS, frontier, met, positions
+from bench.placement_frontier import PRICE_FACTORS, frontier, frontier_cell, met, positions
 from switchyard.placement.synthetic import synthetic_trace
 from switchyard.placement.topology import Topology
 
@@ -41,3 +41,14 @@ def test_targets_are_marked_per_slot_count() -> None:
     row = {"gap": -0.01, "time": 0.85, "gpus": 0.76}
     assert met(row, 8) == (True, True, True)
     assert met(row, 9) == (True, True, False)  # 9 slots ask for 25 % fewer GPUs per token
+
+
+def test_a_cell_gives_its_table_and_its_summary_row() -> None:
+    # What one process of the benchmark's pool sends back: the table of every position, and the row
+    # of the summary (positions meeting all three targets, the cheapest balanced one, the least traffic).
+    trace = synthetic_trace(2, 16, 2, 3000, seq_len=100, seed=0)
+    block, row = frontier_cell("tiny 1x2x9", trace, 1, 2, 9)
+    assert block.startswith("### tiny 1x2x9 (")
+    assert all(f"| {name} " in block for name in positions())
+    assert row[0] == "tiny 1x2x9" and len(row) == 4
+    assert row[3].endswith(")") and row[3].split("x (")[1][:-1] in positions()
