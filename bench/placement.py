@@ -19,15 +19,18 @@ x slots per GPU (8, 9):
   which splits affinity's balance gap into a new draw's and the drift's (`drift_split`);
 - the cap on resampled windows: the served windows again, every plan made on windows drawn from the
   planning windows' runs (`serve_windows(resampled_windows=...)`), against the default;
+- the balance feedback: the served windows with affinity at the model's price throughout, against the
+  default, whose price the served balance sets (`placement.feedback`);
 - the targets of issue 17 per cell, each marked met or missed, as the live rebalancer plans and with
   the cap on resampled windows (the DeepSeek-V3 sections run in a process started afresh, as
   `switchyard placement plan` does);
 - the rule family: every policy's half/half plan routed by each rule of `routing.RULES`, the test
   half as one batch and in batches of `RUNTIME_BATCH` tokens (what one dispatcher call knows).
-Takes about 36 minutes on two cores, the cells planned in one process per core (`in_processes`; 2154 s
-on an EPYC VM, 2026-12-07, with affinity's 8 kicks a layer), most of it planning affinity for
-2 x 2 x 14 x 7 windows and the resampled ones (--v3-only: ~3). `bench.placement_frontier` serves the
-same windows with affinity's balance knobs at several positions.
+Takes about 55 minutes on two cores, the cells planned in one process per core (`in_processes`; 3207 s
+on an EPYC VM, 2026-12-07, with affinity's 8 kicks a layer and the balance feedback), most of it
+planning affinity for 5 x 14 x 7 served windows (the live memory, the fixed one, the last window
+alone, the resampled windows, without feedback) (--v3-only: ~3). `bench.placement_frontier` serves
+the same windows with affinity's balance knobs at fixed positions.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from switchyard.cluster.cli.formatting import comparison_table, markdown_table
 from switchyard.placement.compare import compare_policies
 from switchyard.placement.cost import PRESETS, ClusterSpec, source_gpu_of_token
 from switchyard.placement.evaluate import Evaluation, balancedness, evaluate
+from switchyard.placement.feedback import BalanceFeedback
 from switchyard.placement.formats import load_trace
 from switchyard.placement.forked import usable_cpus
 from switchyard.placement.policies import Policy, get_policy, planning_policy, policy_names
@@ -56,8 +60,8 @@ from switchyard.placement.stats import RoutingStats
 from switchyard.placement.synthetic import synthetic_trace
 from switchyard.placement.topology import Topology
 from switchyard.placement.trace import RoutingTrace
-from switchyard.placement.windows import (ADAPTIVE_MEMORY, LONGER_MEMORIES, PLANNING_DECAY, PLANNING_HISTORY,
-                                          WINDOW_TOKENS, ServedWindow, serve_windows, split_windows,
+from switchyard.placement.windows import (ADAPTIVE_MEMORY, BALANCE_FEEDBACK, LONGER_MEMORIES, PLANNING_DECAY,
+                                          PLANNING_HISTORY, WINDOW_TOKENS, ServedWindow, serve_windows, split_windows,
                                           summarize_served, window_weights)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,6 +70,7 @@ ESFT_GPUS = ((1, 8), (2, 4), (4, 2))  # (nodes, GPUs per node): 8 GPUs in every 
 ESFT_SLOTS_PER_GPU = (8, 9)  # 64 slots (one per expert) and 72 (8 redundant replicas)
 CLUSTER = "h100"
 DECAY, HISTORY = PLANNING_DECAY, PLANNING_HISTORY  # what the live rebalancer plans on, with ADAPTIVE_MEMORY
+FEEDBACK = BalanceFeedback()  # and the price its balance feedback sets (where BALANCE_FEEDBACK, the default)
 MEMORY_WORDS = " or a longer memory where it forecasts better" if ADAPTIVE_MEMORY else ""  # after DECAY's words
 RUNTIME_BATCH = 256
 NO_DRIFT_DRAWS = 8  # windows drawn per served window from the traffic its plans were made on
@@ -127,6 +132,7 @@ def main() -> None:
     memory_section(cells + synthetic_cells, emit)
     drift_section(cells + synthetic_cells, emit)
     resampled_section(cells + synthetic_cells, emit)
+    feedback_section(cells + synthetic_cells, emit)
     targets_section(cells + synthetic_cells, v3_affinity_s, emit)
     if cells:
         window_figure([(cell["label"], cell["time_ratios"], cell["balance_gaps"]) for cell in cells],
@@ -304,15 +310,14 @@ def _windows(trace, topology: Topology, emit: Callable[[str], None], label: str)
     cluster = PRESETS[CLUSTER]
     policies = _served_policies(cluster)
     started = time.perf_counter()
-    served = serve_windows(trace, topology, policies, WINDOW_TOKENS, DECAY, HISTORY, cluster,
-                           adaptive_memory=ADAPTIVE_MEMORY)
+    served = live_served(trace, topology, policies)
     seconds = time.perf_counter() - started
-    by_memory = {ADAPTIVE_MEMORY: served, not ADAPTIVE_MEMORY: serve_windows(
-        trace, topology, policies, WINDOW_TOKENS, DECAY, HISTORY, cluster, adaptive_memory=not ADAPTIVE_MEMORY)}
-    last_only = serve_windows(trace, topology, policies, WINDOW_TOKENS, 0.0, 1, cluster)
-    resampled = serve_windows(trace, topology, policies, WINDOW_TOKENS, DECAY, HISTORY, cluster,
-                              balance_tokens=RESAMPLED_RUN_TOKENS, adaptive_memory=ADAPTIVE_MEMORY,
-                              resampled_windows=RESAMPLED_WINDOWS)
+    by_memory = {ADAPTIVE_MEMORY: served,
+                 not ADAPTIVE_MEMORY: live_served(trace, topology, policies, adaptive_memory=not ADAPTIVE_MEMORY)}
+    last_only = live_served(trace, topology, policies, decay=0.0, history=1, adaptive_memory=False)
+    resampled = live_served(trace, topology, policies, balance_tokens=RESAMPLED_RUN_TOKENS,
+                            resampled_windows=RESAMPLED_WINDOWS)
+    unfed = live_served(trace, topology, policies, feedback=None)
     windows = split_windows(trace, WINDOW_TOKENS)
     rows, time_ratios, balance_gaps, bound_ratios, balanced_ratios, needed_gpus = [], [], [], [], [], []
     for item in served:
@@ -327,9 +332,9 @@ def _windows(trace, topology: Topology, emit: Callable[[str], None], label: str)
         rows.append([str(item.window), f"{eplb.balancedness:.3f}", f"{affinity.balancedness:.3f}",
                      f"{balance_gaps[-1]:+.3f}", f"{eplb.gpus_per_token:.2f}", f"{affinity.gpus_per_token:.2f}",
                      f"{eplb.layer_time_s * 1e3:.3f}", f"{affinity.layer_time_s * 1e3:.3f}",
-                     f"{time_ratios[-1]:.2f}x"])
+                     f"{time_ratios[-1]:.2f}x", str(item.levels.get("affinity", "-"))])
     headers = ["window", "EPLB bal.", "affinity bal.", "gap", "EPLB GPUs", "affinity GPUs", "EPLB ms",
-               "affinity ms", "time vs eplb"]
+               "affinity ms", "time vs eplb", "feedback level"]
     emit(f"Served windows ({WINDOW_TOKENS} tokens; plan on the last {HISTORY} windows decayed by {DECAY}{MEMORY_WORDS}, "
          f"serve the next; {seconds:.0f} s):\n\n" + markdown_table(headers, rows, numeric_from=1))
     return {"label": label, "time_ratios": time_ratios, "balance_gaps": balance_gaps,
@@ -337,9 +342,20 @@ def _windows(trace, topology: Topology, emit: Callable[[str], None], label: str)
             "history": {"fixed": served_medians(by_memory[False], "affinity", cluster),
                         "last window": served_medians(last_only, "affinity", cluster),
                         "adaptive": served_medians(by_memory[True], "affinity", cluster),
-                        "resampled": served_medians(resampled, "affinity", cluster)},
+                        "resampled": served_medians(resampled, "affinity", cluster),
+                        "no feedback": served_medians(unfed, "affinity", cluster)},
             "memories": [item.memory for item in by_memory[True]],
+            "levels": [item.levels.get("affinity", 0) for item in served],
             "drift": drift_split(trace, served)}
+
+
+def live_served(trace: RoutingTrace, topology: Topology, policies: dict[str, Policy], **options: Any
+                ) -> list[ServedWindow]:
+    """`serve_windows` as the live rebalancer plans: windows of `WINDOW_TOKENS`, its history, decay and
+    memory, its balance feedback (`FEEDBACK`), judged on `CLUSTER`; `options` override any of them."""
+    settings = {"decay": DECAY, "history": HISTORY, "adaptive_memory": ADAPTIVE_MEMORY,
+                "feedback": FEEDBACK if BALANCE_FEEDBACK else None, **options}
+    return serve_windows(trace, topology, policies, WINDOW_TOKENS, cluster=PRESETS[CLUSTER], **settings)
 
 
 def resampled_windows(windows: list[RoutingTrace], weights: np.ndarray, tokens: int, count: int,
@@ -481,8 +497,7 @@ def _memory_check(seed: int, nodes: int, gpus_per_node: int) -> dict:
     policies = _served_policies(cluster)
     trace = synthetic_trace(*SYNTH_SHAPE, seq_len=SYNTH_SEQ_LEN, seed=seed)
     topology = Topology.for_experts(trace.num_experts, nodes, gpus_per_node, 9)
-    served = {adaptive: serve_windows(trace, topology, policies, WINDOW_TOKENS, DECAY, HISTORY, cluster,
-                                      adaptive_memory=adaptive) for adaptive in (False, True)}
+    served = {adaptive: live_served(trace, topology, policies, adaptive_memory=adaptive) for adaptive in (False, True)}
     return {"label": f"synthetic seed {seed} {nodes}x{gpus_per_node}x9 (check)",
             "history": {"fixed": served_medians(served[False], "affinity", cluster),
                         "adaptive": served_medians(served[True], "affinity", cluster)},
@@ -517,6 +532,26 @@ def resampled_section(cells: list[dict], emit: Callable[[str], None]) -> None:
     met = {key: sum(cell["history"][key]["gap"] >= -BALANCE_GAP for cell in cells) for key in ("adaptive", "resampled")}
     emit(f"The balance target on the windows is met in {met['resampled']} of {len(cells)} cells with the cap on "
          f"resampled windows, {met['adaptive']} with the default.")
+
+
+def feedback_section(cells: list[dict], emit: Callable[[str], None]) -> None:
+    """What the balance feedback buys, per cell: the served windows planned as the live rebalancer plans
+    (with it) and with affinity at the model's price throughout (`--no-balance-feedback`)."""
+    emit("## Balance feedback")
+    emit(f"The same served windows, affinity planned at the model's price of overload throughout "
+         f"(`--no-balance-feedback`) and at the price the balance feedback sets (the default, "
+         f"`placement.feedback`: after each served window, a gap to EPLB's balancedness below "
+         f"-{FEEDBACK.tolerance} makes the next plan one level dearer, {FEEDBACK.step:g}x the price a level, at most "
+         f"level {FEEDBACK.max_level}; above +{FEEDBACK.tolerance} one level cheaper). Medians over windows of "
+         f"affinity's gap to EPLB's balancedness, its MoE time and GPUs per token over EPLB's (target: gap at "
+         f"least -{BALANCE_GAP}, time at most {TIME_RATIO}x); `levels`: the level each window's plan was made at.")
+    rows = [[cell["label"], *_medians_against(cell["history"]["no feedback"], cell["history"]["adaptive"]),
+             " ".join(map(str, cell["levels"]))] for cell in cells]
+    emit(markdown_table(["cell", "gap, model's price", "gap, feedback", "change", "time, model's price",
+                         "time, feedback", "GPUs, model's price", "GPUs, feedback", "levels"], rows, numeric_from=1))
+    met = {key: sum(cell["history"][key]["gap"] >= -BALANCE_GAP for cell in cells) for key in ("no feedback", "adaptive")}
+    emit(f"The balance target on the windows is met in {met['adaptive']} of {len(cells)} cells with the feedback, "
+         f"{met['no feedback']} at the model's price throughout.")
 
 
 def _bound_terms(evaluation: Evaluation, window: RoutingTrace, topology: Topology,

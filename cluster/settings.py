@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from switchyard.cluster.errors import InvalidSetting
-from switchyard.placement.windows import ADAPTIVE_MEMORY, PLANNING_DECAY, PLANNING_HISTORY
+from switchyard.placement.windows import ADAPTIVE_MEMORY, BALANCE_FEEDBACK, PLANNING_DECAY, PLANNING_HISTORY
 
 REDIS_URL_ENV = "SWITCHYARD_REDIS_URL"
 TOKEN_ENV = "SWITCHYARD_TOKEN"
@@ -48,6 +48,7 @@ class Settings:
     stats_history: int = PLANNING_HISTORY  # windows, each older one weighted by `stats_decay`
     stats_decay: float = PLANNING_DECAY
     adaptive_memory: bool = ADAPTIVE_MEMORY  # or a longer memory, whichever forecasts the past windows best
+    balance_feedback: bool = BALANCE_FEEDBACK  # affinity's overload price set by its served balance
     cluster_preset: str = "h100"  # the hardware (`placement.cost.PRESETS`) rebalances model and plan for
     observe_after_s: float = 30.0  # how long after an apply its gain is measured
     migration_timeout_s: float = 120.0  # per migration phase

@@ -22,6 +22,7 @@ over its replicas, as vLLM EPLB reports it.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +39,8 @@ from switchyard.placement.trace import RoutingTrace
 from switchyard.placement.windows import Memory, Resampling
 
 __all__ = [
-    "MAX_EVALUATED_TOKENS", "PlanMetrics", "Proposal", "evaluate_proposal", "expected_gpu_load", "propose", "set_traces",
+    "MAX_EVALUATED_TOKENS", "PlanMetrics", "Proposal", "evaluate_proposal", "expected_gpu_load", "propose", "served_gap",
+    "set_traces",
 ]
 
 MAX_EVALUATED_TOKENS = 50_000
@@ -77,6 +79,8 @@ class Proposal:
     windows, each older one weighted `decay` (`placement.windows.planning_stats`).
     resampled: `(windows, run_tokens)` where the plan was made on windows drawn from those windows'
     runs (`planning_stats`' `resampled_windows`); None where it was made on the windows themselves.
+    feedback_level: the balance feedback's level affinity's overload was priced at (`placement.feedback`:
+    the model's price times `step ** level`); None where no feedback priced the plan.
     """
 
     policy: str
@@ -90,6 +94,7 @@ class Proposal:
     evaluated_tokens: int
     memory: Memory | None = None
     resampled: Resampling | None = None
+    feedback_level: int | None = None
 
     @property
     def copies_per_layer(self) -> np.ndarray:
@@ -101,7 +106,7 @@ class Proposal:
                 "replicas_moved_per_layer": self.copies_per_layer.tolist(), "bytes_to_copy": self.bytes_moved,
                 "current": self.before.to_dict(), "proposed": self.after.to_dict(),
                 "window_tokens": self.window_tokens, "evaluated_tokens": self.evaluated_tokens,
-                "memory": memory_dict(self.memory, self.resampled)}
+                "memory": memory_dict(self.memory, self.resampled), "feedback_level": self.feedback_level}
 
 
 def memory_dict(memory: Memory | None, resampled: Resampling | None = None) -> dict[str, Any] | None:
@@ -124,13 +129,14 @@ def memory_text(memory: dict[str, Any]) -> str:
 
 
 def propose(stats: RoutingStats, current: Plan, policy_name: str = DEFAULT_POLICY, max_moves: int | None = None,
-            cluster: ClusterSpec | None = None) -> Proposal:
+            cluster: ClusterSpec | None = None, options: Mapping[str, object] | None = None) -> Proposal:
     """Plan with `policy_name` on `stats` and compare the aligned result with `current` (module doc).
 
     stats: the window, `[L, E]` like `current`.  max_moves: the most copies (migration-aware policies
     only); None: no bound.  cluster: hardware and model sizes for the layer time and the copy bytes,
     and the cluster a policy that plans for one (affinity) plans for; None: neither (bytes 0,
-    layer_time_s None, affinity's load cap first).
+    layer_time_s None, affinity's load cap first).  options: more of the policy's options (the balance
+    feedback's `overload_factor`).
     Raises `PlacementError` for an unknown policy, a bad `max_moves`, statistics that do not match the
     plan or hold no tokens.
     """
@@ -143,7 +149,8 @@ def propose(stats: RoutingStats, current: Plan, policy_name: str = DEFAULT_POLIC
     if max_moves is not None and not migration_aware:
         raise PlacementError(f"policy {policy_name!r} plans afresh and cannot bound the moves; leave max_moves "
                              "unset or use a migration-aware policy (affinity)")
-    policy = planning_policy(policy_name, cluster, **({"max_moves": max_moves} if migration_aware else {}))
+    policy = planning_policy(policy_name, cluster, **({"max_moves": max_moves} if migration_aware else {}),
+                             **(options or {}))
     return evaluate_proposal(stats, current, policy.place(stats, current.topology, current=current), cluster,
                              policy_name)
 
@@ -167,6 +174,13 @@ def evaluate_proposal(stats: RoutingStats, current: Plan, proposed_plan: Plan, c
     evaluated = sum(trace.num_tokens for trace in traces if trace is not None)
     return Proposal(policy, current, migration.aligned, migration, bytes_moved, before, after,
                     float(stats.num_tokens), evaluated)
+
+
+def served_gap(stats: RoutingStats, served: Plan, baseline: Plan, cluster: ClusterSpec | None = None) -> float:
+    """`served`'s balancedness on `stats` minus `baseline`'s, each measured as a proposal measures a plan
+    (on the sets of the window): what the balance feedback reads from the newest window."""
+    traces = set_traces(stats)
+    return _metrics(served, stats, traces, cluster).balancedness - _metrics(baseline, stats, traces, cluster).balancedness
 
 
 def set_traces(stats: RoutingStats, max_tokens: int = MAX_EVALUATED_TOKENS) -> list[RoutingTrace | None]:

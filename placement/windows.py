@@ -10,6 +10,8 @@ each window's statistics keep the load of every run of that many tokens in it
 (`RoutingStats.from_trace`), so a policy that holds its plan on each window's load (affinity) holds
 it on each such batch of the past instead (docs/placement.md, "Balance per batch"); with
 `resampled_windows` as well, on windows drawn from those batches (`resampled_stats`).
+With `feedback`, affinity's price of overload before each window is set by how its plan served the
+window before against EPLB's (`placement.feedback`), as the live rebalancer sets it.
 
 Windows are cut at token boundaries, not sequence boundaries (a sequence may straddle two windows, as
 traffic does in a live window); a last window shorter than `window_tokens` is dropped.
@@ -32,7 +34,9 @@ import numpy as np
 from switchyard.placement.cost import ClusterSpec
 from switchyard.placement.errors import PlacementError, SwitchyardError, positive_int, unit_interval
 from switchyard.placement.evaluate import Evaluation, evaluate
+from switchyard.placement.feedback import BASELINE, BalanceFeedback, applies_to, at_level
 from switchyard.placement.plan import Plan
+from switchyard.placement.policies import get_policy
 from switchyard.placement.policies.base import Policy
 from switchyard.placement.routing import DEFAULT_RULE, ReplicaRule
 from switchyard.placement.stats import RoutingStats
@@ -63,6 +67,10 @@ ADAPTIVE_MEMORY = True
 (`switchyard serve --adaptive-memory`) and what `bench.placement` measures. On the benchmark's served
 windows it narrowed affinity's balance gap to EPLB in 8 of 12 ESFT cells and on 5 of 6 synthetic ones
 (docs/placement.md, "Memory chosen by forecast")."""
+BALANCE_FEEDBACK = True
+"""Whether plans are made at the overload price the balance feedback sets (`placement.feedback`): the
+live rebalancer's default (`switchyard serve --balance-feedback`), what `placement windows` and
+`bench.placement` serve with."""
 FORECAST_WINDOWS = 12
 """The most past windows, the newest, that `planning_stats` scores memories on: six served windows for
 the longest of `LONGER_MEMORIES` to forecast; what the live rebalancer reads from the state store."""
@@ -71,12 +79,14 @@ the longest of `LONGER_MEMORIES` to forecast; what the live rebalancer reads fro
 @dataclass(frozen=True, eq=False)
 class ServedWindow:
     """Every policy's plan (`plans`), made on the windows up to `window - 1` with `memory`, and its
-    evaluation on window `window` (`evaluations`)."""
+    evaluation on window `window` (`evaluations`); `levels`: the balance feedback's level each policy
+    it moves was planned at (`placement.feedback`; empty without feedback)."""
 
     window: int
     evaluations: dict[str, Evaluation]
     memory: Memory
     plans: dict[str, Plan]
+    levels: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def split_windows(trace: RoutingTrace, window_tokens: int) -> list[RoutingTrace]:
@@ -223,7 +233,8 @@ def serve_windows(trace: RoutingTrace, topology: Topology, policies: Mapping[str
                   cluster: ClusterSpec | None = None, rule: ReplicaRule = DEFAULT_RULE,
                   balance_tokens: int | None = None, adaptive_memory: bool = False,
                   on_window: Callable[[int, int], None] | None = None,
-                  resampled_windows: int | None = None) -> list[ServedWindow]:
+                  resampled_windows: int | None = None, feedback: BalanceFeedback | None = None
+                  ) -> list[ServedWindow]:
     """Plan on windows i - history + 1 .. i (decayed), evaluate on window i + 1, for every i and policy.
 
     policies: name -> policy; each plans afresh (no current plan) before every served window.
@@ -247,15 +258,24 @@ def serve_windows(trace: RoutingTrace, topology: Topology, policies: Mapping[str
             f"the trace's {trace.num_tokens} tokens make {len(windows)} window(s) of {window_tokens}; "
             "serving needs at least two"
         )
+    levels = {} if feedback is None else {name: 0 for name, policy in policies.items() if applies_to(policy)}
+    # The feedback's reference, planned and served beside the policies where they do not include it.
+    reference = {BASELINE: get_policy(BASELINE)} if levels and BASELINE not in policies else {}
     window_stats = [RoutingStats.from_trace(window, window_tokens=balance_tokens) for window in windows]
     served = []
     for index in range(1, len(windows)):
         if on_window is not None:
             on_window(index, len(windows) - 1)
         stats, memory = planning_stats(window_stats[:index], (history, decay), adaptive_memory, resampled_windows)
-        plans = {name: policy.place(stats, topology) for name, policy in policies.items()}
+        planners = {name: at_level(policy, feedback, levels[name]) if name in levels else policy
+                    for name, policy in {**policies, **reference}.items()}
+        plans = {name: policy.place(stats, topology) for name, policy in planners.items()}
         evaluations = {name: evaluate(plan, windows[index], cluster, rule) for name, plan in plans.items()}
-        served.append(ServedWindow(index, evaluations, memory, plans))
+        served.append(ServedWindow(index, {name: evaluations[name] for name in policies}, memory,
+                                   {name: plans[name] for name in policies}, dict(levels)))
+        for name in levels:  # the served balance sets the next plan's level
+            gap = evaluations[name].balancedness - evaluations[BASELINE].balancedness
+            levels[name] = feedback.next_level(levels[name], gap)
     return served
 
 

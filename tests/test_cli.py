@@ -19,6 +19,7 @@ from click.testing import CliRunner, Result
 from switchyard.cluster.cli.main import main
 from switchyard.cluster.settings import DEFAULTS
 from switchyard.placement.cost import PRESETS
+from switchyard.placement.feedback import BalanceFeedback
 from switchyard.placement.formats import load_plan, load_trace, save_trace
 from switchyard.placement.policies import planning_policy, policy_names
 from switchyard.placement.stats import RoutingStats
@@ -211,21 +212,26 @@ def test_compare_windows_and_json(files) -> None:
 
 
 def test_windows_serves_each_window_with_plans_made_on_the_past(files) -> None:
-    """`placement windows` is `serve_windows` with the live rebalancer's history, decay and memory choice,
-    summarised against EPLB window by window; the JSON holds the summary and every window's evaluations."""
+    """`placement windows` is `serve_windows` with the live rebalancer's history, decay, memory choice and
+    balance feedback, summarised against EPLB window by window; the JSON holds the summary, every
+    window's evaluations and the level the feedback priced affinity at."""
     result = _ok(_invoke("placement", "windows", "--trace", files["trace"], *_topology(2, 2, 5),
                          "--window-tokens", 128, "--policy", "eplb", "--policy", "affinity", "--per-window",
                          "--json"))
     assert "3 windows of 128 tokens served" in result.stdout
     assert "serving window 3 of 3 ..." in result.stderr
     answer = json.loads(result.stdout.strip().splitlines()[-1])
-    assert (answer["history"], answer["decay"], answer["adaptive_memory"]) == \
-        (PLANNING_HISTORY, PLANNING_DECAY, ADAPTIVE_MEMORY)
+    assert (answer["history"], answer["decay"], answer["adaptive_memory"], answer["balance_feedback"]) == \
+        (PLANNING_HISTORY, PLANNING_DECAY, ADAPTIVE_MEMORY, True)
     assert [window["window"] for window in answer["windows"]] == [1, 2, 3]
     cluster = PRESETS[DEFAULTS.cluster_preset]
     served = serve_windows(load_trace(files["trace"]), Topology(2, 2, 5),
                            {name: planning_policy(name, cluster) for name in ("eplb", "affinity")},
-                           128, PLANNING_DECAY, PLANNING_HISTORY, cluster, adaptive_memory=ADAPTIVE_MEMORY)
+                           128, PLANNING_DECAY, PLANNING_HISTORY, cluster, adaptive_memory=ADAPTIVE_MEMORY,
+                           feedback=BalanceFeedback())
+    assert [window["feedback_levels"] for window in answer["windows"]] == [item.levels for item in served]
+    levels = " ".join(str(item.levels["affinity"]) for item in served)
+    assert f"affinity at the overload price its served balance set, level {levels} in turn" in result.stdout
     assert [(window["memory"]["history"], window["memory"]["decay"]) for window in answer["windows"]] == \
         [item.memory for item in served]
     expected = {summary.policy: summary.to_dict() for summary in summarize_served(served, "eplb")}
@@ -256,7 +262,21 @@ def test_windows_plans_on_resampled_windows(files) -> None:
     searched = planning_policy("affinity", cluster, starts=1, perturbations=2)
     served = serve_windows(load_trace(files["trace"]), Topology(2, 2, 5), {"affinity": searched},
                            128, PLANNING_DECAY, PLANNING_HISTORY, cluster, balance_tokens=32,
-                           adaptive_memory=ADAPTIVE_MEMORY, resampled_windows=6)
+                           adaptive_memory=ADAPTIVE_MEMORY, resampled_windows=6, feedback=BalanceFeedback())
+    assert answer["summary"]["affinity"] == summarize_served(served)[0].to_dict()
+
+
+def test_windows_without_balance_feedback_plans_at_the_models_price(files) -> None:
+    """--no-balance-feedback: affinity plans every window at the model's price of overload, as
+    `serve_windows` without feedback; no level is reported."""
+    result = _ok(_invoke("placement", "windows", "--trace", files["trace"], *_topology(2, 2, 5),
+                         "--window-tokens", 128, "--policy", "affinity", "--no-balance-feedback", "--json"))
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    assert answer["balance_feedback"] is False and all(not window["feedback_levels"] for window in answer["windows"])
+    assert "served balance set" not in result.stdout
+    cluster = PRESETS[DEFAULTS.cluster_preset]
+    served = serve_windows(load_trace(files["trace"]), Topology(2, 2, 5), {"affinity": planning_policy("affinity", cluster)},
+                           128, PLANNING_DECAY, PLANNING_HISTORY, cluster, adaptive_memory=ADAPTIVE_MEMORY)
     assert answer["summary"]["affinity"] == summarize_served(served)[0].to_dict()
 
 

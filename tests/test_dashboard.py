@@ -200,7 +200,9 @@ def test_page_renders_every_panel_with_data(scenario):
                f"every panel drawn: {_panels(driver)}", timeout_s=60)
     driver.find_element("id", "dry-run-button").click()
     wait_until(lambda: _panels(driver)["dry-run"] == "true", "the dry run's table", timeout_s=120)
-    assert f"window(s), each older one weighted 0.5 of the next{DRAWN}" in driver.find_element("id", "dry-run-result").text
+    dry_run_text = driver.find_element("id", "dry-run-result").text
+    assert f"window(s), each older one weighted 0.5 of the next{DRAWN}" in dry_run_text
+    assert "; overload priced at balance feedback level " in dry_run_text  # the dry run plans with affinity
     _screenshot(driver, "dashboard-after-rebalance.png")
 
     load = np.array([list(layer.expert_load) for layer in client.stats().layers])
@@ -225,6 +227,7 @@ def test_page_renders_every_panel_with_data(scenario):
     assert len(rows) == 1
     applied = scenario["applied"]
     assert "1 → 2" in rows[0]["text"] and "affinity on the last" in rows[0]["text"] and DRAWN in rows[0]["text"]
+    assert "; overload priced at balance feedback level 0" in rows[0]["text"]  # the first priced plan
     assert f"{applied.current.balancedness:.3f} → {applied.proposed.balancedness:.3f}" in rows[0]["text"]
     assert "→" in rows[0]["observed"] and "pending" not in rows[0]["observed"]
 
@@ -246,7 +249,8 @@ def test_dashboard_against_a_running_gateway(scenario):
         assert view.rebalances()[0]["memory"]["resampled"] == drawn
         dry_run = asyncio.run(source.dry_run("eplb", None))
         assert dry_run["policy"] == "eplb" and dry_run["memory"]["windows"] >= 1  # the windows it planned on
-        assert dry_run["memory"]["resampled"] == drawn
+        assert dry_run["memory"]["resampled"] == drawn and dry_run["feedback_level"] is None  # EPLB is not priced
+        assert asyncio.run(source.dry_run("affinity", None))["feedback_level"] in (0, 1)
         user_only = ClientSource(client)
         with pytest.raises(Exception, match="admin token"):
             asyncio.run(user_only.dry_run("eplb", None))

@@ -552,6 +552,7 @@ def test_rebalance_dry_run_proposes(runtime, client):
     client.generate_batch(PROMPTS, max_new_tokens=NEW_TOKENS)  # statistics to plan on
     answer = client.rebalance(apply=False, policy="affinity")
     assert answer.epoch == 1 and not answer.applied and answer.policy == "affinity"
+    assert answer.HasField("feedback_level") and answer.feedback_level == 0  # the served plan was not priced
     proposed = Plan.from_dict(json.loads(answer.plan_json))
     assert proposed.topology == runtime.plan.topology and (proposed.replica_count >= 1).all()
     assert answer.bytes_to_copy == answer.replicas_moved * model_cluster(runtime.spec).expert_bytes
@@ -563,6 +564,7 @@ def test_rebalance_dry_run_proposes(runtime, client):
     assert answer.balancedness_before == answer.current.balancedness
     kept = client.rebalance(apply=False, max_moves=0)  # the default policy is affinity
     assert kept.replicas_moved == 0 and kept.current == kept.proposed
+    assert not client.rebalance(apply=False, policy="eplb").HasField("feedback_level")  # EPLB has no price
     code, details = _code(lambda: client.rebalance(apply=False, policy="eplb", max_moves=1))
     assert code == Code.INVALID_ARGUMENT and "cannot bound the moves" in details
     code, details = _code(lambda: client.rebalance(apply=False, expected_epoch=2))
@@ -601,6 +603,7 @@ def test_cli_placement_show_and_rebalance(runtime, server):
     assert "| GPUs/token" in result.output and "replica(s) moved" in result.output
     summary = json.loads(result.output.splitlines()[-1])
     assert summary["replicas_moved"] <= 2 and summary["policy"] == "affinity" and summary["evaluated_tokens"] > 0
+    assert summary["feedback_level"] == 0 and "overload priced at balance feedback level 0" in result.output
     runner.invoke(main, ["placement", "rebalance", "--server", server, "--apply"], input="n\n")
     with Client(server) as client:  # declined, so nothing moved (tests/test_gateway_rebalance.py applies)
         assert client.placement().epoch == 1

@@ -274,3 +274,38 @@ def test_defaults_are_dry_runs_a_noop_apply_changes_nothing_and_applies_are_logg
     line = next(r.getMessage() for r in caplog.records if "rebalance applied by" in r.getMessage())
     assert "admin (no token: admin calls are open, ipv4:127.0.0.1:" in line
     assert f"epoch {epoch} -> {epoch + 1}, {applied.replicas_moved} replica(s) moved" in line
+
+
+def test_the_balance_feedback_prices_each_affinity_plan_by_how_the_served_one_did(runtime, store):
+    """`--balance-feedback` (the default) live: the first affinity rebalance is priced at level 0 (the
+    plan in service was not priced by the feedback) and says so in its answer and its event; the gateway
+    remembers it beside EPLB's plan on the same statistics, and the next proposal's level is that one's,
+    moved by the served balance gap on the newest window (`cluster.rebalance.feedback`, tested on its
+    own in tests/test_feedback.py). EPLB and a plan given whole are not priced; after one, affinity
+    starts at level 0 again. `--no-balance-feedback` prices nothing."""
+    _align(store, runtime)
+    backend = RuntimeBackend(runtime, store=store, observe_after_s=OBSERVE_AFTER_S)
+    gateway, target = _gateway(backend)
+    try:
+        with Client(target, timeout_s=120) as client:
+            epoch, plan = _served(client)
+            _greedy(client)
+            store.append_stats("engine-0", runtime.routing_stats(), time.time())
+            applied = client.rebalance(apply=True, policy="affinity", expected_epoch=epoch)
+            assert applied.HasField("feedback_level") and applied.feedback_level == 0
+            if applied.applied:
+                event = next(e for e in store.events() if e["kind"] == "rebalance" and e["epoch"] == epoch + 1)
+                assert event["feedback_level"] == 0
+            served = backend.feedback.priced(runtime.plan)
+            assert served is not None and served.level == 0 and served.baseline.topology == runtime.plan.topology
+            _greedy(client)
+            store.append_stats("engine-0", runtime.routing_stats(), time.time())
+            answer = client.rebalance(apply=False, policy="affinity")
+            assert answer.HasField("feedback_level") and answer.feedback_level in (0, 1)  # one step at most
+            assert not client.rebalance(apply=False, policy="eplb").HasField("feedback_level")
+            given = client.rebalance(apply=True, plan_json=json.dumps(_moved(runtime.plan).to_dict()))
+            assert given.applied and not given.HasField("feedback_level")
+            assert client.rebalance(apply=False, policy="affinity").feedback_level == 0
+    finally:
+        gateway.drain(0)
+    assert RuntimeBackend(runtime, store=store, balance_feedback=False).feedback is None

@@ -385,7 +385,7 @@ def test_serve_config_is_the_contract() -> None:
     assert app["import_path"] == "switchyard.cluster.serve_app:app"
     assert set(app["args"]) == {"model", "nodes", "gpus_per_node", "engines_per_node", "gateways", "deployment",
                                 "redis_url_env", "grpc_port", "metrics_port", "stats_interval_s", "cluster",
-                                "stats_window_s", "stats_history", "stats_decay", "adaptive_memory"}
+                                "stats_window_s", "stats_history", "stats_decay", "adaptive_memory", "balance_feedback"}
     assert app["args"]["deployment"] == "moe-switchyard"
 
 
@@ -395,18 +395,18 @@ def test_planning_values_are_the_cli_defaults_and_reach_the_application(monkeypa
     from switchyard.cluster.serving.args import AppArgs
 
     planning = ("cluster", "stats_window_s", "stats_history", "stats_decay", "adaptive_memory", "balance_tokens",
-                "resampled_windows")
+                "resampled_windows", "balance_feedback")
     rendered = AppArgs.parse(_serve_app(_one(_render(), "RayService"))["args"])
     defaults = AppArgs(model=rendered.model)
     assert {name: getattr(rendered, name) for name in planning} == {name: getattr(defaults, name) for name in planning}
     args = _serve_app(_one(_render(None, "serve.planning.cluster=h100-100gbit", "serve.planning.windowSeconds=30",
                                    "serve.planning.history=6", "serve.planning.decay=1",
                                    "serve.planning.adaptiveMemory=false", "serve.planning.balanceTokens=256",
-                                   "serve.planning.resampledWindows=16"),
+                                   "serve.planning.resampledWindows=16", "serve.planning.balanceFeedback=false"),
                            "RayService"))["args"]
     assert {name: args[name] for name in planning} == {
         "cluster": "h100-100gbit", "stats_window_s": 30, "stats_history": 6, "stats_decay": 1,
-        "adaptive_memory": False, "balance_tokens": 256, "resampled_windows": 16}
+        "adaptive_memory": False, "balance_tokens": 256, "resampled_windows": 16, "balance_feedback": False}
     monkeypatch.setenv(args["redis_url_env"], "redis://127.0.0.1:6379")  # as the chart sets it: a store to cut runs from
     parsed = AppArgs.parse(args)
     assert (parsed.balance_tokens, parsed.resampled_windows) == (256, 16)

@@ -17,7 +17,8 @@ import click
 
 from switchyard.cluster.errors import exit_code
 from switchyard.placement.compare import TokenWindow
-from switchyard.placement.windows import ADAPTIVE_MEMORY, LONGER_MEMORIES, check_resampled
+from switchyard.placement.feedback import BalanceFeedback
+from switchyard.placement.windows import ADAPTIVE_MEMORY, BALANCE_FEEDBACK, LONGER_MEMORIES, check_resampled
 
 
 class TokenRangeType(click.ParamType):
@@ -125,6 +126,21 @@ def adaptive_memory_option(planner: str) -> Callable[[Callable[..., Any]], Calla
         help=f"{planner} on the history and decay above or on a longer memory ({longer}), whichever "
              "forecasts the past windows' expert load best (docs/placement.md, \"Memory chosen by forecast\"); "
              "--fixed-memory: always on the history and decay above.",
+    )
+
+
+def balance_feedback_option(planner: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`--balance-feedback/--no-balance-feedback` (`placement.feedback`): whether `planner` (the subject of
+    the help's sentence) prices affinity's overload by its served balance. The command receives
+    `balance_feedback`."""
+    feedback = BalanceFeedback()
+    return click.option(
+        "--balance-feedback/--no-balance-feedback", default=BALANCE_FEEDBACK, show_default=True,
+        help=f"{planner} affinity at the overload price its served balance sets: {feedback.step:g}x dearer after a "
+             f"window its plan served more than {feedback.tolerance:g} less balanced than EPLB's plan on the same "
+             f"statistics, {feedback.step:g}x cheaper after one more than {feedback.tolerance:g} better balanced, "
+             f"from the model's price to {feedback.factor(feedback.max_level):g}x it (docs/placement.md, "
+             "\"Balance feedback\"); --no-balance-feedback: at the model's price throughout.",
     )
 
 

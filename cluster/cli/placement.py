@@ -21,8 +21,8 @@ import numpy as np
 from click.core import ParameterSource
 
 from switchyard.cluster.cli.params import (
-    INPUT_FILE, OUTPUT_FILE, TOKEN_RANGE, adaptive_memory_option, check_resampled_options, drop_incomplete_option,
-    grpc_errors_exit, resampled_windows_option, topology_options, verbose_option,
+    INPUT_FILE, OUTPUT_FILE, TOKEN_RANGE, adaptive_memory_option, balance_feedback_option, check_resampled_options,
+    drop_incomplete_option, grpc_errors_exit, resampled_windows_option, topology_options, verbose_option,
 )
 from switchyard.cluster.settings import DEFAULTS, TLS_CA_ENV, TOKEN_ENV
 from switchyard.cluster.cli.formatting import (
@@ -31,6 +31,7 @@ from switchyard.cluster.cli.formatting import (
 from switchyard.placement.compare import TokenWindow, compare_policies, default_windows, token_window
 from switchyard.placement.cost import PRESETS
 from switchyard.placement.evaluate import evaluate
+from switchyard.placement.feedback import BalanceFeedback
 from switchyard.placement.formats import (
     EXPORT_FORMATS, export_plan, load_plan, load_stats, load_trace, save_plan,
 )
@@ -204,6 +205,7 @@ def compare(trace_path: Path, nodes: int, gpus_per_node: int, slots_per_gpu: int
 @_balance_tokens_option
 @adaptive_memory_option("Before each window, plan")
 @resampled_windows_option("Plan")
+@balance_feedback_option("Before each window, plan")
 @_starts_option
 @_perturbations_option
 @click.option("--per-window", is_flag=True, help="Also print every served window's figures, one row per policy.")
@@ -212,8 +214,8 @@ def compare(trace_path: Path, nodes: int, gpus_per_node: int, slots_per_gpu: int
 @verbose_option
 def windows(trace_path: Path, nodes: int, gpus_per_node: int, slots_per_gpu: int | None, window_tokens: int,
             history: int, decay: float, policies: tuple[str, ...], cluster: str, balance_tokens: int | None,
-            adaptive_memory: bool, resampled_windows: int | None, starts: int | None, perturbations: int | None,
-            per_window: bool, as_json: bool, drop_incomplete: bool) -> None:
+            adaptive_memory: bool, resampled_windows: int | None, balance_feedback: bool, starts: int | None,
+            perturbations: int | None, per_window: bool, as_json: bool, drop_incomplete: bool) -> None:
     """Serve the trace as a live cluster would: cut it into windows, plan every policy on the past
     windows and serve the next one with its plan; medians over the served windows, and each policy
     against EPLB in the same window (docs/placement.md, "Serving the next window")."""
@@ -230,7 +232,8 @@ def windows(trace_path: Path, nodes: int, gpus_per_node: int, slots_per_gpu: int
     planners = {name: planning_policy(name, spec, **_policy_options(name, **search)) for name in names}
     served = serve_windows(routing, topology, planners,
                            window_tokens, decay, history, spec, balance_tokens=balance_tokens,
-                           adaptive_memory=adaptive_memory, on_window=progress, resampled_windows=resampled_windows)
+                           adaptive_memory=adaptive_memory, on_window=progress, resampled_windows=resampled_windows,
+                           feedback=BalanceFeedback() if balance_feedback else None)
     summaries = summarize_served(served, BASELINE_POLICY)
     click.echo(_describe(trace_path, routing, topology))
     chosen = ""
@@ -240,6 +243,9 @@ def windows(trace_path: Path, nodes: int, gpus_per_node: int, slots_per_gpu: int
     if resampled_windows is not None:
         chosen += (f", as {resampled_windows} windows drawn from their runs of {balance_tokens} tokens "
                    f"({run_count(window_tokens, balance_tokens)} a window)")
+    for name in served[0].levels:
+        chosen += (f"; {name} at the overload price its served balance set, level "
+                   f"{' '.join(str(item.levels[name]) for item in served)} in turn")
     click.echo(f"{len(served)} windows of {window_tokens} tokens served, each with plans made on the windows "
                f"before it: the last {history}, each older one weighted {decay:g} of the next{chosen}; "
                f"medians over the served windows; MoE time simulated on {cluster}")
@@ -252,9 +258,10 @@ def windows(trace_path: Path, nodes: int, gpus_per_node: int, slots_per_gpu: int
         click.echo(json.dumps({
             "window_tokens": window_tokens, "history": history, "decay": decay, "adaptive_memory": adaptive_memory,
             "balance_tokens": balance_tokens, "resampled_windows": resampled_windows,
+            "balance_feedback": balance_feedback,
             "summary": {summary.policy: summary.to_dict() for summary in summaries},
             "windows": [{"window": item.window, "memory": {"history": item.memory[0], "decay": item.memory[1]},
-                         **{name: evaluation.to_dict() for name, evaluation in item.evaluations.items()}}
+                         "feedback_levels": item.levels, **{name: evaluation.to_dict() for name, evaluation in item.evaluations.items()}}
                         for item in served],
         }))
 
@@ -381,6 +388,8 @@ def rebalance(ctx: click.Context, server: str, policy: str, max_moves: int | Non
         source = f"the plan in {plan_path}" if plan_path is not None else policy
         memory = summary["memory"]
         merged = "" if memory is None else f" ({memory_text(memory)})"
+        if summary["feedback_level"] is not None:
+            merged += f", overload priced at balance feedback level {summary['feedback_level']}"
         _show_then_apply(f"{source} on {summary['window_tokens']:.0f} tokens of statistics{merged}", summary,
                          apply, yes, as_json, "rebalance",
                          lambda: client.rebalance(apply=True, policy=policy, max_moves=max_moves,
@@ -461,6 +470,7 @@ def rebalance_summary(answer: Any) -> dict[str, Any]:
             "proposed": metrics(answer.proposed), "window_tokens": answer.window_tokens,
             "evaluated_tokens": answer.evaluated_tokens,
             "memory": memory_dict(planned_memory(answer), planned_resampling(answer)),
+            "feedback_level": answer.feedback_level if answer.HasField("feedback_level") else None,
             "plan": json.loads(answer.plan_json)}
 
 

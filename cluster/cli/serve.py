@@ -18,8 +18,8 @@ from typing import Any
 import click
 
 from switchyard.cluster.cli.params import (
-    OneLineCommand, UserError, adaptive_memory_option, check_resampled_options, grpc_errors_exit,
-    ray_cluster_options, resampled_windows_option,
+    OneLineCommand, UserError, adaptive_memory_option, balance_feedback_option, check_resampled_options,
+    grpc_errors_exit, ray_cluster_options, resampled_windows_option,
 )
 from switchyard.cluster.cli.preflight import check_serve_options
 from switchyard.cluster.errors import SwitchyardError
@@ -113,6 +113,7 @@ async def serve_until_signalled(config: Any, start_backend: Any, auto: Any = Non
               "holds its load cap on each run, which buys balance on the next window for locality "
               "(docs/placement.md, \"Balance per batch\"). Default: on each window.")
 @resampled_windows_option("Each rebalance plans")
+@balance_feedback_option("Each rebalance plans")
 @click.option("--cluster", "cluster_preset", type=click.Choice(sorted(PRESETS)), default=DEFAULTS.cluster_preset,
               show_default=True, help="The hardware rebalances plan for and model their MoE layer time on, with "
               "the model's sizes: affinity weighs a remote node and load above its cap by it (docs/placement.md).")
@@ -157,7 +158,7 @@ def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: in
           plan_path: Path | None, tokenizer_dir: Path | None, redis: str | None, deployment: str,
           stats_interval_s: float, stats_window_s: float, stats_window_tokens: float | None, stats_history: int,
           stats_decay: float, adaptive_memory: bool, balance_tokens: int | None, resampled_windows: int | None,
-          cluster_preset: str, auto_rebalance: bool, auto_min_balancedness: float, auto_min_gain: float, auto_interval_s: float,
+          balance_feedback: bool, cluster_preset: str, auto_rebalance: bool, auto_min_balancedness: float, auto_min_gain: float, auto_interval_s: float,
           auto_policy: str, host: str, port: int, token: str | None,
           admin_token: str | None, tls_cert: Path | None, tls_key: Path | None, max_queue: int,
           max_batch_requests: int, max_message_bytes: int, grace_s: float, with_dashboard: bool,
@@ -217,7 +218,7 @@ def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: in
              "metrics_port": metrics_port, "stats_interval_s": stats_interval_s, "stats_window_s": stats_window_s,
              "stats_history": stats_history, "stats_decay": stats_decay, "adaptive_memory": adaptive_memory,
              "balance_tokens": balance_tokens, "resampled_windows": resampled_windows,
-             "cluster": cluster_preset,
+             "balance_feedback": balance_feedback, "cluster": cluster_preset,
              "plan": str(plan_path) if plan_path is not None else "linear", "max_queue": max_queue,
              "tls_cert_file": str(tls_cert) if tls_cert else None, "tls_key_file": str(tls_key) if tls_key else None},
             nodes, address, state_store_url(redis))
@@ -262,7 +263,8 @@ def serve(model_dir: Path, nodes: int, address: str | None, workers_per_node: in
                                  stats_window_s=stats_window_s, stats_window_tokens=stats_window_tokens,
                                  stats_history=stats_history, stats_decay=stats_decay,
                                  adaptive_memory=adaptive_memory, balance_tokens=balance_tokens,
-                                 resampled_windows=resampled_windows, cluster_preset=cluster_preset, supervisor=supervisor)
+                                 resampled_windows=resampled_windows, balance_feedback=balance_feedback,
+                                 cluster_preset=cluster_preset, supervisor=supervisor)
         return backend, shutdown, tuple(publisher.writers)
 
     try:

@@ -57,14 +57,15 @@ class Source(Protocol):
 
 def proposal_dict(epoch: int, policy: str, current: dict[str, Any], proposed: dict[str, Any], moved: int,
                   moved_per_layer: list[int], bytes_to_copy: int, window_tokens: float,
-                  memory: Memory | None, resampled: Resampling | None) -> dict[str, Any]:
+                  memory: Memory | None, resampled: Resampling | None, feedback_level: int | None) -> dict[str, Any]:
     """The dry-run panel's JSON: the current and proposed plans' figures and the copies between them,
-    and the statistics planned on (`memory`: how many windows, each older one weighted by the decay;
-    `resampled`: the windows drawn from their runs, if any; `memory_dict`)."""
+    the statistics planned on (`memory`: how many windows, each older one weighted by the decay;
+    `resampled`: the windows drawn from their runs, if any; `memory_dict`), and the balance feedback's
+    level affinity's overload was priced at (None where it priced nothing)."""
     return {"epoch": epoch, "policy": policy, "current": current, "proposed": proposed, "replicas_moved": moved,
             "replicas_moved_per_layer": moved_per_layer, "bytes_to_copy": bytes_to_copy,
             "window_tokens": window_tokens,
-            "memory": memory_dict(memory, resampled)}
+            "memory": memory_dict(memory, resampled), "feedback_level": feedback_level}
 
 
 class BackendSource:
@@ -107,7 +108,7 @@ class BackendSource:
         return proposal_dict(outcome.epoch, proposal.policy, proposal.before.to_dict(), proposal.after.to_dict(),
                              proposal.migration.num_copies, proposal.copies_per_layer.tolist(),
                              proposal.bytes_moved, proposal.window_tokens, proposal.memory,
-                             proposal.resampled)
+                             proposal.resampled, proposal.feedback_level)
 
 
 def totals_of_proto(message: Any) -> RequestTotals:
@@ -167,4 +168,5 @@ class ClientSource:
 
         return proposal_dict(r.epoch, r.policy, figures(r.current), figures(r.proposed), r.replicas_moved,
                              list(r.replicas_moved_per_layer), r.bytes_to_copy, r.window_tokens,
-                             planned_memory(r), planned_resampling(r))
+                             planned_memory(r), planned_resampling(r),
+                             r.feedback_level if r.HasField("feedback_level") else None)

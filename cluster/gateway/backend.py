@@ -36,13 +36,16 @@ from switchyard.cluster.engine.traffic import TrafficCounters, merge_traffic
 from switchyard.cluster.errors import InvalidSetting, NotReady, QueueFull, ServingError
 from switchyard.cluster.gateway.streaming import EnginePoller, TokenStream
 from switchyard.cluster.rebalance.applier import PlanApplier, RebalanceOutcome, check_epoch
+from switchyard.cluster.rebalance.feedback import FeedbackMemory, PricedPlan
 from switchyard.cluster.rebalance.planner import model_cluster, plan_proposal
 from switchyard.cluster.runtime.runtime import Runtime, merge_engine_stats
 from switchyard.cluster.runtime.supervisor import Supervisor
 from switchyard.cluster.settings import DEFAULTS, check_balance_tokens
 from switchyard.cluster.state.store import StateStore, WindowBy
 from switchyard.placement.errors import positive_int, unit_interval
+from switchyard.placement.feedback import BASELINE, FEEDBACK_OPTION, BalanceFeedback
 from switchyard.placement.plan import Plan
+from switchyard.placement.policies import POLICIES, get_policy, policy_options
 from switchyard.placement.proposal import Proposal, expected_balancedness, memory_dict, memory_text
 from switchyard.placement.stats import RoutingStats
 from switchyard.placement.windows import Memory, Resampling, check_resampled, planning_stats, planning_windows
@@ -162,6 +165,9 @@ class RuntimeBackend:
     cap on each); snapshots and GetStats report the newest window alone.  adaptive_memory: instead,
     each rebalance plans on that memory or a longer one, whichever forecasts the store's last
     windows best (`placement.windows.planning_stats`; it reads `planning_windows` of them).
+    balance_feedback: affinity's overload is priced by how the plan in service has served the newest
+    window against EPLB's plan on the same statistics (`placement.feedback`; `cluster.rebalance.feedback`
+    keeps what that needs); False: at the model's price.
     balance_tokens: besides, each of those windows keeps the load of its runs of store entries holding this many tokens, and
     affinity holds its cap on each run (`switchyard serve --balance-tokens`; needs a store).
     resampled_windows: rebalances plan on this many windows drawn with replacement from those runs
@@ -180,7 +186,8 @@ class RuntimeBackend:
                  stats_window_s: float = DEFAULTS.stats_window_s, stats_window_tokens: float | None = None,
                  stats_history: int = DEFAULTS.stats_history, stats_decay: float = DEFAULTS.stats_decay,
                  adaptive_memory: bool = DEFAULTS.adaptive_memory, balance_tokens: float | None = None,
-                 resampled_windows: int | None = None, cluster_preset: str = DEFAULTS.cluster_preset,
+                 resampled_windows: int | None = None, balance_feedback: bool = DEFAULTS.balance_feedback,
+                 cluster_preset: str = DEFAULTS.cluster_preset,
                  observe_after_s: float = DEFAULTS.observe_after_s, supervisor: Supervisor | None = None) -> None:
         if max_queue_per_engine < 1:
             raise InvalidSetting(f"max_queue_per_engine must be at least 1, got {max_queue_per_engine}")
@@ -198,6 +205,7 @@ class RuntimeBackend:
         self.adaptive_memory = adaptive_memory
         self.planning_windows = planning_windows((stats_history, stats_decay), adaptive_memory)
         self.balance_tokens, self.resampled_windows = balance_tokens, resampled_windows
+        self.feedback = FeedbackMemory(BalanceFeedback()) if balance_feedback else None
         self.tokenizer = load_tokenizer(runtime.spec.model_dir if tokenizer_dir is None else tokenizer_dir)
         self.model = ModelInfo.of_spec(runtime.spec, self.tokenizer is not None)
         self.max_queue_per_engine, self.poll_timeout_s = max_queue_per_engine, poll_timeout_s
@@ -395,9 +403,28 @@ class RuntimeBackend:
         where = ("since loading" if self.store is None else f"in the last {size * self.planning_windows:g} s"
                  if by == "time" else "in the state store")
         stats, memory = await self._statistics(planning=True)
+        level = await self._feedback_level() if plan is None and self._priced_by_feedback(policy) else None
+        options = {} if level is None else {FEEDBACK_OPTION: self.feedback.feedback.factor(level)}
         proposal = await asyncio.to_thread(plan_proposal, stats, self.runtime.plan, self.cluster, policy, max_moves,
-                                           plan, where)
-        return dataclasses.replace(proposal, memory=memory, resampled=None if memory is None else self._resampling())
+                                           plan, where, options)
+        if level is not None and proposal.proposed != self.runtime.plan:  # what the next rebalance compares with
+            baseline = await asyncio.to_thread(get_policy(BASELINE).place, stats, self.runtime.plan.topology)
+            self.feedback.remember(PricedPlan(proposal.proposed, level, baseline))
+        return dataclasses.replace(proposal, memory=memory, resampled=None if memory is None else self._resampling(),
+                                   feedback_level=level)
+
+    def _priced_by_feedback(self, policy: str) -> bool:
+        """Whether the balance feedback prices `policy`'s plans (it is on, and the policy has the option)."""
+        return self.feedback is not None and policy in POLICIES and FEEDBACK_OPTION in policy_options(policy)
+
+    async def _feedback_level(self) -> int:
+        """The level the next plan's overload is priced at (`cluster.rebalance.feedback`): the plan in
+        service's, moved by its balance on the newest window against its EPLB plan's."""
+        served = self.feedback.priced(self.runtime.plan)
+        if served is None:
+            return 0
+        newest, _ = await self._statistics()
+        return await asyncio.to_thread(self.feedback.next_level, served, newest, self.cluster)
 
     async def cluster_info(self) -> dict[str, Any]:
         topology = self.runtime.plan.topology

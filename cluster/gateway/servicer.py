@@ -276,6 +276,8 @@ def _rebalance_response(outcome: RebalanceOutcome) -> pb.RebalanceResponse:
                                                  "planned_decay": proposal.memory[1]}
     if proposal.resampled is not None:
         memory.update(resampled_windows=proposal.resampled[0], resampled_run_tokens=proposal.resampled[1])
+    if proposal.feedback_level is not None:
+        memory.update(feedback_level=proposal.feedback_level)
     return pb.RebalanceResponse(
         epoch=outcome.epoch, applied=report is not None, plan_json=json.dumps(proposal.proposed.to_dict()),
         balancedness_before=proposal.before.balancedness, balancedness_after=proposal.after.balancedness,

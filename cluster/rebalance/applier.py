@@ -166,7 +166,8 @@ class PlanApplier:
         await self.record({
             "kind": kind, "by": by, "from_epoch": from_epoch, "epoch": report.epoch, "policy": proposal.policy,
             "predicted_before": proposal.before.to_dict(), "predicted_after": proposal.after.to_dict(),
-            "memory": memory_dict(proposal.memory, proposal.resampled), "copies": report.copies, "bytes_copied": report.bytes_copied,
+            "memory": memory_dict(proposal.memory, proposal.resampled), "feedback_level": proposal.feedback_level,
+            "copies": report.copies, "bytes_copied": report.bytes_copied,
             "apply_seconds": report.total_seconds, "steps_during_switch": report.steps_during_switch})
         self._observer = asyncio.get_running_loop().create_task(self._observe(report.epoch, at_switch))
         return report

@@ -6,6 +6,7 @@ turns the library's errors into the gateway's.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 from switchyard.cluster.errors import FailedPrecondition, InvalidRequest, InvalidSetting
 from switchyard.cluster.settings import DEFAULTS
@@ -34,15 +35,15 @@ def model_cluster(spec: ModelSpec, preset: str = DEFAULTS.cluster_preset) -> Clu
 
 
 def plan_proposal(stats: RoutingStats, current: Plan, cluster: ClusterSpec, policy: str, max_moves: int | None,
-                  plan: Plan | None, where: str) -> Proposal:
-    """From `current` to `policy`'s plan on `stats`, or to `plan`, which needs no statistics (without any,
-    its figures are those of no load). `FailedPrecondition` when planning has no statistics (`where`
+                  plan: Plan | None, where: str, options: Mapping[str, object] | None = None) -> Proposal:
+    """From `current` to `policy`'s plan (with more of its `options`) on `stats`, or to `plan`, which needs
+    no statistics (without any, its figures are those of no load). `FailedPrecondition` when planning has no statistics (`where`
     says which window was empty), `InvalidRequest` for a bad policy, budget or plan."""
     try:
         if plan is not None:
             return evaluate_proposal(stats, current, plan, cluster, policy)
         if not stats.num_tokens > 0:
             raise FailedPrecondition(f"no routing statistics {where}: serve some requests, then rebalance")
-        return propose(stats, current, policy, max_moves, cluster)
+        return propose(stats, current, policy, max_moves, cluster, options)
     except PlacementError as error:
         raise InvalidRequest(str(error)) from None

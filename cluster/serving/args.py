@@ -30,7 +30,8 @@ class AppArgs:
     (health_port: a plaintext grpc.health.v1-only port beside a TLS one; 0: none; metrics_port 0:
     no dashboard).  stats_interval_s: between statistics uploads.  stats_window_s, stats_history,
     stats_decay, adaptive_memory, balance_tokens, resampled_windows: the windows rebalances plan on
-    (`RuntimeBackend`; balance_tokens needs the store, resampled_windows balance_tokens).  cluster: the
+    (`RuntimeBackend`; balance_tokens needs the store, resampled_windows balance_tokens).  balance_feedback:
+    affinity's overload priced by its served balance (`placement.feedback`).  cluster: the
     hardware preset rebalances plan for (`placement.cost.PRESETS`).  plan: a plan JSON file, or a policy name.  token_file, admin_token_file, tls_cert_file, tls_key_file: files
     of the secrets."""
 
@@ -52,6 +53,7 @@ class AppArgs:
     adaptive_memory: bool = DEFAULTS.adaptive_memory
     balance_tokens: float | None = None
     resampled_windows: int | None = None
+    balance_feedback: bool = DEFAULTS.balance_feedback
     cluster: str = DEFAULTS.cluster_preset
     plan: str = "linear"
     max_queue: int = DEFAULTS.max_queue_per_engine

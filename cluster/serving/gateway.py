@@ -116,7 +116,7 @@ class GatewayReplica:
                                     stats_window_s=args.stats_window_s, stats_history=args.stats_history,
                                     stats_decay=args.stats_decay, adaptive_memory=args.adaptive_memory,
                                     balance_tokens=args.balance_tokens, resampled_windows=args.resampled_windows,
-                                    cluster_preset=args.cluster)
+                                    balance_feedback=args.balance_feedback, cluster_preset=args.cluster)
         self.server.attach(self.backend)
         if args.metrics_port:
             tokens = tuple(token for token in (self.config.token, self.config.admin_token) if token)

@@ -105,6 +105,9 @@ class AffinityPolicy:
     node_weight: what one remote node per token costs, in distinct GPUs per token; None: the
         cluster's price (`ClusterSpec.remote_node_weight`), or 1 without a cluster.
     cluster: the hardware the plan is for; it prices remote nodes (give it or node_weight, not both).
+    overload_factor: a pick above the cap costs this many times the cluster's price (1, default: the
+        model's exchange rate); the live rebalancer raises it while its plans serve the next window
+        less balanced than EPLB's (`placement.feedback`). Without a cluster the cap comes first anyway.
     max_moves: with a current plan, the most expert copies the new plan may need (None: plan afresh).
     seed: METIS's seed and the model's random top-k order and home nodes.
     starts: different METIS partitions per refined layer (`distinct_partitions`: seeds `seed`,
@@ -132,6 +135,7 @@ class AffinityPolicy:
     max_imbalance: float = 0.02
     node_weight: float | None = None
     cluster: ClusterSpec | None = None
+    overload_factor: float = 1.0
     max_moves: int | None = None
     seed: int = 0
     starts: int = 1
@@ -147,6 +151,9 @@ class AffinityPolicy:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise PlacementError(f"{option} must be a non-negative number, got {value!r}")
+        if isinstance(self.overload_factor, bool) or not isinstance(self.overload_factor, (int, float)) \
+                or not self.overload_factor > 0:
+            raise PlacementError(f"overload_factor must be a positive number, got {self.overload_factor!r}")
         if self.cluster is not None and not isinstance(self.cluster, ClusterSpec):
             raise PlacementError(f"cluster must be a ClusterSpec, got {self.cluster!r}")
         if self.cluster is not None and self.node_weight is not None:
@@ -172,9 +179,9 @@ class AffinityPolicy:
 
     def overload_price(self, topology: Topology) -> float:
         """What a pick above the cap costs against the cost (distinct GPUs per token): the cluster's
-        exchange rate (`ClusterSpec.overload_weight`), so the plan minimises the modelled layer time;
-        without a cluster, infinite: the cap comes first."""
-        return np.inf if self.cluster is None else self.cluster.overload_weight(topology.num_gpus)
+        exchange rate (`ClusterSpec.overload_weight`), so the plan minimises the modelled layer time,
+        times `overload_factor`; without a cluster, infinite: the cap comes first."""
+        return np.inf if self.cluster is None else self.cluster.overload_weight(topology.num_gpus) * self.overload_factor
 
     def process_count(self, stats: RoutingStats, topology: Topology) -> int:
         """How many processes plan `stats`' layers (option `processes`): never more than the layers,

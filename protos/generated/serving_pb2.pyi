@@ -273,7 +273,7 @@ class PlanMetrics(_message.Message):
     def __init__(self, balancedness: _Optional[float] = ..., gpus_per_token: _Optional[float] = ..., remote_nodes_per_token: _Optional[float] = ..., layer_time_s: _Optional[float] = ...) -> None: ...
 
 class RebalanceResponse(_message.Message):
-    __slots__ = ("epoch", "applied", "plan_json", "balancedness_before", "balancedness_after", "policy", "replicas_moved", "replicas_moved_per_layer", "bytes_to_copy", "current", "proposed", "window_tokens", "evaluated_tokens", "applied_epoch", "bytes_copied", "apply_seconds", "steps_during_switch", "planned_windows", "planned_decay", "resampled_windows", "resampled_run_tokens")
+    __slots__ = ("epoch", "applied", "plan_json", "balancedness_before", "balancedness_after", "policy", "replicas_moved", "replicas_moved_per_layer", "bytes_to_copy", "current", "proposed", "window_tokens", "evaluated_tokens", "applied_epoch", "bytes_copied", "apply_seconds", "steps_during_switch", "planned_windows", "planned_decay", "resampled_windows", "resampled_run_tokens", "feedback_level")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     APPLIED_FIELD_NUMBER: _ClassVar[int]
     PLAN_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -295,6 +295,7 @@ class RebalanceResponse(_message.Message):
     PLANNED_DECAY_FIELD_NUMBER: _ClassVar[int]
     RESAMPLED_WINDOWS_FIELD_NUMBER: _ClassVar[int]
     RESAMPLED_RUN_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_LEVEL_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     applied: bool
     plan_json: str
@@ -316,7 +317,8 @@ class RebalanceResponse(_message.Message):
     planned_decay: float
     resampled_windows: int
     resampled_run_tokens: float
-    def __init__(self, epoch: _Optional[int] = ..., applied: _Optional[bool] = ..., plan_json: _Optional[str] = ..., balancedness_before: _Optional[float] = ..., balancedness_after: _Optional[float] = ..., policy: _Optional[str] = ..., replicas_moved: _Optional[int] = ..., replicas_moved_per_layer: _Optional[_Iterable[int]] = ..., bytes_to_copy: _Optional[int] = ..., current: _Optional[_Union[PlanMetrics, _Mapping]] = ..., proposed: _Optional[_Union[PlanMetrics, _Mapping]] = ..., window_tokens: _Optional[float] = ..., evaluated_tokens: _Optional[int] = ..., applied_epoch: _Optional[int] = ..., bytes_copied: _Optional[int] = ..., apply_seconds: _Optional[float] = ..., steps_during_switch: _Optional[int] = ..., planned_windows: _Optional[int] = ..., planned_decay: _Optional[float] = ..., resampled_windows: _Optional[int] = ..., resampled_run_tokens: _Optional[float] = ...) -> None: ...
+    feedback_level: int
+    def __init__(self, epoch: _Optional[int] = ..., applied: _Optional[bool] = ..., plan_json: _Optional[str] = ..., balancedness_before: _Optional[float] = ..., balancedness_after: _Optional[float] = ..., policy: _Optional[str] = ..., replicas_moved: _Optional[int] = ..., replicas_moved_per_layer: _Optional[_Iterable[int]] = ..., bytes_to_copy: _Optional[int] = ..., current: _Optional[_Union[PlanMetrics, _Mapping]] = ..., proposed: _Optional[_Union[PlanMetrics, _Mapping]] = ..., window_tokens: _Optional[float] = ..., evaluated_tokens: _Optional[int] = ..., applied_epoch: _Optional[int] = ..., bytes_copied: _Optional[int] = ..., apply_seconds: _Optional[float] = ..., steps_during_switch: _Optional[int] = ..., planned_windows: _Optional[int] = ..., planned_decay: _Optional[float] = ..., resampled_windows: _Optional[int] = ..., resampled_run_tokens: _Optional[float] = ..., feedback_level: _Optional[int] = ...) -> None: ...
 
 class GetEventsRequest(_message.Message):
     __slots__ = ("limit",)

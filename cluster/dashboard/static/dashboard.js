@@ -182,6 +182,9 @@ function figurePair(before, after, key, digits = 3) {
   return `${fmt(b, digits)} &rarr; ${fmt(a, digits)}${change(b, a)}`;
 }
 
+// The balance feedback's level a plan's overload was priced at (a proposal's or a rebalance event's
+// `feedback_level`): null where the feedback priced nothing, absent in events of earlier versions.
+const feedbackText = (level) => (level === null || level === undefined ? "" : `; overload priced at balance feedback level ${level}`);
 // The statistics a plan was made on (a proposal's or a rebalance event's `memory`), as the CLI says it
 // (`proposal.memory_text`); events recorded before resampled draws were reported have no `resampled`.
 const memoryText = (m) => `the last ${m.windows} window(s), each older one weighted ${m.decay} of the next`
@@ -195,7 +198,7 @@ function drawHistory(d) {
   rows.forEach((r) => {
     const o = r.observed;
     html += `<tr class="rebalance"><td>${new Date(r.timestamp * 1000).toLocaleTimeString()}</td><td>${esc(r.kind)}</td>`
-      + `<td>${r.from_epoch} &rarr; ${r.epoch}</td><td>${esc(r.policy)}${r.memory ? ` on ${memoryText(r.memory)}` : ""}</td><td>${r.copies}</td><td>${bytes(r.bytes_copied)}</td>`
+      + `<td>${r.from_epoch} &rarr; ${r.epoch}</td><td>${esc(r.policy)}${r.memory ? ` on ${memoryText(r.memory)}` : ""}${feedbackText(r.feedback_level)}</td><td>${r.copies}</td><td>${bytes(r.bytes_copied)}</td>`
       + `<td>${fmt(r.apply_seconds, 2)}</td><td class="predicted">${figurePair(r.predicted_before, r.predicted_after, "balancedness")}</td>`
       + `<td>${figurePair(r.predicted_before, r.predicted_after, "gpus_per_token")}</td>`
       + `<td>${figurePair(r.predicted_before, r.predicted_after, "remote_nodes_per_token")}</td>`
@@ -234,7 +237,8 @@ async function dryRun(event) {
     });
     html += `</tbody></table><p class="note">policy ${esc(r.policy)} from epoch ${r.epoch}: ${r.replicas_moved} replica(s) to copy `
       + `(per layer: ${r.replicas_moved_per_layer.join(", ")}), ${bytes(r.bytes_to_copy)}; window ${fmt(r.window_tokens, 0)} tokens`
-      + (r.memory ? ` (${memoryText(r.memory)})` : "") + ".</p>";
+      + (r.memory ? ` (${memoryText(r.memory)})` : "")
+      + feedbackText(r.feedback_level) + ".</p>";
     $("dry-run-result").innerHTML = html;
     mark("dry-run", true);
   } catch (error) {

@@ -183,6 +183,7 @@ or the Serve config. The password must be URL-safe (the chart's generated one is
   "stats_history" (int .Values.serve.planning.history)
   "stats_decay" .Values.serve.planning.decay
   "adaptive_memory" .Values.serve.planning.adaptiveMemory
+  "balance_feedback" .Values.serve.planning.balanceFeedback
 }}
 {{- with .Values.serve.planning.balanceTokens }}
 {{- $_ := set $args "balance_tokens" (int .) }}
