@@ -26,7 +26,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from switchyard.placement.errors import PlacementError
-from switchyard.placement.policies import Policy, policy_options
+from switchyard.placement.policies import POLICIES, Policy, policy_options
 from switchyard.placement.policies.eplb import EplbPolicy
 
 BASELINE = EplbPolicy.name
@@ -73,14 +73,15 @@ class BalanceFeedback:
         return level
 
 
-def applies_to(policy: Policy) -> bool:
-    """Whether the feedback moves `policy` (it has the option the feedback sets)."""
-    return FEEDBACK_OPTION in policy_options(policy.name)
+def applies_to(policy_name: str) -> bool:
+    """Whether the feedback moves the policy registered as `policy_name` (it has the option the
+    feedback sets); False for a name not registered."""
+    return policy_name in POLICIES and FEEDBACK_OPTION in policy_options(policy_name)
 
 
 def at_level(policy: Policy, feedback: BalanceFeedback, level: int) -> Policy:
     """`policy` (a frozen dataclass, as every registered policy) with its overload priced at `level`;
     unchanged where the feedback does not apply."""
-    if not applies_to(policy):
+    if not applies_to(policy.name):
         return policy
     return dataclasses.replace(policy, **{FEEDBACK_OPTION: feedback.factor(level)})

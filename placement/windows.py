@@ -258,7 +258,7 @@ def serve_windows(trace: RoutingTrace, topology: Topology, policies: Mapping[str
             f"the trace's {trace.num_tokens} tokens make {len(windows)} window(s) of {window_tokens}; "
             "serving needs at least two"
         )
-    levels = {} if feedback is None else {name: 0 for name, policy in policies.items() if applies_to(policy)}
+    levels = {} if feedback is None else {name: 0 for name, policy in policies.items() if applies_to(policy.name)}
     # The feedback's reference, planned and served beside the policies where they do not include it.
     reference = {BASELINE: get_policy(BASELINE)} if levels and BASELINE not in policies else {}
     window_stats = [RoutingStats.from_trace(window, window_tokens=balance_tokens) for window in windows]

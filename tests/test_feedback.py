@@ -38,7 +38,8 @@ def test_a_level_is_the_models_price_times_the_step() -> None:
     priced = at_level(affinity, feedback, 2)
     assert priced.overload_price(TOPOLOGY) == pytest.approx(16 * affinity.overload_price(TOPOLOGY))
     eplb = get_policy("eplb")
-    assert applies_to(affinity) and not applies_to(eplb) and at_level(eplb, feedback, 2) is eplb
+    assert applies_to("affinity") and not applies_to("eplb") and not applies_to("fastest")
+    assert at_level(eplb, feedback, 2) is eplb
 
 
 @pytest.mark.parametrize("options, message", [

@@ -43,9 +43,9 @@ from switchyard.cluster.runtime.supervisor import Supervisor
 from switchyard.cluster.settings import DEFAULTS, check_balance_tokens
 from switchyard.cluster.state.store import StateStore, WindowBy
 from switchyard.placement.errors import positive_int, unit_interval
-from switchyard.placement.feedback import BASELINE, FEEDBACK_OPTION, BalanceFeedback
+from switchyard.placement.feedback import BASELINE, FEEDBACK_OPTION, BalanceFeedback, applies_to
 from switchyard.placement.plan import Plan
-from switchyard.placement.policies import POLICIES, get_policy, policy_options
+from switchyard.placement.policies import get_policy
 from switchyard.placement.proposal import Proposal, expected_balancedness, memory_dict, memory_text
 from switchyard.placement.stats import RoutingStats
 from switchyard.placement.windows import Memory, Resampling, check_resampled, planning_stats, planning_windows
@@ -403,7 +403,8 @@ class RuntimeBackend:
         where = ("since loading" if self.store is None else f"in the last {size * self.planning_windows:g} s"
                  if by == "time" else "in the state store")
         stats, memory = await self._statistics(planning=True)
-        level = await self._feedback_level() if plan is None and self._priced_by_feedback(policy) else None
+        priced = plan is None and self.feedback is not None and applies_to(policy)
+        level = await self._feedback_level() if priced else None
         options = {} if level is None else {FEEDBACK_OPTION: self.feedback.feedback.factor(level)}
         proposal = await asyncio.to_thread(plan_proposal, stats, self.runtime.plan, self.cluster, policy, max_moves,
                                            plan, where, options)
@@ -412,10 +413,6 @@ class RuntimeBackend:
             self.feedback.remember(PricedPlan(proposal.proposed, level, baseline))
         return dataclasses.replace(proposal, memory=memory, resampled=None if memory is None else self._resampling(),
                                    feedback_level=level)
-
-    def _priced_by_feedback(self, policy: str) -> bool:
-        """Whether the balance feedback prices `policy`'s plans (it is on, and the policy has the option)."""
-        return self.feedback is not None and policy in POLICIES and FEEDBACK_OPTION in policy_options(policy)
 
     async def _feedback_level(self) -> int:
         """The level the next plan's overload is priced at (`cluster.rebalance.feedback`): the plan in
