@@ -6,7 +6,8 @@ statistics, and moves the level by that gap. So the gateway remembers, for the l
 feedback priced, their level and EPLB's plan beside them: dry runs too, since automatic mode applies
 the very plan of its dry run; not a proposal that keeps the plan in service (a budget of 0 moves),
 which the feedback did not choose. A plan in service that is none of them (the plan served at start, a
-rollback, a plan given whole, or any plan after the gateway restarted) is priced from level 0 again.
+rollback, a plan given whole that no priced proposal proposed, or any plan after the gateway
+restarted) is priced from level 0 again.
 The memory is the gateway's, not the store's: a restarted gateway finds the level again within a
 few rebalances, as the first rebalances of a cluster do.
 """
