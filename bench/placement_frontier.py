@@ -16,8 +16,8 @@ over windows of the three figures against EPLB, each marked against its target. 
 position meets all three shows where the targets conflict for this policy; the model's own price (x1)
 on each window is the policy's default.
 
-Positions: `price xm` plans for the `h100` preset with GPUs m times slower (the overload price m
-times the model's, the remote-node price unchanged); `batch xm` is the same with the cap held on every
+Positions: `price xm` plans for the `h100` preset with the overload price m times the model's
+(`AffinityPolicy.overload_factor`, what the balance feedback sets; the remote-node price unchanged); `batch xm` is the same with the cap held on every
 batch of `RUNTIME_BATCH` tokens of the past windows (what one dispatcher call routes); `resampled xm`
 with the cap held on `RESAMPLED_WINDOWS` windows drawn from the past windows' runs of
 `RESAMPLED_RUN_TOKENS` tokens, as `bench.placement`'s section "The cap on resampled windows"; `cap a` plans
@@ -74,8 +74,7 @@ def positions() -> dict[str, Position]:
     cluster = PRESETS[CLUSTER]
 
     def priced(factor: float) -> Policy:
-        return get_policy("affinity",
-                          cluster=dataclasses.replace(cluster, gpu_flops=cluster.gpu_flops / factor))
+        return get_policy("affinity", cluster=cluster, overload_factor=factor)
 
     windows = {f"price x{factor:g}": Position(priced(factor)) for factor in PRICE_FACTORS}
     batches = {f"batch x{factor:g}": Position(priced(factor), RUNTIME_BATCH) for factor in BATCH_PRICE_FACTORS}

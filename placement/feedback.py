@@ -63,6 +63,10 @@ class BalanceFeedback:
         """The price of overload at `level`, over the model's."""
         return self.step ** level
 
+    def options(self, level: int) -> dict[str, float]:
+        """The policy options that price overload at `level` (for a policy the feedback applies to)."""
+        return {FEEDBACK_OPTION: self.factor(level)}
+
     def next_level(self, level: int, served_gap: float) -> int:
         """The level of the next plan, after a plan made at `level` served with balancedness
         `served_gap` above EPLB's (negative: below)."""
@@ -84,4 +88,4 @@ def at_level(policy: Policy, feedback: BalanceFeedback, level: int) -> Policy:
     unchanged where the feedback does not apply."""
     if not applies_to(policy.name):
         return policy
-    return dataclasses.replace(policy, **{FEEDBACK_OPTION: feedback.factor(level)})
+    return dataclasses.replace(policy, **feedback.options(level))

@@ -458,7 +458,8 @@ def _echo_result(summary: dict[str, Any], applied: Any, as_json: bool) -> None:
 
 def rebalance_summary(answer: Any) -> dict[str, Any]:
     """A `RebalanceResponse` as `Proposal.to_dict()`'s shape plus `epoch` and `plan` (figures unset: None)."""
-    from switchyard.cluster.gateway.client import planned_memory, planned_resampling  # gRPC is loaded by now
+    from switchyard.cluster.gateway.client import (  # gRPC is loaded by now
+        planned_feedback_level, planned_memory, planned_resampling)
 
     def metrics(message: Any) -> dict[str, float | None]:
         return {key: getattr(message, key) if key == "balancedness" or message.HasField(key) else None
@@ -470,7 +471,7 @@ def rebalance_summary(answer: Any) -> dict[str, Any]:
             "proposed": metrics(answer.proposed), "window_tokens": answer.window_tokens,
             "evaluated_tokens": answer.evaluated_tokens,
             "memory": memory_dict(planned_memory(answer), planned_resampling(answer)),
-            "feedback_level": answer.feedback_level if answer.HasField("feedback_level") else None,
+            "feedback_level": planned_feedback_level(answer),
             "plan": json.loads(answer.plan_json)}
 
 

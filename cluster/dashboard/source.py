@@ -20,7 +20,7 @@ import numpy as np
 from switchyard.cluster.dashboard.requests import HistogramTotals, RequestMetrics, RequestTotals
 from switchyard.cluster.dashboard.view import ClusterView, EngineTraffic
 from switchyard.cluster.errors import SwitchyardError
-from switchyard.cluster.gateway.client import planned_memory, planned_resampling
+from switchyard.cluster.gateway.client import planned_feedback_level, planned_memory, planned_resampling
 from switchyard.placement.plan import Plan
 from switchyard.placement.proposal import memory_dict
 from switchyard.placement.windows import Memory, Resampling
@@ -168,5 +168,4 @@ class ClientSource:
 
         return proposal_dict(r.epoch, r.policy, figures(r.current), figures(r.proposed), r.replicas_moved,
                              list(r.replicas_moved_per_layer), r.bytes_to_copy, r.window_tokens,
-                             planned_memory(r), planned_resampling(r),
-                             r.feedback_level if r.HasField("feedback_level") else None)
+                             planned_memory(r), planned_resampling(r), planned_feedback_level(r))

@@ -43,7 +43,7 @@ from switchyard.cluster.runtime.supervisor import Supervisor
 from switchyard.cluster.settings import DEFAULTS, check_balance_tokens
 from switchyard.cluster.state.store import StateStore, WindowBy
 from switchyard.placement.errors import positive_int, unit_interval
-from switchyard.placement.feedback import BASELINE, FEEDBACK_OPTION, BalanceFeedback, applies_to
+from switchyard.placement.feedback import BASELINE, BalanceFeedback, applies_to
 from switchyard.placement.plan import Plan
 from switchyard.placement.policies import get_policy
 from switchyard.placement.proposal import Proposal, expected_balancedness, memory_dict, memory_text
@@ -318,19 +318,25 @@ class RuntimeBackend:
         return "time", self.stats_window_s
 
     async def _statistics(self, planning: bool = False) -> tuple[RoutingStats, Memory | None]:
-        """What snapshots read (and, with `planning`, proposals): without a store, the statistics since
-        loading; with one, its newest window (by tokens when configured, else by time), or for planning
-        its last `planning_windows`, each with its runs of `balance_tokens`, decayed by the memory
-        `planning_stats` chooses (with `resampled_windows`, that many windows drawn from those runs).
-        Also `(windows, decay)`: how many windows were merged, each older one weighted `decay`; no load
-        and None when nothing was published."""
+        """What snapshots read (and, with `planning`, proposals): the windows of `_windows`, decayed by
+        the memory `planning_stats` chooses (with `resampled_windows` and `planning`, that many windows
+        drawn from their runs). Also `(windows, decay)`: how many windows were merged, each older one
+        weighted `decay`; no load and None when nothing was published."""
+        return self._merged(await self._windows(planning), planning)
+
+    async def _windows(self, planning: bool) -> list[RoutingStats]:
+        """The statistics windows, newest first: without a store, the statistics since loading (one
+        window); with one, its newest window (by tokens when configured, else by time), or for planning
+        its last `planning_windows`, each with its runs of `balance_tokens`."""
         if self.store is None:  # the engines up now (one gone is left out)
             live = [stats for stats in await self._ask_engines("routing_stats") if stats is not None]
-            windows = [merge_engine_stats(live)] if live else []
-        else:
-            by, size = self._store_window()
-            count, pieces = (self.planning_windows, self.balance_tokens) if planning else (1, None)
-            windows = await asyncio.to_thread(self.store.windows, by, size, count, None, pieces)
+            return [merge_engine_stats(live)] if live else []
+        by, size = self._store_window()
+        count, pieces = (self.planning_windows, self.balance_tokens) if planning else (1, None)
+        return await asyncio.to_thread(self.store.windows, by, size, count, None, pieces)
+
+    def _merged(self, windows: list[RoutingStats], planning: bool) -> tuple[RoutingStats, Memory | None]:
+        """`_statistics` of `windows` (newest first)."""
         if not windows:
             return RoutingStats.from_load(np.zeros((self.model.num_layers, self.model.num_experts)), 0.0), None
         resampled = self.resampled_windows if planning else None
@@ -402,10 +408,11 @@ class RuntimeBackend:
         by, size = self._store_window()
         where = ("since loading" if self.store is None else f"in the last {size * self.planning_windows:g} s"
                  if by == "time" else "in the state store")
-        stats, memory = await self._statistics(planning=True)
+        windows = await self._windows(planning=True)
+        stats, memory = self._merged(windows, planning=True)
         priced = plan is None and self.feedback is not None and applies_to(policy)
-        level = await self._feedback_level() if priced else None
-        options = {} if level is None else {FEEDBACK_OPTION: self.feedback.feedback.factor(level)}
+        level = await self._feedback_level(windows[0] if windows else None) if priced else None
+        options = {} if level is None else self.feedback.feedback.options(level)
         proposal = await asyncio.to_thread(plan_proposal, stats, self.runtime.plan, self.cluster, policy, max_moves,
                                            plan, where, options)
         if level is not None and proposal.proposed != self.runtime.plan:  # what the next rebalance compares with
@@ -414,14 +421,11 @@ class RuntimeBackend:
         return dataclasses.replace(proposal, memory=memory, resampled=None if memory is None else self._resampling(),
                                    feedback_level=level)
 
-    async def _feedback_level(self) -> int:
+    async def _feedback_level(self, newest: RoutingStats | None) -> int:
         """The level the next plan's overload is priced at (`cluster.rebalance.feedback`): the plan in
-        service's, moved by its balance on the newest window against its EPLB plan's."""
-        served = self.feedback.priced(self.runtime.plan)
-        if served is None:
-            return 0
-        newest, _ = await self._statistics()
-        return await asyncio.to_thread(self.feedback.next_level, served, newest, self.cluster)
+        service's, moved by its balance on `newest`, the store's newest window, against its EPLB plan's."""
+        return await asyncio.to_thread(self.feedback.next_level, self.feedback.priced(self.runtime.plan), newest,
+                                       self.cluster)
 
     async def cluster_info(self) -> dict[str, Any]:
         topology = self.runtime.plan.topology

@@ -47,6 +47,12 @@ def planned_resampling(answer: pb.RebalanceResponse) -> Resampling | None:
     return (answer.resampled_windows, answer.resampled_run_tokens) if answer.resampled_windows else None
 
 
+def planned_feedback_level(answer: pb.RebalanceResponse) -> int | None:
+    """The balance feedback's level a proposal's overload was priced at (`Proposal.feedback_level`);
+    None where the feedback priced nothing (`feedback_level` unset)."""
+    return answer.feedback_level if answer.HasField("feedback_level") else None
+
+
 class Client:
     """One channel to a gateway. target: `host:port`.  token: bearer token.  tls_ca: PEM of the CA
     (or the server's self-signed certificate) for a TLS gateway.  timeout_s: default deadline per call."""

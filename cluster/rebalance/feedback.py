@@ -46,13 +46,13 @@ class FeedbackMemory:
         """The record of `plan` where the feedback priced it (the newest such), else None."""
         return next((record for record in self._priced if record.plan == plan), None)
 
-    def next_level(self, served: PricedPlan | None, newest: RoutingStats, cluster: ClusterSpec) -> int:
+    def next_level(self, served: PricedPlan | None, newest: RoutingStats | None, cluster: ClusterSpec) -> int:
         """The level of the next plan: `served`'s (the plan in service's record), moved by its served gap
-        on `newest` (`placement.proposal.served_gap`); its own where the window is empty; 0 without a
-        record."""
+        on `newest` (`placement.proposal.served_gap`); its own where there is no window or it is empty;
+        0 without a record."""
         if served is None:
             return 0
-        if not newest.num_tokens > 0:
+        if newest is None or not newest.num_tokens > 0:
             return served.level
         return self.feedback.next_level(served.level, served_gap(newest, served.plan, served.baseline, cluster))
 
