@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from switchyard.cluster.rebalance.feedback import KEPT, FeedbackMemory, PricedPlan
+from switchyard.cluster.rebalance.feedback import FeedbackMemory
+from switchyard.cluster.state.store import MAX_PRICED, PricedPlan
 from switchyard.placement.cost import PRESETS
 from switchyard.placement.errors import PlacementError
 from switchyard.placement.evaluate import evaluate
@@ -101,7 +102,8 @@ def test_feedback_leaves_policies_without_its_option_alone() -> None:
 def test_the_gateways_memory_prices_the_next_plan_by_the_one_in_service() -> None:
     """`FeedbackMemory`: the plan in service's record and its served gap on the newest window, measured
     as a proposal measures plans, give the next level; an unknown plan starts at 0, an empty window
-    keeps the level, and only the newest `KEPT` records are remembered."""
+    keeps the level, and only the newest `MAX_PRICED` records are remembered (the state store's
+    records: tests/test_state_store.py; shared by gateways: tests/test_gateway_rebalance.py)."""
     stats = RoutingStats.from_trace(TRACE)
     affinity = planning_policy("affinity", CLUSTER).place(stats, TOPOLOGY)
     eplb = get_policy("eplb").place(stats, TOPOLOGY)
@@ -109,13 +111,13 @@ def test_the_gateways_memory_prices_the_next_plan_by_the_one_in_service() -> Non
     measured = evaluate_proposal(stats, affinity, eplb, CLUSTER)
     assert gap == pytest.approx(measured.before.balancedness - measured.after.balancedness)
     memory = FeedbackMemory(BalanceFeedback())
-    assert memory.priced(affinity) is None and memory.next_level(None, stats, CLUSTER) == 0
+    assert memory.priced(affinity) is None and memory.next_level(affinity, stats, CLUSTER) == 0
     memory.remember(PricedPlan(affinity, 1, eplb))
     record = memory.priced(affinity)
     assert record is not None and record.level == 1
-    assert memory.next_level(record, stats, CLUSTER) == BalanceFeedback().next_level(1, gap)
+    assert memory.next_level(affinity, stats, CLUSTER) == BalanceFeedback().next_level(1, gap)
     empty = RoutingStats.from_load(stats.load * 0, 0.0)
-    assert memory.next_level(record, empty, CLUSTER) == 1
-    for _ in range(KEPT):
+    assert memory.next_level(affinity, empty, CLUSTER) == memory.next_level(affinity, None, CLUSTER) == 1
+    for _ in range(MAX_PRICED):
         memory.remember(PricedPlan(eplb, 0, eplb))
     assert memory.priced(affinity) is None

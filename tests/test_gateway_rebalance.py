@@ -279,9 +279,9 @@ def test_defaults_are_dry_runs_a_noop_apply_changes_nothing_and_applies_are_logg
 def test_the_balance_feedback_prices_each_affinity_plan_by_how_the_served_one_did(runtime, store):
     """`--balance-feedback` (the default) live: the first affinity rebalance is priced at level 0 (the
     plan in service was not priced by the feedback) and says so in its answer and its event; the gateway
-    remembers it beside EPLB's plan on the same statistics, and the next proposal's level is that one's,
-    moved by the served balance gap on the newest window (`cluster.rebalance.feedback`, tested on its
-    own in tests/test_feedback.py). EPLB and a plan given whole are not priced; after one, affinity
+    remembers it beside EPLB's plan on the same statistics, in the store, and the next proposal's level
+    is that one's, moved by the served balance gap on the newest window (`cluster.rebalance.feedback`,
+    tested on its own in tests/test_feedback.py), whichever gateway over the store proposes it. EPLB and a plan given whole are not priced; after one, affinity
     starts at level 0 again. `--no-balance-feedback` prices nothing."""
     _align(store, runtime)
     backend = RuntimeBackend(runtime, store=store, observe_after_s=OBSERVE_AFTER_S)
@@ -302,6 +302,11 @@ def test_the_balance_feedback_prices_each_affinity_plan_by_how_the_served_one_di
             store.append_stats("engine-0", runtime.routing_stats(), time.time())
             answer = client.rebalance(apply=False, policy="affinity")
             assert answer.HasField("feedback_level") and answer.feedback_level in (0, 1)  # one step at most
+            # The record is the store's: another gateway replica, or this one restarted, prices alike.
+            restarted = RuntimeBackend(runtime, store=store)
+            assert restarted.feedback.priced(runtime.plan) == served
+            newest = store.window("time", restarted.stats_window_s)
+            assert restarted.feedback.next_level(runtime.plan, newest, restarted.cluster) == answer.feedback_level
             assert not client.rebalance(apply=False, policy="eplb").HasField("feedback_level")
             given = client.rebalance(apply=True, plan_json=json.dumps(_moved(runtime.plan).to_dict()))
             assert given.applied and not given.HasField("feedback_level")

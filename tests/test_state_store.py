@@ -20,7 +20,7 @@ import redis
 
 from switchyard.cluster.state.redis_store import RedisStateStore
 from switchyard.cluster.state.store import (
-    EmbeddedStateStore, PlanConflict, StateStore, StateStoreError, StateStoreUnavailable, open_state_store,
+    MAX_PRICED, EmbeddedStateStore, PlanConflict, PricedPlan, StateStore, StateStoreError, StateStoreUnavailable, open_state_store,
     stats_from_bytes, stats_to_bytes,
 )
 from switchyard.cluster.state.writer import BufferedStatsWriter
@@ -275,6 +275,26 @@ def test_events_must_be_json(store: StateStore) -> None:
         store.record_event({"when": object()})
 
 
+# ---- the balance feedback's priced plans ----
+
+
+def test_priced_plans_newest_first_and_capped(store: StateStore) -> None:
+    """What `cluster.rebalance.feedback` keeps: each record whole (plan, level, EPLB's plan), newest
+    first, the newest `MAX_PRICED` only; a second store object on the same deployment (another gateway
+    replica, or the gateway restarted) reads the same."""
+    assert store.priced_plans() == []
+    records = [PricedPlan(_plan(shift), shift % 3, _plan(shift + 1)) for shift in range(MAX_PRICED + 2)]
+    for record in records:
+        store.remember_priced(record)
+    assert store.priced_plans() == records[::-1][:MAX_PRICED]
+    if isinstance(store, RedisStateStore):
+        again = RedisStateStore(store.url, store.deployment)
+        try:
+            assert again.priced_plans() == store.priced_plans()
+        finally:
+            again.close()
+
+
 # ---- namespacing ----
 
 
@@ -350,6 +370,7 @@ def test_no_key_outside_the_prefix(private_redis) -> None:
     store.window("time", 60)
     store.set_active_plan(_plan(0), 0)
     store.record_event({"by": "test"})
+    store.remember_priced(PricedPlan(_plan(0), 1, _plan(1)))
     keys = sorted(k.decode() for k in redis.Redis(port=port).keys("*"))
     assert keys and all(k.startswith("switchyard:{prod}:") for k in keys), keys
     assert not any(k.startswith("RAY") for k in keys)  # Ray GCS FT's keys are RAY{namespace}@{table}

@@ -36,12 +36,12 @@ from switchyard.cluster.engine.traffic import TrafficCounters, merge_traffic
 from switchyard.cluster.errors import InvalidSetting, NotReady, QueueFull, ServingError
 from switchyard.cluster.gateway.streaming import EnginePoller, TokenStream
 from switchyard.cluster.rebalance.applier import PlanApplier, RebalanceOutcome, check_epoch
-from switchyard.cluster.rebalance.feedback import FeedbackMemory, PricedPlan
+from switchyard.cluster.rebalance.feedback import FeedbackMemory
 from switchyard.cluster.rebalance.planner import model_cluster, plan_proposal
 from switchyard.cluster.runtime.runtime import Runtime, merge_engine_stats
 from switchyard.cluster.runtime.supervisor import Supervisor
 from switchyard.cluster.settings import DEFAULTS, check_balance_tokens
-from switchyard.cluster.state.store import StateStore, WindowBy
+from switchyard.cluster.state.store import PricedPlan, StateStore, WindowBy
 from switchyard.placement.errors import positive_int, unit_interval
 from switchyard.placement.feedback import BASELINE, BalanceFeedback, applies_to
 from switchyard.placement.plan import Plan
@@ -167,7 +167,8 @@ class RuntimeBackend:
     windows best (`placement.windows.planning_stats`; it reads `planning_windows` of them).
     balance_feedback: affinity's overload is priced by how the plan in service has served the newest
     window against EPLB's plan on the same statistics (`placement.feedback`; `cluster.rebalance.feedback`
-    keeps what that needs); False: at the model's price.
+    keeps what that needs, in `store` where given, so gateway replicas and restarts share it); False: at
+    the model's price.
     balance_tokens: besides, each of those windows keeps the load of its runs of store entries holding this many tokens, and
     affinity holds its cap on each run (`switchyard serve --balance-tokens`; needs a store).
     resampled_windows: rebalances plan on this many windows drawn with replacement from those runs
@@ -205,7 +206,7 @@ class RuntimeBackend:
         self.adaptive_memory = adaptive_memory
         self.planning_windows = planning_windows((stats_history, stats_decay), adaptive_memory)
         self.balance_tokens, self.resampled_windows = balance_tokens, resampled_windows
-        self.feedback = FeedbackMemory(BalanceFeedback()) if balance_feedback else None
+        self.feedback = FeedbackMemory(BalanceFeedback(), store) if balance_feedback else None
         self.tokenizer = load_tokenizer(runtime.spec.model_dir if tokenizer_dir is None else tokenizer_dir)
         self.model = ModelInfo.of_spec(runtime.spec, self.tokenizer is not None)
         self.max_queue_per_engine, self.poll_timeout_s = max_queue_per_engine, poll_timeout_s
@@ -417,15 +418,14 @@ class RuntimeBackend:
                                            plan, where, options)
         if level is not None and proposal.proposed != self.runtime.plan:  # what the next rebalance compares with
             baseline = await asyncio.to_thread(get_policy(BASELINE).place, stats, self.runtime.plan.topology)
-            self.feedback.remember(PricedPlan(proposal.proposed, level, baseline))
+            await asyncio.to_thread(self.feedback.remember, PricedPlan(proposal.proposed, level, baseline))
         return dataclasses.replace(proposal, memory=memory, resampled=None if memory is None else self._resampling(),
                                    feedback_level=level)
 
     async def _feedback_level(self, newest: RoutingStats | None) -> int:
         """The level the next plan's overload is priced at (`cluster.rebalance.feedback`): the plan in
         service's, moved by its balance on `newest`, the store's newest window, against its EPLB plan's."""
-        return await asyncio.to_thread(self.feedback.next_level, self.feedback.priced(self.runtime.plan), newest,
-                                       self.cluster)
+        return await asyncio.to_thread(self.feedback.next_level, self.runtime.plan, newest, self.cluster)
 
     async def cluster_info(self) -> dict[str, Any]:
         topology = self.runtime.plan.topology

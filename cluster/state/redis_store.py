@@ -8,6 +8,8 @@ Keys (all of one deployment share the prefix `switchyard:{DEPLOYMENT}:`; the bra
     switchyard:{D}:plan:active    string       JSON {"epoch", "timestamp", "plan": Plan.to_dict()}
     switchyard:{D}:plan:history   list         the same JSON records, newest first, capped
     switchyard:{D}:events         list         rebalance events as JSON, newest first, capped
+    switchyard:{D}:feedback:priced list        the balance feedback's priced plans as JSON
+                                               (`PricedPlan.to_dict`), newest first, `MAX_PRICED` kept
 
 Why these cannot collide with Ray: Ray's GCS fault tolerance writes one Redis hash per GCS table
 named `RAY{external_storage_namespace}@{TABLE}` (e.g. `RAYdefault@NODE`; KubeRay sets the namespace
@@ -36,7 +38,8 @@ from redis.retry import Retry
 
 from switchyard.cluster.errors import InvalidSetting
 from switchyard.cluster.state.store import (
-    DEFAULT_MAX_AGE_S, DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EVENTS, DEFAULT_MAX_HISTORY, StateStore, StateStoreUnavailable,
+    DEFAULT_MAX_AGE_S, DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EVENTS, DEFAULT_MAX_HISTORY, MAX_PRICED, PricedPlan, StateStore,
+    StateStoreUnavailable,
     WindowBy, check_deployment, check_retention, conflict, merge_windows, stamped, stats_from_bytes, stats_to_bytes,
 )
 from switchyard.placement.plan import Plan
@@ -190,6 +193,22 @@ class RedisStateStore(StateStore):
             return []
         raws = self._call(lambda: self._redis.lrange(self.key("events"), 0, limit - 1))
         return [json.loads(raw) for raw in raws]
+
+
+    # ---- the balance feedback's priced plans ----
+
+    def remember_priced(self, record: PricedPlan) -> None:
+        def push() -> None:
+            with self._redis.pipeline() as pipe:
+                pipe.lpush(self.key("feedback:priced"), json.dumps(record.to_dict()))
+                pipe.ltrim(self.key("feedback:priced"), 0, MAX_PRICED - 1)
+                pipe.execute()
+
+        self._call(push)
+
+    def priced_plans(self) -> list[PricedPlan]:
+        raws = self._call(lambda: self._redis.lrange(self.key("feedback:priced"), 0, MAX_PRICED - 1))
+        return [PricedPlan.from_dict(json.loads(raw)) for raw in raws]
 
 
 def _redacted(url: str) -> str:

@@ -1,8 +1,11 @@
-"""The state store: routing statistics windows, versioned placement plans and rebalance events.
+"""The state store: routing statistics windows, versioned placement plans, rebalance events, and the
+plans the balance feedback priced.
 
 Engines append their routing statistics here every few seconds; the rebalancer reads a window of them
 merged across engines and nodes, plans, and publishes the new plan with compare-and-set on its epoch so
-two rebalancers can never both win. One interface, `StateStore`, two implementations:
+two rebalancers can never both win. The plans a rebalance priced for the balance feedback are kept
+here too, so every gateway replica, and a gateway restarted, prices the next plan from the same
+record (`cluster.rebalance.feedback`). One interface, `StateStore`, two implementations:
 
 - `EmbeddedStateStore`: in-process and thread-safe, the single-machine default (nothing to run).
 - `RedisStateStore` (`switchyard.cluster.state.redis_store`): a real Redis, shared by a cluster.
@@ -40,7 +43,7 @@ from switchyard.placement.plan import Plan
 from switchyard.placement.stats import RoutingStats
 
 __all__ = [
-    "EmbeddedStateStore", "PlanConflict", "StateStore", "StateStoreError", "StateStoreUnavailable",
+    "EmbeddedStateStore", "PlanConflict", "PricedPlan", "StateStore", "StateStoreError", "StateStoreUnavailable",
     "open_state_store",
 ]
 
@@ -52,6 +55,8 @@ DEFAULT_MAX_AGE_S = 3600.0
 DEFAULT_MAX_ENTRIES = 4096
 DEFAULT_MAX_HISTORY = 100
 DEFAULT_MAX_EVENTS = 1000
+MAX_PRICED = 8
+"""Priced plans kept (`PricedPlan`): the proposals of a few dry runs, and the one applied."""
 
 _DEPLOYMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 
@@ -73,6 +78,26 @@ class PlanConflict(StateStoreError):
     """`set_active_plan` lost a race: another writer advanced the epoch since it was read."""
 
     status = "ABORTED"
+
+
+# ---- records ----
+
+
+@dataclasses.dataclass(frozen=True)
+class PricedPlan:
+    """A plan the balance feedback priced (`cluster.rebalance.feedback`): its `level`, and `baseline`,
+    EPLB's plan on the same statistics, which its served balance is compared with."""
+
+    plan: Plan
+    level: int
+    baseline: Plan
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"level": self.level, "plan": self.plan.to_dict(), "baseline": self.baseline.to_dict()}
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> PricedPlan:
+        return cls(Plan.from_dict(record["plan"]), int(record["level"]), Plan.from_dict(record["baseline"]))
 
 
 # ---- the interface ----
@@ -118,6 +143,12 @@ class StateStore(Protocol):
 
     def events(self, limit: int = 100) -> list[dict[str, Any]]:
         """The latest `limit` events, newest first."""
+
+    def remember_priced(self, record: PricedPlan) -> None:
+        """Keep `record` as the newest of the last `MAX_PRICED` priced plans."""
+
+    def priced_plans(self) -> list[PricedPlan]:
+        """The priced plans kept, newest first."""
 
 
 def open_state_store(url: str | None, deployment: str) -> StateStore:
@@ -303,6 +334,7 @@ class EmbeddedStateStore(StateStore):
         self._epoch = 0
         self._history: deque[tuple[int, Plan, float]] = deque(maxlen=max_history)  # newest first
         self._events: deque[dict[str, Any]] = deque(maxlen=max_events)  # newest first
+        self._priced: deque[PricedPlan] = deque(maxlen=MAX_PRICED)  # newest first
         self._lock = threading.Lock()
 
     def ping(self) -> None:
@@ -352,3 +384,11 @@ class EmbeddedStateStore(StateStore):
     def events(self, limit: int = 100) -> list[dict[str, Any]]:
         with self._lock:
             return [json.loads(json.dumps(e)) for e in list(self._events)[:max(limit, 0)]]
+
+    def remember_priced(self, record: PricedPlan) -> None:
+        with self._lock:
+            self._priced.appendleft(record)
+
+    def priced_plans(self) -> list[PricedPlan]:
+        with self._lock:
+            return list(self._priced)
