@@ -280,9 +280,11 @@ def test_the_balance_feedback_prices_each_affinity_plan_by_how_the_served_one_di
     """`--balance-feedback` (the default) live: the first affinity rebalance is priced at level 0 (the
     plan in service was not priced by the feedback) and says so in its answer and its event; the gateway
     remembers it beside EPLB's plan on the same statistics, in the store, and the next proposal's level
-    is that one's, moved by the served balance gap on the newest window (`cluster.rebalance.feedback`,
-    tested on its own in tests/test_feedback.py), whichever gateway over the store proposes it. EPLB and a plan given whole are not priced; after one, affinity
-    starts at level 0 again. `--no-balance-feedback` prices nothing."""
+    is that one's, moved by its served balance gap on the traffic since its apply (the store's newest
+    window less the entries from before; none yet: the level kept), whichever gateway over the store
+    proposes it (`cluster.rebalance.feedback`, tested on its own in tests/test_feedback.py). EPLB and a
+    plan given whole are not priced; after one, affinity starts at level 0 again.
+    `--no-balance-feedback` prices nothing."""
     _align(store, runtime)
     backend = RuntimeBackend(runtime, store=store, observe_after_s=OBSERVE_AFTER_S)
     gateway, target = _gateway(backend)
@@ -298,6 +300,8 @@ def test_the_balance_feedback_prices_each_affinity_plan_by_how_the_served_one_di
                 assert event["feedback_level"] == 0
             served = backend.feedback.priced(runtime.plan)
             assert served is not None and served.level == 0 and served.baseline.topology == runtime.plan.topology
+            # Judged on what it has served since its apply: nothing yet, so its own level.
+            assert client.rebalance(apply=False, policy="affinity").feedback_level == served.level
             _greedy(client)
             store.append_stats("engine-0", runtime.routing_stats(), time.time())
             answer = client.rebalance(apply=False, policy="affinity")
@@ -305,7 +309,10 @@ def test_the_balance_feedback_prices_each_affinity_plan_by_how_the_served_one_di
             # The record is the store's: another gateway replica, or this one restarted, prices alike.
             restarted = RuntimeBackend(runtime, store=store)
             assert restarted.feedback.priced(runtime.plan) == served
-            newest = store.window("time", restarted.stats_window_s)
+            _, active, applied_at = store.plan_history(1)[0]
+            assert active == runtime.plan
+            newest = store.window("time", restarted.stats_window_s, since=applied_at)
+            assert newest is not None and newest.num_tokens > 0
             assert restarted.feedback.next_level(runtime.plan, newest, restarted.cluster) == answer.feedback_level
             assert not client.rebalance(apply=False, policy="eplb").HasField("feedback_level")
             given = client.rebalance(apply=True, plan_json=json.dumps(_moved(runtime.plan).to_dict()))

@@ -111,6 +111,18 @@ def test_window_by_tokens_takes_newest_whole_entries(store: StateStore) -> None:
     assert store.window("tokens", 1000).num_tokens == 60
 
 
+def test_a_window_since_a_time_leaves_out_older_entries(store: StateStore) -> None:
+    """`since` (what the plan in service has served since its apply): entries stamped before it are
+    left out of time and token windows alike; none after it, no window."""
+    old, middle, new = _stats(1, 10), _stats(2, 20), _stats(3, 30)
+    for timestamp, stats in ((100.0, old), (150.0, middle), (190.0, new)):
+        store.append_stats("engine-0", stats, timestamp)
+    assert _same(store.window("time", 100, now=200.0, since=150.0), middle.merge(new))
+    assert _same(store.window("tokens", 1000, since=150.0), new.merge(middle))
+    assert _same(store.windows("tokens", 20, 3, since=120.0)[-1], middle)  # the older window cut at `since`
+    assert store.window("time", 100, now=200.0, since=191.0) is None
+
+
 def test_windows_by_time_are_consecutive_and_skip_empty_ones(store: StateStore) -> None:
     entries = {95.0: _stats(1), 130.0: _stats(2), 145.0: _stats(3), 190.0: _stats(4), 205.0: _stats(5)}
     for timestamp, stats in entries.items():

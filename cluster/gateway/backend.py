@@ -424,8 +424,19 @@ class RuntimeBackend:
 
     async def _feedback_level(self, newest: RoutingStats | None) -> int:
         """The level the next plan's overload is priced at (`cluster.rebalance.feedback`): the plan in
-        service's, moved by its balance on `newest`, the store's newest window, against its EPLB plan's."""
-        return await asyncio.to_thread(self.feedback.next_level, self.runtime.plan, newest, self.cluster)
+        service's, moved by its balance against its EPLB plan's on the traffic it has served
+        (`_served_window`; without a store, `newest`, the statistics since loading)."""
+        served = newest if self.store is None else await asyncio.to_thread(self._served_window)
+        return await asyncio.to_thread(self.feedback.next_level, self.runtime.plan, served, self.cluster)
+
+    def _served_window(self) -> RoutingStats | None:
+        """The store's newest window less its entries stamped before the plan in service was applied
+        (where the store's active plan is it): a rebalance sooner than a window after the last one
+        judges that plan on its own traffic, not on its predecessor's. None while it has served none."""
+        history = self.store.plan_history(1)
+        since = history[0][2] if history and history[0][1] == self.runtime.plan else None
+        by, size = self._store_window()
+        return self.store.window(by, size, since=since)
 
     async def cluster_info(self) -> dict[str, Any]:
         topology = self.runtime.plan.topology

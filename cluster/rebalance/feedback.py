@@ -1,8 +1,8 @@
 """The balance feedback across live rebalances (`placement.feedback`, `switchyard serve --balance-feedback`).
 
 A rebalance that plans with affinity prices its overload at a level. The next one reads how the plan
-in service has served since, on the store's newest window, against EPLB's plan made on the same
-statistics, and moves the level by that gap. So the last `MAX_PRICED` plans the feedback priced are
+in service has served since its apply (the store's newest window less the entries from before it),
+against EPLB's plan made on the same statistics, and moves the level by that gap. So the last `MAX_PRICED` plans the feedback priced are
 kept with their level and EPLB's plan beside them (`PricedPlan`): dry runs too, since automatic mode
 applies the very plan of its dry run; not a proposal that keeps the plan in service (a budget of 0
 moves), which the feedback did not choose. A plan in service that is none of them (the plan served at

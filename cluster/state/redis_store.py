@@ -128,10 +128,10 @@ class RedisStateStore(StateStore):
         self._call(append)
 
     def windows(self, by: WindowBy, size: float, count: int, now: float | None = None,
-                piece_tokens: float | None = None) -> list[RoutingStats]:
+                piece_tokens: float | None = None, since: float | None = None) -> list[RoutingStats]:
         now = time.time() if now is None else now
         return self._call(lambda: merge_windows(self._newest_first(by, size, count, now), by, size, count, now,
-                                                piece_tokens))
+                                                piece_tokens, since))
 
     def _newest_first(self, by: WindowBy, size: float, count: int, now: float) -> Iterator[tuple[float, RoutingStats]]:
         """Entries newest first: the ids (with time windows, those of the last `count` windows only) in

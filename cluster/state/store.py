@@ -117,16 +117,19 @@ class StateStore(Protocol):
     def append_stats(self, engine_id: str, stats: RoutingStats, timestamp: float) -> None:
         """Add one engine's statistics taken at `timestamp`; entries past the retention are dropped."""
 
-    def window(self, by: WindowBy, size: float, now: float | None = None) -> RoutingStats | None:
-        """All engines' entries inside the window merged, or None when it holds none (see module doc)."""
-        windows = self.windows(by, size, 1, now)
+    def window(self, by: WindowBy, size: float, now: float | None = None, since: float | None = None
+               ) -> RoutingStats | None:
+        """All engines' entries inside the window merged, or None when it holds none (see module doc);
+        with `since`, the entries stamped at or after it only."""
+        windows = self.windows(by, size, 1, now, since=since)
         return windows[0] if windows else None
 
     def windows(self, by: WindowBy, size: float, count: int, now: float | None = None,
-                piece_tokens: float | None = None) -> list[RoutingStats]:
+                piece_tokens: float | None = None, since: float | None = None) -> list[RoutingStats]:
         """Up to `count` consecutive windows, newest first, each merged as `window` merges one; a
         window without entries is left out; with `piece_tokens`, each keeps the load of its runs of
-        entries of that many tokens (`merge_windows`)."""
+        entries of that many tokens; with `since`, entries stamped before it are left out
+        (`merge_windows`)."""
 
     def active_plan(self) -> tuple[Plan, int] | None:
         """The active plan and its epoch, or None before the first plan."""
@@ -188,7 +191,8 @@ def check_retention(max_age_s: float, max_entries: int, max_history: int, max_ev
 
 
 def merge_windows(newest_first: Iterable[tuple[float, RoutingStats]], by: WindowBy, size: float, count: int,
-                  now: float | None = None, piece_tokens: float | None = None) -> list[RoutingStats]:
+                  now: float | None = None, piece_tokens: float | None = None, since: float | None = None
+                  ) -> list[RoutingStats]:
     """Merge the entries of up to `count` consecutive windows from `(timestamp, stats)` pairs ordered
     newest first; the windows come newest first, and a window that holds no entry is left out.
 
@@ -201,6 +205,8 @@ def merge_windows(newest_first: Iterable[tuple[float, RoutingStats]], by: Window
     piece_tokens: each window also keeps, in `window_load`, the load of every run of consecutive
     entries holding at least this many tokens (cut as token windows are; a planner holds its load cap
     on each, `placement.windows.decayed_stats`); None: the window's load alone.
+    since: entries stamped before this are left out, as if the store held none (what a plan has served
+    since it was applied, `cluster.rebalance.feedback`); None: all.
     """
     if by not in ("time", "tokens"):
         raise InvalidSetting(f"window by must be 'time' or 'tokens', got {by!r}")
@@ -213,6 +219,8 @@ def merge_windows(newest_first: Iterable[tuple[float, RoutingStats]], by: Window
     windows: list[RoutingStats] = []
     window, current = _Window(piece_tokens), 0
     for timestamp, stats in newest_first:
+        if since is not None and timestamp < since:
+            break
         if by == "time":
             index = max(0, math.ceil((now - timestamp) / size) - 1)
             if index >= count:
@@ -354,10 +362,10 @@ class EmbeddedStateStore(StateStore):
             self._entries = keep[-self.max_entries:]
 
     def windows(self, by: WindowBy, size: float, count: int, now: float | None = None,
-                piece_tokens: float | None = None) -> list[RoutingStats]:
+                piece_tokens: float | None = None, since: float | None = None) -> list[RoutingStats]:
         with self._lock:
             entries = list(self._entries)
-        return merge_windows(((t, s) for t, _, s in reversed(entries)), by, size, count, now, piece_tokens)
+        return merge_windows(((t, s) for t, _, s in reversed(entries)), by, size, count, now, piece_tokens, since)
 
     def active_plan(self) -> tuple[Plan, int] | None:
         with self._lock:
