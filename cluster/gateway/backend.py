@@ -165,10 +165,10 @@ class RuntimeBackend:
     cap on each); snapshots and GetStats report the newest window alone.  adaptive_memory: instead,
     each rebalance plans on that memory or a longer one, whichever forecasts the store's last
     windows best (`placement.windows.planning_stats`; it reads `planning_windows` of them).
-    balance_feedback: affinity's overload is priced by how the plan in service has served the newest
-    window against EPLB's plan on the same statistics (`placement.feedback`; `cluster.rebalance.feedback`
-    keeps what that needs, in `store` where given, so gateway replicas and restarts share it); False: at
-    the model's price.
+    balance_feedback: affinity's overload is priced by how the plan in service has served since its
+    apply against EPLB's plan on the same statistics (`placement.feedback`; `cluster.rebalance.feedback`
+    keeps what that needs, in `store` where given, so gateway replicas over it, and restarts over Redis,
+    share it); False: at the model's price.
     balance_tokens: besides, each of those windows keeps the load of its runs of store entries holding this many tokens, and
     affinity holds its cap on each run (`switchyard serve --balance-tokens`; needs a store).
     resampled_windows: rebalances plan on this many windows drawn with replacement from those runs

@@ -34,16 +34,16 @@ class FeedbackMemory:
         """The record of `plan` where the feedback priced it (the newest such), else None."""
         return next((record for record in self.store.priced_plans() if record.plan == plan), None)
 
-    def next_level(self, served: Plan, newest: RoutingStats | None, cluster: ClusterSpec) -> int:
+    def next_level(self, served: Plan, window: RoutingStats | None, cluster: ClusterSpec) -> int:
         """The level of the next plan after `served`, the plan in service: its record's level moved by its
-        served gap on `newest` (`placement.proposal.served_gap`); the record's own where there is no
-        window or it is empty; 0 where the feedback did not price it."""
+        served gap on `window`, the traffic it has served (`placement.proposal.served_gap`); the record's
+        own where that is None or empty; 0 where the feedback did not price it."""
         record = self.priced(served)
         if record is None:
             return 0
-        if newest is None or not newest.num_tokens > 0:
+        if window is None or not window.num_tokens > 0:
             return record.level
-        return self.feedback.next_level(record.level, served_gap(newest, record.plan, record.baseline, cluster))
+        return self.feedback.next_level(record.level, served_gap(window, record.plan, record.baseline, cluster))
 
     def remember(self, record: PricedPlan) -> None:
         self.store.remember_priced(record)

@@ -39,8 +39,8 @@ from redis.retry import Retry
 from switchyard.cluster.errors import InvalidSetting
 from switchyard.cluster.state.store import (
     DEFAULT_MAX_AGE_S, DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EVENTS, DEFAULT_MAX_HISTORY, MAX_PRICED, PricedPlan, StateStore,
-    StateStoreUnavailable,
-    WindowBy, check_deployment, check_retention, conflict, merge_windows, stamped, stats_from_bytes, stats_to_bytes,
+    StateStoreUnavailable, WindowBy, check_deployment, check_retention, conflict, merge_windows, stamped,
+    stats_from_bytes, stats_to_bytes,
 )
 from switchyard.placement.plan import Plan
 from switchyard.placement.stats import RoutingStats
@@ -193,7 +193,6 @@ class RedisStateStore(StateStore):
             return []
         raws = self._call(lambda: self._redis.lrange(self.key("events"), 0, limit - 1))
         return [json.loads(raw) for raw in raws]
-
 
     # ---- the balance feedback's priced plans ----
 

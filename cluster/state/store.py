@@ -4,8 +4,8 @@ plans the balance feedback priced.
 Engines append their routing statistics here every few seconds; the rebalancer reads a window of them
 merged across engines and nodes, plans, and publishes the new plan with compare-and-set on its epoch so
 two rebalancers can never both win. The plans a rebalance priced for the balance feedback are kept
-here too, so every gateway replica, and a gateway restarted, prices the next plan from the same
-record (`cluster.rebalance.feedback`). One interface, `StateStore`, two implementations:
+here too, so every gateway replica over one store, and a gateway restarted over Redis, prices the
+next plan from the same record (`cluster.rebalance.feedback`). One interface, `StateStore`, two implementations:
 
 - `EmbeddedStateStore`: in-process and thread-safe, the single-machine default (nothing to run).
 - `RedisStateStore` (`switchyard.cluster.state.redis_store`): a real Redis, shared by a cluster.
