@@ -23,7 +23,9 @@ x slots per GPU (8, 9):
   default, whose price the served balance sets (`placement.feedback`);
 - the targets of issue 17 per cell, each marked met or missed, as the live rebalancer plans and with
   the cap on resampled windows (the DeepSeek-V3 sections run in a process started afresh, as
-  `switchyard placement plan` does);
+  `switchyard placement plan` does); where the half/half GPU cut falls short, affinity's half/half
+  plan at cheaper prices of overload too (`cheaper_prices`), which says whether any meets the cut at
+  EPLB's balance;
 - the rule family: every policy's half/half plan routed by each rule of `routing.RULES`, the test
   half as one batch and in batches of `RUNTIME_BATCH` tokens (what one dispatcher call knows).
 Takes about 55 minutes on two cores, the cells planned in one process per core (`in_processes`; 3207 s
@@ -48,7 +50,7 @@ import numpy as np
 from bench.figures import window_figure
 from bench.report import command_line, provenance, publish
 from switchyard.cluster.cli.formatting import comparison_table, markdown_table
-from switchyard.placement.compare import compare_policies
+from switchyard.placement.compare import compare_policies, default_windows, token_window
 from switchyard.placement.cost import PRESETS, ClusterSpec, source_gpu_of_token
 from switchyard.placement.evaluate import Evaluation, balancedness, evaluate
 from switchyard.placement.feedback import BalanceFeedback
@@ -81,6 +83,8 @@ BALANCE_GAP = 0.01  # median over windows of (affinity - EPLB) balancedness at l
 TIME_RATIO = 0.85  # median over windows of the MoE time ratio at most 0.85
 TIME_WINS = 0.90  # affinity faster than EPLB in at least 90 % of windows
 GPU_CUT = {8: 0.22, 9: 0.25}  # GPUs/token below EPLB's by this fraction (half/half), by slots per GPU
+CHEAPER_PRICES = (4, 16, 64)  # affinity's overload at the model's price over these, planned on the half/half
+# split of a cell whose GPU cut falls short: how far locality goes, and what balance it costs
 V3_PLAN_S = 2.0
 SYNTH_SHAPE = (8, 64, 6, 8000)  # layers, experts, top-k, tokens
 SYNTH_SEQ_LEN = 250
@@ -277,10 +281,27 @@ def _cell(trace: RoutingTrace, name: str, nodes: int, gpus_per_node: int, slots_
     resampled = {result.policy: result.evaluation for result in compare_policies(
         trace, topology, SERVED_POLICIES, cluster=cluster, balance_tokens=RESAMPLED_RUN_TOKENS,
         resampled_windows=RESAMPLED_WINDOWS)}
+    cheaper = [] if gpu_cut_met(half_a, half_e, slots_per_gpu) else cheaper_prices(trace, topology)
     cell.update(slots=slots_per_gpu, half={"default": (half_a, half_e), "resampled": (resampled["affinity"],
                                                                                      resampled["eplb"])},
-                half_bound=half_bound)
+                half_bound=half_bound, cheaper=cheaper)
     return blocks, cell
+
+
+def gpu_cut_met(affinity: Evaluation, eplb: Evaluation, slots_per_gpu: int) -> bool:
+    """Whether affinity's GPUs per token are below EPLB's by the issue's cut (`GPU_CUT`)."""
+    return affinity.gpus_per_token / eplb.gpus_per_token <= 1 - GPU_CUT[slots_per_gpu]
+
+
+def cheaper_prices(trace: RoutingTrace, topology: Topology) -> list[tuple[float, Evaluation]]:
+    """`(divisor, evaluation on the second half)` of affinity's half/half plan (planned and judged as
+    `compare_policies` does) at the model's price of overload over each divisor of `CHEAPER_PRICES`."""
+    cluster = PRESETS[CLUSTER]
+    train, test = (token_window(trace, window, "the half") for window in default_windows(trace))
+    stats = RoutingStats.from_trace(train)
+    return [(divisor, evaluate(planning_policy("affinity", cluster, overload_factor=1 / divisor).place(stats, topology),
+                               test, cluster))
+            for divisor in CHEAPER_PRICES]
 
 
 def _rule_family_table(test: RoutingTrace, results, num_nodes: int) -> str:
@@ -618,10 +639,13 @@ def targets_section(cells: list[dict], v3_affinity_s: float, emit: Callable[[str
         "the most GPUs per token, over EPLB's, at which that bound meets the target "
         "(`gpus_needed_for_time`), beside affinity's on the windows (`has`): where it has more, the time "
         "target is out of reach at its locality, however well balanced. Their half/half time shows the "
-        "same bound and GPUs per token on the evaluated half."
+        "same bound and GPUs per token on the evaluated half. Where the half/half GPU cut falls short, its "
+        f"figure shows affinity's half/half plan at cheaper prices of overload ({_prices_text()} the model's) "
+        "with its GPUs per token over EPLB's and its balance gap (`cheaper_prices`): how far locality goes, "
+        "and what balance it costs."
     )
 
-    rows, met_count, total, time_misses, out_of_reach = [], 0, 0, [], []
+    rows, met_count, total, time_misses, out_of_reach, gpu_conflicts = [], 0, 0, [], [], []
     for cell in cells:
         served = cell["history"]["adaptive" if ADAPTIVE_MEMORY else "fixed"]
         half_a, half_e = cell["half"]["default"]
@@ -632,8 +656,11 @@ def targets_section(cells: list[dict], v3_affinity_s: float, emit: Callable[[str
             f"{statistics.median(cell['bound_ratios']):.3f}x; needs {needed:.3f}x GPUs/token, has {served['gpus']:.3f}x)")
         half_bounds = "" if cell["half_bound"] is None else (
             f" (bound {cell['half_bound'][0]:.3f}x; needs {cell['half_bound'][1]:.3f}x GPUs/token, has {gpu_ratio:.3f}x)")
+        gpu_note, conflicts = _cheaper_note(cell["cheaper"], half_e, cell["slots"])
         checks = _target_checks(cell, served, half_a, half_e, f" (no drift {cell['drift']['gap']['no drift']:+.3f})",
-                                bounds, half_bounds)
+                                bounds, half_bounds, gpu_note)
+        if conflicts:
+            gpu_conflicts.append(cell["label"])
         met_count += sum(met for _, met in checks)
         total += len(checks)
         rows.append([cell["label"], *(_mark(value, met) for value, met in checks)])
@@ -653,6 +680,11 @@ def targets_section(cells: list[dict], v3_affinity_s: float, emit: Callable[[str
              f"perfect balance){': ' + ', '.join(out_of_reach) if out_of_reach else ''}"
              + ("; in the others the miss is imbalance: compute above the mean, or sends and receipts above "
                 "the busiest source's." if len(out_of_reach) < len(time_misses) else "."))
+    if gpu_conflicts:
+        emit(f"Half/half GPU cut missed and in conflict with the balance target (at the model's price and at "
+             f"every cheaper one tried, {_prices_text()}, the plans that meet the cut are more than "
+             f"{BALANCE_GAP} less balanced than EPLB's, the others fall short of the cut): "
+             f"{', '.join(gpu_conflicts)}.")
     resampled_rows, resampled_met = [], 0
     for cell in cells:
         checks = _target_checks(cell, cell["history"]["resampled"], *cell["half"]["resampled"])
@@ -674,7 +706,8 @@ TARGET_HEADERS = ["cell", "windows: bal. gap", "windows: time", "windows: faster
 
 
 def _target_checks(cell: dict, served: dict[str, float], half_a: Evaluation, half_e: Evaluation,
-                   gap_note: str = "", bounds: str = "", half_bounds: str = "") -> list[tuple[str, bool]]:
+                   gap_note: str = "", bounds: str = "", half_bounds: str = "", gpu_note: str = ""
+                   ) -> list[tuple[str, bool]]:
     """A cell's six targets, each as (the figure shown, met): on its served windows' medians `served`
     (`served_medians`) and on its half/half evaluations of affinity and EPLB; the notes follow the
     figures they explain."""
@@ -684,9 +717,27 @@ def _target_checks(cell: dict, served: dict[str, float], half_a: Evaluation, hal
     return [(f"{served['gap']:+.3f}{gap_note}", served["gap"] >= -BALANCE_GAP),
             (f"{served['time']:.3f}x{bounds}", served["time"] <= TIME_RATIO),
             (f"{served['faster']:.0%}", served["faster"] >= TIME_WINS),
-            (f"{gpu_ratio:.3f}x", gpu_ratio <= 1 - GPU_CUT[cell["slots"]]),
+            (f"{gpu_ratio:.3f}x{gpu_note}", gpu_cut_met(half_a, half_e, cell["slots"])),
             (f"{half_gap:+.3f}", half_gap >= -BALANCE_GAP),
             (f"{half_ratio:.3f}x{half_bounds}", half_ratio <= TIME_RATIO)]
+
+
+def _cheaper_note(cheaper: list[tuple[float, Evaluation]], eplb: Evaluation, slots_per_gpu: int
+                  ) -> tuple[str, bool]:
+    """The GPU column's note for a cell whose cut falls short (`cheaper_prices`: each price's GPUs per
+    token over EPLB's and balance gap), and whether no price tried meets the cut and the balance target
+    together; `("", False)` where the cut was met."""
+    if not cheaper:
+        return "", False
+    figures = ", ".join(f"1/{divisor} {evaluation.gpus_per_token / eplb.gpus_per_token:.3f}x at "
+                        f"{evaluation.balancedness - eplb.balancedness:+.3f}" for divisor, evaluation in cheaper)
+    both = [divisor for divisor, evaluation in cheaper if gpu_cut_met(evaluation, eplb, slots_per_gpu)
+            and evaluation.balancedness - eplb.balancedness >= -BALANCE_GAP]
+    return f" (cheaper overload: {figures})", not both
+
+
+def _prices_text() -> str:
+    return ", ".join(f"1/{divisor}" for divisor in CHEAPER_PRICES)
 
 
 def _mark(value: str, met: bool) -> str:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.placement import (_served_policies, balanced_compute_time, balanced_time_bound, drift_split,
-                             gpus_needed_for_time, in_processes, resampled_windows)
+from bench.placement import (_cheaper_note, _served_policies, balanced_compute_time, balanced_time_bound,
+                             drift_split, gpus_needed_for_time, in_processes, resampled_windows)
 from switchyard.placement.cost import PRESETS
-from switchyard.placement.evaluate import evaluate
+from switchyard.placement.evaluate import Evaluation, evaluate
 from switchyard.placement.policies import get_policy
 from switchyard.placement.stats import RoutingStats
 from switchyard.placement.synthetic import synthetic_trace
@@ -106,3 +106,24 @@ def test_cells_in_processes_come_back_in_order() -> None:
     assert list(in_processes(divmod, [(7, 2), (9, 4), (1, 1)])) == [(3, 1), (2, 1), (1, 0)]
     with pytest.raises(ZeroDivisionError):
         list(in_processes(divmod, [(1, 0)]))
+
+
+def _evaluation(gpu_load: list[int], gpus_per_token: float) -> Evaluation:
+    """One layer's evaluation with this load per GPU and these GPUs per token (nothing else counted)."""
+    return Evaluation(np.array([gpu_load]), np.array([gpus_per_token]), np.zeros(1), np.zeros(1, dtype=np.int64),
+                      None, 10)
+
+
+def test_a_cheaper_price_conflicts_where_none_meets_the_cut_at_eplbs_balance() -> None:
+    """The half/half GPU cut's note (9 slots: at most 0.75x EPLB's GPUs per token): each cheaper price's
+    GPUs over EPLB's and balance gap, and a conflict unless one meets the cut within 0.01 of EPLB's
+    balance. EPLB: balance 1, 2 GPUs per token."""
+    eplb = _evaluation([10, 10], 2.0)
+    local_unbalanced = _evaluation([8, 12], 1.4)  # 0.70x, balance 10/12: 0.167 short
+    local_balanced = _evaluation([10, 10], 1.48)  # 0.74x at EPLB's balance
+    spread = _evaluation([10, 10], 1.6)  # 0.80x: short of the cut
+    note, conflicts = _cheaper_note([(4, spread), (16, local_unbalanced)], eplb, 9)
+    assert note == " (cheaper overload: 1/4 0.800x at +0.000, 1/16 0.700x at -0.167)" and conflicts
+    assert _cheaper_note([(4, spread), (16, local_balanced)], eplb, 9)[1] is False
+    assert _cheaper_note([], eplb, 9) == ("", False)
+
