@@ -293,7 +293,12 @@ def gpu_cut_met(affinity: Evaluation, eplb: Evaluation, slots_per_gpu: int) -> b
     return affinity.gpus_per_token / eplb.gpus_per_token <= 1 - GPU_CUT[slots_per_gpu]
 
 
-def cheaper_prices(trace: RoutingTrace, topology: Topology) -> list[tuple[float, Evaluation]]:
+def balance_met(gap: float) -> bool:
+    """Whether a balance gap to EPLB's (affinity's balancedness minus EPLB's) meets the issue's target."""
+    return gap >= -BALANCE_GAP
+
+
+def cheaper_prices(trace: RoutingTrace, topology: Topology) -> list[tuple[int, Evaluation]]:
     """`(divisor, evaluation on the second half)` of affinity's half/half plan (planned and judged as
     `compare_policies` does) at the model's price of overload over each divisor of `CHEAPER_PRICES`."""
     cluster = PRESETS[CLUSTER]
@@ -550,7 +555,7 @@ def resampled_section(cells: list[dict], emit: Callable[[str], None]) -> None:
         rows.append([cell["label"], *_medians_against(cell["history"]["adaptive"], cell["history"]["resampled"])])
     emit(markdown_table(["cell", "gap, default", "gap, resampled", "change", "time, default", "time, resampled",
                          "GPUs, default", "GPUs, resampled"], rows, numeric_from=1))
-    met = {key: sum(cell["history"][key]["gap"] >= -BALANCE_GAP for cell in cells) for key in ("adaptive", "resampled")}
+    met = {key: sum(balance_met(cell["history"][key]["gap"]) for cell in cells) for key in ("adaptive", "resampled")}
     emit(f"The balance target on the windows is met in {met['resampled']} of {len(cells)} cells with the cap on "
          f"resampled windows, {met['adaptive']} with the default.")
 
@@ -570,7 +575,7 @@ def feedback_section(cells: list[dict], emit: Callable[[str], None]) -> None:
              " ".join(map(str, cell["levels"]))] for cell in cells]
     emit(markdown_table(["cell", "gap, model's price", "gap, feedback", "change", "time, model's price",
                          "time, feedback", "GPUs, model's price", "GPUs, feedback", "levels"], rows, numeric_from=1))
-    met = {key: sum(cell["history"][key]["gap"] >= -BALANCE_GAP for cell in cells) for key in ("no feedback", "adaptive")}
+    met = {key: sum(balance_met(cell["history"][key]["gap"]) for cell in cells) for key in ("no feedback", "adaptive")}
     emit(f"The balance target on the windows is met in {met['adaptive']} of {len(cells)} cells with the feedback, "
          f"{met['no feedback']} at the model's price throughout.")
 
@@ -714,15 +719,15 @@ def _target_checks(cell: dict, served: dict[str, float], half_a: Evaluation, hal
     gpu_ratio = half_a.gpus_per_token / half_e.gpus_per_token
     half_gap = half_a.balancedness - half_e.balancedness
     half_ratio = half_a.layer_time_s / half_e.layer_time_s
-    return [(f"{served['gap']:+.3f}{gap_note}", served["gap"] >= -BALANCE_GAP),
+    return [(f"{served['gap']:+.3f}{gap_note}", balance_met(served["gap"])),
             (f"{served['time']:.3f}x{bounds}", served["time"] <= TIME_RATIO),
             (f"{served['faster']:.0%}", served["faster"] >= TIME_WINS),
             (f"{gpu_ratio:.3f}x{gpu_note}", gpu_cut_met(half_a, half_e, cell["slots"])),
-            (f"{half_gap:+.3f}", half_gap >= -BALANCE_GAP),
+            (f"{half_gap:+.3f}", balance_met(half_gap)),
             (f"{half_ratio:.3f}x{half_bounds}", half_ratio <= TIME_RATIO)]
 
 
-def _cheaper_note(cheaper: list[tuple[float, Evaluation]], eplb: Evaluation, slots_per_gpu: int
+def _cheaper_note(cheaper: list[tuple[int, Evaluation]], eplb: Evaluation, slots_per_gpu: int
                   ) -> tuple[str, bool]:
     """The GPU column's note for a cell whose cut falls short (`cheaper_prices`: each price's GPUs per
     token over EPLB's and balance gap), and whether no price tried meets the cut and the balance target
@@ -732,7 +737,7 @@ def _cheaper_note(cheaper: list[tuple[float, Evaluation]], eplb: Evaluation, slo
     figures = ", ".join(f"1/{divisor} {evaluation.gpus_per_token / eplb.gpus_per_token:.3f}x at "
                         f"{evaluation.balancedness - eplb.balancedness:+.3f}" for divisor, evaluation in cheaper)
     both = [divisor for divisor, evaluation in cheaper if gpu_cut_met(evaluation, eplb, slots_per_gpu)
-            and evaluation.balancedness - eplb.balancedness >= -BALANCE_GAP]
+            and balance_met(evaluation.balancedness - eplb.balancedness)]
     return f" (cheaper overload: {figures})", not both
 
 
