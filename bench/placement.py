@@ -23,9 +23,11 @@ x slots per GPU (8, 9):
   default, whose price the served balance sets (`placement.feedback`);
 - the targets of issue 17 per cell, each marked met or missed, as the live rebalancer plans and with
   the cap on resampled windows (the DeepSeek-V3 sections run in a process started afresh, as
-  `switchyard placement plan` does); where the half/half GPU cut falls short, affinity's half/half
-  plan at cheaper prices of overload too (`cheaper_prices`), which says whether any meets the cut at
-  EPLB's balance;
+  `switchyard placement plan` does); where a half/half target falls short, affinity's half/half plan
+  at other positions of the trade-off between the GPU cut and balance (`half_positions`: cheaper prices
+  of overload where the cut falls short; where the balance does, the cap held on each window of the
+  first half at the balance feedback's prices and halfway between them, and the cap on resampled
+  windows), which says whether any position meets both;
 - the rule family: every policy's half/half plan routed by each rule of `routing.RULES`, the test
   half as one batch and in batches of `RUNTIME_BATCH` tokens (what one dispatcher call knows).
 Takes about an hour on two cores, the cells planned in one process per core (`in_processes`; 3207 s
@@ -83,8 +85,10 @@ BALANCE_GAP = 0.01  # median over windows of (affinity - EPLB) balancedness at l
 TIME_RATIO = 0.85  # median over windows of the MoE time ratio at most 0.85
 TIME_WINS = 0.90  # affinity faster than EPLB in at least 90 % of windows
 GPU_CUT = {8: 0.22, 9: 0.25}  # GPUs/token below EPLB's by this fraction (half/half), by slots per GPU
-CHEAPER_PRICES = (4, 16, 64)  # affinity's overload at the model's price over these, planned on the half/half
-# split of a cell whose GPU cut falls short: how far locality goes, and what balance it costs
+# Where a cell's half/half plan misses a target, affinity's plan at other prices of overload (over the model's):
+CHEAPER_PRICES = (1 / 4, 1 / 16, 1 / 64)  # the GPU cut missed: how far locality goes, what balance it costs
+WINDOW_CAP_PRICES = (1, 2, 4, 8, 16)  # the balance missed: the cap held on each window, at the balance feedback's
+# prices (x1, x4, x16) and halfway between them: how far balance goes, and what locality it costs
 V3_PLAN_S = 2.0
 SYNTH_SHAPE = (8, 64, 6, 8000)  # layers, experts, top-k, tokens
 SYNTH_SEQ_LEN = 250
@@ -264,7 +268,8 @@ def _cell(trace: RoutingTrace, name: str, nodes: int, gpus_per_node: int, slots_
           ) -> tuple[list[str], dict]:
     """One cell: the half/half table, the rule family (with replicas) and the served windows (the
     blocks to emit), and the figures the targets are judged on, also on a half/half split planned with
-    the cap on resampled windows."""
+    the cap on resampled windows, and, where a half/half target falls short, affinity's half/half plan
+    at other positions of the trade-off between the GPU cut and balance (`half_positions`)."""
     blocks: list[str] = []
     cluster = PRESETS[CLUSTER]
     topology = Topology.for_experts(trace.num_experts, nodes, gpus_per_node, slots_per_gpu)
@@ -281,10 +286,12 @@ def _cell(trace: RoutingTrace, name: str, nodes: int, gpus_per_node: int, slots_
     resampled = {result.policy: result.evaluation for result in compare_policies(
         trace, topology, SERVED_POLICIES, cluster=cluster, balance_tokens=RESAMPLED_RUN_TOKENS,
         resampled_windows=RESAMPLED_WINDOWS)}
-    cheaper = [] if gpu_cut_met(half_a, half_e, slots_per_gpu) else cheaper_prices(trace, topology)
+    cheaper = [] if gpu_cut_met(half_a, half_e, slots_per_gpu) else half_positions(trace, topology, CHEAPER_PRICES)
+    window_caps = [] if balance_met(half_a.balancedness - half_e.balancedness) else [
+        *half_positions(trace, topology, WINDOW_CAP_PRICES, WINDOW_TOKENS), ("resampled", resampled["affinity"])]
     cell.update(slots=slots_per_gpu, half={"default": (half_a, half_e), "resampled": (resampled["affinity"],
                                                                                      resampled["eplb"])},
-                half_bound=half_bound, cheaper=cheaper)
+                half_bound=half_bound, cheaper=cheaper, window_caps=window_caps)
     return blocks, cell
 
 
@@ -298,15 +305,17 @@ def balance_met(gap: float) -> bool:
     return gap >= -BALANCE_GAP
 
 
-def cheaper_prices(trace: RoutingTrace, topology: Topology) -> list[tuple[int, Evaluation]]:
-    """`(divisor, evaluation on the second half)` of affinity's half/half plan (planned and judged as
-    `compare_policies` does) at the model's price of overload over each divisor of `CHEAPER_PRICES`."""
+def half_positions(trace: RoutingTrace, topology: Topology, prices: tuple[float, ...],
+                   balance_tokens: int | None = None) -> list[tuple[str, Evaluation]]:
+    """`(price's label, evaluation on the second half)` of affinity's half/half plan (planned and judged
+    as `compare_policies` does) at each of `prices` times the model's price of overload, its cap held on
+    the first half as one window or, with `balance_tokens`, on each of its runs of that many tokens:
+    positions on the trade-off between the half/half GPU cut and balance off the default plan."""
     cluster = PRESETS[CLUSTER]
     train, test = (token_window(trace, window, "the half") for window in default_windows(trace))
-    stats = RoutingStats.from_trace(train)
-    return [(divisor, evaluate(planning_policy("affinity", cluster, overload_factor=1 / divisor).place(stats, topology),
-                               test, cluster))
-            for divisor in CHEAPER_PRICES]
+    stats = RoutingStats.from_trace(train, window_tokens=balance_tokens)
+    return [(_price_label(price), evaluate(planning_policy("affinity", cluster, overload_factor=price).place(
+        stats, topology), test, cluster)) for price in prices]
 
 
 def _rule_family_table(test: RoutingTrace, results, num_nodes: int) -> str:
@@ -645,12 +654,17 @@ def targets_section(cells: list[dict], v3_affinity_s: float, emit: Callable[[str
         "(`gpus_needed_for_time`), beside affinity's on the windows (`has`): where it has more, the time "
         "target is out of reach at its locality, however well balanced. Their half/half time shows the "
         "same bound and GPUs per token on the evaluated half. Where the half/half GPU cut falls short, its "
-        f"figure shows affinity's half/half plan at cheaper prices of overload ({_prices_text()} the model's) "
-        "with its GPUs per token over EPLB's and its balance gap (`cheaper_prices`): how far locality goes, "
-        "and what balance it costs."
+        f"figure shows affinity's half/half plan at cheaper prices of overload ({_prices_text(CHEAPER_PRICES)} "
+        "the model's) with its GPUs per token over EPLB's and its balance gap (`half_positions`): how far "
+        "locality goes, and what balance it costs. Where the half/half balance falls short, its figure shows "
+        f"the plan with its cap held on each {WINDOW_TOKENS}-token window of the first half, as the live "
+        f"rebalancer holds it on its windows, at the balance feedback's prices and halfway between them "
+        f"({_prices_text(WINDOW_CAP_PRICES)} the model's), and the plan with the cap on resampled windows: how "
+        "far balance goes, and what locality it costs."
     )
 
     rows, met_count, total, time_misses, out_of_reach, gpu_conflicts = [], 0, 0, [], [], []
+    balance_both, balance_conflicts = [], []
     for cell in cells:
         served = cell["history"]["adaptive" if ADAPTIVE_MEMORY else "fixed"]
         half_a, half_e = cell["half"]["default"]
@@ -661,11 +675,17 @@ def targets_section(cells: list[dict], v3_affinity_s: float, emit: Callable[[str
             f"{statistics.median(cell['bound_ratios']):.3f}x; needs {needed:.3f}x GPUs/token, has {served['gpus']:.3f}x)")
         half_bounds = "" if cell["half_bound"] is None else (
             f" (bound {cell['half_bound'][0]:.3f}x; needs {cell['half_bound'][1]:.3f}x GPUs/token, has {gpu_ratio:.3f}x)")
-        gpu_note, conflicts = _cheaper_note(cell["cheaper"], half_e, cell["slots"])
-        checks = _target_checks(cell, served, half_a, half_e, f" (no drift {cell['drift']['gap']['no drift']:+.3f})",
-                                bounds, half_bounds, gpu_note)
-        if conflicts:
+        gpu_note, both = _positions_note("cheaper overload", cell["cheaper"], half_e, cell["slots"])
+        if cell["cheaper"] and not both:
             gpu_conflicts.append(cell["label"])
+        balance_note, both = _positions_note(f"cap on each {WINDOW_TOKENS}-token window", cell["window_caps"],
+                                             half_e, cell["slots"])
+        if cell["window_caps"] and both:
+            balance_both.append(f"{cell['label']} ({', '.join(both)})")
+        elif cell["window_caps"]:
+            balance_conflicts.append(cell["label"])
+        checks = _target_checks(cell, served, half_a, half_e, f" (no drift {cell['drift']['gap']['no drift']:+.3f})",
+                                bounds, half_bounds, gpu_note, balance_note)
         met_count += sum(met for _, met in checks)
         total += len(checks)
         rows.append([cell["label"], *(_mark(value, met) for value, met in checks)])
@@ -687,9 +707,17 @@ def targets_section(cells: list[dict], v3_affinity_s: float, emit: Callable[[str
                 "the busiest source's." if len(out_of_reach) < len(time_misses) else "."))
     if gpu_conflicts:
         emit(f"Half/half GPU cut missed and in conflict with the balance target (at the model's price and at "
-             f"every cheaper one tried, {_prices_text()}, the plans that meet the cut are more than "
+             f"every cheaper one tried, {_prices_text(CHEAPER_PRICES)}, the plans that meet the cut are more than "
              f"{BALANCE_GAP} less balanced than EPLB's, the others fall short of the cut): "
              f"{', '.join(gpu_conflicts)}.")
+    if balance_both or balance_conflicts:
+        emit("Half/half balance missed by the default plan; "
+             + (f"met together with the GPU cut at the positions named: {', '.join(balance_both)}"
+                if balance_both else "")
+             + ("; " if balance_both and balance_conflicts else "")
+             + (f"no position tried meets both (the plans balanced within {BALANCE_GAP} of EPLB's fall short "
+                f"of the cut, the others of the balance): {', '.join(balance_conflicts)}"
+                if balance_conflicts else "") + ".")
     resampled_rows, resampled_met = [], 0
     for cell in cells:
         checks = _target_checks(cell, cell["history"]["resampled"], *cell["half"]["resampled"])
@@ -711,8 +739,8 @@ TARGET_HEADERS = ["cell", "windows: bal. gap", "windows: time", "windows: faster
 
 
 def _target_checks(cell: dict, served: dict[str, float], half_a: Evaluation, half_e: Evaluation,
-                   gap_note: str = "", bounds: str = "", half_bounds: str = "", gpu_note: str = ""
-                   ) -> list[tuple[str, bool]]:
+                   gap_note: str = "", bounds: str = "", half_bounds: str = "", gpu_note: str = "",
+                   half_gap_note: str = "") -> list[tuple[str, bool]]:
     """A cell's six targets, each as (the figure shown, met): on its served windows' medians `served`
     (`served_medians`) and on its half/half evaluations of affinity and EPLB; the notes follow the
     figures they explain."""
@@ -723,26 +751,31 @@ def _target_checks(cell: dict, served: dict[str, float], half_a: Evaluation, hal
             (f"{served['time']:.3f}x{bounds}", served["time"] <= TIME_RATIO),
             (f"{served['faster']:.0%}", served["faster"] >= TIME_WINS),
             (f"{gpu_ratio:.3f}x{gpu_note}", gpu_cut_met(half_a, half_e, cell["slots"])),
-            (f"{half_gap:+.3f}", balance_met(half_gap)),
+            (f"{half_gap:+.3f}{half_gap_note}", balance_met(half_gap)),
             (f"{half_ratio:.3f}x{half_bounds}", half_ratio <= TIME_RATIO)]
 
 
-def _cheaper_note(cheaper: list[tuple[int, Evaluation]], eplb: Evaluation, slots_per_gpu: int
-                  ) -> tuple[str, bool]:
-    """The GPU column's note for a cell whose cut falls short (`cheaper_prices`: each price's GPUs per
-    token over EPLB's and balance gap), and whether no price tried meets the cut and the balance target
-    together; `("", False)` where the cut was met."""
-    if not cheaper:
-        return "", False
-    figures = ", ".join(f"1/{divisor} {evaluation.gpus_per_token / eplb.gpus_per_token:.3f}x at "
-                        f"{evaluation.balancedness - eplb.balancedness:+.3f}" for divisor, evaluation in cheaper)
-    both = [divisor for divisor, evaluation in cheaper if gpu_cut_met(evaluation, eplb, slots_per_gpu)
+def _positions_note(title: str, positions: list[tuple[str, Evaluation]], eplb: Evaluation, slots_per_gpu: int
+                    ) -> tuple[str, list[str]]:
+    """The note for a half/half target missed (`half_positions`: each position's GPUs per token over
+    EPLB's and balance gap), and the positions that meet the GPU cut and the balance target together;
+    `("", [])` where there are none to show."""
+    if not positions:
+        return "", []
+    figures = ", ".join(f"{label} {evaluation.gpus_per_token / eplb.gpus_per_token:.3f}x at "
+                        f"{evaluation.balancedness - eplb.balancedness:+.3f}" for label, evaluation in positions)
+    both = [label for label, evaluation in positions if gpu_cut_met(evaluation, eplb, slots_per_gpu)
             and balance_met(evaluation.balancedness - eplb.balancedness)]
-    return f" (cheaper overload: {figures})", not both
+    return f" ({title}: {figures})", both
 
 
-def _prices_text() -> str:
-    return ", ".join(f"1/{divisor}" for divisor in CHEAPER_PRICES)
+def _price_label(price: float) -> str:
+    """A price over the model's as the notes write it: `1/4` below it, `x4` from it up."""
+    return f"1/{round(1 / price)}" if price < 1 else f"x{price:g}"
+
+
+def _prices_text(prices: tuple[float, ...]) -> str:
+    return ", ".join(_price_label(price) for price in prices)
 
 
 def _mark(value: str, met: bool) -> str:

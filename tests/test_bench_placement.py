@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.placement import (_cheaper_note, _served_policies, balanced_compute_time, balanced_time_bound,
-                             drift_split, gpus_needed_for_time, in_processes, resampled_windows)
+from bench.placement import (CHEAPER_PRICES, WINDOW_CAP_PRICES, _positions_note, _prices_text, _served_policies,
+                             balanced_compute_time, balanced_time_bound, drift_split, gpus_needed_for_time,
+                             in_processes, resampled_windows)
 from switchyard.placement.cost import PRESETS
 from switchyard.placement.evaluate import Evaluation, evaluate
 from switchyard.placement.policies import get_policy
@@ -114,16 +115,18 @@ def _evaluation(gpu_load: list[int], gpus_per_token: float) -> Evaluation:
                       None, 10)
 
 
-def test_a_cheaper_price_conflicts_where_none_meets_the_cut_at_eplbs_balance() -> None:
-    """The half/half GPU cut's note (9 slots: at most 0.75x EPLB's GPUs per token): each cheaper price's
-    GPUs over EPLB's and balance gap, and a conflict unless one meets the cut within 0.01 of EPLB's
-    balance. EPLB: balance 1, 2 GPUs per token."""
+def test_a_half_half_miss_shows_the_positions_that_meet_the_cut_and_the_balance_together() -> None:
+    """A half/half target's note (9 slots: at most 0.75x EPLB's GPUs per token): each position's GPUs
+    over EPLB's and balance gap, and the positions that meet the cut within 0.01 of EPLB's balance
+    (none: a conflict between the two targets). EPLB: balance 1, 2 GPUs per token."""
     eplb = _evaluation([10, 10], 2.0)
     local_unbalanced = _evaluation([8, 12], 1.4)  # 0.70x, balance 10/12: 0.167 short
     local_balanced = _evaluation([10, 10], 1.48)  # 0.74x at EPLB's balance
     spread = _evaluation([10, 10], 1.6)  # 0.80x: short of the cut
-    note, conflicts = _cheaper_note([(4, spread), (16, local_unbalanced)], eplb, 9)
-    assert note == " (cheaper overload: 1/4 0.800x at +0.000, 1/16 0.700x at -0.167)" and conflicts
-    assert _cheaper_note([(4, spread), (16, local_balanced)], eplb, 9)[1] is False
-    assert _cheaper_note([], eplb, 9) == ("", False)
+    note, both = _positions_note("cheaper overload", [("1/4", spread), ("1/16", local_unbalanced)], eplb, 9)
+    assert note == " (cheaper overload: 1/4 0.800x at +0.000, 1/16 0.700x at -0.167)" and both == []
+    assert _positions_note("window caps", [("x1", local_unbalanced), ("x4", local_balanced), ("resampled", spread)],
+                           eplb, 9)[1] == ["x4"]
+    assert _positions_note("cheaper overload", [], eplb, 9) == ("", [])
+    assert _prices_text(CHEAPER_PRICES) == "1/4, 1/16, 1/64" and _prices_text(WINDOW_CAP_PRICES) == "x1, x2, x4, x8, x16"
 
