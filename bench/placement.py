@@ -30,8 +30,8 @@ x slots per GPU (8, 9):
   windows), which says whether any position meets both;
 - the rule family: every policy's half/half plan routed by each rule of `routing.RULES`, the test
   half as one batch and in batches of `RUNTIME_BATCH` tokens (what one dispatcher call knows).
-Takes about an hour on two cores, the cells planned in one process per core (`in_processes`; 3207 s
-and 3623 s on EPYC VMs, 2026-12-07, with affinity's 8 kicks a layer and the balance feedback), most of it
+Takes an hour or more on two cores, the cells planned in one process per core (`in_processes`; 3207 s,
+3623 s and 4792 s on EPYC VMs, 2026-12-07, with affinity's 8 kicks a layer and the balance feedback), most of it
 planning affinity for 5 x 14 x 7 served windows (the live memory, the fixed one, the last window
 alone, the resampled windows, without feedback) (--v3-only: ~3). `bench.placement_frontier` serves
 the same windows with affinity's balance knobs at fixed positions.
