@@ -87,8 +87,9 @@ TIME_WINS = 0.90  # affinity faster than EPLB in at least 90 % of windows
 GPU_CUT = {8: 0.22, 9: 0.25}  # GPUs/token below EPLB's by this fraction (half/half), by slots per GPU
 # Where a cell's half/half plan misses a target, affinity's plan at other prices of overload (over the model's):
 CHEAPER_PRICES = (1 / 4, 1 / 16, 1 / 64)  # the GPU cut missed: how far locality goes, what balance it costs
-WINDOW_CAP_PRICES = (1, 2, 4, 8, 16)  # the balance missed: the cap held on each window, at the balance feedback's
-# prices (x1, x4, x16) and halfway between them: how far balance goes, and what locality it costs
+WINDOW_CAP_PRICES = tuple(FEEDBACK.step ** (half_level / 2) for half_level in range(2 * FEEDBACK.max_level + 1))
+# the balance missed: the cap held on each window, at the balance feedback's prices (x1, x4, x16) and halfway
+# between them (x2, x8): how far balance goes, and what locality it costs
 V3_PLAN_S = 2.0
 SYNTH_SHAPE = (8, 64, 6, 8000)  # layers, experts, top-k, tokens
 SYNTH_SEQ_LEN = 250
@@ -710,14 +711,12 @@ def targets_section(cells: list[dict], v3_affinity_s: float, emit: Callable[[str
              f"every cheaper one tried, {_prices_text(CHEAPER_PRICES)}, the plans that meet the cut are more than "
              f"{BALANCE_GAP} less balanced than EPLB's, the others fall short of the cut): "
              f"{', '.join(gpu_conflicts)}.")
-    if balance_both or balance_conflicts:
-        emit("Half/half balance missed by the default plan; "
-             + (f"met together with the GPU cut at the positions named: {', '.join(balance_both)}"
-                if balance_both else "")
-             + ("; " if balance_both and balance_conflicts else "")
-             + (f"no position tried meets both (the plans balanced within {BALANCE_GAP} of EPLB's fall short "
-                f"of the cut, the others of the balance): {', '.join(balance_conflicts)}"
-                if balance_conflicts else "") + ".")
+    balance_findings = ([f"met together with the GPU cut at the positions named: {', '.join(balance_both)}"]
+                        if balance_both else []) + (
+        [f"no position tried meets both (the plans balanced within {BALANCE_GAP} of EPLB's fall short of the cut, "
+         f"the others of the balance): {', '.join(balance_conflicts)}"] if balance_conflicts else [])
+    if balance_findings:
+        emit(f"Half/half balance missed by the default plan; {'; '.join(balance_findings)}.")
     resampled_rows, resampled_met = [], 0
     for cell in cells:
         checks = _target_checks(cell, cell["history"]["resampled"], *cell["half"]["resampled"])
